@@ -1,0 +1,225 @@
+//! Per-sample Jacobians over a batch: [`batch_jacobian`], [`batch_jacobian_of`] and
+//! [`check_batch_independence`].
+//!
+//! For `y` of shape `[B, *out]` computed from `x` of shape `[B, *in]` sample by sample,
+//!
+//! ```text
+//! J[b, i..., j...] = ∂y[b, i...] / ∂x[b, j...]        shape [B, *out, *in]
+//! ```
+//!
+//! — PyTorch's `torch.func.vmap(torch.func.jacrev(f))(x)`. Because sample `b`'s outputs depend
+//! only on sample `b`'s inputs, one backward pass of `Σ_b y[b, i]` yields row `i` of every
+//! sample's Jacobian at once: the cost is that of one Jacobian, not `B` of them.
+//!
+//! **Assumption: samples do not interact.** Batch norm in training mode, a softmax over the batch
+//! or any reduction across dimension 0 breaks it, and the result is then silently wrong (it
+//! sums cross-sample terms). [`check_batch_independence`] detects such models in one backward
+//! pass.
+
+use tch::{Kind, Tensor};
+
+use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
+use crate::error::{Error, Result};
+use crate::jacobian::{prepare_input, FnOutput};
+use crate::strategy::{self, JacobianOptions, Strategy};
+
+fn check_batch(y: &Tensor, x: &Tensor, y_name: &str) -> Result<i64> {
+    let (ys, xs) = (y.size(), x.size());
+    if ys.is_empty() || xs.is_empty() {
+        return Err(Error::Shape(format!(
+            "batch Jacobians need a leading batch dimension: {y_name} has shape {ys:?} and x has shape {xs:?}"
+        )));
+    }
+    if ys[0] != xs[0] {
+        return Err(Error::Shape(format!(
+            "batch sizes differ: {y_name} has shape {ys:?} (batch {}) but x has shape {xs:?} (batch {})",
+            ys[0], xs[0]
+        )));
+    }
+    Ok(ys[0])
+}
+
+/// `[B, *out, *in]` from a `[B, m, n]` block.
+fn unflatten(block: &Tensor, y: &[i64], x: &[i64]) -> Result<Tensor> {
+    let shape: Vec<i64> = y.iter().chain(&x[1..]).copied().collect();
+    Ok(block.f_reshape(shape.as_slice())?)
+}
+
+fn empty(y: &[i64], x: &Tensor) -> Result<Tensor> {
+    let shape: Vec<i64> = y.iter().chain(&x.size()[1..]).copied().collect();
+    Ok(Tensor::f_zeros(shape.as_slice(), (x.kind(), x.device()))?)
+}
+
+/// Per-sample Jacobians of `y: [B, *out]` with respect to `x: [B, *in]`, shape
+/// `[B, *out, *in]`: `J[b] = ∂y[b]/∂x[b]`.
+///
+/// Strategies: [`Strategy::RowLoop`] (one backward pass per output element of a sample, over the
+/// whole batch), [`Strategy::Forward`] (one per input element of a sample) or
+/// [`Strategy::Auto`]; [`Strategy::Vectorized`] needs the function ([`batch_jacobian_of`]).
+/// See the module docs for the no-interaction assumption.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{batch_jacobian, JacobianOptions};
+///
+/// let w = Tensor::randn([5, 3], (Kind::Double, tch::Device::Cpu));
+/// let x = Tensor::randn([8, 3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+/// let y = x.matmul(&w.tr()).sigmoid(); // [8, 5]
+/// let j = batch_jacobian(&y, &x, &JacobianOptions::default())?; // [8, 5, 3]
+/// let expected = (&y * (1f64 - &y)).unsqueeze(2) * w.unsqueeze(0);
+/// assert!(j.allclose(&expected, 1e-12, 1e-12, false));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    check_float(y, "y")?;
+    check_input(x, "x")?;
+    check_same_device(y, "y", x, "x")?;
+    let b = check_batch(y, x, "y")?;
+    if b == 0 || y.numel() == 0 {
+        return empty(&y.size(), x);
+    }
+    let (m, n) = (y.numel() / b as usize, x.numel() / b as usize);
+    let names_v = input_names(1);
+    let names = Names {
+        output: "y",
+        inputs: &names_v,
+    };
+    let y2 = y.f_reshape([b, m as i64])?;
+    let block = match opts.strategy.validate()?.resolve(m, n, false) {
+        Strategy::RowLoop => {
+            strategy::rows(&y2, &[x], opts.create_graph, opts.strict, names)?.remove(0)
+        }
+        Strategy::Forward => {
+            strategy::columns(&y2, &[x], opts.create_graph, opts.strict, names)?.remove(0)
+        }
+        Strategy::Vectorized { .. } => return Err(Error::InvalidArgument(
+            "Strategy::Vectorized needs the function itself: call batch_jacobian_of(f, x, opts)"
+                .into(),
+        )),
+        Strategy::Auto => unreachable!("resolve never returns Auto"),
+    };
+    unflatten(&block, &y.size(), &x.size())
+}
+
+/// Per-sample Jacobians of a closure over a batch, `J[b] = ∂f(x)[b]/∂x[b]`, shape
+/// `[B, *out, *in]` — PyTorch's `torch.func.vmap(torch.func.jacrev(f))(x)`.
+///
+/// `f` maps `[B, *in]` to `[B, *out]` sample by sample. With [`Strategy::Vectorized`] it is
+/// also called on `[B·c, *in]` (each sample repeated `c` times) and must return `[B·c, *out]`;
+/// a different leading size is an [`Error::Contract`].
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{batch_jacobian_of, JacobianOptions, Strategy};
+///
+/// let w = Tensor::randn([5, 3], (Kind::Double, tch::Device::Cpu));
+/// let f = |x: &Tensor| x.matmul(&w.tr()).tanh();
+/// let x = Tensor::randn([8, 3], (Kind::Double, tch::Device::Cpu));
+/// let opts = JacobianOptions::default().strategy(Strategy::Vectorized { chunk_size: None });
+/// let j = batch_jacobian_of(f, &x, &opts)?;
+/// let y = f(&x);
+/// let expected = (1f64 - y.square()).unsqueeze(2) * w.unsqueeze(0);
+/// assert!(j.allclose(&expected, 1e-12, 1e-12, false));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn batch_jacobian_of<F, O>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    check_float(x, "x")?;
+    let strat = opts.strategy.validate()?;
+    let xg = prepare_input(x, opts.create_graph)?;
+    let y = f(&xg).into_output()?;
+    check_float(&y, "f(x)")?;
+    check_same_device(&y, "f(x)", x, "x")?;
+    let b = check_batch(&y, x, "f(x)")?;
+    if b == 0 || y.numel() == 0 {
+        return empty(&y.size(), x);
+    }
+    let (m, n) = (y.numel() / b as usize, x.numel() / b as usize);
+    let names_v = input_names(1);
+    let names = Names {
+        output: "f(x)",
+        inputs: &names_v,
+    };
+    let y2 = y.f_reshape([b, m as i64])?;
+    let block = match strat.resolve_batched(m, n, b as usize, true) {
+        Strategy::RowLoop => {
+            strategy::rows(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
+        }
+        Strategy::Forward => {
+            strategy::columns(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
+        }
+        Strategy::Vectorized { chunk_size } => {
+            let call = |xr: &Tensor| f(xr).into_output();
+            strategy::vectorized(
+                &call,
+                &xg,
+                true,
+                &y2,
+                chunk_size,
+                opts.create_graph,
+                opts.strict,
+                names,
+            )?
+        }
+        Strategy::Auto => unreachable!("resolve never returns Auto"),
+    };
+    unflatten(&block, &y.size(), &x.size())
+}
+
+/// Checks the no-interaction assumption of [`batch_jacobian`]: returns
+/// [`Error::Contract`] when sample 0's outputs depend on another sample's inputs.
+///
+/// One backward pass of `Σ_i v_i y[0, i]` with a random `v` (so cancellations have probability
+/// zero): its gradient must vanish on `x[1..]`. Batch norm in training mode fails it.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::check_batch_independence;
+///
+/// let x = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+/// assert!(check_batch_independence(&x.sin(), &x).is_ok());
+/// let mixed = &x - x.mean_dim(0, true, Kind::Float); // centres over the batch
+/// assert!(check_batch_independence(&mixed, &x).is_err());
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn check_batch_independence(y: &Tensor, x: &Tensor) -> Result<()> {
+    check_float(y, "y")?;
+    check_input(x, "x")?;
+    check_same_device(y, "y", x, "x")?;
+    let b = check_batch(y, x, "y")?;
+    if b < 2 || !y.requires_grad() {
+        return Ok(());
+    }
+    let y0 = y.f_select(0, 0)?;
+    let v = y0.f_randn_like()?;
+    let root = y0.f_mul(&v)?.f_sum(None::<Kind>)?;
+    let names_v = input_names(1);
+    let g = crate::autograd::vjp_into(
+        &root,
+        &[x],
+        false,
+        false,
+        Names {
+            output: "y[0]",
+            inputs: &names_v,
+        },
+    )?;
+    let leak = g[0]
+        .f_narrow(0, 1, b - 1)?
+        .f_reshape([b - 1, -1])?
+        .f_abs()?
+        .f_amax([1i64].as_slice(), false)?;
+    let leaks: Vec<f64> = Vec::<f64>::try_from(leak.f_to_kind(Kind::Double)?)?;
+    if let Some((s, mag)) = leaks.iter().enumerate().find(|(_, &v)| v != 0.0) {
+        return Err(Error::Contract(format!(
+            "samples interact: the outputs of sample 0 depend on the inputs of sample {} (|gradient| up to {mag:.3e}); per-sample Jacobians of y {:?} w.r.t. x {:?} would be wrong (batch norm in training mode? a reduction over dimension 0?)",
+            s + 1,
+            y.size(),
+            x.size()
+        )));
+    }
+    Ok(())
+}

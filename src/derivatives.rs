@@ -1,0 +1,196 @@
+//! Products with the Jacobian and the Hessian without forming them:
+//! [`vjp`], [`jvp`], [`hvp`], and the full [`hessian`] — PyTorch's
+//! `torch.autograd.functional` names, for tensors already in a graph.
+//!
+//! | function | formula | shape | cost |
+//! |---|---|---|---|
+//! | [`vjp`] | `vᵀ J` | `x` | 1 backward pass |
+//! | [`jvp`] | `J u` | `y` | 2 backward passes (double-backward trick) |
+//! | [`hvp`] | `H v = ∂(∇y · v)/∂x` | `x` | 2 backward passes |
+//! | [`hessian`] | `H[i, j] = ∂²y/∂x_i∂x_j` | `[*in, *in]` | 1 + n backward passes |
+
+use tch::{Kind, Tensor};
+
+use crate::autograd::{
+    check_float, check_input, check_same_device, check_shape, input_names, vjp_into, Names,
+};
+use crate::error::{Error, Result};
+use crate::jacobian::jacobian_with;
+use crate::strategy::{JacobianOptions, Strategy};
+
+fn check_pair(y: &Tensor, x: &Tensor) -> Result<()> {
+    check_float(y, "y")?;
+    check_input(x, "x")?;
+    check_same_device(y, "y", x, "x")?;
+    Ok(())
+}
+
+fn check_vector(v: &Tensor, v_name: &str, like: &Tensor, like_name: &str) -> Result<()> {
+    check_float(v, v_name)?;
+    check_same_device(v, v_name, like, like_name)?;
+    check_shape(v, v_name, &like.size(), like_name)
+}
+
+fn check_scalar(y: &Tensor) -> Result<()> {
+    if y.numel() != 1 {
+        return Err(Error::Shape(format!(
+            "y must be a scalar (one element) for a Hessian, got shape {:?}; reduce it first (e.g. .sum())",
+            y.size()
+        )));
+    }
+    Ok(())
+}
+
+/// Vector-Jacobian product `vᵀJ = ∂(Σ_i v_i y_i)/∂x`, shape of `x` — one backward pass
+/// (PyTorch's `torch.autograd.functional.vjp` / `torch.autograd.grad(y, x, v)`).
+///
+/// `v` has `y`'s shape. Honors `create_graph` and `strict` (the strategy is not used).
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{vjp, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0, 3.0]).set_requires_grad(true);
+/// let y = &x * &x; // J = diag(2x)
+/// let v = Tensor::from_slice(&[1.0f64, 0.5, 0.0]);
+/// let g = vjp(&y, &x, &v, &JacobianOptions::default())?;
+/// assert_eq!(Vec::<f64>::try_from(g).unwrap(), [2.0, 2.0, 0.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn vjp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    check_pair(y, x)?;
+    check_vector(v, "v", y, "y")?;
+    let names_v = input_names(1);
+    let root = y.f_mul(v)?.f_sum(None::<Kind>)?;
+    Ok(vjp_into(
+        &root,
+        &[x],
+        opts.create_graph,
+        opts.strict,
+        Names {
+            output: "y",
+            inputs: &names_v,
+        },
+    )?
+    .remove(0))
+}
+
+/// Jacobian-vector product `J u`, shape of `y` (PyTorch's `torch.autograd.functional.jvp`).
+///
+/// Computed with the double-backward trick: `g(w) = Jᵀw` is built with create_graph for a dummy
+/// `w`, then `J u = ∂(g(w)·u)/∂w`. Needs twice-differentiable ops.
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{jvp, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+/// let y = Tensor::stack(&[x.sum(None), x.prod(None)], 0); // J = [[1, 1], [x1, x0]]
+/// let u = Tensor::from_slice(&[1.0f64, -1.0]);
+/// let ju = jvp(&y, &x, &u, &JacobianOptions::default())?;
+/// assert_eq!(Vec::<f64>::try_from(ju).unwrap(), [0.0, 1.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn jvp(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    check_pair(y, x)?;
+    check_vector(u, "u", x, "x")?;
+    let names_v = input_names(1);
+    let w = y.f_zeros_like()?.set_requires_grad(true);
+    let root = y.f_mul(&w)?.f_sum(None::<Kind>)?;
+    let g = vjp_into(
+        &root,
+        &[x],
+        true,
+        opts.strict,
+        Names {
+            output: "y",
+            inputs: &names_v,
+        },
+    )?
+    .remove(0);
+    let w_names = [String::from("w")];
+    let root2 = g.f_mul(u)?.f_sum(None::<Kind>)?;
+    Ok(vjp_into(
+        &root2,
+        &[&w],
+        opts.create_graph,
+        false,
+        Names {
+            output: "Jᵀw",
+            inputs: &w_names,
+        },
+    )?
+    .remove(0))
+}
+
+/// Hessian-vector product `H v = ∂(∇ₓy · v)/∂x` of a scalar `y`, shape of `x`
+/// (PyTorch's `torch.autograd.functional.hvp`) — two backward passes.
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{hvp, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+/// let y = (&x * &x * &x).sum(None); // H = diag(6x)
+/// let hv = hvp(&y, &x, &Tensor::from_slice(&[1.0f64, 1.0]), &JacobianOptions::default())?;
+/// assert_eq!(Vec::<f64>::try_from(hv).unwrap(), [6.0, 12.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    check_pair(y, x)?;
+    check_scalar(y)?;
+    check_vector(v, "v", x, "x")?;
+    let names_v = input_names(1);
+    let names = Names {
+        output: "y",
+        inputs: &names_v,
+    };
+    let g = vjp_into(y, &[x], true, opts.strict, names)?.remove(0);
+    let root = g.f_mul(v)?.f_sum(None::<Kind>)?;
+    Ok(vjp_into(
+        &root,
+        &[x],
+        opts.create_graph,
+        opts.strict,
+        Names {
+            output: "∇y",
+            inputs: &names_v,
+        },
+    )?
+    .remove(0))
+}
+
+/// Hessian of a scalar `y`: `H[i..., j...] = ∂²y/∂x[i...]∂x[j...]`, shape `[*in, *in]`
+/// (PyTorch's `torch.autograd.functional.hessian`) — the Jacobian of `∇ₓy` (built with
+/// create_graph) with `opts.strategy` ([`Strategy::RowLoop`], [`Strategy::Forward`] or
+/// [`Strategy::Auto`]; [`Strategy::Vectorized`] needs a closure and falls back to `Auto`).
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{hessian, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+/// let y = (&x.select(0, 0) * &x.select(0, 1)).square(); // (x0 x1)²
+/// let h = hessian(&y, &x, &JacobianOptions::default())?;
+/// // [[2 x1², 4 x0 x1], [4 x0 x1, 2 x0²]]
+/// assert_eq!(Vec::<f64>::try_from(h.flatten(0, -1)).unwrap(), [8.0, 8.0, 8.0, 2.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    check_pair(y, x)?;
+    check_scalar(y)?;
+    let names_v = input_names(1);
+    let g = vjp_into(
+        &y.f_reshape([])?,
+        &[x],
+        true,
+        opts.strict,
+        Names {
+            output: "y",
+            inputs: &names_v,
+        },
+    )?
+    .remove(0);
+    let strategy = match opts.strategy {
+        Strategy::Vectorized { .. } => Strategy::Auto,
+        s => s,
+    };
+    let inner = opts.strategy(strategy).strict(false);
+    Ok(jacobian_with(&g, &[x], &inner)?.remove(0))
+}

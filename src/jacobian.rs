@@ -1,0 +1,212 @@
+//! Jacobians of tensors already in an autograd graph ([`jacobian`], [`jacobian_with`]) and of
+//! closures ([`jacobian_of`]).
+//!
+//! For an output `y` of shape `[*out]` (m elements) and an input `x` of shape `[*in]`
+//! (n elements), the Jacobian is
+//!
+//! ```text
+//! J[i..., j...] = ∂y[i...] / ∂x[j...]        shape [*out, *in]   (PyTorch's convention)
+//! ```
+//!
+//! Every call keeps the caller's graph (`keep_graph`), so a loss built from `y` can still be
+//! back-propagated afterwards, and never touches `x.grad()`.
+
+use tch::Tensor;
+
+use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
+use crate::error::{Error, Result};
+use crate::strategy::{self, JacobianOptions, Strategy};
+
+/// What a closure given to [`jacobian_of`] (and friends) may return: a `Tensor`, or a
+/// `Result<Tensor, E>` whose error converts into [`Error`] (e.g. `tch::TchError`).
+pub trait FnOutput {
+    /// The output tensor, or the closure's error.
+    fn into_output(self) -> Result<Tensor>;
+}
+
+impl FnOutput for Tensor {
+    fn into_output(self) -> Result<Tensor> {
+        Ok(self)
+    }
+}
+
+impl<E: Into<Error>> FnOutput for std::result::Result<Tensor, E> {
+    fn into_output(self) -> Result<Tensor> {
+        self.map_err(Into::into)
+    }
+}
+
+/// The notebook's Jacobian: `J[i, j] = ∂y_i/∂x_j`, one `run_backward(y_i)` per output element
+/// with the graph kept — exactly
+///
+/// ```python
+/// for i in range(m): J[i] = grad(y[i], x, retain_graph=True)[0]
+/// ```
+///
+/// Returns `J` of shape `[*y.size(), *x.size()]`, on `x`'s device with `x`'s dtype. The
+/// caller's graph stays usable. This two-argument form is *strict*: an output that is not
+/// connected to `x` is an error (use [`jacobian_with`] for PyTorch's non-strict zeros, several
+/// inputs, `create_graph` or another strategy).
+///
+/// # Errors
+/// [`Error::NoGrad`] when `x` does not require grad, [`Error::NotConnected`] when `y` does not
+/// depend on `x`, [`Error::Kind`] for integer/bool dtypes, [`Error::Device`] when `y` and `x`
+/// are on different devices.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::jacobian;
+///
+/// let w = Tensor::from_slice(&[0.1f32, 0.3, 0.6, 1.5, 0.3, 4.1, 0.2, -0.3, -0.7]).view([3, 3]);
+/// let x = Tensor::from_slice(&[2.0f32, 1.0, 1.0]).set_requires_grad(true);
+/// let y = w.matmul(&x).sigmoid();
+/// let j = jacobian(&y, &x)?;
+/// assert_eq!(j.size(), [3, 3]);
+/// assert!((j.double_value(&[0, 0]) - 0.018736986).abs() < 1e-7);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn jacobian(y: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let opts = JacobianOptions::default()
+        .strict(true)
+        .strategy(Strategy::RowLoop);
+    Ok(jacobian_with(y, &[x], &opts)?.remove(0))
+}
+
+/// Jacobians of `y` with respect to several inputs, one block `[*out, *in_k]` per input, in
+/// order, with [`JacobianOptions`] (`create_graph`, `strict`, strategy).
+///
+/// `J_k[i..., j...] = ∂y[i...]/∂xs[k][j...]`. Strategies: [`Strategy::RowLoop`],
+/// [`Strategy::Forward`] or [`Strategy::Auto`] (which picks between them by shape);
+/// [`Strategy::Vectorized`] needs the function and is only offered by [`jacobian_of`].
+///
+/// Non-strict (PyTorch's default): an input that `y` does not reach gets a zero block; strict:
+/// an [`Error::NotConnected`] naming the input.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{jacobian_with, JacobianOptions};
+///
+/// let a = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+/// let b = Tensor::from_slice(&[3.0f64]).set_requires_grad(true);
+/// let unused = Tensor::zeros([2, 2], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+/// let y = &a * &b; // [2]
+/// let js = jacobian_with(&y, &[&a, &b, &unused], &JacobianOptions::default())?;
+/// assert_eq!(js[0].size(), [2, 2]); // diag(b)
+/// assert_eq!(js[1].size(), [2, 1]); // a
+/// assert_eq!(js[2].size(), [2, 2, 2]); // zeros
+/// assert_eq!(js[1].double_value(&[1, 0]), 2.0);
+/// assert!(jacobian_with(&y, &[&unused], &JacobianOptions::default().strict(true)).is_err());
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Result<Vec<Tensor>> {
+    let names_v = input_names(xs.len());
+    let names = Names {
+        output: "y",
+        inputs: &names_v,
+    };
+    check_float(y, "y")?;
+    for (x, name) in xs.iter().zip(&names_v) {
+        check_input(x, name)?;
+        check_same_device(y, "y", x, name)?;
+    }
+    let m = y.numel();
+    let n: usize = xs.iter().map(|x| x.numel()).sum();
+    let y2 = y.f_reshape([1, m as i64])?;
+    let blocks = match opts.strategy.validate()?.resolve(m, n, false) {
+        Strategy::RowLoop => strategy::rows(&y2, xs, opts.create_graph, opts.strict, names)?,
+        Strategy::Forward => strategy::columns(&y2, xs, opts.create_graph, opts.strict, names)?,
+        Strategy::Vectorized { .. } => {
+            return Err(Error::InvalidArgument(
+                "Strategy::Vectorized needs the function itself: call jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)".into(),
+            ))
+        }
+        Strategy::Auto => unreachable!("resolve never returns Auto"),
+    };
+    blocks
+        .iter()
+        .zip(xs)
+        .map(|(blk, x)| unflatten(blk, &y.size(), &x.size()))
+        .collect()
+}
+
+/// Reshapes a `[B = 1, m, n]` block to `[*out, *in]`.
+fn unflatten(block: &Tensor, out: &[i64], inp: &[i64]) -> Result<Tensor> {
+    let shape: Vec<i64> = out.iter().chain(inp).copied().collect();
+    Ok(block.f_reshape(shape.as_slice())?)
+}
+
+/// Prepares a closure's input like PyTorch's `_grad_preprocess`: with `create_graph` and an
+/// input that already requires grad, a view that stays connected to the caller's graph;
+/// otherwise a detached copy that requires grad.
+pub(crate) fn prepare_input(x: &Tensor, create_graph: bool) -> Result<Tensor> {
+    if create_graph && x.requires_grad() {
+        Ok(x.f_view_as(x)?)
+    } else {
+        Ok(x.f_detach()?.set_requires_grad(true))
+    }
+}
+
+/// Jacobian of a closure, `J = ∂f(x)/∂x` of shape `[*out, *in]`, with any [`Strategy`]
+/// (PyTorch's `torch.autograd.functional.jacobian(f, x)` / `torch.func.jacrev(f)(x)`).
+///
+/// `x` need not require grad (it is prepared like PyTorch does). With
+/// [`Strategy::Vectorized`] (and with [`Strategy::Auto`] when it picks it) `f` is also called on
+/// `x` stacked `c` times along a new leading dimension and must act row-wise on it
+/// (`f(X)[r] = f(X[r])`, as `tch::nn` layers do); a mismatch of the first row with `f(x)` is an
+/// [`Error::Contract`]. Use [`Strategy::RowLoop`] or [`Strategy::Forward`] for other closures.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{jacobian_of, JacobianOptions, Strategy};
+///
+/// let w = Tensor::randn([4, 3], (Kind::Double, tch::Device::Cpu));
+/// let f = |x: &Tensor| x.matmul(&w.tr()).tanh(); // works on [3] and on [c, 3]
+/// let x = Tensor::randn([3], (Kind::Double, tch::Device::Cpu));
+/// let opts = JacobianOptions::default().strategy(Strategy::Vectorized { chunk_size: Some(2) });
+/// let j = jacobian_of(f, &x, &opts)?;
+/// let expected = (1f64 - f(&x).square()).unsqueeze(1) * &w; // diag(1f64 - tanh²) W
+/// assert!(j.allclose(&expected, 1e-12, 1e-12, false));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn jacobian_of<F, O>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    check_float(x, "x")?;
+    let strat = opts.strategy.validate()?;
+    let xg = prepare_input(x, opts.create_graph)?;
+    let y = f(&xg).into_output()?;
+    check_float(&y, "f(x)")?;
+    check_same_device(&y, "f(x)", x, "x")?;
+    let (m, n) = (y.numel(), x.numel());
+    let names_v = input_names(1);
+    let names = Names {
+        output: "f(x)",
+        inputs: &names_v,
+    };
+    let y2 = y.f_reshape([1, m as i64])?;
+    let block = match strat.resolve(m, n, true) {
+        Strategy::RowLoop => {
+            strategy::rows(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
+        }
+        Strategy::Forward => {
+            strategy::columns(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
+        }
+        Strategy::Vectorized { chunk_size } => {
+            let call = |xr: &Tensor| f(xr).into_output();
+            strategy::vectorized(
+                &call,
+                &xg,
+                false,
+                &y2,
+                chunk_size,
+                opts.create_graph,
+                opts.strict,
+                names,
+            )?
+        }
+        Strategy::Auto => unreachable!("resolve never returns Auto"),
+    };
+    unflatten(&block, &y.size(), &x.size())
+}

@@ -1,0 +1,72 @@
+//! # tch-jacobian
+//!
+//! Jacobian matrices by reverse-mode autograd on [tch](https://docs.rs/tch) (libtorch), and the
+//! penalties built on them, on CPU or CUDA — with numbers checked against PyTorch.
+//!
+//! It starts from a PyTorch notebook: for `F(x) = σ(Wx)` it computes `J_ij = ∂F_i/∂x_j` with one
+//! backward pass per output element (`retain_graph`), the squared Frobenius norm (the
+//! contractive auto-encoder penalty), and checks `J` against `diag(y(1−y))·W`:
+//!
+//! ```
+//! use tch::Tensor;
+//! use tch_jacobian::{frobenius_norm_sq, jacobian, sigmoid_linear_jacobian};
+//!
+//! let w = Tensor::from_slice(&[0.1f32, 0.3, 0.6, 1.5, 0.3, 4.1, 0.2, -0.3, -0.7]).view([3, 3]);
+//! let x = Tensor::from_slice(&[2.0f32, 1.0, 1.0]).set_requires_grad(true);
+//! let y = w.matmul(&x).sigmoid();
+//! let j = jacobian(&y, &x)?; // one run_backward per y_i, graph kept
+//! let f = frobenius_norm_sq(&j)?;
+//! let f_calc = frobenius_norm_sq(&sigmoid_linear_jacobian(&w, &y)?)?;
+//! assert!((f.double_value(&[]) - 0.0486).abs() < 1e-4);
+//! assert!((f.double_value(&[]) - f_calc.double_value(&[])).abs() <= 1e-7);
+//! # Ok::<(), tch_jacobian::Error>(())
+//! ```
+//!
+//! ## PyTorch → tch-jacobian
+//!
+//! | PyTorch | tch-jacobian |
+//! |---|---|
+//! | `for i: J[i] = grad(y[i], x, retain_graph=True)[0]` | [`jacobian(&y, &x)`](jacobian()) |
+//! | `torch.autograd.functional.jacobian(f, (a, b), create_graph=…, strict=…)` | [`jacobian_with(&y, &[&a, &b], &opts)`](jacobian_with) or [`jacobian_of(f, &x, &opts)`](jacobian_of) |
+//! | `torch.func.jacrev(f, chunk_size=c)(x)` | [`jacobian_of`] with [`Strategy::Vectorized { chunk_size: Some(c) }`](Strategy::Vectorized) |
+//! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] / [`jacobian_with`] with [`Strategy::Forward`] |
+//! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
+//! | `torch.autograd.functional.vjp` / `grad(y, x, v)` | [`vjp(&y, &x, &v, &opts)`](vjp) |
+//! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
+//! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
+//! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |
+//! | `J.pow(2).sum()` | [`frobenius_norm_sq`] |
+//! | `torch.diag(y*(1-y)).matmul(W)` | [`sigmoid_linear_jacobian`] |
+//! | CAE penalty `λ‖J_f(x)‖_F²` | [`contractive_penalty`] with an [`Estimator`] |
+//! | `torch.allclose` in tests | [`Tolerance`], [`assert_allclose`] |
+//!
+//! Options ([`JacobianOptions`]) carry PyTorch's `create_graph` and `strict` and the
+//! [`Strategy`]. Every function returns [`Result`]: bad input (no `requires_grad`, integer
+//! dtypes, mixed devices, mismatched shapes, `chunk_size = 0`, …) is an [`Error`], never a panic.
+//! Results live on the inputs' device: CUDA tensors give CUDA Jacobians.
+
+mod autograd;
+pub mod batch;
+pub mod closed_form;
+pub mod derivatives;
+pub mod error;
+pub mod jacobian;
+pub mod penalty;
+pub mod strategy;
+pub mod tolerance;
+
+pub use batch::{batch_jacobian, batch_jacobian_of, check_batch_independence};
+pub use closed_form::{sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian};
+pub use derivatives::{hessian, hvp, jvp, vjp};
+pub use error::{Error, Result};
+pub use jacobian::{jacobian, jacobian_of, jacobian_with, FnOutput};
+pub use penalty::{
+    contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
+};
+pub use strategy::{JacobianOptions, Strategy};
+pub use tolerance::{assert_allclose, Tolerance};
+
+/// The README's Rust snippets, compiled by `cargo test --doc`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,231 @@
+//! Jacobian penalties: the squared Frobenius norm and the contractive auto-encoder penalty
+//! (Rifai et al., 2011), differentiable so they can be added to a training loss.
+//!
+//! For an encoder `h = f(x)` applied sample by sample to `x: [B, n]` (or `[B, *in]`) with
+//! `h: [B, m]` (or `[B, *out]`),
+//!
+//! ```text
+//! penalty_b = ‖J_f(x_b)‖_F² = Σ_{i,j} (∂h_{b,i}/∂x_{b,j})²        contractive_penalty = mean_b penalty_b
+//! ```
+//!
+//! three [`Estimator`]s compute it:
+//!
+//! | estimator | formula | backward passes (create_graph) |
+//! |---|---|---|
+//! | [`Estimator::Exact`] | `Σ_i ‖∂h_{·,i}/∂x‖²` | `m` (one per hidden unit, whole batch) |
+//! | [`Estimator::SigmoidClosedForm`] | `Σ_i (h_i(1−h_i))² Σ_j W_ij²` | 0 (only for `h = σ(Wx + b)`) |
+//! | [`Estimator::Projections`] | `(m/k) Σ_{r<k} ‖v_rᵀ J‖²`, `v_r` uniform on the unit sphere | `k` |
+//!
+//! The projection estimator (Hoffman, Roberts & Yaida, 2019) is unbiased because
+//! `E[v vᵀ] = I/m` for `v` uniform on the sphere in ℝᵐ.
+
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use tch::{Kind, Tensor};
+
+use crate::autograd::{check_float, check_input, check_same_device, input_names, vjp_into, Names};
+use crate::batch::batch_jacobian;
+use crate::closed_form::sigmoid_derivative;
+use crate::error::{Error, Result};
+use crate::strategy::JacobianOptions;
+
+/// Squared Frobenius norm `‖J‖_F² = Σ J²` over all elements (the notebook's `J.pow(2).sum()`).
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::frobenius_norm_sq;
+/// let j = Tensor::from_slice(&[3.0f64, 4.0]);
+/// assert_eq!(frobenius_norm_sq(&j)?.double_value(&[]), 25.0);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn frobenius_norm_sq(j: &Tensor) -> Result<Tensor> {
+    check_float(j, "J")?;
+    Ok(j.f_square()?.f_sum(None::<Kind>)?)
+}
+
+/// How [`contractive_penalty`] computes `‖J‖_F²`.
+#[derive(Debug)]
+pub enum Estimator {
+    /// Exact: the per-sample Jacobians by one create_graph backward pass per hidden unit over
+    /// the whole batch.
+    Exact,
+    /// Closed form for a sigmoid layer `h = σ(x Wᵀ + b)` with `W: [m, n]`, no backward pass:
+    /// `Σ_i (h_i(1−h_i))² Σ_j W_ij²`. The gradient reaches `W` through `h` and through `W²`, so
+    /// pass the layer's weight itself, not a detached copy (`vs` weights are fine).
+    SigmoidClosedForm {
+        /// The layer's weight, `[m, n]`.
+        w: Tensor,
+    },
+    /// Random projections: `(m/k) Σ_r ‖v_rᵀ J‖²` with `v_r` drawn uniformly on the unit sphere
+    /// independently per sample, `k` create_graph backward passes. Unbiased.
+    Projections {
+        /// Number of projections, ≥ 1.
+        k: usize,
+        /// `Some(seed)`: directions drawn from a `StdRng` seeded with it (reproducible, and
+        /// independent of torch's generator); `None`: from torch's global generator
+        /// (`tch::manual_seed` controls it).
+        seed: Option<u64>,
+    },
+}
+
+impl Estimator {
+    /// The closed form for the sigmoid layer with weight `w` (a shallow clone: gradients still
+    /// reach the variable).
+    ///
+    /// ```
+    /// use tch::{Kind, Tensor};
+    /// let w = Tensor::zeros([4, 3], (Kind::Float, tch::Device::Cpu));
+    /// let est = tch_jacobian::Estimator::sigmoid_closed_form(&w);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn sigmoid_closed_form(w: &Tensor) -> Self {
+        Estimator::SigmoidClosedForm {
+            w: w.shallow_clone(),
+        }
+    }
+}
+
+/// Per-sample penalty `‖J_f(x_b)‖_F²`, shape `[B]`, differentiable (see the module docs for the
+/// estimators).
+///
+/// `x` must require grad *before* `h` is computed from it (it is differentiated against),
+/// except for [`Estimator::SigmoidClosedForm`], which only reads shapes from it.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{contractive_penalty_per_sample, Estimator};
+/// let w = Tensor::randn([4, 3], (Kind::Double, tch::Device::Cpu));
+/// let x = Tensor::randn([2, 3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+/// let h = x.matmul(&w.tr()).sigmoid();
+/// let exact = contractive_penalty_per_sample(&h, &x, &Estimator::Exact)?;
+/// let closed = contractive_penalty_per_sample(&h, &x, &Estimator::sigmoid_closed_form(&w))?;
+/// assert!(exact.allclose(&closed, 1e-10, 1e-12, false));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn contractive_penalty_per_sample(
+    h: &Tensor,
+    x: &Tensor,
+    estimator: &Estimator,
+) -> Result<Tensor> {
+    check_float(h, "h")?;
+    check_float(x, "x")?;
+    check_same_device(h, "h", x, "x")?;
+    let (hs, xs) = (h.size(), x.size());
+    if hs.len() < 2 || xs.len() < 2 || hs[0] != xs[0] {
+        return Err(Error::Shape(format!(
+            "contractive penalty needs h: [B, *out] and x: [B, *in] with the same batch size B; got h {hs:?} and x {xs:?}"
+        )));
+    }
+    let b = hs[0];
+    if b == 0 {
+        return Err(Error::Shape(format!(
+            "empty batch: h has shape {hs:?}; the penalty of no samples is undefined"
+        )));
+    }
+    match estimator {
+        Estimator::Exact => {
+            check_input(x, "x")?;
+            let opts = JacobianOptions::default().create_graph(true).strict(true);
+            let j = batch_jacobian(h, x, &opts)?;
+            Ok(j.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(
+                [1i64].as_slice(),
+                false,
+                None::<Kind>,
+            )?)
+        }
+        Estimator::SigmoidClosedForm { w } => {
+            if hs.len() != 2 || xs.len() != 2 || w.dim() != 2 || w.size()[1] != xs[1] {
+                return Err(Error::Shape(format!(
+                    "sigmoid closed form needs h: [B, m], x: [B, n] and w: [m, n]; got h {hs:?}, x {xs:?}, w {:?}",
+                    w.size()
+                )));
+            }
+            let d = sigmoid_derivative(w, h, "h")?; // [B, m]
+            let row_norms =
+                w.f_square()?
+                    .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?;
+            Ok(d.f_square()?.f_matmul(&row_norms)?)
+        }
+        Estimator::Projections { k, seed } => {
+            if *k == 0 {
+                return Err(Error::InvalidArgument(
+                    "Projections needs k ≥ 1 projections, got k = 0".into(),
+                ));
+            }
+            check_input(x, "x")?;
+            let m = h.numel() as i64 / b;
+            let dirs = sphere_directions(*k, &hs, *seed, h.kind(), h.device())?; // [k, B, *out]
+            let names_v = input_names(1);
+            let names = Names {
+                output: "h",
+                inputs: &names_v,
+            };
+            let mut total: Option<Tensor> = None;
+            for r in 0..*k as i64 {
+                let root = h.f_mul(&dirs.f_select(0, r)?)?.f_sum(None::<Kind>)?;
+                let g = vjp_into(&root, &[x], true, true, names)?.remove(0); // [B, *in] = v_bᵀ J_b
+                let sq = g.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(
+                    [1i64].as_slice(),
+                    false,
+                    None::<Kind>,
+                )?;
+                total = Some(match total {
+                    None => sq,
+                    Some(t) => t.f_add(&sq)?,
+                });
+            }
+            Ok(total.expect("k ≥ 1").f_mul_scalar(m as f64 / *k as f64)?)
+        }
+    }
+}
+
+/// The contractive auto-encoder penalty: the batch mean of [`contractive_penalty_per_sample`],
+/// a differentiable scalar — add `λ ·` it to the reconstruction loss.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{contractive_penalty, Estimator};
+/// let w = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+/// let x = Tensor::randn([8, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+/// let h = x.matmul(&w.tr()).sigmoid();
+/// let penalty = contractive_penalty(&h, &x, &Estimator::Projections { k: 2, seed: Some(7) })?;
+/// penalty.backward(); // reaches w
+/// assert_eq!(w.grad().size(), [4, 3]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn contractive_penalty(h: &Tensor, x: &Tensor, estimator: &Estimator) -> Result<Tensor> {
+    Ok(contractive_penalty_per_sample(h, x, estimator)?.f_mean(None::<Kind>)?)
+}
+
+/// `k` independent directions per sample, uniform on the unit sphere of ℝᵐ (normalized
+/// Gaussians), shape `[k, *shape]`.
+fn sphere_directions(
+    k: usize,
+    shape: &[i64],
+    seed: Option<u64>,
+    kind: Kind,
+    device: tch::Device,
+) -> Result<Tensor> {
+    let mut full = vec![k as i64];
+    full.extend_from_slice(shape);
+    let gauss = match seed {
+        None => Tensor::f_randn(full.as_slice(), (kind, device))?,
+        Some(seed) => {
+            let count: i64 = full.iter().product();
+            let mut rng = StdRng::seed_from_u64(seed);
+            let vals: Vec<f64> = (0..count)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect();
+            Tensor::f_from_slice(&vals)?
+                .f_reshape(full.as_slice())?
+                .f_to_kind(kind)?
+                .f_to_device(device)?
+        }
+    };
+    let per_sample = gauss.f_reshape([k as i64, shape[0], -1])?;
+    let norms = per_sample
+        .f_square()?
+        .f_sum_dim_intlist([2i64].as_slice(), true, None::<Kind>)?
+        .f_sqrt()?;
+    Ok(per_sample.f_div(&norms)?.f_reshape(full.as_slice())?)
+}

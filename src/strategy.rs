@@ -1,0 +1,394 @@
+//! How a Jacobian is computed: [`Strategy`] and the options shared by every call,
+//! [`JacobianOptions`].
+//!
+//! | strategy | backward passes | needs a closure | best for |
+//! |---|---|---|---|
+//! | [`Strategy::RowLoop`] | `m` (one per output element) | no | the notebook; small `m`; any `f` |
+//! | [`Strategy::Vectorized`] | `⌈m / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | square and wide Jacobians, GPUs |
+//! | [`Strategy::Forward`] | 1 + `n` (one per input element, double-backward JVPs) | no | tall Jacobians (`m ≫ n`) |
+//! | [`Strategy::Auto`] | picks one of the above by shape, see [`Strategy::resolve`] | – | default |
+//!
+//! Here `m` is the number of output elements and `n` the number of input elements.
+
+use crate::error::{Error, Result};
+
+/// A way of computing `J[i, j] = ∂y_i/∂x_j`.
+///
+/// All strategies produce the same `J` (up to floating-point summation order); they differ in
+/// speed and memory. They all go through the crate's one VJP primitive.
+///
+/// ```
+/// use tch_jacobian::Strategy;
+/// // A tall Jacobian (1024 outputs, 16 inputs) without a closure: column by column.
+/// assert_eq!(Strategy::Auto.resolve(1024, 16, false), Strategy::Forward);
+/// // Square, with a row-wise closure: one vectorized pass.
+/// assert_eq!(Strategy::Auto.resolve(256, 256, true), Strategy::Vectorized { chunk_size: None });
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Choose by shape; see [`Strategy::resolve`].
+    #[default]
+    Auto,
+    /// The notebook's loop: for each output element `i`, one `run_backward(y_i)` with the graph
+    /// kept gives row `i`, `J[i, :] = ∂y_i/∂x`.
+    RowLoop,
+    /// Replicate `x` once per output row, `X = [x; x; …; x]` (shape `[c, *in]`), evaluate
+    /// `Y = f(X)` and run one backward pass of `Σ_r Y[r, i_r]`: row `r` of `∂/∂X` is `J[i_r, :]`.
+    ///
+    /// `f` must act row-wise on a leading batch dimension (`f(X)[r] = f(X[r])`), as `tch::nn`
+    /// layers do; the first row of `f(X)` is checked against `f(x)` to catch closures that mix
+    /// rows. `chunk_size` (like `torch.func.jacrev(chunk_size=…)`) bounds the number of copies
+    /// evaluated at once, so memory is `O(chunk_size · cost(f))`; `None` means all `m` rows at once.
+    Vectorized {
+        /// At most this many output rows per backward pass; `Some(0)` is an error.
+        chunk_size: Option<usize>,
+    },
+    /// Column by column, `J[:, j] = J e_j`, by forward-mode products computed with the
+    /// double-backward trick: `g(u) = Jᵀu` is built once with `create_graph`, then
+    /// `J e_j = ∂(g(u)·e_j)/∂u` costs one backward pass per input element.
+    ///
+    /// (True forward-mode dual numbers are not exposed by tch.) Needs twice-differentiable ops.
+    Forward,
+}
+
+/// Output-to-input ratio above which [`Strategy::Auto`] goes column by column.
+pub const AUTO_TALL_RATIO: usize = 4;
+
+/// Element budget (`copies × (n + m)`) under which [`Strategy::Auto`] vectorizes all rows at once;
+/// above it, it chunks to stay near this many elements per pass.
+pub const AUTO_VECTORIZE_BUDGET: usize = 1 << 24;
+
+impl Strategy {
+    /// The concrete strategy used for a Jacobian with `m` output and `n` input elements;
+    /// `have_closure` says whether [`Strategy::Vectorized`] is possible.
+    ///
+    /// `Auto` resolves to
+    /// * `Forward` when `m ≥ 4·n` ([`AUTO_TALL_RATIO`]) — fewer backward passes;
+    /// * otherwise `Vectorized` when a closure is given, with `chunk_size = None` when
+    ///   `m · (m + n) ≤ 2²⁴` ([`AUTO_VECTORIZE_BUDGET`]) and a chunk that keeps each pass under that
+    ///   budget otherwise;
+    /// * otherwise `RowLoop`.
+    ///
+    /// Other strategies are returned unchanged.
+    ///
+    /// ```
+    /// use tch_jacobian::Strategy;
+    /// assert_eq!(Strategy::Auto.resolve(3, 3, false), Strategy::RowLoop);
+    /// assert_eq!(Strategy::Auto.resolve(4096, 4096, true), Strategy::Vectorized { chunk_size: Some(2048) });
+    /// assert_eq!(Strategy::RowLoop.resolve(4096, 1, true), Strategy::RowLoop);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn resolve(self, m: usize, n: usize, have_closure: bool) -> Strategy {
+        match self {
+            Strategy::Auto => {
+                if n > 0 && m >= AUTO_TALL_RATIO * n {
+                    Strategy::Forward
+                } else if have_closure {
+                    let per_copy = (m + n).max(1);
+                    let chunk = (AUTO_VECTORIZE_BUDGET / per_copy).max(1);
+                    if chunk >= m {
+                        Strategy::Vectorized { chunk_size: None }
+                    } else {
+                        // Round down to a power of two for even chunks.
+                        Strategy::Vectorized {
+                            chunk_size: Some(1 << chunk.ilog2()),
+                        }
+                    }
+                } else {
+                    Strategy::RowLoop
+                }
+            }
+            s => s,
+        }
+    }
+
+    pub(crate) fn validate(self) -> Result<Self> {
+        if let Strategy::Vectorized {
+            chunk_size: Some(0),
+        } = self
+        {
+            return Err(Error::InvalidArgument(
+                "chunk_size must be at least 1, got 0".into(),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// Options shared by every Jacobian-like call; PyTorch's names and defaults.
+///
+/// * `create_graph` (default `false`): the result is itself differentiable, so a loss built from
+///   it (e.g. `‖J‖_F²`) back-propagates to the parameters and inputs — PyTorch's
+///   `create_graph=True`.
+/// * `strict` (default `false`): an output that does not depend on an input is an error instead
+///   of a block of zeros — PyTorch's `strict=True`.
+/// * `strategy` (default [`Strategy::Auto`]).
+///
+/// ```
+/// use tch_jacobian::{JacobianOptions, Strategy};
+/// let opts = JacobianOptions::default().create_graph(true).strategy(Strategy::RowLoop);
+/// assert!(opts.create_graph && !opts.strict);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JacobianOptions {
+    /// Keep the result differentiable (PyTorch's `create_graph`).
+    pub create_graph: bool,
+    /// Refuse outputs that do not depend on an input (PyTorch's `strict`).
+    pub strict: bool,
+    /// How to compute it.
+    pub strategy: Strategy,
+}
+
+impl JacobianOptions {
+    /// Sets `create_graph`.
+    pub fn create_graph(mut self, create_graph: bool) -> Self {
+        self.create_graph = create_graph;
+        self
+    }
+    /// Sets `strict`.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+    /// Sets the strategy.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engines. Each works on a batch view: `y2` of shape `[B, m]`, inputs whose gradients are viewed
+// as `[B, n_k]`, and returns one `[B, m, n_k]` block per input. The plain Jacobian is the
+// case B = 1 with the leading dimension squeezed afterwards. All of them call `vjp_into`.
+// ---------------------------------------------------------------------------------------------
+use tch::{Kind, Tensor};
+
+use crate::autograd::{vjp_into, Names};
+
+/// Flat `[B, n]` view of a gradient of an input with `b` leading samples.
+fn flat(g: &Tensor, b: i64) -> Result<Tensor> {
+    Ok(g.f_reshape([b, -1])?)
+}
+
+/// `RowLoop`: one backward pass per output element `i`, of `y2[:, i]` (seeded with ones, so the
+/// samples' rows come out together).
+pub(crate) fn rows(
+    y2: &Tensor,
+    xs: &[&Tensor],
+    create_graph: bool,
+    strict: bool,
+    names: Names<'_>,
+) -> Result<Vec<Tensor>> {
+    let (b, m) = (y2.size()[0], y2.size()[1]);
+    if m == 0 {
+        return empty_blocks(b, xs);
+    }
+    let mut blocks: Vec<Vec<Tensor>> = xs.iter().map(|_| Vec::with_capacity(m as usize)).collect();
+    for i in 0..m {
+        let root = y2.f_select(1, i)?;
+        for (block, g) in blocks
+            .iter_mut()
+            .zip(vjp_into(&root, xs, create_graph, strict, names)?)
+        {
+            block.push(flat(&g, b)?);
+        }
+    }
+    blocks
+        .iter()
+        .map(|rows| Ok(Tensor::f_stack(rows, 1)?))
+        .collect()
+}
+
+/// `Forward`: `g(u) = Jᵀu` built once with create_graph, then one backward pass of `g[:, j]`
+/// with respect to `u` per input element `j` gives column `J e_j`.
+pub(crate) fn columns(
+    y2: &Tensor,
+    xs: &[&Tensor],
+    create_graph: bool,
+    strict: bool,
+    names: Names<'_>,
+) -> Result<Vec<Tensor>> {
+    let b = y2.size()[0];
+    if y2.size()[1] == 0 {
+        return empty_blocks(b, xs);
+    }
+    let u = y2.f_zeros_like()?.set_requires_grad(true);
+    let root = y2.f_mul(&u)?.f_sum(None::<Kind>)?;
+    let gs = vjp_into(&root, xs, true, strict, names)?;
+    let u_names = [String::from("u")];
+    let inner = Names {
+        output: "Jᵀu",
+        inputs: &u_names,
+    };
+    gs.iter()
+        .map(|g| {
+            let g2 = flat(g, b)?;
+            let cols = (0..g2.size()[1])
+                .map(|j| {
+                    let col = vjp_into(&g2.f_select(1, j)?, &[&u], create_graph, false, inner)?;
+                    Ok(col.into_iter().next().expect("one input"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if cols.is_empty() {
+                return Ok(Tensor::f_zeros(
+                    [b, y2.size()[1], 0],
+                    (g2.kind(), g2.device()),
+                )?);
+            }
+            Ok(Tensor::f_stack(&cols, 2)?)
+        })
+        .collect()
+}
+
+/// `Vectorized`: for each chunk of `c` output rows starting at `start`, evaluate `f` on
+/// `X = x` repeated `c` times per sample (shape `[B·c, *in]`) and run one backward pass of
+/// `Σ_{b,r} f(X)[b, r, start + r]`; the gradient's row `(b, r)` is sample `b`'s `J[start + r, :]`.
+///
+/// `x` is the input `y2 = f(x)` (viewed as `[B, m]`) was computed from: `[B, *in]` when
+/// `batched`, `[*in]` (B = 1) otherwise; `call` evaluates `f` on `[B·c, *in]`.
+///
+/// Two checks catch closures that are not row-wise: the first replicated row of `f(X)` must equal
+/// `f(x)`, and the first Jacobian row must equal the one a plain backward pass of `y2[:, 0]`
+/// gives (one extra backward pass).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn vectorized(
+    call: &dyn Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    batched: bool,
+    y2: &Tensor,
+    chunk_size: Option<usize>,
+    create_graph: bool,
+    strict: bool,
+    names: Names<'_>,
+) -> Result<Tensor> {
+    let (b, m) = (y2.size()[0], y2.size()[1]);
+    let x2 = if batched {
+        x.shallow_clone()
+    } else {
+        x.f_unsqueeze(0)?
+    };
+    let in_shape = x2.size()[1..].to_vec();
+    let n: i64 = in_shape.iter().product();
+    if m == 0 {
+        return Ok(Tensor::f_zeros([b, 0, n], (x2.kind(), x2.device()))?);
+    }
+    let chunk = chunk_size.map_or(m, |c| (c as i64).min(m)).max(1);
+    let mut blocks = Vec::with_capacity((m / chunk + 1) as usize);
+    let mut start = 0;
+    while start < m {
+        let len = chunk.min(m - start);
+        let mut rep = vec![b, len];
+        rep.extend_from_slice(&in_shape);
+        let mut flat_shape = vec![b * len];
+        flat_shape.extend_from_slice(&in_shape);
+        let xr = x2
+            .f_unsqueeze(1)?
+            .f_expand(rep.as_slice(), false)?
+            .f_reshape(flat_shape.as_slice())?;
+        let yr = call(&xr)?;
+        if yr.size().first() != Some(&(b * len)) || yr.numel() as i64 != b * len * m {
+            return Err(Error::Contract(format!(
+                "Vectorized strategy: f was given {} stacked copies of the input (shape {:?}) and must return {} rows of {} elements, but returned shape {:?}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
+                b * len,
+                xr.size(),
+                b * len,
+                m,
+                yr.size()
+            )));
+        }
+        let yr = yr.f_reshape([b, len, m])?;
+        if start == 0 {
+            let first = yr.f_select(1, 0)?;
+            let same = tch::no_grad(|| first.f_allclose(y2, 1e-3, 1e-5, true))?;
+            if !same {
+                return Err(Error::Contract(format!(
+                    "Vectorized strategy: f(x repeated) row 0 differs from f(x) (input shape {:?}); f mixes rows of its leading batch dimension (e.g. a sum over it or batch norm) — use Strategy::RowLoop or Strategy::Forward",
+                    x2.size()
+                )));
+            }
+        }
+        let idx = Tensor::f_arange_start(start, start + len, (Kind::Int64, yr.device()))?
+            .f_view([1, len, 1])?
+            .f_expand([b, len, 1], false)?;
+        let root = yr.f_gather(2, &idx, false)?.f_sum(None::<Kind>)?;
+        let g = vjp_into(&root, &[&xr], create_graph, strict, names)?
+            .remove(0)
+            .f_reshape([b, len, n])?;
+        if start == 0 {
+            check_first_row(&g, x, y2, b, &x2)?;
+        }
+        blocks.push(g);
+        start += len;
+    }
+    Ok(Tensor::f_cat(&blocks, 1)?)
+}
+
+/// Compares the first Jacobian row of the vectorized pass with a plain backward pass of
+/// `y2[:, 0]` through the caller's graph: `max|a − b| ≤ 1e-3 · max|b| + 1e-6`.
+fn check_first_row(g: &Tensor, x: &Tensor, y2: &Tensor, b: i64, x2: &Tensor) -> Result<()> {
+    if !y2.requires_grad() {
+        return Ok(());
+    }
+    let reference = Tensor::f_run_backward(&[y2.f_select(1, 0)?], &[x], true, false)?.remove(0);
+    if !reference.defined() {
+        return Ok(());
+    }
+    tch::no_grad(|| -> Result<()> {
+        let reference = reference.f_reshape([b, -1])?;
+        let got = g.f_select(1, 0)?;
+        let diff = got
+            .f_sub(&reference)?
+            .f_abs()?
+            .f_max()?
+            .f_double_value(&[])?;
+        let scale = reference.f_abs()?.f_max()?.f_double_value(&[])?;
+        if diff > 1e-3 * scale + 1e-6 || diff.is_nan() != scale.is_nan() {
+            return Err(Error::Contract(format!(
+                "Vectorized strategy: the first Jacobian row from f(x repeated) differs from the one of f(x) by up to {diff:.3e} (input shape {:?}); f mixes rows of its leading batch dimension (e.g. a mean over it or batch norm) — use Strategy::RowLoop or Strategy::Forward",
+                x2.size()
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Zero blocks `[B, 0, n_k]` for an output with no elements.
+fn empty_blocks(b: i64, xs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    xs.iter()
+        .map(|x| {
+            let n = x.numel() as i64 / b.max(1);
+            Ok(Tensor::f_zeros([b, 0, n], (x.kind(), x.device()))?)
+        })
+        .collect()
+}
+
+impl Strategy {
+    /// [`Strategy::resolve`] for `batch` samples evaluated together: the vectorization budget
+    /// is shared by the batch, so `Auto` chunks earlier (`chunk · batch · (m + n) ≤ 2²⁴`).
+    ///
+    /// ```
+    /// use tch_jacobian::Strategy;
+    /// assert_eq!(Strategy::Auto.resolve_batched(64, 784, 128, true), Strategy::Vectorized { chunk_size: None });
+    /// assert_eq!(Strategy::Auto.resolve_batched(1024, 1024, 128, true), Strategy::Vectorized { chunk_size: Some(64) });
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn resolve_batched(self, m: usize, n: usize, batch: usize, have_closure: bool) -> Strategy {
+        match self.resolve(m, n, have_closure) {
+            Strategy::Vectorized { chunk_size: None } if self == Strategy::Auto => {
+                let per_copy = batch.max(1) * (m + n).max(1);
+                let chunk = (AUTO_VECTORIZE_BUDGET / per_copy).max(1);
+                if chunk >= m {
+                    Strategy::Vectorized { chunk_size: None }
+                } else {
+                    Strategy::Vectorized {
+                        chunk_size: Some(1 << chunk.ilog2()),
+                    }
+                }
+            }
+            s => s,
+        }
+    }
+}

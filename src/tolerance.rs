@@ -1,0 +1,136 @@
+//! Comparing tensors the way `numpy.allclose` / `torch.allclose` do, with a report of the
+//! first mismatches — for tests that check Rust results against PyTorch.
+//!
+//! An element passes when
+//!
+//! ```text
+//! |actual − expected| ≤ atol + rtol · |expected|
+//! ```
+//!
+//! (asymmetric, like NumPy: `expected` scales the tolerance). NaNs pass only where both are NaN.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Relative and absolute tolerance; see the module docs for the formula.
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::Tolerance;
+/// let a = Tensor::from_slice(&[1.0f64, 2.0]);
+/// let b = Tensor::from_slice(&[1.0f64, 2.0 + 1e-9]);
+/// assert!(Tolerance::default().check(&a, &b).is_ok());
+/// assert!(Tolerance::new(0.0, 1e-12).check(&a, &b).is_err());
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// Absolute tolerance.
+    pub atol: f64,
+}
+
+impl Default for Tolerance {
+    /// NumPy's and PyTorch's `allclose` defaults: `rtol = 1e-5`, `atol = 1e-8`.
+    fn default() -> Self {
+        Tolerance {
+            rtol: 1e-5,
+            atol: 1e-8,
+        }
+    }
+}
+
+impl Tolerance {
+    /// A tolerance with the given `rtol` and `atol`.
+    pub fn new(rtol: f64, atol: f64) -> Self {
+        Tolerance { rtol, atol }
+    }
+
+    /// `Ok(())` when every element passes; otherwise an error listing the count of mismatches
+    /// and the first ten with their index, values, absolute and relative difference.
+    ///
+    /// Shapes must be equal; both are compared in f64 on the CPU.
+    pub fn check(&self, actual: &Tensor, expected: &Tensor) -> Result<()> {
+        if actual.size() != expected.size() {
+            return Err(Error::Shape(format!(
+                "actual has shape {:?} but expected has shape {:?}",
+                actual.size(),
+                expected.size()
+            )));
+        }
+        let to_vec = |t: &Tensor| -> Result<Vec<f64>> {
+            let t = t
+                .f_detach()?
+                .f_to_device(tch::Device::Cpu)?
+                .f_to_kind(Kind::Double)?
+                .f_reshape([-1])?;
+            Ok(Vec::<f64>::try_from(&t)?)
+        };
+        let (a, e) = (to_vec(actual)?, to_vec(expected)?);
+        let shape = actual.size();
+        let mut bad = Vec::new();
+        for (i, (&x, &y)) in a.iter().zip(&e).enumerate() {
+            let ok = if x.is_nan() || y.is_nan() {
+                x.is_nan() && y.is_nan()
+            } else {
+                (x - y).abs() <= self.atol + self.rtol * y.abs()
+            };
+            if !ok {
+                bad.push(i);
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let mut msg = format!(
+            "{} of {} elements differ (shape {shape:?}, |a − e| ≤ {:e} + {:e}·|e| fails); first ones:",
+            bad.len(),
+            a.len(),
+            self.atol,
+            self.rtol
+        );
+        for &i in bad.iter().take(10) {
+            let (x, y) = (a[i], e[i]);
+            let abs = (x - y).abs();
+            msg.push_str(&format!(
+                "\n  at {:?}: actual {x:.9e}, expected {y:.9e}, abs diff {abs:.3e}, rel diff {:.3e}",
+                unravel(i, &shape),
+                abs / y.abs()
+            ));
+        }
+        Err(Error::InvalidArgument(msg))
+    }
+}
+
+fn unravel(mut i: usize, shape: &[i64]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (d, &s) in shape.iter().enumerate().rev() {
+        let s = s.max(1) as usize;
+        idx[d] = i % s;
+        i /= s;
+    }
+    idx
+}
+
+/// Asserts `|actual − expected| ≤ atol + rtol·|expected|` elementwise; on failure panics with
+/// the first mismatches (index, values, absolute and relative difference), reported at the
+/// caller's line. Meant for tests.
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{assert_allclose, Tolerance};
+/// let j = Tensor::from_slice(&[0.018736986f32]);
+/// assert_allclose(&j, &Tensor::from_slice(&[0.018736986f64]), Tolerance::new(1e-6, 0.0));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+///
+/// # Panics
+/// Panics if the shapes differ or any element is outside the tolerance.
+#[track_caller]
+pub fn assert_allclose(actual: &Tensor, expected: &Tensor, tol: Tolerance) {
+    if let Err(e) = tol.check(actual, expected) {
+        panic!("assert_allclose failed: {e}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The API's contract: shapes (scalars, empty tensors, several inputs), strategies agreeing,
+//! the caller's graph left usable, and every bad input answered by an error naming it.
+mod common;
+
+use common::*;
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    batch_jacobian, batch_jacobian_of, check_batch_independence, hessian, hvp, jacobian,
+    jacobian_of, jacobian_with, jvp, vjp, Error, JacobianOptions, Result, Strategy,
+};
+
+fn opts(s: Strategy) -> JacobianOptions {
+    JacobianOptions::default().strategy(s)
+}
+
+fn shapes_scalars_empty(device: Device) -> Result<()> {
+    let k = (Kind::Double, device);
+    let x = Tensor::randn([2, 3], k).set_requires_grad(true);
+    // Scalar output: J has x's shape.
+    let s = x.square().sum(Kind::Double);
+    assert_eq!(jacobian(&s, &x)?.size(), [2, 3]);
+    // Scalar input: J has y's shape.
+    let t = Tensor::from_slice(&[0.5f64])
+        .to_device(device)
+        .reshape([])
+        .set_requires_grad(true);
+    let y = Tensor::stack(&[t.sin(), t.cos(), t.exp()], 0);
+    let j = jacobian(&y, &t)?;
+    assert_eq!(j.size(), [3]);
+    assert!((j.double_value(&[1]) + 0.5f64.sin()).abs() < 1e-15);
+    // Empty output and empty input: correctly shaped empty Jacobians, like PyTorch.
+    for st in [Strategy::RowLoop, Strategy::Forward, Strategy::Auto] {
+        let e = x.narrow(1, 0, 0).sin(); // [2, 0]
+        assert_eq!(jacobian_with(&e, &[&x], &opts(st))?[0].size(), [2, 0, 2, 3]);
+        let xe = Tensor::zeros([0], k).set_requires_grad(true);
+        let ye = xe.sum(Kind::Double) + x.sum(Kind::Double);
+        assert_eq!(jacobian_with(&ye, &[&xe], &opts(st))?[0].size(), [0]);
+    }
+    let f = |x: &Tensor| x.sin();
+    for st in [Strategy::Vectorized { chunk_size: None }, Strategy::RowLoop] {
+        assert_eq!(
+            jacobian_of(f, &Tensor::zeros([0, 4], k), &opts(st))?.size(),
+            [0, 4, 0, 4]
+        );
+        assert_eq!(
+            batch_jacobian_of(f, &Tensor::zeros([0, 4], k), &opts(st))?.size(),
+            [0, 4, 4]
+        );
+    }
+    Ok(())
+}
+
+/// All strategies give one Jacobian on a random MLP with 2-D input and 2-D output.
+fn strategies_agree(device: Device) -> Result<()> {
+    tch::manual_seed(7);
+    let k = (Kind::Double, device);
+    let (w1, w2) = (Tensor::randn([6, 16], k), Tensor::randn([16, 10], k));
+    // [*, 2, 3] -> [*, 5, 2]
+    let f = |x: &Tensor| {
+        let lead = &x.size()[..x.dim() - 2];
+        let flat = x.reshape([-1, 6]).matmul(&w1).tanh().matmul(&w2).softplus();
+        let mut out = lead.to_vec();
+        out.extend([5, 2]);
+        flat.reshape(out.as_slice())
+    };
+    let x = Tensor::randn([2, 3], k);
+    let reference = jacobian_of(f, &x, &opts(Strategy::RowLoop))?;
+    assert_eq!(reference.size(), [5, 2, 2, 3]);
+    for s in [
+        Strategy::Auto,
+        Strategy::Forward,
+        Strategy::Vectorized { chunk_size: None },
+        Strategy::Vectorized {
+            chunk_size: Some(1),
+        },
+        Strategy::Vectorized {
+            chunk_size: Some(3),
+        },
+        Strategy::Vectorized {
+            chunk_size: Some(1000),
+        },
+    ] {
+        f64_tol()
+            .check(&jacobian_of(f, &x, &opts(s))?, &reference)
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    }
+    Ok(())
+}
+
+/// After every call the caller's graph still back-propagates, and x.grad() is untouched.
+fn caller_graph_usable_everywhere(device: Device) -> Result<()> {
+    let k = (Kind::Double, device);
+    let w = Tensor::randn([4, 3], k).set_requires_grad(true);
+    let x = Tensor::randn([5, 3], k).set_requires_grad(true);
+    let y = x.matmul(&w.tr()).tanh();
+    let s = y.square().sum(Kind::Double);
+    let o = JacobianOptions::default();
+    let _ = jacobian_with(&y, &[&x, &w], &opts(Strategy::RowLoop))?;
+    let _ = jacobian_with(&y, &[&x, &w], &opts(Strategy::Forward).create_graph(true))?;
+    let _ = batch_jacobian(&y, &x, &o)?;
+    let _ = vjp(&y, &x, &y.ones_like(), &o)?;
+    let _ = jvp(&y, &x, &x.ones_like(), &o)?;
+    let _ = hvp(&s, &x, &x.ones_like(), &o)?;
+    let _ = hessian(&s, &w, &o)?;
+    check_batch_independence(&y, &x)?;
+    assert!(
+        !x.grad().defined() && !w.grad().defined(),
+        "no call may accumulate into .grad"
+    );
+    s.backward();
+    let expected = (&y * (1f64 - y.square()) * 2.0).matmul(&w).detach();
+    f64_tol().check(&x.grad(), &expected).unwrap();
+    Ok(())
+}
+
+fn bad_inputs(device: Device) -> Result<()> {
+    let k = (Kind::Float, device);
+    let x = Tensor::randn([2, 3], k).set_requires_grad(true);
+    let y = x.sin();
+    let o = JacobianOptions::default();
+    // x without requires_grad.
+    let plain = x.detach();
+    assert_err(
+        jacobian_with(&plain.sin(), &[&plain], &o),
+        &["x (shape [2, 3], Float) does not require grad"],
+    );
+    assert_err(
+        batch_jacobian(&plain.sin(), &plain, &o),
+        &["does not require grad"],
+    );
+    // Integer and bool dtypes.
+    let xi = Tensor::from_slice(&[1i64, 2]).to_device(device);
+    assert_err(
+        jacobian_of(|t: &Tensor| t * 2, &xi, &o),
+        &["x has dtype Int64", "floating-point"],
+    );
+    let xb = Tensor::from_slice(&[true, false]).to_device(device);
+    assert_err(jacobian_with(&xb, &[&x], &o), &["y has dtype Bool"]);
+    // y not connected (strict) and zeros otherwise.
+    let z = x.detach().cos();
+    assert_err(
+        jacobian_with(&z, &[&x], &o.strict(true)),
+        &["y is not connected to x"],
+    );
+    assert_eq!(
+        jacobian_with(&z, &[&x], &o)?[0]
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
+    // v / u of the wrong shape or dtype.
+    assert_err(
+        vjp(&y, &x, &Tensor::ones([3, 2], k), &o),
+        &["v has shape [3, 2] but y has shape [2, 3]"],
+    );
+    assert_err(
+        jvp(&y, &x, &Tensor::ones([6], k), &o),
+        &["u has shape [6] but x has shape [2, 3]"],
+    );
+    assert_err(
+        vjp(&y, &x, &Tensor::ones([2, 3], (Kind::Int, device)), &o),
+        &["v has dtype Int"],
+    );
+    // Hessian of a non-scalar.
+    assert_err(hessian(&y, &x, &o), &["y must be a scalar", "[2, 3]"]);
+    assert_err(hvp(&y, &x, &x.ones_like(), &o), &["y must be a scalar"]);
+    // chunk_size = 0.
+    let zero = opts(Strategy::Vectorized {
+        chunk_size: Some(0),
+    });
+    assert_err(
+        jacobian_of(|t: &Tensor| t.sin(), &x, &zero),
+        &["chunk_size must be at least 1, got 0"],
+    );
+    // Vectorized without a closure.
+    assert_err(
+        jacobian_with(&y, &[&x], &opts(Strategy::Vectorized { chunk_size: None })),
+        &["jacobian_of"],
+    );
+    // A closure that returns the wrong batch size.
+    let bad = |t: &Tensor| {
+        if t.dim() == 3 {
+            t.narrow(0, 0, 1).sin()
+        } else {
+            t.sin()
+        }
+    };
+    assert_err(
+        jacobian_of(bad, &x, &opts(Strategy::Vectorized { chunk_size: None })),
+        &["f was given", "returned shape [1, 2, 3]"],
+    );
+    assert_err(
+        batch_jacobian_of(|t: &Tensor| t.narrow(0, 0, 1), &x, &o),
+        &["batch sizes differ", "[1, 3]", "[2, 3]"],
+    );
+    // A closure that mixes rows of the leading dimension.
+    assert_err(
+        jacobian_of(
+            |t: &Tensor| t * t.mean(Kind::Float),
+            &x,
+            &opts(Strategy::Vectorized { chunk_size: None }),
+        ),
+        &["f mixes rows"],
+    );
+    // Batch sizes that differ.
+    let x4 = Tensor::randn([4, 3], k).set_requires_grad(true);
+    assert_err(batch_jacobian(&y, &x4, &o), &["batch sizes differ"]);
+    // A closure's own error is passed on.
+    let failing = |t: &Tensor| t.f_matmul(&Tensor::ones([7, 7], k));
+    let err = jacobian_of(failing, &x, &o).unwrap_err();
+    assert!(matches!(err, Error::Torch(_)), "{err}");
+    Ok(())
+}
+
+fn cross_sample_check(device: Device) -> Result<()> {
+    let k = (Kind::Float, device);
+    let x = Tensor::randn([6, 4], k).set_requires_grad(true);
+    check_batch_independence(&x.tanh(), &x)?;
+    // Batch norm in training mode mixes samples.
+    let mixed = (&x - x.mean_dim(0, true, Kind::Float)) / (x.var_dim(0, false, true) + 1e-5).sqrt();
+    assert_err(
+        check_batch_independence(&mixed, &x),
+        &["samples interact", "sample 0", "batch norm"],
+    );
+    Ok(())
+}
+
+/// Tensors on different devices (CPU and CUDA) give an error, not a crash.
+#[cfg(feature = "cuda-tests")]
+#[test]
+fn mixed_devices() {
+    let x = Tensor::randn([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let y = x.to_device(Device::Cuda(0)).sin();
+    assert_err(jacobian(&y, &x), &["device", "Cuda(0)", "Cpu"]);
+    let v = Tensor::ones([3], (Kind::Float, Device::Cuda(0)));
+    assert_err(
+        vjp(&x.sin(), &x, &v, &JacobianOptions::default()),
+        &["v (shape [3]) is on Cuda(0)"],
+    );
+}
+
+device_tests!(
+    shapes_scalars_empty,
+    strategies_agree,
+    caller_graph_usable_everywhere,
+    bad_inputs,
+    cross_sample_check
+);

@@ -1,0 +1,74 @@
+//! Shared test helpers: fixtures written by tests/gen-fixtures.py, and the per-device macro.
+#![allow(dead_code)]
+
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{Result, Tolerance};
+
+/// Loads `tests/data/<case>_<name>.npy` onto `device`.
+pub fn fx(case: &str, name: &str, device: Device) -> Tensor {
+    let path = format!(
+        "{}/tests/data/{case}_{name}.npy",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Tensor::read_npy(&path)
+        .unwrap_or_else(|e| panic!("cannot read fixture {path} ({e}); run scripts/gen-fixtures"))
+        .to_device(device)
+}
+
+/// Like [`fx`], as a leaf that requires grad.
+pub fn fx_var(case: &str, name: &str, device: Device) -> Tensor {
+    fx(case, name, device).set_requires_grad(true)
+}
+
+/// allclose defaults: rtol 1e-5, atol 1e-8.
+pub fn f64_tol() -> Tolerance {
+    Tolerance::default()
+}
+
+/// For float32 results compared with float32 PyTorch: a few ulps of relative error.
+pub fn f32_tol() -> Tolerance {
+    Tolerance::new(1e-5, 1e-7)
+}
+
+pub fn randn(shape: &[i64], kind: Kind, device: Device) -> Tensor {
+    Tensor::randn(shape, (kind, device))
+}
+
+/// Asserts that `result` is an error whose message contains every one of `needles`.
+#[track_caller]
+pub fn assert_err<T: std::fmt::Debug>(result: Result<T>, needles: &[&str]) {
+    match result {
+        Ok(v) => panic!("expected an error containing {needles:?}, got Ok({v:?})"),
+        Err(e) => {
+            let msg = e.to_string();
+            for n in needles {
+                assert!(
+                    msg.contains(n),
+                    "error message {msg:?} does not contain {n:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Instantiates `fn case(device: Device) -> Result<()>` once per device: `case::cpu` always,
+/// `case::cuda` with the `cuda-tests` feature (it fails, rather than skips, without a GPU).
+#[macro_export]
+macro_rules! device_tests {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[test]
+                fn cpu() -> tch_jacobian::Result<()> {
+                    super::$case(tch::Device::Cpu)
+                }
+                #[cfg(feature = "cuda-tests")]
+                #[test]
+                fn cuda() -> tch_jacobian::Result<()> {
+                    assert!(tch::Cuda::is_available(), "feature cuda-tests is on but CUDA is not available");
+                    super::$case(tch::Device::Cuda(0))
+                }
+            }
+        )*
+    };
+}

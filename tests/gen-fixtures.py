@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Writes the PyTorch fixtures (.npy) that the Rust tests compare against.
+
+Run in the setup venv (scripts/gen-fixtures does it):
+    $(scripts/setup-libtorch --quiet)/../../../../bin/python tests/gen-fixtures.py
+
+Every case saves its inputs/parameters and the Jacobian (or derivative) PyTorch 2.11 computes,
+mostly in float64. File names: tests/data/<case>_<name>.npy. The Rust side rebuilds the same
+function from the saved parameters (tests/pytorch_parity.rs, tests/penalty.rs).
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.autograd.functional import hessian, hvp, jacobian, jvp, vjp
+from torch.func import jacrev, vmap
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+os.makedirs(OUT, exist_ok=True)
+torch.manual_seed(0)
+rng = np.random.default_rng(1234)
+
+
+def save(case, **arrays):
+    for name, a in arrays.items():
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().numpy()
+        np.save(os.path.join(OUT, f"{case}_{name}.npy"), np.array(a, order="C"))
+
+
+def randn(*shape, dtype=torch.float64):
+    return torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+
+
+# ---- Foundation: sigmoid(Wx), the notebook's model, J by torch.autograd.functional.jacobian ----
+for name, (m, n, dtype) in {
+    "sigmoid_notebook_f32": (3, 3, torch.float32),
+    "sigmoid_5x7_f64": (5, 7, torch.float64),
+    "sigmoid_64x32_f32": (64, 32, torch.float32),
+    "sigmoid_1x1_f64": (1, 1, torch.float64),
+}.items():
+    if name == "sigmoid_notebook_f32":
+        W = torch.tensor([[0.1, 0.3, 0.6], [1.5, 0.3, 4.1], [0.2, -0.3, -0.7]])
+        x = torch.tensor([2.0, 1.0, 1.0])
+    else:
+        W, x = randn(m, n, dtype=dtype), randn(n, dtype=dtype)
+    J = jacobian(lambda x: torch.sigmoid(W @ x), x)
+    save(name, w=W, x=x, j=J)
+
+# ---- API parity: ten-plus functions ----
+def mlp(act):
+    W1, b1, W2, b2 = randn(8, 5), randn(8), randn(4, 8), randn(4)
+    return (W1, b1, W2, b2), lambda x: act(x @ W1.T + b1) @ W2.T + b2
+
+for act_name, act in {"tanh": torch.tanh, "softplus": F.softplus, "gelu": F.gelu}.items():
+    (W1, b1, W2, b2), f = mlp(act)
+    x = randn(5)
+    save(f"mlp_{act_name}", w1=W1, b1=b1, w2=W2, b2=b2, x=x, j=jacobian(f, x), j_rev=jacrev(f)(x))
+
+x = randn(6)
+save("elementwise", x=x, j=jacobian(lambda x: torch.sin(x) * torch.exp(x) + x**3, x))
+
+x = randn(7)
+save("reductions", x=x, j=jacobian(lambda x: torch.stack([x.sum(), (x**2).mean(), torch.logsumexp(x, 0), x.norm()]), x))
+
+A = randn(3, 4)
+x = randn(3)
+save("matrix_out", a=A, x=x, j=jacobian(lambda x: x.unsqueeze(1) * A + torch.sin(x).unsqueeze(1), x))
+
+B = randn(3, 4)
+X = randn(2, 3)
+save("input_2d", b=B, x=X, j=jacobian(lambda X: torch.tanh(X @ B), X))
+
+W = randn(4, 5)
+x = randn(5)
+save("softmax", w=W, x=x, j=jacobian(lambda x: torch.softmax(W @ x, 0), x))
+
+a, b, c = randn(3), randn(3), randn(2)
+ja, jb, jc = jacobian(lambda a, b, c: a * torch.sin(b), (a, b, c))
+save("two_inputs", a=a, b=b, c=c, ja=ja, jb=jb, jc=jc)
+try:
+    jacobian(lambda a, b, c: a * torch.sin(b), (a, b, c), strict=True)
+    raise SystemExit("expected strict=True to fail")
+except RuntimeError as e:
+    assert "independent of input 2" in str(e), e
+
+base = randn(4, 3)
+xt = base.T  # non-contiguous [3, 4]
+assert not xt.is_contiguous()
+save("noncontig", base=base, j=jacobian(lambda x: (x**2).sum(0) * x[0], xt))
+
+W32, x32 = randn(6, 4, dtype=torch.float32), randn(4, dtype=torch.float32)
+save("tanh_f32", w=W32, x=x32, j=jacobian(lambda x: torch.tanh(W32 @ x), x32))
+
+# create_graph: gradient of ||J||_F^2 w.r.t. the weights
+W = randn(5, 4).requires_grad_(True)
+x = randn(4)
+J = jacobian(lambda x: torch.sigmoid(W @ x), x, create_graph=True)
+(gW,) = torch.autograd.grad(J.pow(2).sum(), W)
+save("create_graph_sigmoid", w=W, x=x, grad_w=gW, fro=J.pow(2).sum())
+
+W1, b1, W2, b2 = (randn(8, 5).requires_grad_(True), randn(8), randn(4, 8).requires_grad_(True), randn(4))
+x = randn(5)
+J = jacobian(lambda x: torch.tanh(x @ W1.T + b1) @ W2.T + b2, x, create_graph=True)
+gW1, gW2 = torch.autograd.grad(J.pow(2).sum(), (W1, W2))
+save("create_graph_mlp", w1=W1, b1=b1, w2=W2, b2=b2, x=x, grad_w1=gW1, grad_w2=gW2)
+
+# batch: vmap(jacrev(f))
+W1, b1, W2, b2 = randn(8, 5), randn(8), randn(4, 8), randn(4)
+f = lambda x: torch.tanh(x @ W1.T + b1) @ W2.T + b2
+X = randn(6, 5)
+save("batch_mlp", w1=W1, b1=b1, w2=W2, b2=b2, x=X, j=vmap(jacrev(f))(X))
+
+Wc = randn(3, 2 * 4)
+Xc = randn(5, 2, 4)  # per-sample input [2, 4], output [3]
+save("batch_2d", w=Wc, x=Xc, j=vmap(jacrev(lambda x: torch.sigmoid(Wc @ x.reshape(-1))))(Xc))
+
+# vjp, jvp, hvp, hessian
+W = randn(4, 5)
+x, v, u = randn(5), randn(4), randn(5)
+f = lambda x: torch.tanh(W @ x)
+save("products", w=W, x=x, v=v, u=u, vjp=vjp(f, x, v)[1], jvp=jvp(f, x, u)[1])
+g = lambda x: (torch.tanh(W @ x) ** 2).sum() + x.prod()
+hv = randn(5)
+save("hessian", w=W, x=x, v=hv, h=hessian(g, x), hvp=hvp(g, x, hv)[1])
+
+# ---- Contractive penalty: sigmoid encoder h = sigmoid(x W^T + b) ----
+B, n, m, k = 6, 7, 5, 3
+W = randn(m, n).requires_grad_(True)
+b = randn(m).requires_grad_(True)
+X = randn(B, n)
+V = randn(k, B, m)
+V = V / V.norm(dim=2, keepdim=True)
+
+
+def enc(x):
+    return torch.sigmoid(x @ W.T + b)
+
+
+Jb = vmap(jacrev(enc))(X)  # [B, m, n]
+per_sample = Jb.pow(2).sum((1, 2))
+exact = per_sample.mean()
+gW, gb = torch.autograd.grad(exact, (W, b))
+Xg = X.clone().requires_grad_(True)
+H = enc(Xg)
+closed = ((H * (1 - H)) ** 2 @ (W**2).sum(1)).mean()
+cW, cb = torch.autograd.grad(closed, (W, b))
+H = enc(Xg)
+proj = 0.0
+for r in range(k):
+    (g,) = torch.autograd.grad((H * V[r]).sum(), Xg, create_graph=True)
+    proj = proj + g.pow(2).sum(1)
+proj = (proj * m / k).mean()
+pW, pb = torch.autograd.grad(proj, (W, b))
+save("penalty", w=W, b=b, x=X, v=V, per_sample=per_sample, exact=exact, grad_w=gW, grad_b=gb,
+     closed=closed, closed_grad_w=cW, closed_grad_b=cb, proj=proj, proj_grad_w=pW, proj_grad_b=pb)
+
+print(f"wrote fixtures to {OUT} with torch {torch.__version__}")

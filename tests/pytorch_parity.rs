@@ -1,0 +1,296 @@
+//! The API against PyTorch fixtures (tests/gen-fixtures.py): `jacobian_with` / `jacobian_of`
+//! with every strategy, several inputs, strict, create_graph second-order values, batch
+//! Jacobians, vjp/jvp/hvp/hessian. f64 to allclose defaults unless a reason is stated.
+mod common;
+
+use common::*;
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hvp, jacobian_of, jacobian_with,
+    jvp, vjp, JacobianOptions, Result, Strategy,
+};
+
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::Auto,
+    Strategy::RowLoop,
+    Strategy::Forward,
+    Strategy::Vectorized { chunk_size: None },
+    Strategy::Vectorized {
+        chunk_size: Some(3),
+    },
+];
+
+fn opts(s: Strategy) -> JacobianOptions {
+    JacobianOptions::default().strategy(s)
+}
+
+/// Checks `jacobian_of(f, x)` with every strategy, and `jacobian_with(f(x), x)` with those that
+/// need no closure, against `<case>_j`.
+fn check_all(case: &str, f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, device: Device) -> Result<()> {
+    let expected = fx(case, "j", device);
+    let tol = if x.kind() == Kind::Float {
+        f32_tol()
+    } else {
+        f64_tol()
+    };
+    for s in STRATEGIES {
+        let j = jacobian_of(f, x, &opts(s))?;
+        tol.check(&j, &expected)
+            .unwrap_or_else(|e| panic!("{case} jacobian_of {s:?}: {e}"));
+        if !matches!(s, Strategy::Vectorized { .. }) {
+            let xg = x.detach().set_requires_grad(true);
+            let j = jacobian_with(&f(&xg), &[&xg], &opts(s))?.remove(0);
+            tol.check(&j, &expected)
+                .unwrap_or_else(|e| panic!("{case} jacobian_with {s:?}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn mlps(device: Device) -> Result<()> {
+    for (act, f_act) in [
+        ("tanh", (|t: &Tensor| t.tanh()) as fn(&Tensor) -> Tensor),
+        ("softplus", |t: &Tensor| t.softplus()),
+        ("gelu", |t: &Tensor| t.gelu("none")),
+    ] {
+        let case = format!("mlp_{act}");
+        let (w1, b1, w2, b2) = (
+            fx(&case, "w1", device),
+            fx(&case, "b1", device),
+            fx(&case, "w2", device),
+            fx(&case, "b2", device),
+        );
+        let f = |x: &Tensor| f_act(&(x.matmul(&w1.tr()) + &b1)).matmul(&w2.tr()) + &b2;
+        check_all(&case, &f, &fx(&case, "x", device), device)?;
+        // jacrev agrees with functional.jacobian.
+        f64_tol()
+            .check(&fx(&case, "j_rev", device), &fx(&case, "j", device))
+            .unwrap();
+    }
+    Ok(())
+}
+
+fn elementwise_reductions_softmax(device: Device) -> Result<()> {
+    check_all(
+        "elementwise",
+        &|x: &Tensor| x.sin() * x.exp() + x.pow_tensor_scalar(3),
+        &fx("elementwise", "x", device),
+        device,
+    )?;
+    let red = |x: &Tensor| {
+        // Row-wise over a leading batch dimension when there is one (for Vectorized).
+        let d = x.dim() as i64 - 1;
+        Tensor::stack(
+            &[
+                x.sum_dim_intlist(d, false, Kind::Double),
+                x.square().mean_dim(d, false, Kind::Double),
+                x.logsumexp(d, false),
+                x.norm_scalaropt_dim(2, d, false),
+            ],
+            -1,
+        )
+    };
+    check_all("reductions", &red, &fx("reductions", "x", device), device)?;
+    let w = fx("softmax", "w", device);
+    check_all(
+        "softmax",
+        &|x: &Tensor| x.matmul(&w.tr()).softmax(-1, Kind::Double),
+        &fx("softmax", "x", device),
+        device,
+    )
+}
+
+fn matrix_output_and_2d_input(device: Device) -> Result<()> {
+    let a = fx("matrix_out", "a", device);
+    // [3] -> [3, 4]; on a batch [c, 3] -> [c, 3, 4].
+    let f = |x: &Tensor| x.unsqueeze(-1) * &a + x.sin().unsqueeze(-1);
+    check_all("matrix_out", &f, &fx("matrix_out", "x", device), device)?;
+    let b = fx("input_2d", "b", device);
+    check_all(
+        "input_2d",
+        &|x: &Tensor| x.matmul(&b).tanh(),
+        &fx("input_2d", "x", device),
+        device,
+    )
+}
+
+fn float32(device: Device) -> Result<()> {
+    let w = fx("tanh_f32", "w", device);
+    check_all(
+        "tanh_f32",
+        &|x: &Tensor| x.matmul(&w.tr()).tanh(),
+        &fx("tanh_f32", "x", device),
+        device,
+    )
+}
+
+fn non_contiguous_input(device: Device) -> Result<()> {
+    let base = fx("noncontig", "base", device);
+    let x = base.tr().detach().set_requires_grad(true);
+    assert!(!x.is_contiguous());
+    let y = x.square().sum_dim_intlist(0, false, Kind::Double) * x.get(0);
+    for s in [Strategy::RowLoop, Strategy::Forward] {
+        let j = jacobian_with(&y, &[&x], &opts(s))?.remove(0);
+        f64_tol()
+            .check(&j, &fx("noncontig", "j", device))
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    }
+    Ok(())
+}
+
+fn several_inputs_strict(device: Device) -> Result<()> {
+    let (a, b, c) = (
+        fx_var("two_inputs", "a", device),
+        fx_var("two_inputs", "b", device),
+        fx_var("two_inputs", "c", device),
+    );
+    let y = &a * b.sin();
+    for s in [Strategy::RowLoop, Strategy::Forward, Strategy::Auto] {
+        let js = jacobian_with(&y, &[&a, &b, &c], &opts(s))?;
+        for (j, name) in js.iter().zip(["ja", "jb", "jc"]) {
+            f64_tol()
+                .check(j, &fx("two_inputs", name, device))
+                .unwrap_or_else(|e| panic!("{s:?} {name}: {e}"));
+        }
+        assert_eq!(js[2].size(), [3, 2]);
+        // PyTorch: "Output 0 of the user-provided function is independent of input 2."
+        assert_err(
+            jacobian_with(&y, &[&a, &b, &c], &opts(s).strict(true)),
+            &["y is not connected to input 2"],
+        );
+        // strict with every input used is fine.
+        assert_eq!(
+            jacobian_with(&y, &[&a, &b], &opts(s).strict(true))?.len(),
+            2
+        );
+    }
+    Ok(())
+}
+
+/// create_graph: the gradient of ‖J‖_F² with respect to the weights equals PyTorch's.
+fn create_graph_second_order(device: Device) -> Result<()> {
+    for s in [
+        Strategy::RowLoop,
+        Strategy::Forward,
+        Strategy::Vectorized {
+            chunk_size: Some(2),
+        },
+    ] {
+        let w = fx_var("create_graph_sigmoid", "w", device);
+        let x = fx("create_graph_sigmoid", "x", device);
+        let j = jacobian_of(
+            |x: &Tensor| x.matmul(&w.tr()).sigmoid(),
+            &x,
+            &opts(s).create_graph(true),
+        )?;
+        let fro = frobenius_norm_sq(&j)?;
+        f64_tol()
+            .check(&fro, &fx("create_graph_sigmoid", "fro", device))
+            .unwrap();
+        let g = Tensor::run_backward(&[&fro], &[&w], false, false).remove(0);
+        f64_tol()
+            .check(&g, &fx("create_graph_sigmoid", "grad_w", device))
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+
+        let c = "create_graph_mlp";
+        let (w1, b1, w2, b2) = (
+            fx_var(c, "w1", device),
+            fx(c, "b1", device),
+            fx_var(c, "w2", device),
+            fx(c, "b2", device),
+        );
+        let f = |x: &Tensor| (x.matmul(&w1.tr()) + &b1).tanh().matmul(&w2.tr()) + &b2;
+        let j = jacobian_of(f, &fx(c, "x", device), &opts(s).create_graph(true))?;
+        let gs = Tensor::run_backward(&[frobenius_norm_sq(&j)?], &[&w1, &w2], false, false);
+        f64_tol()
+            .check(&gs[0], &fx(c, "grad_w1", device))
+            .unwrap_or_else(|e| panic!("{s:?} w1: {e}"));
+        f64_tol()
+            .check(&gs[1], &fx(c, "grad_w2", device))
+            .unwrap_or_else(|e| panic!("{s:?} w2: {e}"));
+    }
+    Ok(())
+}
+
+fn batch_matches_vmap_jacrev(device: Device) -> Result<()> {
+    let c = "batch_mlp";
+    let (w1, b1, w2, b2) = (
+        fx(c, "w1", device),
+        fx(c, "b1", device),
+        fx(c, "w2", device),
+        fx(c, "b2", device),
+    );
+    let f = |x: &Tensor| (x.matmul(&w1.tr()) + &b1).tanh().matmul(&w2.tr()) + &b2;
+    let x = fx(c, "x", device);
+    for s in STRATEGIES {
+        let j = batch_jacobian_of(f, &x, &opts(s))?;
+        f64_tol()
+            .check(&j, &fx(c, "j", device))
+            .unwrap_or_else(|e| panic!("batch_jacobian_of {s:?}: {e}"));
+        if !matches!(s, Strategy::Vectorized { .. }) {
+            let xg = x.detach().set_requires_grad(true);
+            let j = batch_jacobian(&f(&xg), &xg, &opts(s))?;
+            f64_tol()
+                .check(&j, &fx(c, "j", device))
+                .unwrap_or_else(|e| panic!("batch_jacobian {s:?}: {e}"));
+        }
+    }
+    // Per-sample 2-D inputs: [B, 2, 4] -> [B, 3] -> J [B, 3, 2, 4].
+    let w = fx("batch_2d", "w", device);
+    let f2 = |x: &Tensor| x.flatten(1, -1).matmul(&w.tr()).sigmoid();
+    for s in STRATEGIES {
+        let j = batch_jacobian_of(f2, &fx("batch_2d", "x", device), &opts(s))?;
+        assert_eq!(j.size(), [5, 3, 2, 4]);
+        f64_tol()
+            .check(&j, &fx("batch_2d", "j", device))
+            .unwrap_or_else(|e| panic!("batch_2d {s:?}: {e}"));
+    }
+    Ok(())
+}
+
+fn products_and_hessian(device: Device) -> Result<()> {
+    let w = fx("products", "w", device);
+    let x = fx_var("products", "x", device);
+    let y = w.matmul(&x).tanh();
+    let o = JacobianOptions::default();
+    f64_tol()
+        .check(
+            &vjp(&y, &x, &fx("products", "v", device), &o)?,
+            &fx("products", "vjp", device),
+        )
+        .unwrap();
+    f64_tol()
+        .check(
+            &jvp(&y, &x, &fx("products", "u", device), &o)?,
+            &fx("products", "jvp", device),
+        )
+        .unwrap();
+
+    let w = fx("hessian", "w", device);
+    let x = fx_var("hessian", "x", device);
+    let g = w.matmul(&x).tanh().square().sum(Kind::Double) + x.prod(Kind::Double);
+    for s in [Strategy::RowLoop, Strategy::Forward, Strategy::Auto] {
+        f64_tol()
+            .check(&hessian(&g, &x, &opts(s))?, &fx("hessian", "h", device))
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    }
+    f64_tol()
+        .check(
+            &hvp(&g, &x, &fx("hessian", "v", device), &o)?,
+            &fx("hessian", "hvp", device),
+        )
+        .unwrap();
+    Ok(())
+}
+
+device_tests!(
+    mlps,
+    elementwise_reductions_softmax,
+    matrix_output_and_2d_input,
+    float32,
+    non_contiguous_input,
+    several_inputs_strict,
+    create_graph_second_order,
+    batch_matches_vmap_jacrev,
+    products_and_hessian,
+);
