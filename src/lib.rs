@@ -51,6 +51,7 @@ pub mod closed_form;
 pub mod derivatives;
 pub mod error;
 pub mod jacobian;
+pub mod module;
 pub mod penalty;
 pub mod strategy;
 pub mod tolerance;

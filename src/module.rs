@@ -1,0 +1,1 @@
+//! Jacobians of TorchScript models (`tch::CModule`). (Work in progress.)
