@@ -15,6 +15,7 @@
 //! | [`Estimator::Exact`] | `Σ_i ‖∂h_{·,i}/∂x‖²` | `m` (one per hidden unit, whole batch) |
 //! | [`Estimator::SigmoidClosedForm`] | `Σ_i (h_i(1−h_i))² Σ_j W_ij²` | 0 (only for `h = σ(Wx + b)`) |
 //! | [`Estimator::Projections`] | `(m/k) Σ_{r<k} ‖v_rᵀ J‖²`, `v_r` uniform on the unit sphere | `k` |
+//! | [`Estimator::FixedProjections`] | the same with given directions | `k` |
 //!
 //! The projection estimator (Hoffman, Roberts & Yaida, 2019) is unbiased because
 //! `E[v vᵀ] = I/m` for `v` uniform on the sphere in ℝᵐ.
@@ -65,6 +66,13 @@ pub enum Estimator {
         /// independent of torch's generator); `None`: from torch's global generator
         /// (`tch::manual_seed` controls it).
         seed: Option<u64>,
+    },
+    /// [`Estimator::Projections`] with given directions `v: [k, B, *out]` (unit norm per sample
+    /// and projection, not checked): `(m/k) Σ_r ‖v_{r,b}ᵀ J_b‖²`. For reproducing another
+    /// implementation's draws, e.g. PyTorch's.
+    FixedProjections {
+        /// Directions, `[k, B, *out]`.
+        v: Tensor,
     },
 }
 
@@ -153,28 +161,23 @@ pub fn contractive_penalty_per_sample(
                 ));
             }
             check_input(x, "x")?;
-            let m = h.numel() as i64 / b;
-            let dirs = sphere_directions(*k, &hs, *seed, h.kind(), h.device())?; // [k, B, *out]
-            let names_v = input_names(1);
-            let names = Names {
-                output: "h",
-                inputs: &names_v,
-            };
-            let mut total: Option<Tensor> = None;
-            for r in 0..*k as i64 {
-                let root = h.f_mul(&dirs.f_select(0, r)?)?.f_sum(None::<Kind>)?;
-                let g = vjp_into(&root, &[x], true, true, names)?.remove(0); // [B, *in] = v_bᵀ J_b
-                let sq = g.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(
-                    [1i64].as_slice(),
-                    false,
-                    None::<Kind>,
-                )?;
-                total = Some(match total {
-                    None => sq,
-                    Some(t) => t.f_add(&sq)?,
-                });
+            let dirs = sphere_directions(*k, &hs, *seed, h.kind(), h.device())?;
+            projections(h, x, &dirs)
+        }
+        Estimator::FixedProjections { v } => {
+            check_input(x, "x")?;
+            let vs = v.size();
+            if vs.len() != hs.len() + 1 || vs[1..] != hs[..] || vs[0] == 0 {
+                return Err(Error::Shape(format!(
+                    "FixedProjections needs v: [k ≥ 1, *h.shape] = [k, {}], got v {vs:?}",
+                    hs.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
             }
-            Ok(total.expect("k ≥ 1").f_mul_scalar(m as f64 / *k as f64)?)
+            check_same_device(v, "v", h, "h")?;
+            projections(h, x, v)
         }
     }
 }
@@ -195,6 +198,33 @@ pub fn contractive_penalty_per_sample(
 /// ```
 pub fn contractive_penalty(h: &Tensor, x: &Tensor, estimator: &Estimator) -> Result<Tensor> {
     Ok(contractive_penalty_per_sample(h, x, estimator)?.f_mean(None::<Kind>)?)
+}
+
+/// `(m/k) Σ_r ‖v_rᵀ J‖²` per sample, one create_graph VJP per direction.
+fn projections(h: &Tensor, x: &Tensor, dirs: &Tensor) -> Result<Tensor> {
+    let b = h.size()[0];
+    let m = h.numel() as i64 / b;
+    let k = dirs.size()[0];
+    let names_v = input_names(1);
+    let names = Names {
+        output: "h",
+        inputs: &names_v,
+    };
+    let mut total: Option<Tensor> = None;
+    for r in 0..k {
+        let root = h.f_mul(&dirs.f_select(0, r)?)?.f_sum(None::<Kind>)?;
+        let g = vjp_into(&root, &[x], true, true, names)?.remove(0); // [B, *in] = v_bᵀ J_b
+        let sq = g.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(
+            [1i64].as_slice(),
+            false,
+            None::<Kind>,
+        )?;
+        total = Some(match total {
+            None => sq,
+            Some(t) => t.f_add(&sq)?,
+        });
+    }
+    Ok(total.expect("k ≥ 1").f_mul_scalar(m as f64 / k as f64)?)
 }
 
 /// `k` independent directions per sample, uniform on the unit sphere of ℝᵐ (normalized

@@ -1,0 +1,230 @@
+//! Contractive penalties: closed form = exact, the projection estimator is unbiased with a
+//! spread that shrinks with k, and the gradients to W and b equal PyTorch's.
+mod common;
+
+use common::*;
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    contractive_penalty, contractive_penalty_per_sample, Estimator, Result, Tolerance,
+};
+
+/// The fixture's encoder h = σ(x Wᵀ + b) with W, b as leaves that require grad.
+fn encoder(device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
+    let w = fx_var("penalty", "w", device);
+    let b = fx_var("penalty", "b", device);
+    let x = fx_var("penalty", "x", device);
+    let h = (x.matmul(&w.tr()) + &b).sigmoid();
+    (w, b, x, h)
+}
+
+fn grads(p: &Tensor, w: &Tensor, b: &Tensor) -> (Tensor, Tensor) {
+    let mut g = Tensor::run_backward(&[p], &[w, b], false, false);
+    let gb = g.pop().unwrap();
+    (g.pop().unwrap(), gb)
+}
+
+fn matches_pytorch(device: Device) -> Result<()> {
+    let tol = f64_tol();
+    // Exact.
+    let (w, b, x, h) = encoder(device);
+    tol.check(
+        &contractive_penalty_per_sample(&h, &x, &Estimator::Exact)?,
+        &fx("penalty", "per_sample", device),
+    )
+    .unwrap();
+    let p = contractive_penalty(&h, &x, &Estimator::Exact)?;
+    tol.check(&p, &fx("penalty", "exact", device)).unwrap();
+    let (gw, gb) = grads(&p, &w, &b);
+    tol.check(&gw, &fx("penalty", "grad_w", device)).unwrap();
+    tol.check(&gb, &fx("penalty", "grad_b", device)).unwrap();
+    // Closed form: same value, and gradients through both factors (h and W²).
+    let (w, b, x, h) = encoder(device);
+    let p = contractive_penalty(&h, &x, &Estimator::sigmoid_closed_form(&w))?;
+    tol.check(&p, &fx("penalty", "closed", device)).unwrap();
+    tol.check(&p, &fx("penalty", "exact", device)).unwrap();
+    let (gw, gb) = grads(&p, &w, &b);
+    tol.check(&gw, &fx("penalty", "closed_grad_w", device))
+        .unwrap();
+    tol.check(&gw, &fx("penalty", "grad_w", device)).unwrap();
+    tol.check(&gb, &fx("penalty", "closed_grad_b", device))
+        .unwrap();
+    // Projections with PyTorch's directions.
+    let (w, b, x, h) = encoder(device);
+    let p = contractive_penalty(
+        &h,
+        &x,
+        &Estimator::FixedProjections {
+            v: fx("penalty", "v", device),
+        },
+    )?;
+    tol.check(&p, &fx("penalty", "proj", device)).unwrap();
+    let (gw, gb) = grads(&p, &w, &b);
+    tol.check(&gw, &fx("penalty", "proj_grad_w", device))
+        .unwrap();
+    tol.check(&gb, &fx("penalty", "proj_grad_b", device))
+        .unwrap();
+    Ok(())
+}
+
+/// Closed form equals exact (relative 1e-5) on random sigmoid encoders, f32 and f64.
+fn closed_form_equals_exact(device: Device) -> Result<()> {
+    tch::manual_seed(3);
+    for kind in [Kind::Float, Kind::Double] {
+        for (batch, n, m) in [(1, 1, 1), (4, 10, 3), (16, 64, 32), (8, 5, 40)] {
+            let w = Tensor::randn([m, n], (kind, device)) * 0.3;
+            let b = Tensor::randn([m], (kind, device));
+            let x = Tensor::randn([batch, n], (kind, device)).set_requires_grad(true);
+            let h = (x.matmul(&w.tr()) + &b).sigmoid();
+            let exact = contractive_penalty_per_sample(&h, &x, &Estimator::Exact)?;
+            let closed =
+                contractive_penalty_per_sample(&h, &x, &Estimator::sigmoid_closed_form(&w))?;
+            Tolerance::new(1e-5, 0.0)
+                .check(&closed, &exact)
+                .unwrap_or_else(|e| panic!("{kind:?} {batch}x{n}->{m}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Mean over 200 seeds within 3% of exact; the spread shrinks as k grows.
+fn projections_unbiased(device: Device) -> Result<()> {
+    tch::manual_seed(5);
+    let (batch, n, m) = (4, 12, 10);
+    let w = Tensor::randn([m, n], (Kind::Double, device));
+    let x = Tensor::randn([batch, n], (Kind::Double, device)).set_requires_grad(true);
+    let h = x.matmul(&w.tr()).sigmoid();
+    let exact = contractive_penalty(&h, &x, &Estimator::Exact)?.double_value(&[]);
+    let mut spreads = Vec::new();
+    for k in [1usize, 4, 16] {
+        let draws: Vec<f64> = (0..200u64)
+            .map(|seed| {
+                contractive_penalty(
+                    &h,
+                    &x,
+                    &Estimator::Projections {
+                        k,
+                        seed: Some(seed),
+                    },
+                )
+                .map(|p| p.double_value(&[]))
+            })
+            .collect::<Result<_>>()?;
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        let sd = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (draws.len() - 1) as f64)
+            .sqrt();
+        assert!(
+            (mean - exact).abs() <= 0.03 * exact,
+            "k={k}: mean {mean} vs exact {exact}"
+        );
+        spreads.push(sd);
+    }
+    assert!(
+        spreads[0] > spreads[1] && spreads[1] > spreads[2],
+        "spread must shrink with k: {spreads:?}"
+    );
+    // Same seed, same value; torch's generator when no seed.
+    let a = contractive_penalty(
+        &h,
+        &x,
+        &Estimator::Projections {
+            k: 2,
+            seed: Some(9),
+        },
+    )?;
+    let b = contractive_penalty(
+        &h,
+        &x,
+        &Estimator::Projections {
+            k: 2,
+            seed: Some(9),
+        },
+    )?;
+    assert_eq!(a.double_value(&[]), b.double_value(&[]));
+    assert!(
+        contractive_penalty(&h, &x, &Estimator::Projections { k: 2, seed: None })?
+            .double_value(&[])
+            > 0.0
+    );
+    Ok(())
+}
+
+fn bad_inputs(device: Device) -> Result<()> {
+    let k = (Kind::Float, device);
+    let w = Tensor::randn([4, 3], k);
+    let x = Tensor::randn([5, 3], k).set_requires_grad(true);
+    let h = x.matmul(&w.tr()).sigmoid();
+    // Closed form with shapes that are not a sigmoid layer's.
+    assert_err(
+        contractive_penalty(
+            &h,
+            &x,
+            &Estimator::sigmoid_closed_form(&Tensor::randn([3, 4], k)),
+        ),
+        &["w: [m, n]", "[3, 4]"],
+    );
+    assert_err(
+        contractive_penalty(
+            &h,
+            &x,
+            &Estimator::sigmoid_closed_form(&Tensor::randn([4], k)),
+        ),
+        &["w [4]"],
+    );
+    // k = 0.
+    assert_err(
+        contractive_penalty(&h, &x, &Estimator::Projections { k: 0, seed: None }),
+        &["k = 0"],
+    );
+    // h not connected to x.
+    let detached = x.detach().matmul(&w.tr()).sigmoid();
+    assert_err(
+        contractive_penalty(&detached, &x, &Estimator::Exact),
+        &["not connected to x"],
+    );
+    assert_err(
+        contractive_penalty(
+            &detached,
+            &x,
+            &Estimator::Projections {
+                k: 1,
+                seed: Some(1),
+            },
+        ),
+        &["not connected"],
+    );
+    // x without requires_grad, batch mismatch, empty batch, wrong fixed directions.
+    assert_err(
+        contractive_penalty(&h, &x.detach(), &Estimator::Exact),
+        &["does not require grad"],
+    );
+    assert_err(
+        contractive_penalty(&h.narrow(0, 0, 2), &x, &Estimator::Exact),
+        &["same batch size", "[2, 4]", "[5, 3]"],
+    );
+    let e = Tensor::zeros([0, 3], k).set_requires_grad(true);
+    assert_err(
+        contractive_penalty(&e.sigmoid(), &e, &Estimator::Exact),
+        &["empty batch"],
+    );
+    assert_err(
+        contractive_penalty(
+            &h,
+            &x,
+            &Estimator::FixedProjections {
+                v: Tensor::ones([2, 5, 3], k),
+            },
+        ),
+        &[
+            "FixedProjections needs v: [k ≥ 1, *h.shape] = [k, 5, 4]",
+            "[2, 5, 3]",
+        ],
+    );
+    Ok(())
+}
+
+device_tests!(
+    matches_pytorch,
+    closed_form_equals_exact,
+    projections_unbiased,
+    bad_inputs
+);
