@@ -4,12 +4,15 @@
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{Result, Tolerance};
 
+/// The repository root: `TCH_JACOBIAN_ROOT` when set (test binaries copied to another machine,
+/// see scripts/gpu-run), else the crate's directory at build time.
+pub fn root() -> String {
+    std::env::var("TCH_JACOBIAN_ROOT").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
 /// Loads `tests/data/<case>_<name>.npy` onto `device`.
 pub fn fx(case: &str, name: &str, device: Device) -> Tensor {
-    let path = format!(
-        "{}/tests/data/{case}_{name}.npy",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/data/{case}_{name}.npy", root());
     Tensor::read_npy(&path)
         .unwrap_or_else(|e| panic!("cannot read fixture {path} ({e}); run scripts/gen-fixtures"))
         .to_device(device)
