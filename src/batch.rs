@@ -84,7 +84,7 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         output: "y",
         inputs: &names_v,
     };
-    let y2 = y.f_reshape([b, m as i64])?;
+    let y2 = strategy::rows_view(&y, Some(b))?;
     let block = match opts.strategy.validate()?.resolve(m, n, false) {
         Strategy::RowLoop => {
             strategy::rows(&y2, &[x], opts.create_graph, opts.strict, names)?.remove(0)
@@ -143,7 +143,7 @@ where
         output: "f(x)",
         inputs: &names_v,
     };
-    let y2 = y.f_reshape([b, m as i64])?;
+    let y2 = strategy::rows_view(&y, Some(b))?;
     let block = match strat.resolve_batched(m, n, b as usize, true) {
         Strategy::RowLoop => {
             strategy::rows(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)

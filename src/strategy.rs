@@ -160,13 +160,40 @@ impl JacobianOptions {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Engines. Each works on a batch view: `y2` of shape `[B, m]`, inputs whose gradients are viewed
+// Engines. Each works on a rows view `y2` of the output: `[m]` for a plain Jacobian (B = 1) or
+// `[B, m]` for a batch (see `rows_view`: no reshape node when `y` already has that shape, which
+// keeps every row's backward pass one node shorter); inputs whose gradients are viewed
 // as `[B, n_k]`, and returns one `[B, m, n_k]` block per input. The plain Jacobian is the
 // case B = 1 with the leading dimension squeezed afterwards. All of them call `vjp_into`.
 // ---------------------------------------------------------------------------------------------
 use tch::{Kind, Tensor};
 
 use crate::autograd::{vjp_into, Names};
+
+/// `y` as `[m]` (`batch = None`) or `[B, m]` (`batch = Some(B)`), reshaped only when needed.
+pub(crate) fn rows_view(y: &Tensor, batch: Option<i64>) -> Result<Tensor> {
+    Ok(match batch {
+        None if y.dim() == 1 => y.shallow_clone(),
+        None => y.f_reshape([-1])?,
+        Some(_) if y.dim() == 2 => y.shallow_clone(),
+        Some(b) => y.f_reshape([b, -1])?,
+    })
+}
+
+/// `(B, m)` of a rows view.
+fn dims(y2: &Tensor) -> (i64, i64) {
+    let s = y2.size();
+    match s.as_slice() {
+        [m] => (1, *m),
+        [b, m] => (*b, *m),
+        _ => unreachable!("rows_view gives 1-D or 2-D tensors"),
+    }
+}
+
+/// Output element `i` of every sample: `y2[i]` or `y2[:, i]`.
+fn row(y2: &Tensor, i: i64) -> Result<Tensor> {
+    Ok(y2.f_select(y2.dim() as i64 - 1, i)?)
+}
 
 /// Flat `[B, n]` view of a gradient of an input with `b` leading samples.
 fn flat(g: &Tensor, b: i64) -> Result<Tensor> {
@@ -182,13 +209,13 @@ pub(crate) fn rows(
     strict: bool,
     names: Names<'_>,
 ) -> Result<Vec<Tensor>> {
-    let (b, m) = (y2.size()[0], y2.size()[1]);
+    let (b, m) = dims(y2);
     if m == 0 {
         return empty_blocks(b, xs);
     }
     let mut blocks: Vec<Vec<Tensor>> = xs.iter().map(|_| Vec::with_capacity(m as usize)).collect();
     for i in 0..m {
-        let root = y2.f_select(1, i)?;
+        let root = row(y2, i)?;
         for (block, g) in blocks
             .iter_mut()
             .zip(vjp_into(&root, xs, create_graph, strict, names)?)
@@ -211,8 +238,8 @@ pub(crate) fn columns(
     strict: bool,
     names: Names<'_>,
 ) -> Result<Vec<Tensor>> {
-    let b = y2.size()[0];
-    if y2.size()[1] == 0 {
+    let (b, m) = dims(y2);
+    if m == 0 {
         return empty_blocks(b, xs);
     }
     let u = y2.f_zeros_like()?.set_requires_grad(true);
@@ -229,14 +256,15 @@ pub(crate) fn columns(
             let cols = (0..g2.size()[1])
                 .map(|j| {
                     let col = vjp_into(&g2.f_select(1, j)?, &[&u], create_graph, false, inner)?;
-                    Ok(col.into_iter().next().expect("one input"))
+                    Ok(col
+                        .into_iter()
+                        .next()
+                        .expect("one input")
+                        .f_reshape([b, m])?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             if cols.is_empty() {
-                return Ok(Tensor::f_zeros(
-                    [b, y2.size()[1], 0],
-                    (g2.kind(), g2.device()),
-                )?);
+                return Ok(Tensor::f_zeros([b, m, 0], (g2.kind(), g2.device()))?);
             }
             Ok(Tensor::f_stack(&cols, 2)?)
         })
@@ -264,7 +292,7 @@ pub(crate) fn vectorized(
     strict: bool,
     names: Names<'_>,
 ) -> Result<Tensor> {
-    let (b, m) = (y2.size()[0], y2.size()[1]);
+    let (b, m) = dims(y2);
     let x2 = if batched {
         x.shallow_clone()
     } else {
@@ -302,7 +330,7 @@ pub(crate) fn vectorized(
         let yr = yr.f_reshape([b, len, m])?;
         if start == 0 {
             let first = yr.f_select(1, 0)?;
-            let same = tch::no_grad(|| first.f_allclose(y2, 1e-3, 1e-5, true))?;
+            let same = tch::no_grad(|| first.f_allclose(&y2.f_reshape([b, m])?, 1e-3, 1e-5, true))?;
             if !same {
                 return Err(Error::Contract(format!(
                     "Vectorized strategy: f(x repeated) row 0 differs from f(x) (input shape {:?}); f mixes rows of its leading batch dimension (e.g. a sum over it or batch norm) — use Strategy::RowLoop or Strategy::Forward",
@@ -332,7 +360,7 @@ fn check_first_row(g: &Tensor, x: &Tensor, y2: &Tensor, b: i64, x2: &Tensor) -> 
     if !y2.requires_grad() {
         return Ok(());
     }
-    let reference = Tensor::f_run_backward(&[y2.f_select(1, 0)?], &[x], true, false)?.remove(0);
+    let reference = Tensor::f_run_backward(&[row(y2, 0)?], &[x], true, false)?.remove(0);
     if !reference.defined() {
         return Ok(());
     }

@@ -1,0 +1,231 @@
+//! Timings of every strategy, the batch Jacobian and the penalties on one device, as a table
+//! and a JSON file — the GPU check's timing part (scripts/gpu-run), also runnable on a CPU.
+//!
+//!     cargo run --release --example gpu_timings -- [--device auto|cpu|cuda] [--sizes 64,256,1024,4096]
+//!                                                  [--budget-s 2.0] [--json PATH]
+//!
+//! F(x) = sigmoid(Wx), f32, n = m. The device is synchronized before each clock read. A case
+//! whose single call takes longer than the budget is timed once and not repeated; the next
+//! larger size of that strategy is skipped.
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    batch_jacobian_of, contractive_penalty, jacobian_of, Estimator, JacobianOptions, Strategy,
+};
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Median seconds of `f` (after one warm-up call), repeated until 0.3 s or 30 calls.
+fn time(
+    device: Device,
+    budget_s: f64,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, usize)> {
+    sync(device);
+    let t = Instant::now();
+    f()?;
+    sync(device);
+    let first = t.elapsed().as_secs_f64();
+    if first > budget_s {
+        return Ok((first, 1));
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < 30 && (samples.len() < 3 || start.elapsed().as_secs_f64() < 0.3) {
+        let t = Instant::now();
+        f()?;
+        sync(device);
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Ok((samples[samples.len() / 2], samples.len()))
+}
+
+struct Row {
+    case: String,
+    strategy: String,
+    n: i64,
+    seconds: f64,
+    reps: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let device = match get("--device").as_deref().unwrap_or("auto") {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => bail!("--device cuda asked for but CUDA is not available"),
+        other => bail!("unknown --device {other} (auto|cpu|cuda)"),
+    };
+    let sizes: Vec<i64> = get("--sizes")
+        .unwrap_or_else(|| "64,256,1024,4096".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .with_context(|| format!("bad size {s:?} in --sizes"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let budget_s: f64 = get("--budget-s")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2.0);
+    let json_path = get("--json");
+    println!(
+        "device: {device:?}, cuda available: {}, threads: {}",
+        tch::Cuda::is_available(),
+        tch::get_num_threads()
+    );
+    tch::manual_seed(0);
+    let k = (Kind::Float, device);
+    let mut rows: Vec<Row> = Vec::new();
+
+    let strategies = [
+        ("RowLoop", Strategy::RowLoop),
+        ("Vectorized", Strategy::Vectorized { chunk_size: None }),
+        (
+            "Vectorized(chunk 1024)",
+            Strategy::Vectorized {
+                chunk_size: Some(1024),
+            },
+        ),
+        ("Forward", Strategy::Forward),
+        ("Auto", Strategy::Auto),
+    ];
+    for (name, strategy) in strategies {
+        for &n in &sizes {
+            if rows
+                .iter()
+                .any(|r| r.strategy == name && r.case == "sigmoid" && r.seconds > budget_s)
+            {
+                println!(
+                    "{:<10} {:<24} n={n:<5} skipped (smaller size over budget)",
+                    "sigmoid", name
+                );
+                continue;
+            }
+            let w = Tensor::randn([n, n], k) / (n as f64).sqrt();
+            let x = Tensor::randn([n], k);
+            let opts = JacobianOptions::default().strategy(strategy);
+            let (s, reps) = time(device, budget_s, || {
+                let _ = jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &x, &opts)?;
+                Ok(())
+            })?;
+            println!(
+                "{:<10} {:<24} n={n:<5} {:>10.3} ms  ({reps} reps)",
+                "sigmoid",
+                name,
+                s * 1e3
+            );
+            rows.push(Row {
+                case: "sigmoid".into(),
+                strategy: name.into(),
+                n,
+                seconds: s,
+                reps,
+            });
+        }
+    }
+
+    // Per-sample Jacobians, B = 128, 784 -> 64.
+    let w = Tensor::randn([64, 784], k) / 28.0;
+    let xb = Tensor::randn([128, 784], k);
+    for (name, strategy) in [strategies[0], strategies[1], strategies[3], strategies[4]] {
+        let opts = JacobianOptions::default().strategy(strategy);
+        let (s, reps) = time(device, budget_s, || {
+            let _ = batch_jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &xb, &opts)?;
+            Ok(())
+        })?;
+        println!(
+            "{:<10} {:<24} B=128 784->64 {:>10.3} ms  ({reps} reps)",
+            "batch",
+            name,
+            s * 1e3
+        );
+        rows.push(Row {
+            case: "batch_784_64_b128".into(),
+            strategy: name.into(),
+            n: 784,
+            seconds: s,
+            reps,
+        });
+    }
+
+    // Penalties: 784 -> 256 sigmoid encoder, B = 128, forward + backward.
+    let w = (Tensor::randn([256, 784], k) / 28.0).set_requires_grad(true);
+    let b = Tensor::zeros([256], k).set_requires_grad(true);
+    for (name, est) in [
+        ("Exact", Estimator::Exact),
+        ("SigmoidClosedForm", Estimator::sigmoid_closed_form(&w)),
+        (
+            "Projections(k=1)",
+            Estimator::Projections {
+                k: 1,
+                seed: Some(0),
+            },
+        ),
+    ] {
+        let (s, reps) = time(device, budget_s, || {
+            let x = xb.detach().set_requires_grad(true);
+            let h = (x.matmul(&w.tr()) + &b).sigmoid();
+            let p = contractive_penalty(&h, &x, &est)?;
+            let _ = Tensor::f_run_backward(&[&p], &[&w, &b], false, false)?;
+            Ok(())
+        })?;
+        println!(
+            "{:<10} {:<24} B=128 784->256 {:>10.3} ms  ({reps} reps)",
+            "penalty",
+            name,
+            s * 1e3
+        );
+        rows.push(Row {
+            case: "penalty_784_256_b128".into(),
+            strategy: name.into(),
+            n: 784,
+            seconds: s,
+            reps,
+        });
+    }
+
+    let ratio = |case: &str, n: i64| -> Option<f64> {
+        let find = |st: &str| {
+            rows.iter()
+                .find(|r| r.case == case && r.n == n && r.strategy == st)
+                .map(|r| r.seconds)
+        };
+        Some(find("RowLoop")? / find("Vectorized")?)
+    };
+    for &n in &sizes {
+        if let Some(r) = ratio("sigmoid", n) {
+            println!("RowLoop / Vectorized at n={n}: {r:.1}x");
+        }
+    }
+    if let Some(path) = json_path {
+        let json = serde_json::json!({
+            "device": format!("{device:?}"),
+            "cuda_available": tch::Cuda::is_available(),
+            "threads": tch::get_num_threads(),
+            "dtype": "f32",
+            "results": rows.iter().map(|r| serde_json::json!({
+                "case": r.case, "strategy": r.strategy, "n": r.n, "median_ms": r.seconds * 1e3, "reps": r.reps,
+            })).collect::<Vec<_>>(),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {path}"))?;
+        println!("wrote {path}");
+    }
+    Ok(())
+}
