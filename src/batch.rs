@@ -92,7 +92,7 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         Strategy::Forward => {
             strategy::columns(&y2, &[x], opts.create_graph, opts.strict, names)?.remove(0)
         }
-        Strategy::Vectorized { .. } => return Err(Error::InvalidArgument(
+        Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => return Err(Error::InvalidArgument(
             "Strategy::Vectorized needs the function itself: call batch_jacobian_of(f, x, opts)"
                 .into(),
         )),
@@ -151,13 +151,14 @@ where
         Strategy::Forward => {
             strategy::columns(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
         }
-        Strategy::Vectorized { chunk_size } => {
+        s @ (Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size }) => {
             let call = |xr: &Tensor| f(xr).into_output();
             strategy::vectorized(
                 &call,
                 &xg,
                 true,
                 &y2,
+                matches!(s, Strategy::VectorizedForward { .. }),
                 chunk_size,
                 opts.create_graph,
                 opts.strict,

@@ -160,7 +160,7 @@ pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
 /// Hessian of a scalar `y`: `H[i..., j...] = ∂²y/∂x[i...]∂x[j...]`, shape `[*in, *in]`
 /// (PyTorch's `torch.autograd.functional.hessian`) — the Jacobian of `∇ₓy` (built with
 /// create_graph) with `opts.strategy` ([`Strategy::RowLoop`], [`Strategy::Forward`] or
-/// [`Strategy::Auto`]; [`Strategy::Vectorized`] needs a closure and falls back to `Auto`).
+/// [`Strategy::Auto`]; the vectorized strategies need a closure and fall back to `Auto`).
 ///
 /// ```
 /// use tch::Tensor;
@@ -188,7 +188,7 @@ pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
     )?
     .remove(0);
     let strategy = match opts.strategy {
-        Strategy::Vectorized { .. } => Strategy::Auto,
+        Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => Strategy::Auto,
         s => s,
     };
     let inner = opts.strategy(strategy).strict(false);

@@ -115,7 +115,7 @@ pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Resu
     let blocks = match opts.strategy.validate()?.resolve(m, n, false) {
         Strategy::RowLoop => strategy::rows(&y2, xs, opts.create_graph, opts.strict, names)?,
         Strategy::Forward => strategy::columns(&y2, xs, opts.create_graph, opts.strict, names)?,
-        Strategy::Vectorized { .. } => {
+        Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => {
             return Err(Error::InvalidArgument(
                 "Strategy::Vectorized needs the function itself: call jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)".into(),
             ))
@@ -193,13 +193,14 @@ where
         Strategy::Forward => {
             strategy::columns(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
         }
-        Strategy::Vectorized { chunk_size } => {
+        s @ (Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size }) => {
             let call = |xr: &Tensor| f(xr).into_output();
             strategy::vectorized(
                 &call,
                 &xg,
                 false,
                 &y2,
+                matches!(s, Strategy::VectorizedForward { .. }),
                 chunk_size,
                 opts.create_graph,
                 opts.strict,

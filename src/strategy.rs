@@ -6,6 +6,7 @@
 //! | [`Strategy::RowLoop`] | `m` (one per output element) | no | the notebook; small `m`; any `f` |
 //! | [`Strategy::Vectorized`] | `⌈m / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | square and wide Jacobians, GPUs |
 //! | [`Strategy::Forward`] | 1 + `n` (one per input element, double-backward JVPs) | no | tall Jacobians (`m ≫ n`) |
+//! | [`Strategy::VectorizedForward`] | `2·⌈n / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | tall Jacobians with a closure |
 //! | [`Strategy::Auto`] | picks one of the above by shape, see [`Strategy::resolve`] | – | default |
 //!
 //! Here `m` is the number of output elements and `n` the number of input elements.
@@ -50,6 +51,15 @@ pub enum Strategy {
     ///
     /// (True forward-mode dual numbers are not exposed by tch.) Needs twice-differentiable ops.
     Forward,
+    /// [`Strategy::Forward`] batched like [`Strategy::Vectorized`] (PyTorch's `jacfwd`): `x` is
+    /// stacked once per input element `j` (in chunks of `chunk_size`), `Y = f(X)`, and the
+    /// double-backward trick with a zero cotangent `U` shaped like `Y` gives all columns of the
+    /// chunk, `Y[r] ↦ J e_{j_r}`, in two backward passes. Same row-wise contract as `Vectorized`;
+    /// the cheapest choice for tall Jacobians (`m ≫ n`) when `f` is available.
+    VectorizedForward {
+        /// At most this many input elements (columns) per pass; `Some(0)` is an error.
+        chunk_size: Option<usize>,
+    },
 }
 
 /// Output-to-input ratio above which [`Strategy::Auto`] goes column by column.
@@ -59,16 +69,23 @@ pub const AUTO_TALL_RATIO: usize = 4;
 /// above it, it chunks to stay near this many elements per pass.
 pub const AUTO_VECTORIZE_BUDGET: usize = 1 << 24;
 
+/// `None` when `copies` copies of `per_copy` elements (times `batch`) fit
+/// [`AUTO_VECTORIZE_BUDGET`], else the largest power-of-two chunk that does.
+fn auto_chunk(copies: usize, per_copy: usize, batch: usize) -> Option<usize> {
+    let chunk = (AUTO_VECTORIZE_BUDGET / (batch.max(1) * per_copy.max(1))).max(1);
+    (chunk < copies).then(|| 1 << chunk.ilog2())
+}
+
 impl Strategy {
     /// The concrete strategy used for a Jacobian with `m` output and `n` input elements;
     /// `have_closure` says whether [`Strategy::Vectorized`] is possible.
     ///
     /// `Auto` resolves to
-    /// * `Forward` when `m ≥ 4·n` ([`AUTO_TALL_RATIO`]) — fewer backward passes;
-    /// * otherwise `Vectorized` when a closure is given, with `chunk_size = None` when
-    ///   `m · (m + n) ≤ 2²⁴` ([`AUTO_VECTORIZE_BUDGET`]) and a chunk that keeps each pass under that
-    ///   budget otherwise;
-    /// * otherwise `RowLoop`.
+    /// * with a closure: `VectorizedForward` when the Jacobian is tall, `m ≥ 4·n`
+    ///   ([`AUTO_TALL_RATIO`]), else `Vectorized`; `chunk_size = None` when all
+    ///   `copies · (m + n)` elements fit [`AUTO_VECTORIZE_BUDGET`] (2²⁴; copies = `n` or `m`), else
+    ///   a power-of-two chunk that keeps each pass under it;
+    /// * without one: `Forward` when tall, else `RowLoop`.
     ///
     /// Other strategies are returned unchanged.
     ///
@@ -82,21 +99,16 @@ impl Strategy {
     pub fn resolve(self, m: usize, n: usize, have_closure: bool) -> Strategy {
         match self {
             Strategy::Auto => {
-                if n > 0 && m >= AUTO_TALL_RATIO * n {
-                    Strategy::Forward
-                } else if have_closure {
-                    let per_copy = (m + n).max(1);
-                    let chunk = (AUTO_VECTORIZE_BUDGET / per_copy).max(1);
-                    if chunk >= m {
-                        Strategy::Vectorized { chunk_size: None }
-                    } else {
-                        // Round down to a power of two for even chunks.
-                        Strategy::Vectorized {
-                            chunk_size: Some(1 << chunk.ilog2()),
-                        }
-                    }
-                } else {
-                    Strategy::RowLoop
+                let tall = n > 0 && m >= AUTO_TALL_RATIO * n;
+                match (have_closure, tall) {
+                    (true, true) => Strategy::VectorizedForward {
+                        chunk_size: auto_chunk(n, m + n, 1),
+                    },
+                    (true, false) => Strategy::Vectorized {
+                        chunk_size: auto_chunk(m, m + n, 1),
+                    },
+                    (false, true) => Strategy::Forward,
+                    (false, false) => Strategy::RowLoop,
                 }
             }
             s => s,
@@ -105,6 +117,9 @@ impl Strategy {
 
     pub(crate) fn validate(self) -> Result<Self> {
         if let Strategy::Vectorized {
+            chunk_size: Some(0),
+        }
+        | Strategy::VectorizedForward {
             chunk_size: Some(0),
         } = self
         {
@@ -271,22 +286,29 @@ pub(crate) fn columns(
         .collect()
 }
 
-/// `Vectorized`: for each chunk of `c` output rows starting at `start`, evaluate `f` on
-/// `X = x` repeated `c` times per sample (shape `[B·c, *in]`) and run one backward pass of
-/// `Σ_{b,r} f(X)[b, r, start + r]`; the gradient's row `(b, r)` is sample `b`'s `J[start + r, :]`.
+/// `Vectorized` and `VectorizedForward`: `f` evaluated once on `x` stacked `c` times per sample
+/// (`X`, shape `[B·c, *in]`, `Y = f(X)` viewed as `[B, c, m]`), for each chunk of `c` rows
+/// (reverse) or columns (forward) starting at `start`:
 ///
-/// `x` is the input `y2 = f(x)` (viewed as `[B, m]`) was computed from: `[B, *in]` when
-/// `batched`, `[*in]` (B = 1) otherwise; `call` evaluates `f` on `[B·c, *in]`.
+/// * reverse: one backward pass of `Σ_{b,r} Y[b, r, start + r]`; the gradient's row `(b, r)` is
+///   sample `b`'s `J[start + r, :]`;
+/// * forward: `G = ∂(Σ Y ⊙ U)/∂X` built with create_graph for a zero `U` shaped like `Y`, then one
+///   backward pass of `Σ_{b,r} G[b, r, start + r]` with respect to `U`: its row `(b, r)` is
+///   `J e_{start + r}`, sample `b`'s column `start + r` (the double-backward JVP, batched).
+///
+/// `x` is the input `y2 = f(x)` (a rows view) was computed from: `[B, *in]` when `batched`,
+/// `[*in]` (B = 1) otherwise; `call` evaluates `f` on `[B·c, *in]`.
 ///
 /// Two checks catch closures that are not row-wise: the first replicated row of `f(X)` must equal
-/// `f(x)`, and the first Jacobian row must equal the one a plain backward pass of `y2[:, 0]`
-/// gives (one extra backward pass).
+/// `f(x)`, and the first Jacobian row (column) must equal the one that a plain backward pass
+/// (JVP) through the caller's graph gives.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn vectorized(
     call: &dyn Fn(&Tensor) -> Result<Tensor>,
     x: &Tensor,
     batched: bool,
     y2: &Tensor,
+    forward: bool,
     chunk_size: Option<usize>,
     create_graph: bool,
     strict: bool,
@@ -300,14 +322,20 @@ pub(crate) fn vectorized(
     };
     let in_shape = x2.size()[1..].to_vec();
     let n: i64 = in_shape.iter().product();
-    if m == 0 {
-        return Ok(Tensor::f_zeros([b, 0, n], (x2.kind(), x2.device()))?);
+    if m == 0 || n == 0 {
+        return Ok(Tensor::f_zeros([b, m, n], (x2.kind(), x2.device()))?);
     }
-    let chunk = chunk_size.map_or(m, |c| (c as i64).min(m)).max(1);
-    let mut blocks = Vec::with_capacity((m / chunk + 1) as usize);
+    let (total, other) = if forward { (n, m) } else { (m, n) };
+    let chunk = chunk_size.map_or(total, |c| (c as i64).min(total)).max(1);
+    let u_names = [String::from("U")];
+    let inner = Names {
+        output: "Jᵀu",
+        inputs: &u_names,
+    };
+    let mut blocks = Vec::with_capacity((total / chunk + 1) as usize);
     let mut start = 0;
-    while start < m {
-        let len = chunk.min(m - start);
+    while start < total {
+        let len = chunk.min(total - start);
         let mut rep = vec![b, len];
         rep.extend_from_slice(&in_shape);
         let mut flat_shape = vec![b * len];
@@ -341,41 +369,81 @@ pub(crate) fn vectorized(
         let idx = Tensor::f_arange_start(start, start + len, (Kind::Int64, yr.device()))?
             .f_view([1, len, 1])?
             .f_expand([b, len, 1], false)?;
-        let root = yr.f_gather(2, &idx, false)?.f_sum(None::<Kind>)?;
-        let g = vjp_into(&root, &[&xr], create_graph, strict, names)?
-            .remove(0)
-            .f_reshape([b, len, n])?;
-        if start == 0 {
-            check_first_row(&g, x, y2, b, &x2)?;
+        let block = if forward {
+            let u = yr.f_zeros_like()?.set_requires_grad(true);
+            let root = yr.f_mul(&u)?.f_sum(None::<Kind>)?;
+            let g = vjp_into(&root, &[&xr], true, strict, names)?
+                .remove(0)
+                .f_reshape([b, len, n])?;
+            let root2 = g.f_gather(2, &idx, false)?.f_sum(None::<Kind>)?;
+            vjp_into(&root2, &[&u], create_graph, false, inner)?.remove(0)
+        } else {
+            let root = yr.f_gather(2, &idx, false)?.f_sum(None::<Kind>)?;
+            vjp_into(&root, &[&xr], create_graph, strict, names)?.remove(0)
         }
-        blocks.push(g);
+        .f_reshape([b, len, other])?;
+        if start == 0 {
+            let reference = if forward {
+                first_column(x, y2, b)?
+            } else {
+                first_row(x, y2, b)?
+            };
+            if let Some(reference) = reference {
+                check_first(&block.f_select(1, 0)?, &reference, &x2)?;
+            }
+        }
+        blocks.push(block);
         start += len;
     }
-    Ok(Tensor::f_cat(&blocks, 1)?)
+    let j = Tensor::f_cat(&blocks, 1)?;
+    Ok(if forward { j.f_transpose(1, 2)? } else { j })
 }
 
-/// Compares the first Jacobian row of the vectorized pass with a plain backward pass of
-/// `y2[:, 0]` through the caller's graph: `max|a − b| ≤ 1e-3 · max|b| + 1e-6`.
-fn check_first_row(g: &Tensor, x: &Tensor, y2: &Tensor, b: i64, x2: &Tensor) -> Result<()> {
+/// Row 0 of every sample's Jacobian by a plain backward pass of `y2[.., 0]`, `[B, n]`.
+fn first_row(x: &Tensor, y2: &Tensor, b: i64) -> Result<Option<Tensor>> {
     if !y2.requires_grad() {
-        return Ok(());
+        return Ok(None);
     }
-    let reference = Tensor::f_run_backward(&[row(y2, 0)?], &[x], true, false)?.remove(0);
-    if !reference.defined() {
-        return Ok(());
+    let g = Tensor::f_run_backward(&[row(y2, 0)?], &[x], true, false)?.remove(0);
+    Ok(if g.defined() {
+        Some(g.f_reshape([b, -1])?)
+    } else {
+        None
+    })
+}
+
+/// Column 0 of every sample's Jacobian by a double-backward JVP with `e_0`, `[B, m]`.
+fn first_column(x: &Tensor, y2: &Tensor, b: i64) -> Result<Option<Tensor>> {
+    if !y2.requires_grad() {
+        return Ok(None);
     }
+    let u = y2.f_zeros_like()?.set_requires_grad(true);
+    let g =
+        Tensor::f_run_backward(&[y2.f_mul(&u)?.f_sum(None::<Kind>)?], &[x], true, true)?.remove(0);
+    if !g.defined() || !g.requires_grad() {
+        return Ok(None);
+    }
+    let root = g.f_reshape([b, -1])?.f_select(1, 0)?.f_sum(None::<Kind>)?;
+    let col = Tensor::f_run_backward(&[root], &[&u], true, false)?.remove(0);
+    Ok(if col.defined() {
+        Some(col.f_reshape([b, -1])?)
+    } else {
+        None
+    })
+}
+
+/// `max|got − reference| ≤ 1e-3 · max|reference| + 1e-6`, else the closure mixes rows.
+fn check_first(got: &Tensor, reference: &Tensor, x2: &Tensor) -> Result<()> {
     tch::no_grad(|| -> Result<()> {
-        let reference = reference.f_reshape([b, -1])?;
-        let got = g.f_select(1, 0)?;
         let diff = got
-            .f_sub(&reference)?
+            .f_sub(reference)?
             .f_abs()?
             .f_max()?
             .f_double_value(&[])?;
         let scale = reference.f_abs()?.f_max()?.f_double_value(&[])?;
         if diff > 1e-3 * scale + 1e-6 || diff.is_nan() != scale.is_nan() {
             return Err(Error::Contract(format!(
-                "Vectorized strategy: the first Jacobian row from f(x repeated) differs from the one of f(x) by up to {diff:.3e} (input shape {:?}); f mixes rows of its leading batch dimension (e.g. a mean over it or batch norm) — use Strategy::RowLoop or Strategy::Forward",
+                "Vectorized strategy: the first Jacobian row/column from f(x repeated) differs from the one of f(x) by up to {diff:.3e} (input shape {:?}); f mixes rows of its leading batch dimension (e.g. a mean over it or batch norm) — use Strategy::RowLoop or Strategy::Forward",
                 x2.size()
             )));
         }
@@ -404,19 +472,14 @@ impl Strategy {
     /// # Ok::<(), tch_jacobian::Error>(())
     /// ```
     pub fn resolve_batched(self, m: usize, n: usize, batch: usize, have_closure: bool) -> Strategy {
-        match self.resolve(m, n, have_closure) {
-            Strategy::Vectorized { chunk_size: None } if self == Strategy::Auto => {
-                let per_copy = batch.max(1) * (m + n).max(1);
-                let chunk = (AUTO_VECTORIZE_BUDGET / per_copy).max(1);
-                if chunk >= m {
-                    Strategy::Vectorized { chunk_size: None }
-                } else {
-                    Strategy::Vectorized {
-                        chunk_size: Some(1 << chunk.ilog2()),
-                    }
-                }
-            }
-            s => s,
+        match (self, self.resolve(m, n, have_closure)) {
+            (Strategy::Auto, Strategy::Vectorized { .. }) => Strategy::Vectorized {
+                chunk_size: auto_chunk(m, m + n, batch),
+            },
+            (Strategy::Auto, Strategy::VectorizedForward { .. }) => Strategy::VectorizedForward {
+                chunk_size: auto_chunk(n, m + n, batch),
+            },
+            (_, s) => s,
         }
     }
 }

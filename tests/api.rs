@@ -79,6 +79,10 @@ fn strategies_agree(device: Device) -> Result<()> {
         Strategy::Vectorized {
             chunk_size: Some(1000),
         },
+        Strategy::VectorizedForward { chunk_size: None },
+        Strategy::VectorizedForward {
+            chunk_size: Some(4),
+        },
     ] {
         f64_tol()
             .check(&jacobian_of(f, &x, &opts(s))?, &reference)
@@ -200,6 +204,15 @@ fn bad_inputs(device: Device) -> Result<()> {
             |t: &Tensor| t * t.mean(Kind::Float),
             &x,
             &opts(Strategy::Vectorized { chunk_size: None }),
+        ),
+        &["f mixes rows"],
+    );
+    assert_err(
+        // (t * mean(t) happens to give the right columns in forward mode.)
+        jacobian_of(
+            |t: &Tensor| t * t.select(0, 0),
+            &x,
+            &opts(Strategy::VectorizedForward { chunk_size: None }),
         ),
         &["f mixes rows"],
     );

@@ -10,13 +10,17 @@ use tch_jacobian::{
     jvp, vjp, JacobianOptions, Result, Strategy,
 };
 
-const STRATEGIES: [Strategy; 5] = [
+const STRATEGIES: [Strategy; 7] = [
     Strategy::Auto,
     Strategy::RowLoop,
     Strategy::Forward,
     Strategy::Vectorized { chunk_size: None },
     Strategy::Vectorized {
         chunk_size: Some(3),
+    },
+    Strategy::VectorizedForward { chunk_size: None },
+    Strategy::VectorizedForward {
+        chunk_size: Some(2),
     },
 ];
 
@@ -37,7 +41,10 @@ fn check_all(case: &str, f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, device: Devi
         let j = jacobian_of(f, x, &opts(s))?;
         tol.check(&j, &expected)
             .unwrap_or_else(|e| panic!("{case} jacobian_of {s:?}: {e}"));
-        if !matches!(s, Strategy::Vectorized { .. }) {
+        if !matches!(
+            s,
+            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
+        ) {
             let xg = x.detach().set_requires_grad(true);
             let j = jacobian_with(&f(&xg), &[&xg], &opts(s))?.remove(0);
             tol.check(&j, &expected)
@@ -175,6 +182,9 @@ fn create_graph_second_order(device: Device) -> Result<()> {
         Strategy::Vectorized {
             chunk_size: Some(2),
         },
+        Strategy::VectorizedForward {
+            chunk_size: Some(2),
+        },
     ] {
         let w = fx_var("create_graph_sigmoid", "w", device);
         let x = fx("create_graph_sigmoid", "x", device);
@@ -227,7 +237,10 @@ fn batch_matches_vmap_jacrev(device: Device) -> Result<()> {
         f64_tol()
             .check(&j, &fx(c, "j", device))
             .unwrap_or_else(|e| panic!("batch_jacobian_of {s:?}: {e}"));
-        if !matches!(s, Strategy::Vectorized { .. }) {
+        if !matches!(
+            s,
+            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
+        ) {
             let xg = x.detach().set_requires_grad(true);
             let j = batch_jacobian(&f(&xg), &xg, &opts(s))?;
             f64_tol()
