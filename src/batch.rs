@@ -84,7 +84,7 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         output: "y",
         inputs: &names_v,
     };
-    let y2 = strategy::rows_view(&y, Some(b))?;
+    let y2 = strategy::rows_view(y, Some(b))?;
     let block = match opts.strategy.validate()?.resolve(m, n, false) {
         Strategy::RowLoop => {
             strategy::rows(&y2, &[x], opts.create_graph, opts.strict, names)?.remove(0)

@@ -111,7 +111,7 @@ pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Resu
     }
     let m = y.numel();
     let n: usize = xs.iter().map(|x| x.numel()).sum();
-    let y2 = strategy::rows_view(&y, None)?;
+    let y2 = strategy::rows_view(y, None)?;
     let blocks = match opts.strategy.validate()?.resolve(m, n, false) {
         Strategy::RowLoop => strategy::rows(&y2, xs, opts.create_graph, opts.strict, names)?,
         Strategy::Forward => strategy::columns(&y2, xs, opts.create_graph, opts.strict, names)?,
