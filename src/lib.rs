@@ -29,7 +29,7 @@
 //! | `for i: J[i] = grad(y[i], x, retain_graph=True)[0]` | [`jacobian(&y, &x)`](jacobian()) |
 //! | `torch.autograd.functional.jacobian(f, (a, b), create_graph=…, strict=…)` | [`jacobian_with(&y, &[&a, &b], &opts)`](jacobian_with) or [`jacobian_of(f, &x, &opts)`](jacobian_of) |
 //! | `torch.func.jacrev(f, chunk_size=c)(x)` | [`jacobian_of`] with [`Strategy::Vectorized { chunk_size: Some(c) }`](Strategy::Vectorized) |
-//! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] / [`jacobian_with`] with [`Strategy::Forward`] |
+//! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::VectorizedForward`], or [`Strategy::Forward`] (also in [`jacobian_with`]) |
 //! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
 //! | `torch.autograd.functional.vjp` / `grad(y, x, v)` | [`vjp(&y, &x, &v, &opts)`](vjp) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
@@ -61,6 +61,7 @@ pub use closed_form::{sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian};
 pub use derivatives::{hessian, hvp, jvp, vjp};
 pub use error::{Error, Result};
 pub use jacobian::{jacobian, jacobian_of, jacobian_with, FnOutput};
+pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
 pub use penalty::{
     contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
 };

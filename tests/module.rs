@@ -1,0 +1,276 @@
+//! TorchScript models (tests/gen-torchscript.py, tests/data/ts/) against PyTorch's Jacobians:
+//! `module_jacobian` (`torch.autograd.functional.jacobian`) and `module_batch_jacobian`
+//! (`torch.func.vmap(torch.func.jacrev(model))`) with every strategy, tuple outputs, and the
+//! errors: no tensor output, output index out of range, inputs the model rejects, integer
+//! inputs, files that are missing or not TorchScript. f64, allclose defaults.
+mod common;
+
+use common::*;
+use tch::{CModule, Device, Kind, Tensor};
+use tch_jacobian::{
+    load_module, module_batch_jacobian, module_jacobian, module_output, Error, JacobianOptions,
+    Result, Strategy,
+};
+
+const STRATEGIES: [Strategy; 7] = [
+    Strategy::Auto,
+    Strategy::RowLoop,
+    Strategy::Forward,
+    Strategy::Vectorized { chunk_size: None },
+    Strategy::Vectorized {
+        chunk_size: Some(3),
+    },
+    Strategy::VectorizedForward { chunk_size: None },
+    Strategy::VectorizedForward {
+        chunk_size: Some(2),
+    },
+];
+
+fn path(name: &str) -> String {
+    format!("{}/tests/data/ts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model(name: &str, device: Device) -> CModule {
+    load_module(path(&format!("{name}.pt")), device)
+        .unwrap_or_else(|e| panic!("cannot load {name}.pt ({e}); run scripts/gen-fixtures"))
+}
+
+/// `tests/data/ts/<name>.npy` on `device`.
+fn ts(name: &str, device: Device) -> Tensor {
+    let p = path(&format!("{name}.npy"));
+    Tensor::read_npy(&p)
+        .unwrap_or_else(|e| panic!("cannot read fixture {p} ({e}); run scripts/gen-fixtures"))
+        .to_device(device)
+}
+
+fn opts(s: Strategy) -> JacobianOptions {
+    JacobianOptions::default().strategy(s)
+}
+
+/// Checks `module_jacobian` and `module_batch_jacobian` with every strategy against
+/// `<case>_j` / `<case>_bj`.
+fn check_case(m: &CModule, case: &str, index: Option<usize>, device: Device) -> Result<()> {
+    let (x, bx) = (
+        ts(&format!("{case}_x"), device),
+        ts(&format!("{case}_bx"), device),
+    );
+    let (j, bj) = (
+        ts(&format!("{case}_j"), device),
+        ts(&format!("{case}_bj"), device),
+    );
+    for s in STRATEGIES {
+        let got = module_jacobian(m, &x, index, &opts(s))?;
+        assert_eq!(got.device(), device);
+        f64_tol()
+            .check(&got, &j)
+            .unwrap_or_else(|e| panic!("{case} module_jacobian {s:?}: {e}"));
+        let got = module_batch_jacobian(m, &bx, index, &opts(s))?;
+        f64_tol()
+            .check(&got, &bj)
+            .unwrap_or_else(|e| panic!("{case} module_batch_jacobian {s:?}: {e}"));
+    }
+    Ok(())
+}
+
+fn mlp_matches_pytorch(device: Device) -> Result<()> {
+    let m = model("mlp_tanh", device);
+    check_case(&m, "mlp_tanh", None, device)?;
+    // Some(0) on a single-tensor output is the tensor itself.
+    check_case(&m, "mlp_tanh", Some(0), device)
+}
+
+fn conv_matches_pytorch(device: Device) -> Result<()> {
+    let m = model("conv", device);
+    check_case(&m, "conv", None, device)?;
+    // conv.pt was saved in training mode (dropout on): load_module's eval() is what makes it
+    // match; loaded as is, the Jacobian is that of a random dropout mask.
+    let raw = CModule::load_on_device(path("conv.pt"), device)?;
+    let j = module_jacobian(&raw, &ts("conv_x", device), None, &opts(Strategy::RowLoop))?;
+    assert!(f64_tol().check(&j, &ts("conv_j", device)).is_err());
+    let j = module_jacobian(&m, &ts("conv_x", device), None, &JacobianOptions::default())?;
+    assert_eq!(j.size(), [4, 1, 8, 8]);
+    Ok(())
+}
+
+/// More outputs than inputs, and a matrix output: J [3, 4, 2], batch J [5, 3, 4, 2].
+fn tall_matrix_output(device: Device) -> Result<()> {
+    let m = model("tall", device);
+    check_case(&m, "tall", None, device)?;
+    let j = module_jacobian(&m, &ts("tall_x", device), None, &JacobianOptions::default())?;
+    assert_eq!(j.size(), [3, 4, 2]);
+    Ok(())
+}
+
+fn tuple_outputs_by_index(device: Device) -> Result<()> {
+    let m = model("tuple_out", device);
+    check_case(&m, "tuple_out0", Some(0), device)?;
+    check_case(&m, "tuple_out1", Some(1), device)?;
+    let x = ts("tuple_out0_x", device);
+    assert_eq!(module_output(&m, &x, Some(1))?.size(), [5]);
+    Ok(())
+}
+
+/// create_graph: the Jacobian stays differentiable (∂‖J‖²/∂x through the model).
+fn create_graph_through_model(device: Device) -> Result<()> {
+    let m = model("mlp_tanh", device);
+    let x = ts("mlp_tanh_x", device).set_requires_grad(true);
+    for s in STRATEGIES {
+        let j = module_jacobian(&m, &x, None, &opts(s).create_graph(true))?;
+        assert!(j.requires_grad(), "{s:?}");
+        let g = Tensor::run_backward(&[j.square().sum(Kind::Double)], &[&x], false, false);
+        assert_eq!(g[0].size(), [5]);
+        assert!(g[0].abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    }
+    Ok(())
+}
+
+fn errors_are_errors(device: Device) -> Result<()> {
+    let o = JacobianOptions::default();
+    let mlp = model("mlp_tanh", device);
+    let x = ts("mlp_tanh_x", device);
+    // A model with no tensor output.
+    for name in ["returns_str", "returns_int"] {
+        let m = model(name, device);
+        for s in STRATEGIES {
+            let e = module_jacobian(&m, &x, None, &opts(s)).unwrap_err();
+            assert!(matches!(e, Error::Contract(_)), "{name} {s:?}: {e}");
+            assert!(e.to_string().contains("not a tensor"), "{e}");
+        }
+        assert_err(
+            module_batch_jacobian(&m, &ts("mlp_tanh_bx", device), None, &o),
+            &["not a tensor"],
+        );
+    }
+    assert_err(
+        module_output(&model("returns_str", device), &x, None),
+        &["the model returns str \"no tensor here\", not a tensor"],
+    );
+    // Output index out of range, or no index on a tuple, or an index on a non-tensor element.
+    let tup = model("tuple_out", device);
+    assert_err(
+        module_jacobian(&tup, &x, Some(3), &o),
+        &["output index 3 is out of range", "3 values"],
+    );
+    assert_err(
+        module_jacobian(&tup, &x, None, &o),
+        &["returns 3 values", "output index (0 to 2)"],
+    );
+    assert_err(
+        module_jacobian(&tup, &x, Some(2), &o),
+        &["output 2 of the model is int 1, not a tensor"],
+    );
+    assert_err(
+        module_jacobian(&mlp, &x, Some(1), &o),
+        &["output index 1 is out of range", "single tensor"],
+    );
+    // The model rejects the input: its own message is passed on.
+    for s in STRATEGIES {
+        let e = module_jacobian(&mlp, &ts("bad_shape_x", device), None, &opts(s)).unwrap_err();
+        assert!(matches!(e, Error::Torch(_)), "{s:?}: {e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("the model rejected an input of shape [3]"),
+            "{msg}"
+        );
+        assert!(msg.contains("shapes cannot be multiplied"), "{msg}");
+    }
+    assert_err(
+        module_jacobian(&mlp, &ts("f32_x", device), None, &o),
+        &["the model rejected an input of shape [5] (Float"],
+    );
+    assert_err(
+        module_batch_jacobian(&mlp, &ts("bad_shape_x", device).view([1, 3]), None, &o),
+        &["shapes cannot be multiplied"],
+    );
+    // Integer inputs.
+    for s in STRATEGIES {
+        let e = module_jacobian(&mlp, &ts("int_x", device), None, &opts(s)).unwrap_err();
+        assert!(matches!(e, Error::Kind(_)), "{s:?}: {e}");
+        assert!(e.to_string().contains("Int64"), "{e}");
+    }
+    assert_err(
+        module_batch_jacobian(&mlp, &ts("int_x", device).view([1, 5]), None, &o),
+        &["Int64", "floating-point"],
+    );
+    Ok(())
+}
+
+/// A model that is not row-wise: Auto falls back to RowLoop, explicit Vectorized reports it.
+fn auto_falls_back_for_fixed_shape_models(device: Device) -> Result<()> {
+    // A traced model with the input's shape baked in: x.view(1, 5) @ Wᵀ.
+    let w = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0, 5.0, -1.0, 0.5, 0.0, 2.0, 1.0])
+        .view([2, 5])
+        .to_device(device);
+    let w2 = w.shallow_clone();
+    let traced = CModule::create_by_tracing(
+        "fixed",
+        "forward",
+        &[Tensor::zeros([5], (Kind::Double, device))],
+        &mut move |xs| vec![xs[0].view([1, 5]).matmul(&w2.tr()).tanh().view([2])],
+    )?;
+    let x = ts("mlp_tanh_x", device);
+    let expected = (1f64 - x.matmul(&w.tr()).tanh().square()).unsqueeze(1) * &w;
+    let j = module_jacobian(&traced, &x, None, &JacobianOptions::default())?;
+    f64_tol().check(&j, &expected).unwrap();
+    assert!(module_jacobian(
+        &traced,
+        &x,
+        None,
+        &opts(Strategy::Vectorized { chunk_size: None })
+    )
+    .is_err());
+    Ok(())
+}
+
+device_tests!(
+    mlp_matches_pytorch,
+    conv_matches_pytorch,
+    tall_matrix_output,
+    tuple_outputs_by_index,
+    create_graph_through_model,
+    errors_are_errors,
+    auto_falls_back_for_fixed_shape_models,
+);
+
+#[test]
+fn loading_errors() {
+    let e = load_module("no/such/model.pt", Device::Cpu).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("cannot read TorchScript model no/such/model.pt"),
+        "{e}"
+    );
+    let e = load_module(path(""), Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("directory"), "{e}");
+    let e = load_module(path("mlp_tanh_x.npy"), Device::Cpu).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("is not a TorchScript model"), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    if !tch::Cuda::is_available() {
+        let e = load_module(path("mlp_tanh.pt"), Device::Cuda(0)).unwrap_err();
+        assert!(matches!(e, Error::Device(_)), "{e}");
+        assert!(e.to_string().contains("CUDA is not available"), "{e}");
+    }
+}
+
+/// A loaded model is `Send + Sync`: Jacobians from several threads at once.
+#[test]
+fn shared_between_threads() {
+    let m = std::sync::Arc::new(model("mlp_tanh", Device::Cpu));
+    let handles: Vec<_> = [Strategy::RowLoop, Strategy::Auto]
+        .into_iter()
+        .map(|s| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                let x = ts("mlp_tanh_x", Device::Cpu);
+                module_jacobian(&m, &x, None, &opts(s)).unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        f64_tol()
+            .check(&h.join().unwrap(), &ts("mlp_tanh_j", Device::Cpu))
+            .unwrap();
+    }
+}
