@@ -63,8 +63,9 @@ pub enum Estimator {
         /// Number of projections, ≥ 1.
         k: usize,
         /// `Some(seed)`: directions drawn from a `StdRng` seeded with it (reproducible, and
-        /// independent of torch's generator); `None`: from torch's global generator
-        /// (`tch::manual_seed` controls it).
+        /// independent of torch's generator) — the same directions on every call, so in a training
+        /// loop vary it (e.g. the step number) or use `None`; `None`: fresh directions from
+        /// torch's global generator on every call (`tch::manual_seed` controls it).
         seed: Option<u64>,
     },
     /// [`Estimator::Projections`] with given directions `v: [k, B, *out]` (unit norm per sample
