@@ -242,7 +242,7 @@ fn cross_sample_check(device: Device) -> Result<()> {
 /// Tensors on different devices (CPU and CUDA) give an error, not a crash.
 #[cfg(feature = "cuda-tests")]
 #[test]
-fn mixed_devices() {
+fn cuda_mixed_devices() {
     let x = Tensor::randn([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let y = x.to_device(Device::Cuda(0)).sin();
     assert_err(jacobian(&y, &x), &["device", "Cuda(0)", "Cpu"]);

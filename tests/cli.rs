@@ -8,10 +8,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Kind, Tensor};
 use tch_jacobian::Tolerance;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tch-jacobian");
+/// The binary under test: `TCH_JACOBIAN_BIN` when set (a bundle run on another machine, see
+/// scripts/gpu-run), else the one cargo built.
+fn bin() -> String {
+    std::env::var("TCH_JACOBIAN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-jacobian").into())
+}
 
+/// `tests/data/ts/<name>` under `TCH_JACOBIAN_ROOT` when set, else the crate's directory.
 fn data(name: &str) -> String {
-    format!("{}/tests/data/ts/{name}", env!("CARGO_MANIFEST_DIR"))
+    let root =
+        std::env::var("TCH_JACOBIAN_ROOT").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    format!("{root}/tests/data/ts/{name}")
 }
 
 fn fixture(name: &str) -> Tensor {
@@ -43,7 +50,7 @@ impl Drop for Scratch {
 
 /// Runs the binary in `cwd` with `args`.
 fn run_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .current_dir(cwd)
         .output()

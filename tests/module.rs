@@ -27,7 +27,7 @@ const STRATEGIES: [Strategy; 7] = [
 ];
 
 fn path(name: &str) -> String {
-    format!("{}/tests/data/ts/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/tests/data/ts/{name}", root())
 }
 
 fn model(name: &str, device: Device) -> CModule {
