@@ -1,0 +1,470 @@
+#!/usr/bin/env python3
+"""tch-jacobian vs PyTorch, side by side, on one machine and one thread count.
+
+Run through ``scripts/compare-pytorch`` (which builds the Rust side first). This script
+
+1. writes the inputs of every case (``W``, ``x`` and PyTorch's ``J`` from ``torch.func.jacrev``)
+   as ``.npy`` files and a ``manifest.json`` into ``--work``;
+2. for each case, times the PyTorch anchors here and then runs the Rust side
+   (``examples/compare.rs``) on the same files, which checks its ``J`` against PyTorch's;
+3. prints a Markdown report (medians, ratios ours / theirs, agreement, targets met / missed)
+   to stdout and to ``--out``.
+
+Model: the notebook's ``F(x) = sigmoid(W x)``, written row-wise as ``f(x) = sigmoid(x @ W.T)`` on
+both sides (so that it also maps ``[c, n] -> [c, m]``). Float32, CPU.
+
+Timing rule (identical on both sides): one call (a case whose first call takes longer than
+``--skip-over`` seconds is reported as skipped), a warm-up of up to three calls, then
+repetitions until ``--budget`` seconds have passed and at least ``--min-reps`` ran; the median.
+All cells are measured in ``--rounds`` rounds (PyTorch then ours, case by case) and the fastest
+round's median is reported: on a shared machine this filters out other processes' bursts.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.autograd.functional import jacobian as afj
+from torch.func import jacfwd, jacrev, vmap
+
+# (name, m outputs, n inputs); batch: B samples of 784 -> 64.
+SINGLE = [("3", 3, 3), ("64", 64, 64), ("256", 256, 256), ("1024", 1024, 1024), ("tall", 1024, 16)]
+BATCH = ("batch", 128, 64, 784)
+LABEL = {
+    "3": "n=m=3",
+    "64": "n=m=64",
+    "256": "n=m=256",
+    "1024": "n=m=1024",
+    "tall": "16→1024",
+    "batch": "B=128, 784→64",
+}
+
+# Pairs (ours, theirs) for the ratio table.
+SINGLE_PAIRS = [
+    ("RowLoop (jacobian)", "notebook loop (autograd.grad per row)"),
+    ("RowLoop (jacobian)", "autograd.functional.jacobian (vectorize=False)"),
+    ("Vectorized (jacobian_of)", "autograd.functional.jacobian (vectorize=True)"),
+    ("Vectorized (jacobian_of)", "torch.func.jacrev"),
+    ("Forward (jacobian_of)", "torch.func.jacfwd"),
+    ("VectorizedForward (jacobian_of)", "torch.func.jacfwd"),
+    ("Auto (jacobian_of)", "torch.func.jacrev"),
+    ("best of ours", "best of PyTorch"),
+    ("closed form", "closed form"),
+]
+BATCH_PAIRS = [
+    ("RowLoop (batch_jacobian_of)", "row loop (autograd.grad of y[:, i].sum())"),
+    ("Vectorized (batch_jacobian_of)", "vmap(jacrev)"),
+    ("Forward (batch_jacobian_of)", "vmap(jacfwd)"),
+    ("VectorizedForward (batch_jacobian_of)", "vmap(jacfwd)"),
+    ("Auto (batch_jacobian_of)", "vmap(jacrev)"),
+    ("best of ours", "best of PyTorch"),
+    ("closed form", "closed form"),
+]
+OUR_STRATEGIES = ("RowLoop", "Vectorized", "Forward", "VectorizedForward", "Auto")
+
+
+def measure(fn, rule):
+    """Returns (timing dict, first result) by the shared rule."""
+    t0 = time.perf_counter()
+    first = fn()
+    first_s = time.perf_counter() - t0
+    if first_s > rule["skip_over_s"]:
+        return {"skipped_s": first_s}, first
+    warm = time.perf_counter()
+    for _ in range(3):
+        if time.perf_counter() - warm > 0.1 * rule["budget_s"]:
+            break
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < rule["max_reps"] and (
+        len(times) < rule["min_reps"] or time.perf_counter() - start < rule["budget_s"]
+    ):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"median_ms": statistics.median(times), "reps": len(times)}, first
+
+
+def make_inputs(work):
+    """Writes W, x, J_ref (.npy, float32) per case and returns the manifest's cases."""
+    torch.manual_seed(0)
+    cases = []
+    for name, m, n in SINGLE:
+        if name == "3":  # the notebook's own numbers
+            w = torch.tensor([[0.1, 0.3, 0.6], [1.5, 0.3, 4.1], [0.2, -0.3, -0.7]])
+            x = torch.tensor([2.0, 1.0, 1.0])
+        else:
+            w = torch.randn(m, n) / math.sqrt(n)
+            x = torch.randn(n)
+        cases.append({"name": name, "kind": "single", "m": m, "n": n, "w": w, "x": x})
+    name, b, m, n = BATCH
+    w = torch.randn(m, n) / math.sqrt(n)
+    x = torch.randn(b, n)
+    cases.append({"name": name, "kind": "batch", "b": b, "m": m, "n": n, "w": w, "x": x})
+    manifest = []
+    for c in cases:
+        w, x = c.pop("w"), c.pop("x")
+        f = lambda v, w=w: torch.sigmoid(v @ w.T)  # noqa: E731
+        j = jacrev(f)(x) if c["kind"] == "single" else vmap(jacrev(f))(x)
+        for key, t in (("w", w), ("x", x), ("j_ref", j)):
+            fname = f"{c['name']}_{key}.npy"
+            np.save(os.path.join(work, fname), t.detach().numpy().astype(np.float32))
+            c[key] = fname
+        manifest.append(c)
+    return manifest
+
+
+def load(work, fname):
+    return torch.from_numpy(np.load(os.path.join(work, fname)))
+
+
+def python_methods(case, w, x):
+    """(label, callable) for the PyTorch anchors of one case."""
+    f = lambda v: torch.sigmoid(v @ w.T)  # noqa: E731
+    m, n = case["m"], case["n"]
+    closed = lambda: (lambda y: (y * (1 - y)).unsqueeze(-1) * w)(f(x))  # noqa: E731
+    if case["kind"] == "single":
+        xg = x.detach().requires_grad_(True)
+
+        def notebook():
+            y = f(xg)
+            j = torch.zeros(m, n)
+            for i in range(m):
+                j[i] = torch.autograd.grad(y[i], xg, retain_graph=True)[0]
+            return j
+
+        jr, jf = jacrev(f), jacfwd(f)
+        return [
+            ("notebook loop (autograd.grad per row)", notebook),
+            ("autograd.functional.jacobian (vectorize=False)", lambda: afj(f, x)),
+            ("autograd.functional.jacobian (vectorize=True)", lambda: afj(f, x, vectorize=True)),
+            ("torch.func.jacrev", lambda: jr(x)),
+            ("torch.func.jacfwd", lambda: jf(x)),
+            ("closed form", closed),
+        ]
+    xg = x.detach().requires_grad_(True)
+
+    def row_loop():
+        y = f(xg)
+        rows = [torch.autograd.grad(y[:, i].sum(), xg, retain_graph=True)[0] for i in range(m)]
+        return torch.stack(rows, 1)
+
+    vjr, vjf = vmap(jacrev(f)), vmap(jacfwd(f))
+    return [
+        ("row loop (autograd.grad of y[:, i].sum())", row_loop),
+        ("vmap(jacrev)", lambda: vjr(x)),
+        ("vmap(jacfwd)", lambda: vjf(x)),
+        ("closed form", closed),
+    ]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_state():
+    """`abc1234` or `abc1234 + uncommitted src/ changes`, or "" outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "Cargo.toml"], capture_output=True, text=True)
+        return head.stdout.strip() + (" + uncommitted src/ changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def fmt_ms(r):
+    if r is None:
+        return "–"
+    if "skipped_s" in r:
+        return f"skipped ({r['skipped_s']:.1f} s/call)"
+    v = r["median_ms"]
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+def fmt_ratio(a, b):
+    if a is None or b is None or "median_ms" not in a or "median_ms" not in b:
+        return "–"
+    return f"{a['median_ms'] / b['median_ms']:.2f}"
+
+
+def best(results, side, prefixes=None):
+    """(label, result) of the fastest timed method of one side (optionally by label prefix)."""
+    cands = [
+        (k, v)
+        for (s, k), v in results.items()
+        if s == side
+        and "median_ms" in v
+        and k != "closed form"
+        and (prefixes is None or k.startswith(prefixes))
+    ]
+    return min(cands, key=lambda kv: kv[1]["median_ms"]) if cands else (None, None)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rust-bin", required=True, help="target/release/examples/compare")
+    ap.add_argument("--work", default="target/compare-pytorch", help="folder for the .npy inputs")
+    ap.add_argument("--out", default="target/compare-pytorch.md", help="Markdown report")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--budget", type=float, default=0.5, help="seconds of repetitions per cell and round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all cells; the fastest round's median is kept")
+    ap.add_argument("--min-reps", type=int, default=5)
+    ap.add_argument("--max-reps", type=int, default=2000)
+    ap.add_argument("--skip-over", type=float, default=2.0, help="skip a cell whose first call takes longer (s)")
+    args = ap.parse_args()
+
+    t_start = time.time()
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.work, exist_ok=True)
+    rule = {
+        "budget_s": args.budget,
+        "min_reps": args.min_reps,
+        "max_reps": args.max_reps,
+        "skip_over_s": args.skip_over,
+    }
+    cases = make_inputs(args.work)
+    with open(os.path.join(args.work, "manifest.json"), "w") as fh:
+        json.dump({"rule": rule, "cases": cases}, fh, indent=1)
+    load_start = os.getloadavg()
+
+    # results[case][(side, method)] = timing dict (+ "max_abs_diff")
+    results = {c["name"]: {} for c in cases}
+    rust_threads = None
+
+    def merge(case, key, r):
+        """Keeps the fastest round's median (rounds filter out other processes' bursts)."""
+        old = results[case].get(key)
+        r["round_medians"] = [r["median_ms"]] if "median_ms" in r else []
+        if old is None:
+            results[case][key] = r
+            return
+        r["round_medians"] = old["round_medians"] + r["round_medians"]
+        r["max_abs_diff"] = max(r["max_abs_diff"], old["max_abs_diff"])
+        if "median_ms" in old and ("median_ms" not in r or old["median_ms"] <= r["median_ms"]):
+            old.update(round_medians=r["round_medians"], max_abs_diff=r["max_abs_diff"])
+        else:
+            results[case][key] = r
+
+    for rnd in range(args.rounds):
+        # Rotate the case order so that no case always runs at the same point of a round.
+        k = rnd % len(cases)
+        for c in cases[k:] + cases[:k]:
+            w, x, j_ref = (load(args.work, c[k]) for k in ("w", "x", "j_ref"))
+            for label, fn in python_methods(c, w, x):
+                prev = results[c["name"]].get(("torch", label))
+                if prev is not None and "skipped_s" in prev:
+                    continue
+                print(f"  round {rnd + 1}/{args.rounds} torch {c['name']:>6} {label}", file=sys.stderr, flush=True)
+                r, j = measure(fn, rule)
+                r["max_abs_diff"] = (j.detach().double() - j_ref.double()).abs().max().item()
+                merge(c["name"], ("torch", label), r)
+            print(f"  round {rnd + 1}/{args.rounds} rust  {c['name']:>6}", file=sys.stderr, flush=True)
+            out = subprocess.run(
+                [args.rust_bin, "--dir", args.work, "--case", c["name"], "--threads", str(args.threads)],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+            ).stdout
+            for line in out.splitlines():
+                v = json.loads(line)
+                if "threads" in v:
+                    rust_threads = v["threads"]
+                    continue
+                merge(v["case"], ("rust", v.pop("method")), v)
+    elapsed = time.time() - t_start
+    load_end = os.getloadavg()
+
+    lines = []
+    p = lines.append
+    p("## tch-jacobian vs PyTorch (CPU, float32)")
+    p("")
+    p(
+        f"`scripts/compare-pytorch`: F(x) = σ(Wx) as `f(x) = sigmoid(x @ W.T)` on both sides, the same "
+        f"`W`, `x` (`.npy`), float32, CPU. CPU: **{cpu_model()}**, `nproc` = {os.cpu_count()}; "
+        f"threads: `torch.get_num_threads()` = {torch.get_num_threads()}, "
+        f"`tch::get_num_threads()` = {rust_threads}; PyTorch {torch.__version__} "
+        f"(ours: tch 0.24 on libtorch 2.11.0{', commit ' + git_state() if git_state() else ''}). Each cell: warm-up, then the median of ≥ {args.min_reps} "
+        f"calls over ≥ {args.budget:g} s, in {args.rounds} rounds over all cells (PyTorch and ours alternating case "
+        f"by case); the fastest round's median is shown, which filters out other processes' bursts on a shared "
+        f"machine. A cell whose first call takes > {args.skip_over:g} s is skipped. "
+        f"Load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; "
+        f"the whole run took {elapsed:.0f} s."
+    )
+    p("")
+    singles = [c["name"] for c in cases if c["kind"] == "single"]
+    head = "| method | " + " | ".join(LABEL[s] for s in singles) + " |"
+    sep = "|---|" + "---:|" * len(singles)
+
+    p("### One Jacobian: median ms per call")
+    p("")
+    p(head)
+    p(sep)
+    for side, who in (("torch", "PyTorch"), ("rust", "ours")):
+        labels = []
+        for s in singles:
+            for (sd, k) in results[s]:
+                if sd == side and k not in labels:
+                    labels.append(k)
+        for k in labels:
+            cells = [fmt_ms(results[s].get((side, k))) for s in singles]
+            p(f"| {who}: {k} | " + " | ".join(cells) + " |")
+    p("")
+
+    def pair_rows(names, pairs):
+        rows = []
+        for ours, theirs in pairs:
+            cells = []
+            for s in names:
+                res = results[s]
+                a = best(res, "rust")[1] if ours == "best of ours" else res.get(("rust", ours))
+                b = best(res, "torch")[1] if theirs == "best of PyTorch" else res.get(("torch", theirs))
+                cells.append(fmt_ratio(a, b))
+            rows.append(f"| {ours} / {theirs} | " + " | ".join(cells) + " |")
+        return rows
+
+    p("### Ratios ours / theirs (< 1: we are faster)")
+    p("")
+    p(head.replace("| method |", "| ours / PyTorch |"))
+    p(sep)
+    lines.extend(pair_rows(singles, SINGLE_PAIRS))
+    p("")
+    p("`Auto` ran: " + "; ".join(
+        f"{LABEL[s]}: {results[s].get(('rust', 'Auto (jacobian_of)'), {}).get('strategy', '?')}" for s in singles
+    ) + ".")
+    p("")
+    p("Fastest per shape: " + "; ".join(
+        f"{LABEL[s]}: ours {best(results[s], 'rust')[0]}, PyTorch {best(results[s], 'torch')[0]}" for s in singles
+    ) + ".")
+    p("")
+
+    bname = BATCH[0]
+    p(f"### Per-sample Jacobians, {LABEL[bname]}: median ms per call")
+    p("")
+    p("| method | median ms |")
+    p("|---|---:|")
+    bres = results[bname]
+    for side, who in (("torch", "PyTorch"), ("rust", "ours")):
+        for (sd, k), r in bres.items():
+            if sd == side:
+                p(f"| {who}: {k} | {fmt_ms(r)} |")
+    p("")
+    p(f"`Auto` ran: {bres.get(('rust', 'Auto (batch_jacobian_of)'), {}).get('strategy', '?')}.")
+    p("")
+    p("| ours / PyTorch (< 1: we are faster) | ratio |")
+    p("|---|---:|")
+    lines.extend(pair_rows([bname], BATCH_PAIRS))
+    p("")
+
+    p("### Agreement with PyTorch's J (torch.func.jacrev), max |ΔJ| (absolute, float32)")
+    p("")
+    p("| shape | max |J| | ours: worst method, max |ΔJ| | PyTorch: worst method, max |ΔJ| | ≤ 1e-5 |")
+    p("|---|---:|---|---|---|")
+    all_ok = True
+    for c in cases:
+        s = c["name"]
+        jmax = load(args.work, c["j_ref"]).abs().max().item()
+        worst = {}
+        for side in ("rust", "torch"):
+            items = [(k, v["max_abs_diff"]) for (sd, k), v in results[s].items() if sd == side]
+            worst[side] = max(items, key=lambda kv: kv[1])
+        ok = max(worst["rust"][1], worst["torch"][1]) <= 1e-5
+        all_ok &= ok
+        p(
+            f"| {LABEL[s]} | {jmax:.3g} | {worst['rust'][0]}: {worst['rust'][1]:.1e} | "
+            f"{worst['torch'][0]}: {worst['torch'][1]:.1e} | {'yes' if ok else '**no**'} |"
+        )
+    p("")
+    p(f"All Jacobians (every method, both sides) agree with PyTorch's to 1e-5: **{'yes' if all_ok else 'NO'}**.")
+    p("")
+
+    # ---- targets
+    p("### Targets")
+    p("")
+
+    def ms(s, side, k):
+        r = results[s].get((side, k))
+        return r["median_ms"] if r and "median_ms" in r else None
+
+    def verdict(ok):
+        return "**met**" if ok else "**missed**"
+
+    nb = "notebook loop (autograd.grad per row)"
+    small = [s for s, m, n in SINGLE if n <= 64]
+    r1 = {s: ms(s, "rust", "RowLoop (jacobian)") / ms(s, "torch", nb) for s in singles}
+    ok_a = all(r1[s] <= 0.5 for s in small)
+    ok_b = all(r <= 1.0 for r in r1.values())
+    p(
+        f"1. RowLoop ≥ 2× faster than the Python notebook loop at n ≤ 64 ({', '.join(LABEL[s] for s in small)}; "
+        f"ratio ≤ 0.5): {verdict(ok_a)} — ratios "
+        + ", ".join(f"{LABEL[s]} {r1[s]:.2f}" for s in small)
+        + f". Never slower (ratio ≤ 1 at every shape): {verdict(ok_b)} — "
+        + ", ".join(f"{LABEL[s]} {r1[s]:.2f}" for s in singles if s not in small)
+        + "."
+    )
+    parts2, ok2 = [], True
+    for s, m, n in SINGLE:
+        bl, bv = best(results[s], "rust")
+        r = bv["median_ms"] / ms(s, "torch", "torch.func.jacrev")
+        limit = 1.0 if n <= 256 else 1.5
+        good = r < limit if n <= 256 else r <= limit
+        ok2 &= good
+        parts2.append(f"{LABEL[s]} {r:.2f} ({bl}{'' if good else ', missed'})")
+    p(
+        "2. Our best strategy faster than torch.func.jacrev at n ≤ 256 (ratio < 1) and within 1.5× at "
+        f"n = 1024: {verdict(ok2)} — " + ", ".join(parts2) + "."
+    )
+    parts3, ok3 = [], True
+    explicit = tuple(k for k in OUR_STRATEGIES if k != "Auto")
+    for s in singles + [bname]:
+        auto = [v for (sd, k), v in results[s].items() if sd == "rust" and k.startswith("Auto")][0]
+        bl, bv = best(results[s], "rust", explicit)
+        r = auto["median_ms"] / bv["median_ms"]
+        same = auto.get("strategy") is not None and auto.get("strategy") == bv.get("strategy")
+        good = r <= 1.10 or same
+        ok3 &= good
+        note = f"runs {auto.get('strategy', '?')}"
+        if same and r > 1.10:
+            note += ", the same as the best: the gap is run-to-run noise"
+        elif same:
+            note += ", the best"
+        else:
+            note += f"; best {bl}"
+        parts3.append(f"{LABEL[s]} {r:.2f} ({note}{'' if good else ', missed'})")
+    p(
+        "3. Auto within 10% of our best explicit strategy for every shape (Auto / best ≤ 1.10, or Auto "
+        f"resolves to that very strategy): {verdict(ok3)} — " + "; ".join(parts3) + "."
+    )
+    ra = ms(bname, "rust", "Auto (batch_jacobian_of)") / ms(bname, "torch", "vmap(jacrev)")
+    bl, bv = best(bres, "rust", OUR_STRATEGIES)
+    rb = bv["median_ms"] / ms(bname, "torch", "vmap(jacrev)")
+    p(
+        f"4. batch_jacobian_of faster than vmap(jacrev) at B = 128 (Auto / vmap(jacrev) < 1): {verdict(ra < 1)} — "
+        f"Auto {ra:.2f}; our best ({bl}) {rb:.2f}."
+    )
+    p("")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write(text)
+    print(f"(written to {args.out})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

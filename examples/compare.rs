@@ -1,0 +1,493 @@
+//! The Rust side of `scripts/compare-pytorch`: times our Jacobian strategies on the inputs that
+//! `benches/compare_pytorch.py` wrote (`W`, `x` and PyTorch's `J` as `.npy`), checks every `J`
+//! against PyTorch's, and prints one JSON object per line on stdout.
+//!
+//!     cargo run --release --example compare -- --dir target/compare-pytorch [--case 64]
+//!
+//! The model is the notebook's `F(x) = σ(Wx)`, written row-wise as `f(x) = σ(x Wᵀ)` on both sides.
+//! Every timing is: one call (skipped when it takes longer than `skip_over_s`), a warm-up of up to
+//! three calls, then repetitions until `budget_s` has passed and at least `min_reps` ran (at most
+//! `max_reps`); the median is reported — the same rule as the Python side.
+//!
+//! `--loop STRATEGY N SECONDS` runs one strategy in a loop for a profiler (`perf record`).
+//! `--breakdown N` instead times the pieces of the Vectorized and RowLoop strategies at
+//! `n = m = N` (the analysis in the benchmark notes), e.g. `--breakdown 1024`.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    batch_jacobian_of, jacobian, jacobian_of, sigmoid_linear_jacobian, JacobianOptions, Strategy,
+};
+
+/// Timing rule shared with `benches/compare_pytorch.py`.
+#[derive(Clone, Copy)]
+struct Rule {
+    budget_s: f64,
+    min_reps: usize,
+    max_reps: usize,
+    skip_over_s: f64,
+}
+
+enum Timing {
+    Done { median_ms: f64, reps: usize },
+    Skipped { first_s: f64 },
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN timings"));
+    let k = v.len();
+    if k % 2 == 1 {
+        v[k / 2]
+    } else {
+        0.5 * (v[k / 2 - 1] + v[k / 2])
+    }
+}
+
+/// Times `f` by `rule`; returns the timing and the result of the first call.
+fn measure(rule: Rule, mut f: impl FnMut() -> Result<Tensor>) -> Result<(Timing, Tensor)> {
+    let t0 = Instant::now();
+    let first = f()?;
+    let first_s = t0.elapsed().as_secs_f64();
+    if first_s > rule.skip_over_s {
+        return Ok((Timing::Skipped { first_s }, first));
+    }
+    // Warm-up: up to three more calls, at most a tenth of the budget.
+    let warm = Instant::now();
+    for _ in 0..3 {
+        if warm.elapsed().as_secs_f64() > 0.1 * rule.budget_s {
+            break;
+        }
+        let _ = f()?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < rule.max_reps
+        && (times.len() < rule.min_reps || start.elapsed().as_secs_f64() < rule.budget_s)
+    {
+        let t = Instant::now();
+        let j = f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(j);
+    }
+    let reps = times.len();
+    Ok((
+        Timing::Done {
+            median_ms: median(times),
+            reps,
+        },
+        first,
+    ))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.size() != b.size() {
+        bail!("shape {:?} vs reference {:?}", a.size(), b.size());
+    }
+    tch::no_grad(|| -> Result<f64> {
+        Ok(a.f_to_kind(Kind::Double)?
+            .f_sub(&b.f_to_kind(Kind::Double)?)?
+            .f_abs()?
+            .f_max()?
+            .f_double_value(&[])?)
+    })
+}
+
+/// One JSON line; `strategy` is the concrete strategy that ran (what `Auto` resolved to).
+fn emit(case: &str, method: &str, strategy: &str, timing: &Timing, diff: f64) {
+    let v = match timing {
+        Timing::Done { median_ms, reps } => json!({
+            "side": "rust", "case": case, "method": method, "strategy": strategy,
+            "median_ms": median_ms, "reps": reps, "max_abs_diff": diff,
+        }),
+        Timing::Skipped { first_s } => json!({
+            "side": "rust", "case": case, "method": method, "strategy": strategy,
+            "skipped_s": first_s, "max_abs_diff": diff,
+        }),
+    };
+    println!("{v}");
+}
+
+fn opts(strategy: Strategy) -> JacobianOptions {
+    JacobianOptions::default().strategy(strategy)
+}
+
+fn load(dir: &Path, name: &str) -> Result<Tensor> {
+    let p = dir.join(name);
+    Tensor::read_npy(&p).with_context(|| format!("reading {}", p.display()))
+}
+
+fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
+    let name = case["name"].as_str().context("case name")?;
+    let kind = case["kind"].as_str().context("case kind")?;
+    let w = load(dir, case["w"].as_str().context("w")?)?;
+    let x = load(dir, case["x"].as_str().context("x")?)?;
+    let j_ref = load(dir, case["j_ref"].as_str().context("j_ref")?)?;
+    // Row-wise on a leading batch dimension: [n] -> [m], [c, n] -> [c, m].
+    let f = |x: &Tensor| x.matmul(&w.tr()).sigmoid();
+    let (m, n) = (
+        case["m"].as_u64().context("m")? as usize,
+        case["n"].as_u64().context("n")? as usize,
+    );
+    let b = case["b"].as_u64().unwrap_or(1) as usize;
+    // What a strategy runs as, e.g. `Auto` → `Vectorized { chunk_size: None }`.
+    let resolved = |s: Strategy| -> String {
+        let r = if kind == "batch" {
+            s.resolve_batched(m, n, b, true)
+        } else {
+            s.resolve(m, n, true)
+        };
+        format!("{r:?}")
+    };
+    let run =
+        |method: &str, strategy: String, g: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
+            eprintln!("  rust {name:>8} {method}");
+            let (timing, j) = measure(rule, g)?;
+            let diff = max_abs_diff(&j, &j_ref).with_context(|| format!("{name} {method}"))?;
+            emit(name, method, &strategy, &timing, diff);
+            Ok(())
+        };
+    match kind {
+        "single" => {
+            let xg = x.detach().set_requires_grad(true);
+            run(
+                "RowLoop (jacobian)",
+                resolved(Strategy::RowLoop),
+                &mut || {
+                    let y = f(&xg);
+                    Ok(jacobian(&y, &xg)?)
+                },
+            )?;
+            for (label, s) in [
+                (
+                    "Vectorized (jacobian_of)",
+                    Strategy::Vectorized { chunk_size: None },
+                ),
+                ("Forward (jacobian_of)", Strategy::Forward),
+                (
+                    "VectorizedForward (jacobian_of)",
+                    Strategy::VectorizedForward { chunk_size: None },
+                ),
+                ("Auto (jacobian_of)", Strategy::Auto),
+            ] {
+                run(label, resolved(s), &mut || {
+                    Ok(jacobian_of(f, &x, &opts(s))?)
+                })?;
+            }
+            run("closed form", "closed form".into(), &mut || {
+                Ok(sigmoid_linear_jacobian(&w, &f(&x))?)
+            })?;
+        }
+        "batch" => {
+            for (label, s) in [
+                ("RowLoop (batch_jacobian_of)", Strategy::RowLoop),
+                (
+                    "Vectorized (batch_jacobian_of)",
+                    Strategy::Vectorized { chunk_size: None },
+                ),
+                ("Forward (batch_jacobian_of)", Strategy::Forward),
+                (
+                    "VectorizedForward (batch_jacobian_of)",
+                    Strategy::VectorizedForward { chunk_size: None },
+                ),
+                ("Auto (batch_jacobian_of)", Strategy::Auto),
+            ] {
+                run(label, resolved(s), &mut || {
+                    Ok(batch_jacobian_of(f, &x, &opts(s))?)
+                })?;
+            }
+            run("closed form", "closed form".into(), &mut || {
+                Ok(sigmoid_linear_jacobian(&w, &f(&x))?)
+            })?;
+        }
+        other => bail!("unknown case kind {other}"),
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// --breakdown N: where the time of Vectorized and RowLoop goes (re-implements src/strategy.rs's
+// steps one by one, with the crate's own calls as the reference).
+// ------------------------------------------------------------------------------------------
+
+fn time_ms(rule: Rule, f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+    match measure(rule, f)?.0 {
+        Timing::Done { median_ms, .. } => Ok(median_ms),
+        Timing::Skipped { first_s } => Ok(first_s * 1e3),
+    }
+}
+
+fn breakdown(n: i64, rule: Rule) -> Result<()> {
+    tch::manual_seed(0);
+    let m = n;
+    let opt = (Kind::Float, Device::Cpu);
+    let w = Tensor::randn([m, n], opt) / (n as f64).sqrt();
+    let x = Tensor::randn([n], opt);
+    let f = |x: &Tensor| x.matmul(&w.tr()).sigmoid();
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut add = |label: &str, ms: f64| -> Result<()> {
+        eprintln!("  {label}: {ms:.4} ms");
+        rows.push((label.to_string(), ms));
+        Ok(())
+    };
+
+    // --- Vectorized (chunk_size = None), as src/strategy.rs::vectorized does it.
+    add(
+        "Vectorized: jacobian_of (crate, total)",
+        time_ms(rule, || {
+            Ok(jacobian_of(
+                f,
+                &x,
+                &opts(Strategy::Vectorized { chunk_size: None }),
+            )?)
+        })?,
+    )?;
+    let xg = x.detach().set_requires_grad(true);
+    add(
+        "  1 prepare x + forward f(x) (one copy)",
+        time_ms(rule, || Ok(f(&x.detach().set_requires_grad(true))))?,
+    )?;
+    let y = f(&xg);
+    let y2 = y.reshape([1, m]);
+    let x2 = xg.unsqueeze(0);
+    let xr = x2.unsqueeze(1).expand([1, m, n], false).reshape([m, n]);
+    add(
+        "  2 expand x to m copies + forward f(X) (m x n x m matmul)",
+        time_ms(rule, || {
+            let xr = x2.unsqueeze(1).expand([1, m, n], false).reshape([m, n]);
+            Ok(f(&xr))
+        })?,
+    )?;
+    let yr = f(&xr).reshape([1, m, m]);
+    add(
+        "  3 allclose(f(X)[0], f(x)) check",
+        time_ms(rule, || {
+            let same = tch::no_grad(|| yr.select(1, 0).allclose(&y2, 1e-3, 1e-5, true));
+            Ok(Tensor::from(same as i64))
+        })?,
+    )?;
+    let idx = Tensor::arange(m, (Kind::Int64, Device::Cpu))
+        .view([1, m, 1])
+        .expand([1, m, 1], false);
+    add(
+        "  4 gather + sum + run_backward (m x m x n matmul)",
+        time_ms(rule, || {
+            let root = yr.gather(2, &idx, false).sum(None::<Kind>);
+            Ok(Tensor::run_backward(&[root], &[&xr], true, false).remove(0))
+        })?,
+    )?;
+    add(
+        "  4' gather + sum only (no backward)",
+        time_ms(rule, || Ok(yr.gather(2, &idx, false).sum(None::<Kind>)))?,
+    )?;
+    add(
+        "  5 check_first_row (extra backward of y[0] + max|diff|)",
+        time_ms(rule, || {
+            let r = Tensor::run_backward(&[y2.select(1, 0)], &[&xg], true, false).remove(0);
+            let g = Tensor::zeros([1, m, n], (Kind::Float, Device::Cpu));
+            let d = tch::no_grad(|| {
+                let r = r.reshape([1, -1]);
+                let got = g.select(1, 0);
+                let diff = (&got - &r).abs().max().double_value(&[]);
+                let scale = r.abs().max().double_value(&[]);
+                diff + scale
+            });
+            Ok(Tensor::from(d))
+        })?,
+    )?;
+    // Whole pass without the two checks (what a `checked = false` option would cost).
+    add(
+        "  (1+2+4) vectorized without the checks",
+        time_ms(rule, || {
+            let xg = x.detach().set_requires_grad(true);
+            let _y = f(&xg);
+            let xr = xg.unsqueeze(0).expand([m, n], false);
+            let yr = f(&xr);
+            let root = yr
+                .gather(
+                    1,
+                    &Tensor::arange(m, (Kind::Int64, Device::Cpu)).view([m, 1]),
+                    false,
+                )
+                .sum(None::<Kind>);
+            Ok(Tensor::run_backward(&[root], &[&xr], true, false).remove(0))
+        })?,
+    )?;
+    // Same, but seeding with the identity (y ⊙ I).sum() instead of gather.
+    add(
+        "  (1+2+4) with (f(X) * I).sum() instead of gather",
+        time_ms(rule, || {
+            let xg = x.detach().set_requires_grad(true);
+            let _y = f(&xg);
+            let xr = xg.unsqueeze(0).expand([m, n], false);
+            let yr = f(&xr);
+            let eye = Tensor::eye(m, (Kind::Float, Device::Cpu));
+            let root = (yr * eye).sum(None::<Kind>);
+            Ok(Tensor::run_backward(&[root], &[&xr], true, false).remove(0))
+        })?,
+    )?;
+    let a = Tensor::randn([m, m], opt);
+    add(
+        "  floor: one m x m x n matmul (what jacrev's backward costs)",
+        time_ms(rule, || Ok(a.matmul(&w)))?,
+    )?;
+    add(
+        "  floor: closed form diag(y(1-y)) W (broadcast)",
+        time_ms(rule, || Ok(sigmoid_linear_jacobian(&w, &f(&x))?))?,
+    )?;
+
+    // --- RowLoop, as src/strategy.rs::rows does it.
+    add(
+        "RowLoop: forward + jacobian(&y, &x) (crate, total)",
+        time_ms(rule, || {
+            let y = f(&xg);
+            Ok(jacobian(&y, &xg)?)
+        })?,
+    )?;
+    add(
+        "  bare loop: forward + m x run_backward(y.select(0, i)) + stack",
+        time_ms(rule, || {
+            let y = f(&xg);
+            let rows: Vec<Tensor> = (0..m)
+                .map(|i| Tensor::run_backward(&[y.select(0, i)], &[&xg], true, false).remove(0))
+                .collect();
+            Ok(Tensor::stack(&rows, 0))
+        })?,
+    )?;
+    add(
+        "  bare loop without stack (rows copied into a preallocated J)",
+        time_ms(rule, || {
+            let y = f(&xg);
+            let j = Tensor::empty([m, n], opt);
+            for i in 0..m {
+                let g = Tensor::run_backward(&[y.select(0, i)], &[&xg], true, false).remove(0);
+                j.select(0, i).copy_(&g);
+            }
+            Ok(j)
+        })?,
+    )?;
+    add(
+        "  one run_backward of a scalar output (per-row cost)",
+        time_ms(rule, || {
+            Ok(Tensor::run_backward(&[y.select(0, 0)], &[&xg], true, false).remove(0))
+        })?,
+    )?;
+    add(
+        "  one forward f(x) (m x n matvec)",
+        time_ms(rule, || Ok(f(&xg)))?,
+    )?;
+    let out: Vec<Value> = rows
+        .iter()
+        .map(|(l, ms)| json!({"n": n, "step": l, "median_ms": ms}))
+        .collect();
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+/// `--loop STRATEGY N SECONDS`: one strategy in a loop, for an outside profiler (`perf record`).
+fn hot_loop(which: &str, n: i64, seconds: f64) -> Result<()> {
+    tch::manual_seed(0);
+    let opt = (Kind::Float, Device::Cpu);
+    let w = Tensor::randn([n, n], opt) / (n as f64).sqrt();
+    let x = Tensor::randn([n], opt);
+    let f = |x: &Tensor| x.matmul(&w.tr()).sigmoid();
+    let s = match which {
+        "rowloop" => Strategy::RowLoop,
+        "vectorized" => Strategy::Vectorized { chunk_size: None },
+        "forward" => Strategy::Forward,
+        "vforward" => Strategy::VectorizedForward { chunk_size: None },
+        "auto" => Strategy::Auto,
+        other => bail!("unknown strategy {other}"),
+    };
+    let start = Instant::now();
+    let mut calls = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        drop(jacobian_of(f, &x, &opts(s))?);
+        calls += 1;
+    }
+    eprintln!(
+        "{which} n={n}: {calls} calls, {:.3} ms/call",
+        start.elapsed().as_secs_f64() * 1e3 / calls as f64
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let mut dir: Option<PathBuf> = None;
+    let mut threads: Option<i32> = None;
+    let mut breakdown_n: Option<i64> = None;
+    let mut only: Option<String> = None;
+    let mut hot: Option<(String, i64, f64)> = None;
+    let mut rule = Rule {
+        budget_s: 1.0,
+        min_reps: 5,
+        max_reps: 2000,
+        skip_over_s: 2.0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--dir" => dir = Some(PathBuf::from(val()?)),
+            "--threads" => threads = Some(val()?.parse()?),
+            "--budget" => rule.budget_s = val()?.parse()?,
+            "--breakdown" => breakdown_n = Some(val()?.parse()?),
+            "--case" => only = Some(val()?),
+            "--loop" => {
+                let (w, n, t) = (val()?, val()?, val()?);
+                hot = Some((w, n.parse()?, t.parse()?));
+            }
+            "-h" | "--help" => {
+                println!(
+                    "compare --dir DIR [--case NAME] [--threads N] | --breakdown N [--budget S] | --loop rowloop|vectorized|forward|vforward|auto N SECONDS"
+                );
+                return Ok(());
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if let Some(t) = threads {
+        tch::set_num_threads(t);
+    }
+    eprintln!("rust: tch::get_num_threads() = {}", tch::get_num_threads());
+    if let Some((w, n, t)) = hot {
+        return hot_loop(&w, n, t);
+    }
+    if let Some(n) = breakdown_n {
+        return breakdown(n, rule);
+    }
+    let dir = dir.context("--dir DIR (written by benches/compare_pytorch.py) is required")?;
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).context("reading manifest.json")?,
+    )?;
+    if let Some(r) = manifest.get("rule") {
+        rule.budget_s = r["budget_s"].as_f64().unwrap_or(rule.budget_s);
+        rule.min_reps = r["min_reps"].as_u64().map_or(rule.min_reps, |v| v as usize);
+        rule.max_reps = r["max_reps"].as_u64().map_or(rule.max_reps, |v| v as usize);
+        rule.skip_over_s = r["skip_over_s"].as_f64().unwrap_or(rule.skip_over_s);
+    }
+    println!(
+        "{}",
+        json!({"side": "rust", "threads": tch::get_num_threads(), "dtype": "float32", "device": "cpu"})
+    );
+    let cases = manifest["cases"].as_array().context("cases")?;
+    let mut ran = 0;
+    for case in cases {
+        if only
+            .as_deref()
+            .map_or(true, |o| case["name"].as_str() == Some(o))
+        {
+            run_case(&dir, case, rule)?;
+            ran += 1;
+        }
+    }
+    if ran == 0 {
+        bail!(
+            "no case named {:?} in the manifest",
+            only.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
