@@ -21,7 +21,9 @@ use tch::{Kind, Tensor};
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
 use crate::error::{Error, Result};
 use crate::jacobian::{prepare_input, FnOutput};
-use crate::strategy::{self, JacobianOptions, Strategy};
+use crate::strategy::{self, Closure, JacobianOptions};
+#[cfg(doc)]
+use crate::strategy::Strategy;
 
 fn check_batch(y: &Tensor, x: &Tensor, y_name: &str) -> Result<i64> {
     let (ys, xs) = (y.size(), x.size());
@@ -85,19 +87,9 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         inputs: &names_v,
     };
     let y2 = strategy::rows_view(y, Some(b))?;
-    let block = match opts.strategy.validate()?.resolve(m, n, false) {
-        Strategy::RowLoop => {
-            strategy::rows(&y2, &[x], opts.create_graph, opts.strict, names)?.remove(0)
-        }
-        Strategy::Forward => {
-            strategy::columns(&y2, &[x], opts.create_graph, opts.strict, names)?.remove(0)
-        }
-        Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => return Err(Error::InvalidArgument(
-            "Strategy::Vectorized needs the function itself: call batch_jacobian_of(f, x, opts)"
-                .into(),
-        )),
-        Strategy::Auto => unreachable!("resolve never returns Auto"),
-    };
+    let strategy = opts.strategy.validate()?.resolve(m, n, false);
+    let instead = "batch_jacobian_of(f, x, opts)";
+    let block = strategy::run(strategy, &y2, &[x], None, opts, names, instead)?.remove(0);
     unflatten(&block, &y.size(), &x.size())
 }
 
@@ -144,29 +136,13 @@ where
         inputs: &names_v,
     };
     let y2 = strategy::rows_view(&y, Some(b))?;
-    let block = match strat.resolve_batched(m, n, b as usize, true) {
-        Strategy::RowLoop => {
-            strategy::rows(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
-        }
-        Strategy::Forward => {
-            strategy::columns(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
-        }
-        s @ (Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size }) => {
-            let call = |xr: &Tensor| f(xr).into_output();
-            strategy::vectorized(
-                &call,
-                &xg,
-                true,
-                &y2,
-                matches!(s, Strategy::VectorizedForward { .. }),
-                chunk_size,
-                opts.create_graph,
-                opts.strict,
-                names,
-            )?
-        }
-        Strategy::Auto => unreachable!("resolve never returns Auto"),
-    };
+    let call = |xr: &Tensor| f(xr).into_output();
+    let closure = Some(Closure {
+        call: &call,
+        batched: true,
+    });
+    let strategy = strat.resolve_batched(m, n, b as usize, true);
+    let block = strategy::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
     unflatten(&block, &y.size(), &x.size())
 }
 

@@ -15,7 +15,7 @@ use tch::Tensor;
 
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
 use crate::error::{Error, Result};
-use crate::strategy::{self, JacobianOptions, Strategy};
+use crate::strategy::{self, Closure, JacobianOptions, Strategy};
 
 /// What a closure given to [`jacobian_of`] (and friends) may return: a `Tensor`, or a
 /// `Result<Tensor, E>` whose error converts into [`Error`] (e.g. `tch::TchError`).
@@ -112,16 +112,9 @@ pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Resu
     let m = y.numel();
     let n: usize = xs.iter().map(|x| x.numel()).sum();
     let y2 = strategy::rows_view(y, None)?;
-    let blocks = match opts.strategy.validate()?.resolve(m, n, false) {
-        Strategy::RowLoop => strategy::rows(&y2, xs, opts.create_graph, opts.strict, names)?,
-        Strategy::Forward => strategy::columns(&y2, xs, opts.create_graph, opts.strict, names)?,
-        Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => {
-            return Err(Error::InvalidArgument(
-                "Strategy::Vectorized needs the function itself: call jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)".into(),
-            ))
-        }
-        Strategy::Auto => unreachable!("resolve never returns Auto"),
-    };
+    let strategy = opts.strategy.validate()?.resolve(m, n, false);
+    let instead = "jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)";
+    let blocks = strategy::run(strategy, &y2, xs, None, opts, names, instead)?;
     blocks
         .iter()
         .zip(xs)
@@ -186,28 +179,20 @@ where
         inputs: &names_v,
     };
     let y2 = strategy::rows_view(&y, None)?;
-    let block = match strat.resolve(m, n, true) {
-        Strategy::RowLoop => {
-            strategy::rows(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
-        }
-        Strategy::Forward => {
-            strategy::columns(&y2, &[&xg], opts.create_graph, opts.strict, names)?.remove(0)
-        }
-        s @ (Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size }) => {
-            let call = |xr: &Tensor| f(xr).into_output();
-            strategy::vectorized(
-                &call,
-                &xg,
-                false,
-                &y2,
-                matches!(s, Strategy::VectorizedForward { .. }),
-                chunk_size,
-                opts.create_graph,
-                opts.strict,
-                names,
-            )?
-        }
-        Strategy::Auto => unreachable!("resolve never returns Auto"),
-    };
+    let call = |xr: &Tensor| f(xr).into_output();
+    let closure = Some(Closure {
+        call: &call,
+        batched: false,
+    });
+    let block = strategy::run(
+        strat.resolve(m, n, true),
+        &y2,
+        &[&xg],
+        closure,
+        opts,
+        names,
+        "",
+    )?
+    .remove(0);
     unflatten(&block, &y.size(), &x.size())
 }

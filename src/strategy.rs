@@ -200,6 +200,46 @@ use tch::{Kind, Tensor};
 
 use crate::autograd::{vjp_into, Names};
 
+/// The closure of a `*_of` call, which only the vectorized strategies need.
+pub(crate) struct Closure<'a> {
+    /// `f` on stacked copies, `[B·c, *in] → [B·c, *out]`.
+    pub call: &'a dyn Fn(&Tensor) -> Result<Tensor>,
+    /// Whether the input has a leading batch dimension.
+    pub batched: bool,
+}
+
+/// Runs a resolved strategy on the rows view `y2`: one `[B, m, n_k]` block per input. The one
+/// dispatch shared by `jacobian_with`, `jacobian_of`, `batch_jacobian` and `batch_jacobian_of`;
+/// `instead` names the call to use when a vectorized strategy is asked for without a closure.
+pub(crate) fn run(
+    strategy: Strategy,
+    y2: &Tensor,
+    xs: &[&Tensor],
+    closure: Option<Closure<'_>>,
+    opts: &JacobianOptions,
+    names: Names<'_>,
+    instead: &str,
+) -> Result<Vec<Tensor>> {
+    let (cg, strict) = (opts.create_graph, opts.strict);
+    match strategy {
+        Strategy::RowLoop => rows(y2, xs, cg, strict, names),
+        Strategy::Forward => columns(y2, xs, cg, strict, names),
+        Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size } => {
+            let Some(c) = closure else {
+                return Err(Error::InvalidArgument(format!(
+                    "Strategy::{strategy:?} needs the function itself: call {instead}"
+                )));
+            };
+            let forward = matches!(strategy, Strategy::VectorizedForward { .. });
+            let j = vectorized(
+                c.call, xs[0], c.batched, y2, forward, chunk_size, cg, strict, names,
+            )?;
+            Ok(vec![j])
+        }
+        Strategy::Auto => unreachable!("resolve never returns Auto"),
+    }
+}
+
 /// `y` as `[m]` (`batch = None`) or `[B, m]` (`batch = Some(B)`), reshaped only when needed.
 pub(crate) fn rows_view(y: &Tensor, batch: Option<i64>) -> Result<Tensor> {
     Ok(match batch {
