@@ -27,30 +27,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Samp
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{batch_jacobian_of, jacobian_of, jacobian_with, JacobianOptions, Strategy};
 
-/// `TCH_JACOBIAN_BENCH_DEVICE=cpu|cuda` (default cpu).
-fn device() -> Device {
-    match std::env::var("TCH_JACOBIAN_BENCH_DEVICE")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "" | "cpu" => Device::Cpu,
-        "cuda" | "gpu" => {
-            assert!(
-                tch::Cuda::is_available(),
-                "TCH_JACOBIAN_BENCH_DEVICE=cuda but tch::Cuda::is_available() is false (CPU-only libtorch?)"
-            );
-            Device::Cuda(0)
-        }
-        other => panic!("TCH_JACOBIAN_BENCH_DEVICE must be cpu or cuda, got {other:?}"),
-    }
-}
-
-fn sync(dev: Device) {
-    if let Device::Cuda(i) = dev {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
+mod common;
+use common::{device, sync};
 
 /// Times `f` (one Jacobian per call), synchronizing CUDA before the clock stops.
 fn bench(group: &mut BenchmarkGroup<'_, WallTime>, id: &str, dev: Device, f: impl Fn() -> Tensor) {

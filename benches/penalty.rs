@@ -25,36 +25,14 @@ use criterion::{Criterion, SamplingMode};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{contractive_penalty, Estimator};
 
+mod common;
+use common::{device, sync};
+
 const GROUP: &str = "penalty_784x256_b128";
 /// Batch, inputs, hidden units.
 const B: i64 = 128;
 const N: i64 = 784;
 const M: i64 = 256;
-
-/// `TCH_JACOBIAN_BENCH_DEVICE=cpu|cuda` (default cpu).
-fn device() -> Device {
-    match std::env::var("TCH_JACOBIAN_BENCH_DEVICE")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "" | "cpu" => Device::Cpu,
-        "cuda" | "gpu" => {
-            assert!(
-                tch::Cuda::is_available(),
-                "TCH_JACOBIAN_BENCH_DEVICE=cuda but tch::Cuda::is_available() is false (CPU-only libtorch?)"
-            );
-            Device::Cuda(0)
-        }
-        other => panic!("TCH_JACOBIAN_BENCH_DEVICE must be cpu or cuda, got {other:?}"),
-    }
-}
-
-fn sync(dev: Device) {
-    if let Device::Cuda(i) = dev {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
 
 /// The encoder's parameters and a batch.
 struct Setup {
