@@ -308,9 +308,20 @@ pub fn module_jacobian(
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
     let f = |x: &Tensor| module_output(module, x, output_index);
-    match jacobian_of(f, x, opts) {
+    with_row_loop_fallback(opts, |o| jacobian_of(f, x, o), || Ok(()))
+}
+
+/// `run(opts)`; when that fails under [`Strategy::Auto`], `before_retry()` and then
+/// `run(opts with Strategy::RowLoop)` — for models that reject stacked inputs.
+fn with_row_loop_fallback(
+    opts: &JacobianOptions,
+    run: impl Fn(&JacobianOptions) -> Result<Tensor>,
+    before_retry: impl FnOnce() -> Result<()>,
+) -> Result<Tensor> {
+    match run(opts) {
         Err(_) if opts.strategy == Strategy::Auto => {
-            jacobian_of(f, x, &opts.strategy(Strategy::RowLoop))
+            before_retry()?;
+            run(&opts.strategy(Strategy::RowLoop))
         }
         r => r,
     }
@@ -349,14 +360,12 @@ pub fn module_batch_jacobian(
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
     let f = |x: &Tensor| module_output(module, x, output_index);
-    match batch_jacobian_of(f, x, opts) {
-        Err(_) if opts.strategy == Strategy::Auto => {
-            if x.is_floating_point() {
-                let xg = x.f_detach()?.set_requires_grad(true);
-                check_batch_independence(&f(&xg)?, &xg)?;
-            }
-            batch_jacobian_of(f, x, &opts.strategy(Strategy::RowLoop))
+    let check_independence = || {
+        if x.is_floating_point() {
+            let xg = x.f_detach()?.set_requires_grad(true);
+            check_batch_independence(&f(&xg)?, &xg)?;
         }
-        r => r,
-    }
+        Ok(())
+    };
+    with_row_loop_fallback(opts, |o| batch_jacobian_of(f, x, o), check_independence)
 }
