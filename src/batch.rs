@@ -21,9 +21,9 @@ use tch::{Kind, Tensor};
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
 use crate::error::{Error, Result};
 use crate::jacobian::{prepare_input, FnOutput};
-use crate::strategy::{self, Closure, JacobianOptions};
 #[cfg(doc)]
 use crate::strategy::Strategy;
+use crate::strategy::{self, Closure, JacobianOptions};
 
 fn check_batch(y: &Tensor, x: &Tensor, y_name: &str) -> Result<i64> {
     let (ys, xs) = (y.size(), x.size());
