@@ -12,20 +12,6 @@ use tch_jacobian::{
     Result, Strategy,
 };
 
-const STRATEGIES: [Strategy; 7] = [
-    Strategy::Auto,
-    Strategy::RowLoop,
-    Strategy::Forward,
-    Strategy::Vectorized { chunk_size: None },
-    Strategy::Vectorized {
-        chunk_size: Some(3),
-    },
-    Strategy::VectorizedForward { chunk_size: None },
-    Strategy::VectorizedForward {
-        chunk_size: Some(2),
-    },
-];
-
 fn path(name: &str) -> String {
     format!("{}/tests/data/ts/{name}", root())
 }

@@ -10,20 +10,6 @@ use tch_jacobian::{
     jvp, vjp, JacobianOptions, Result, Strategy,
 };
 
-const STRATEGIES: [Strategy; 7] = [
-    Strategy::Auto,
-    Strategy::RowLoop,
-    Strategy::Forward,
-    Strategy::Vectorized { chunk_size: None },
-    Strategy::Vectorized {
-        chunk_size: Some(3),
-    },
-    Strategy::VectorizedForward { chunk_size: None },
-    Strategy::VectorizedForward {
-        chunk_size: Some(2),
-    },
-];
-
 fn opts(s: Strategy) -> JacobianOptions {
     JacobianOptions::default().strategy(s)
 }

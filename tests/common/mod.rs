@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{Result, Tolerance};
+use tch_jacobian::{Result, Strategy, Tolerance};
 
 /// The repository root: `TCH_JACOBIAN_ROOT` when set (test binaries copied to another machine,
 /// see scripts/gpu-run), else the crate's directory at build time.
@@ -22,6 +22,21 @@ pub fn fx(case: &str, name: &str, device: Device) -> Tensor {
 pub fn fx_var(case: &str, name: &str, device: Device) -> Tensor {
     fx(case, name, device).set_requires_grad(true)
 }
+
+/// Every strategy, with chunk sizes that split the small fixtures into several passes.
+pub const STRATEGIES: [Strategy; 7] = [
+    Strategy::Auto,
+    Strategy::RowLoop,
+    Strategy::Forward,
+    Strategy::Vectorized { chunk_size: None },
+    Strategy::Vectorized {
+        chunk_size: Some(3),
+    },
+    Strategy::VectorizedForward { chunk_size: None },
+    Strategy::VectorizedForward {
+        chunk_size: Some(2),
+    },
+];
 
 /// allclose defaults: rtol 1e-5, atol 1e-8.
 pub fn f64_tol() -> Tolerance {
