@@ -14,18 +14,46 @@
 //! the same folder from `DEP_TCH_JACOBIAN_LIBTORCH_LIB` and repeat the two lines below in their
 //! own build.rs (build-notes.md shows it); the `as-needed` link modifier that would propagate by
 //! itself is still unstable (rust-lang/rust#99424).
+//!
+//! It also compiles the crate's one C++ file, `csrc/batched_vjp.cpp` (the native batched
+//! backward pass, see `src/native.rs`), with the `cc` crate against the same libtorch, the way
+//! torch-sys compiles its own C++: libtorch's `include/` folders, `-std=c++17` and the cxx11 ABI
+//! flag. functorch's headers include `nlohmann/json.hpp`, which libtorch does not ship; it is
+//! looked for in
+//!
+//! 1. `TCH_JACOBIAN_NLOHMANN_INCLUDE` (the folder that holds `nlohmann/json.hpp`), for a user's
+//!    own libtorch;
+//! 2. `site-packages/nlohmann_json/include` beside a pip-installed torch (scripts/setup-libtorch
+//!    installs the `nlohmann-json` package there);
+//! 3. libtorch's own `include/`, `/usr/include` and `/usr/local/include` (Debian:
+//!    `nlohmann-json3-dev`).
+//!
+//! Without it, or with `TCH_JACOBIAN_NATIVE=off`, the crate builds without the engine (a cargo
+//! warning names the fix) and `Strategy::Auto` never picks `Strategy::Batched`. The outcome is
+//! compiled into the crate as `TCH_JACOBIAN_NATIVE_STATUS` (see `native::build_status`).
 use std::env;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=csrc/batched_vjp.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo::rustc-check-cfg=cfg(tch_jacobian_native)");
     let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!(
             "cargo:warning=DEP_TCH_LIBTORCH_LIB not set by torch-sys; no rpath added \
              (binaries will need LD_LIBRARY_PATH). See build-notes.md."
         );
+        println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS=not built: libtorch's folder unknown");
         return;
     };
+    let status = build_native(Path::new(&lib));
+    if status != "built" {
+        println!(
+            "cargo:warning=tch-jacobian: native batched engine {status}; Strategy::Batched is unavailable and Auto uses the slower engines. See build-notes.md."
+        );
+    }
+    println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS={status}");
     // Resolve links (e.g. the checkout's `.libtorch` link made by scripts/setup-libtorch) so that
     // installed binaries keep working when the checkout moves.
     let lib = std::fs::canonicalize(&lib)
@@ -39,4 +67,75 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
     // Re-export for dependents: `DEP_TCH_JACOBIAN_LIBTORCH_LIB` in their build.rs.
     println!("cargo:libtorch_lib={lib}");
+}
+
+/// Compiles csrc/batched_vjp.cpp and sets `cfg(tch_jacobian_native)`; returns "built" or why not.
+fn build_native(lib: &Path) -> String {
+    for var in [
+        "TCH_JACOBIAN_NATIVE",
+        "TCH_JACOBIAN_NLOHMANN_INCLUDE",
+        "LIBTORCH_INCLUDE",
+        "LIBTORCH_CXX11_ABI",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if matches!(
+        env::var("TCH_JACOBIAN_NATIVE").as_deref(),
+        Ok("0" | "off" | "false")
+    ) {
+        return "not built: disabled by TCH_JACOBIAN_NATIVE".into();
+    }
+    // The folder holding include/ and lib/ (torch-sys: LIBTORCH_INCLUDE, else LIBTORCH).
+    let root = env::var("LIBTORCH_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| lib.parent().unwrap_or(lib).to_path_buf());
+    let include = root.join("include");
+    if !include.join("ATen/functorch/DynamicLayer.h").exists() {
+        return format!(
+            "not built: {} has no ATen/functorch/DynamicLayer.h (set LIBTORCH_INCLUDE)",
+            include.display()
+        );
+    }
+    let nlohmann_candidates: Vec<PathBuf> = env::var("TCH_JACOBIAN_NLOHMANN_INCLUDE")
+        .map(|p| vec![PathBuf::from(p)])
+        .unwrap_or_else(|_| {
+            vec![
+                root.join("../nlohmann_json/include"),
+                include.clone(),
+                PathBuf::from("/usr/include"),
+                PathBuf::from("/usr/local/include"),
+            ]
+        });
+    let Some(nlohmann) = nlohmann_candidates
+        .iter()
+        .find(|p| p.join("nlohmann/json.hpp").exists())
+    else {
+        return "not built: nlohmann/json.hpp not found (run scripts/setup-libtorch, \
+                `pip install nlohmann-json` beside torch, or set TCH_JACOBIAN_NLOHMANN_INCLUDE)"
+            .into();
+    };
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let result = cc::Build::new()
+        .cpp(true)
+        .file("csrc/batched_vjp.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(nlohmann)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        // libtorch's headers are not warning-clean; our file is small.
+        .warnings(false)
+        .flag_if_supported("-w")
+        .try_compile("tch_jacobian_native");
+    match result {
+        Ok(()) => {
+            println!("cargo:rustc-cfg=tch_jacobian_native");
+            "built".into()
+        }
+        Err(e) => format!(
+            "not built: compiling csrc/batched_vjp.cpp failed: {}",
+            e.to_string().replace('\n', " ")
+        ),
+    }
 }

@@ -123,6 +123,63 @@ pub(crate) fn vjp_into(
     } else {
         inputs.iter().map(|_| None).collect()
     };
+    settle(grads, inputs, root, create_graph, strict, names, |x| {
+        Ok(x.f_zeros_like()?)
+    })
+}
+
+/// Batched vector-Jacobian products through the native engine: for cotangents
+/// `v = [c, *root.shape]`, `G_k[r] = v[r]ᵀ ∂root/∂inputs[k]`, shape `[c, *inputs[k].shape]`, all
+/// `c` rows in one backward pass (see [`crate::native`]). Same graph and `strict` rules as
+/// [`vjp_into`].
+pub(crate) fn batched_vjp_into(
+    root: &Tensor,
+    inputs: &[&Tensor],
+    v: &Tensor,
+    pass: Pass<'_>,
+) -> Result<Vec<Tensor>> {
+    let c = v.size().first().copied().unwrap_or(0);
+    let grads: Vec<Option<Tensor>> = if root.requires_grad() {
+        crate::native::batched_vjp(root, inputs, v, pass.create_graph, pass.vmap_fallback)?
+    } else {
+        inputs.iter().map(|_| None).collect()
+    };
+    settle(
+        grads,
+        inputs,
+        root,
+        pass.create_graph,
+        pass.strict,
+        pass.names,
+        |x| {
+            let mut shape = vec![c];
+            shape.extend(x.size());
+            Ok(Tensor::f_zeros(shape.as_slice(), (x.kind(), x.device()))?)
+        },
+    )
+}
+
+/// Settings of one Jacobian computation, shared by its passes.
+#[derive(Clone, Copy)]
+pub(crate) struct Pass<'a> {
+    pub create_graph: bool,
+    pub strict: bool,
+    pub vmap_fallback: bool,
+    pub names: Names<'a>,
+}
+
+/// PyTorch's `strict` rules applied to the gradients of `root`: an undefined gradient is zeros
+/// (`zeros(x)`) or, with `strict`, an error; with `strict` and `create_graph`, a gradient that
+/// does not require grad is refused too.
+fn settle(
+    grads: Vec<Option<Tensor>>,
+    inputs: &[&Tensor],
+    root: &Tensor,
+    create_graph: bool,
+    strict: bool,
+    names: Names<'_>,
+    zeros: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
     grads
         .into_iter()
         .zip(inputs)
@@ -147,7 +204,7 @@ pub(crate) fn vjp_into(
                     format!("{} does not require grad (strict mode)", names.output)
                 },
             }),
-            None => Ok(x.f_zeros_like()?),
+            None => zeros(x),
         })
         .collect()
 }

@@ -62,6 +62,14 @@ pub enum Error {
     #[error("function contract violated: {0}")]
     Contract(String),
 
+    /// An op in the graph has no vmap batching rule, and the batched engine was told not to use
+    /// libtorch's per-op fallback (`JacobianOptions::vmap_fallback(false)`).
+    #[error("{op} has no vmap batching rule and the vmap fallback is off (JacobianOptions::vmap_fallback(false)); turn the fallback on (the default: it loops over this op only) or use Strategy::RowLoop")]
+    NoBatchingRule {
+        /// The op, e.g. `aten::_scaled_dot_product_flash_attention_for_cpu_backward`.
+        op: String,
+    },
+
     /// An error raised by libtorch (the message is libtorch's own).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -52,6 +52,7 @@ pub mod derivatives;
 pub mod error;
 pub mod jacobian;
 pub mod module;
+pub mod native;
 pub mod penalty;
 pub mod strategy;
 pub mod tolerance;

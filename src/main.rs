@@ -84,6 +84,7 @@ struct Args {
 enum StrategyArg {
     Auto,
     RowLoop,
+    Batched,
     Vectorized,
     Forward,
     VectorizedForward,
@@ -208,6 +209,10 @@ fn run(args: &Args) -> Result<(), String> {
         (StrategyArg::Auto, None) => Strategy::Auto,
         (StrategyArg::RowLoop, None) => Strategy::RowLoop,
         (StrategyArg::Forward, None) => Strategy::Forward,
+        (StrategyArg::Auto, c) if tch_jacobian::native::available() => {
+            Strategy::Batched { chunk_size: c }
+        }
+        (StrategyArg::Batched, c) => Strategy::Batched { chunk_size: c },
         (StrategyArg::Auto | StrategyArg::Vectorized, c) => Strategy::Vectorized { chunk_size: c },
         (StrategyArg::VectorizedForward, c) => Strategy::VectorizedForward { chunk_size: c },
         (s, Some(_)) => {
@@ -559,6 +564,10 @@ fn describe(s: Strategy) -> String {
     match s {
         Strategy::Auto => "auto".into(),
         Strategy::RowLoop => "row-loop".into(),
+        Strategy::Batched { chunk_size: None } => "batched".into(),
+        Strategy::Batched {
+            chunk_size: Some(c),
+        } => format!("batched (chunks of {c} rows)"),
         Strategy::Forward => "forward".into(),
         Strategy::Vectorized { chunk_size: None } => "vectorized".into(),
         Strategy::Vectorized {

@@ -1,0 +1,213 @@
+// The crate's one C++ file: a batched vector-Jacobian product through functorch's vmap level,
+// which tch does not expose (tch seeds backward passes with ones only).
+//
+// For an output y (already computed, graph kept), inputs xs and a chunk of cotangents
+// V = [c, *y.shape], one call runs ONE backward pass whose cotangent is V viewed as a batch of c
+// at a fresh vmap level, and returns, per input, G_k = [c, *x_k.shape] with G_k[r] = V[r]ᵀ ∂y/∂x_k.
+// With V = rows of the identity, G_k holds c rows of the Jacobian.
+//
+// Recipe (../shared/design/batched-vjp.md): push a vmap DynamicLayer, wrap V with
+// at::functorch::addBatchDim (not the legacy at::_add_batch_dim), torch::autograd::grad with
+// retain_graph, unwrap each result at that level, pop the level (RAII: on every path).
+//
+// Contract with Rust (src/native.rs): no C++ exception crosses the boundary. Every function
+// returns nullptr on success or a malloc'd message (freed with tchj_free_string).
+#include <ATen/ATen.h>
+#include <ATen/functorch/BatchedFallback.h>
+#include <ATen/functorch/BatchedTensorImpl.h>
+#include <ATen/functorch/DynamicLayer.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+namespace {
+
+char* copy_string(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, s.c_str(), s.size() + 1);
+  }
+  return out;
+}
+
+// The vmap fallback switch is process-wide in libtorch. Calls that keep it on (the default)
+// share the lock; a call that turns it off holds it alone and restores the previous value, so a
+// concurrent call never sees another call's setting.
+std::shared_mutex fallback_mode_mutex;
+
+class FallbackMode {
+ public:
+  explicit FallbackMode(bool enabled) {
+    if (enabled) {
+      shared_ = std::shared_lock<std::shared_mutex>(fallback_mode_mutex);
+    } else {
+      unique_ = std::unique_lock<std::shared_mutex>(fallback_mode_mutex);
+      previous_ = at::functorch::isVmapFallbackEnabled();
+      at::functorch::setVmapFallbackEnabled(false);
+      changed_ = true;
+    }
+  }
+  ~FallbackMode() {
+    if (changed_) {
+      at::functorch::setVmapFallbackEnabled(previous_);
+    }
+  }
+  FallbackMode(const FallbackMode&) = delete;
+  FallbackMode& operator=(const FallbackMode&) = delete;
+
+ private:
+  std::shared_lock<std::shared_mutex> shared_;
+  std::unique_lock<std::shared_mutex> unique_;
+  bool previous_ = true;
+  bool changed_ = false;
+};
+
+// Pushes a vmap level of `batch` and pops it on every path out of the scope.
+class VmapLevel {
+ public:
+  explicit VmapLevel(int64_t batch)
+      : level_(at::functorch::initAndPushDynamicLayer(
+            at::functorch::TransformType::Vmap,
+            c10::SymInt(batch),
+            at::functorch::RandomnessType::Error)) {}
+  ~VmapLevel() {
+    at::functorch::popDynamicLayerAndDeleteMetadata();
+  }
+  VmapLevel(const VmapLevel&) = delete;
+  VmapLevel& operator=(const VmapLevel&) = delete;
+  int64_t level() const {
+    return level_;
+  }
+
+ private:
+  int64_t level_;
+};
+
+// Collects libtorch's warnings during a call (on this thread, and those the autograd engine
+// replays to it) instead of printing them: the vmap fallback's warning names the op.
+class Collector : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& warning) override {
+    messages.push_back(warning.msg());
+  }
+  std::vector<std::string> messages;
+};
+
+// "…batching rule for aten::foo. Please file…" -> "aten::foo".
+std::string fallback_op(const std::string& msg) {
+  const std::string key = "batching rule for ";
+  auto at = msg.find(key);
+  if (at == std::string::npos) {
+    return "";
+  }
+  auto start = at + key.size();
+  auto end = msg.find_first_of(". ", start);
+  return msg.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Bumped when the signature below changes; src/native.rs checks it.
+int tchj_engine_version() {
+  return 1;
+}
+
+// G_k = [c, *x_k.shape] for each input (see the file comment). `out[k]` receives a new
+// heap-allocated tensor, or nullptr when y does not reach x_k. `fallback_ops` receives the ops
+// that went through libtorch's per-op vmap fallback, one per line ('\n'-separated; nullptr when
+// none; free with tchj_free_string). Returns nullptr or an error message.
+char* tchj_batched_vjp(
+    const at::Tensor* y,
+    const at::Tensor* const* xs,
+    int64_t n_inputs,
+    const at::Tensor* cotangent,
+    int create_graph,
+    int vmap_fallback,
+    at::Tensor** out,
+    char** fallback_ops) {
+  for (int64_t k = 0; k < n_inputs; ++k) {
+    out[k] = nullptr;
+  }
+  *fallback_ops = nullptr;
+  std::vector<at::Tensor*> made;
+  try {
+    Collector collector;
+    std::vector<at::Tensor> grads;
+    int64_t c = cotangent->size(0);
+    {
+      c10::WarningUtils::WarningHandlerGuard warnings(&collector);
+      FallbackMode mode(vmap_fallback != 0);
+      VmapLevel vmap(c);
+      auto v = at::functorch::addBatchDim(*cotangent, 0, vmap.level());
+      std::vector<at::Tensor> input_vars;
+      input_vars.reserve(n_inputs);
+      for (int64_t k = 0; k < n_inputs; ++k) {
+        input_vars.push_back(*xs[k]);
+      }
+      auto raw = torch::autograd::grad(
+          {*y}, input_vars, {v}, /*retain_graph=*/true, create_graph != 0, /*allow_unused=*/true);
+      grads.reserve(raw.size());
+      for (int64_t k = 0; k < n_inputs; ++k) {
+        const at::Tensor& g = raw[k];
+        if (!g.defined()) {
+          grads.emplace_back();
+          continue;
+        }
+        auto* batched = at::functorch::maybeGetBatchedImpl(g);
+        if (batched != nullptr && batched->level() == vmap.level()) {
+          grads.push_back(batched->value().movedim(batched->bdim(), 0));
+        } else {
+          // Does not depend on the cotangent: the same block for every row.
+          std::vector<int64_t> shape{c};
+          auto sizes = g.sizes();
+          shape.insert(shape.end(), sizes.begin(), sizes.end());
+          grads.push_back(g.unsqueeze(0).expand(shape));
+        }
+      }
+      raw.clear();
+    }
+    std::string ops;
+    for (const auto& msg : collector.messages) {
+      auto op = fallback_op(msg);
+      if (!op.empty() && ops.find(op) == std::string::npos) {
+        ops += ops.empty() ? op : "\n" + op;
+      }
+    }
+    for (int64_t k = 0; k < n_inputs; ++k) {
+      if (grads[k].defined()) {
+        out[k] = new at::Tensor(std::move(grads[k]));
+        made.push_back(out[k]);
+      }
+    }
+    if (!ops.empty()) {
+      *fallback_ops = copy_string(ops);
+    }
+    return nullptr;
+  } catch (const c10::Error& e) {
+    for (auto* t : made) delete t;
+    for (int64_t k = 0; k < n_inputs; ++k) out[k] = nullptr;
+    return copy_string(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    for (auto* t : made) delete t;
+    for (int64_t k = 0; k < n_inputs; ++k) out[k] = nullptr;
+    return copy_string(e.what());
+  } catch (...) {
+    for (auto* t : made) delete t;
+    for (int64_t k = 0; k < n_inputs; ++k) out[k] = nullptr;
+    return copy_string("unknown C++ exception in the batched VJP");
+  }
+}
+
+void tchj_free_string(char* s) {
+  std::free(s);
+}
+
+}  // extern "C"

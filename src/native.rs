@@ -1,0 +1,221 @@
+//! The native batched backward pass: one backward pass over a *batch* of cotangents.
+//!
+//! tch seeds `run_backward` with ones, so without help every Jacobian costs either one backward
+//! pass per output row or a forward pass over replicated inputs. libtorch itself can do better:
+//! functorch's vmap level (what `torch.func.jacrev` and `vmap(jacrev)` use) runs one backward pass
+//! whose cotangent is a batch `V = [c, *y.shape]`, giving `G_k[r] = V[r]ᵀ ∂y/∂x_k` for all `c` rows
+//! at once. The crate's one C++ file, `csrc/batched_vjp.cpp`, reaches it; `build.rs` compiles it
+//! against the libtorch that torch-sys links (see build-notes.md). With `V` = rows of the identity
+//! this gives rows of `J` — [`Strategy::Batched`](crate::Strategy::Batched).
+//!
+//! Ops without a batching rule go through libtorch's *vmap fallback*, which loops over that one
+//! op (still far cheaper than a loop over whole backward passes). The crate keeps it on and
+//! records which ops used it: [`take_vmap_fallbacks`]. `JacobianOptions::vmap_fallback(false)`
+//! turns it off for a call, so such an op is an [`Error::NoBatchingRule`] instead.
+//!
+//! When the C++ part could not be built (no `nlohmann/json.hpp`, or `TCH_JACOBIAN_NATIVE=off`),
+//! [`available`] is false, [`Strategy::Auto`](crate::Strategy::Auto) never picks `Batched`, and
+//! asking for it is an error naming the fix ([`build_status`]).
+//!
+//! ```
+//! use tch_jacobian::native;
+//! // "built", or why not (e.g. "not built: nlohmann/json.hpp not found (…)").
+//! let status = native::build_status();
+//! assert_eq!(native::available(), status == "built");
+//! assert!(native::take_vmap_fallbacks().is_empty()); // nothing ran yet on this thread
+//! # Ok::<(), tch_jacobian::Error>(())
+//! ```
+use std::cell::RefCell;
+
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+
+/// Whether the native batched engine was compiled into this build.
+///
+/// ```
+/// # use tch_jacobian::{native, Strategy};
+/// if native::available() {
+///     assert!(matches!(Strategy::Auto.resolve(64, 64, false), Strategy::Batched { .. }));
+/// }
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn available() -> bool {
+    cfg!(tch_jacobian_native)
+}
+
+/// What build.rs did with the C++ engine: `"built"`, or `"not built: <reason and fix>"`.
+///
+/// ```
+/// assert!(tch_jacobian::native::build_status().starts_with("built")
+///     || tch_jacobian::native::build_status().starts_with("not built"));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn build_status() -> &'static str {
+    env!("TCH_JACOBIAN_NATIVE_STATUS")
+}
+
+thread_local! {
+    static FALLBACKS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The ops (e.g. `aten::_scaled_dot_product_flash_attention_for_cpu_backward`) that went
+/// through libtorch's per-op vmap fallback in batched passes on this thread since the last call,
+/// each once; clears the record.
+///
+/// An op listed here has no batching rule: its backward ran as a loop over the chunk's rows for
+/// that op only. The result is still exact; only that op is slower.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// use tch_jacobian::{jacobian_with, native, JacobianOptions, Strategy};
+/// let x = Tensor::randn([8], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+/// let y = x.tanh();
+/// if native::available() {
+///     let opts = JacobianOptions::default().strategy(Strategy::Batched { chunk_size: None });
+///     jacobian_with(&y, &[&x], &opts)?;
+///     assert!(native::take_vmap_fallbacks().is_empty()); // tanh's backward has a rule
+/// }
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn take_vmap_fallbacks() -> Vec<String> {
+    FALLBACKS.with(|f| std::mem::take(&mut *f.borrow_mut()))
+}
+
+fn record_fallbacks(ops: &str) {
+    FALLBACKS.with(|f| {
+        let mut f = f.borrow_mut();
+        for op in ops.lines() {
+            if !f.iter().any(|o| o == op) {
+                f.push(op.to_string());
+            }
+        }
+    });
+}
+
+/// `G_k = [c, *x_k.shape]` with `G_k[r] = V[r]ᵀ ∂y/∂x_k` for the cotangents `v = [c, *y.shape]`,
+/// in one backward pass with the graph kept; `None` for an input that `y` does not reach.
+#[cfg(tch_jacobian_native)]
+pub(crate) fn batched_vjp(
+    y: &Tensor,
+    xs: &[&Tensor],
+    v: &Tensor,
+    create_graph: bool,
+    vmap_fallback: bool,
+) -> Result<Vec<Option<Tensor>>> {
+    use std::ffi::{c_char, c_int, CStr};
+    use torch_sys::C_tensor;
+
+    extern "C" {
+        fn tchj_batched_vjp(
+            y: *const C_tensor,
+            xs: *const *const C_tensor,
+            n_inputs: i64,
+            cotangent: *const C_tensor,
+            create_graph: c_int,
+            vmap_fallback: c_int,
+            out: *mut *mut C_tensor,
+            fallback_ops: *mut *mut c_char,
+        ) -> *mut c_char;
+        fn tchj_free_string(s: *mut c_char);
+    }
+
+    /// Takes ownership of a malloc'd C string from the engine.
+    unsafe fn take_string(s: *mut c_char) -> Option<String> {
+        if s.is_null() {
+            return None;
+        }
+        let text = CStr::from_ptr(s).to_string_lossy().into_owned();
+        tchj_free_string(s);
+        Some(text)
+    }
+
+    let ptrs: Vec<*const C_tensor> = xs.iter().map(|x| x.as_ptr()).collect();
+    let mut out: Vec<*mut C_tensor> = vec![std::ptr::null_mut(); xs.len()];
+    let mut ops: *mut c_char = std::ptr::null_mut();
+    // SAFETY: every pointer is a live at::Tensor owned by a tch Tensor borrowed for the call;
+    // `out` has one slot per input; the engine catches every C++ exception and hands back
+    // heap-allocated tensors (owned by the `Tensor`s made below) and malloc'd strings.
+    let err = unsafe {
+        tchj_batched_vjp(
+            y.as_ptr(),
+            ptrs.as_ptr(),
+            xs.len() as i64,
+            v.as_ptr(),
+            create_graph as c_int,
+            vmap_fallback as c_int,
+            out.as_mut_ptr(),
+            &mut ops,
+        )
+    };
+    if let Some(msg) = unsafe { take_string(err) } {
+        return Err(engine_error(msg));
+    }
+    if let Some(ops) = unsafe { take_string(ops) } {
+        record_fallbacks(&ops);
+    }
+    Ok(out
+        .into_iter()
+        // SAFETY: a non-null slot is a `new at::Tensor` that nobody else owns.
+        .map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
+        .collect())
+}
+
+/// Without the C++ part: always an error naming the fix.
+#[cfg(not(tch_jacobian_native))]
+pub(crate) fn batched_vjp(
+    _y: &Tensor,
+    _xs: &[&Tensor],
+    _v: &Tensor,
+    _create_graph: bool,
+    _vmap_fallback: bool,
+) -> Result<Vec<Option<Tensor>>> {
+    Err(unavailable())
+}
+
+/// The error for `Strategy::Batched` in a build without the engine.
+pub(crate) fn unavailable() -> Error {
+    Error::InvalidArgument(format!(
+        "Strategy::Batched needs the native batched engine, which this build lacks ({}); use Strategy::Auto or another strategy",
+        build_status()
+    ))
+}
+
+/// libtorch's message, with the disabled-fallback case turned into [`Error::NoBatchingRule`].
+#[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
+fn engine_error(msg: String) -> Error {
+    const DISABLED: &str = " hit the vmap fallback which is currently disabled";
+    match msg.find(DISABLED) {
+        Some(end) => Error::NoBatchingRule {
+            op: msg[..end]
+                .rsplit(|c: char| c.is_whitespace())
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        },
+        None => Error::Torch(tch::TchError::Torch(msg)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_fallback_names_the_op() {
+        let e = engine_error(
+            "aten::_foo_backward hit the vmap fallback which is currently disabled".into(),
+        );
+        assert!(matches!(e, Error::NoBatchingRule { ref op } if op == "aten::_foo_backward"));
+        let other = engine_error("shape mismatch".into());
+        assert!(matches!(other, Error::Torch(_)));
+    }
+
+    #[test]
+    fn fallbacks_are_recorded_once_and_taken() {
+        record_fallbacks("aten::a\naten::b");
+        record_fallbacks("aten::a");
+        assert_eq!(take_vmap_fallbacks(), ["aten::a", "aten::b"]);
+        assert!(take_vmap_fallbacks().is_empty());
+    }
+}
