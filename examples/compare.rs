@@ -19,7 +19,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian_of, jacobian, jacobian_of, sigmoid_linear_jacobian, JacobianOptions, Strategy,
+    batch_jacobian, batch_jacobian_of, contractive_penalty, jacobian, jacobian_of, jacobian_with,
+    sigmoid_linear_jacobian, Estimator, JacobianOptions, Strategy,
 };
 
 /// Timing rule shared with `benches/compare_pytorch.py`.
@@ -141,6 +142,15 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         };
         format!("{r:?}")
     };
+    // The same without a closure (jacobian_with, batch_jacobian, the penalty).
+    let resolved_graph = |s: Strategy| -> String {
+        let r = if kind == "single" {
+            s.resolve(m, n, false)
+        } else {
+            s.resolve_batched(m, n, b, false)
+        };
+        format!("{r:?}")
+    };
     let run =
         |method: &str, strategy: String, g: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
             eprintln!("  rust {name:>8} {method}");
@@ -160,7 +170,13 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                     Ok(jacobian(&y, &xg)?)
                 },
             )?;
+            // From a graph the caller built: forward, then the Jacobian of that output.
+            run("Auto (jacobian_with)", resolved_graph(Strategy::Auto), &mut || {
+                let y = f(&xg);
+                Ok(jacobian_with(&y, &[&xg], &opts(Strategy::Auto))?.remove(0))
+            })?;
             for (label, s) in [
+                ("Batched (jacobian_of)", Strategy::Batched { chunk_size: None }),
                 (
                     "Vectorized (jacobian_of)",
                     Strategy::Vectorized { chunk_size: None },
@@ -181,7 +197,16 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
             })?;
         }
         "batch" => {
+            let xg = x.detach().set_requires_grad(true);
+            run("Auto (batch_jacobian)", resolved_graph(Strategy::Auto), &mut || {
+                let y = f(&xg);
+                Ok(batch_jacobian(&y, &xg, &opts(Strategy::Auto))?)
+            })?;
             for (label, s) in [
+                (
+                    "Batched (batch_jacobian_of)",
+                    Strategy::Batched { chunk_size: None },
+                ),
                 ("RowLoop (batch_jacobian_of)", Strategy::RowLoop),
                 (
                     "Vectorized (batch_jacobian_of)",
@@ -201,6 +226,20 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
             run("closed form", "closed form".into(), &mut || {
                 Ok(sigmoid_linear_jacobian(&w, &f(&x))?)
             })?;
+        }
+        "penalty" => {
+            // Exact CAE penalty, forward + penalty + backward to the weight: J_ref is PyTorch's dW.
+            let wg = w.detach().set_requires_grad(true);
+            run(
+                "Exact (contractive_penalty)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let xg = x.detach().set_requires_grad(true);
+                    let h = xg.matmul(&wg.tr()).sigmoid();
+                    let p = contractive_penalty(&h, &xg, &Estimator::Exact)?;
+                    Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
+                },
+            )?;
         }
         other => bail!("unknown case kind {other}"),
     }
@@ -397,6 +436,7 @@ fn hot_loop(which: &str, n: i64, seconds: f64) -> Result<()> {
         "rowloop" => Strategy::RowLoop,
         "vectorized" => Strategy::Vectorized { chunk_size: None },
         "forward" => Strategy::Forward,
+        "batched" => Strategy::Batched { chunk_size: None },
         "vforward" => Strategy::VectorizedForward { chunk_size: None },
         "auto" => Strategy::Auto,
         other => bail!("unknown strategy {other}"),
@@ -441,7 +481,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "compare --dir DIR [--case NAME] [--threads N] | --breakdown N [--budget S] | --loop rowloop|vectorized|forward|vforward|auto N SECONDS"
+                    "compare --dir DIR [--case NAME] [--threads N] | --breakdown N [--budget S] | --loop rowloop|batched|vectorized|forward|vforward|auto N SECONDS"
                 );
                 return Ok(());
             }

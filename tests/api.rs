@@ -10,7 +10,7 @@ use tch_jacobian::{
 };
 
 fn opts(s: Strategy) -> JacobianOptions {
-    JacobianOptions::default().strategy(s)
+    fast_opts(s)
 }
 
 fn shapes_scalars_empty(device: Device) -> Result<()> {
@@ -29,7 +29,7 @@ fn shapes_scalars_empty(device: Device) -> Result<()> {
     assert_eq!(j.size(), [3]);
     assert!((j.double_value(&[1]) + 0.5f64.sin()).abs() < 1e-15);
     // Empty output and empty input: correctly shaped empty Jacobians, like PyTorch.
-    for st in [Strategy::RowLoop, Strategy::Forward, Strategy::Auto] {
+    for st in graph_strategies() {
         let e = x.narrow(1, 0, 0).sin(); // [2, 0]
         assert_eq!(jacobian_with(&e, &[&x], &opts(st))?[0].size(), [2, 0, 2, 3]);
         let xe = Tensor::zeros([0], k).set_requires_grad(true);
@@ -37,7 +37,9 @@ fn shapes_scalars_empty(device: Device) -> Result<()> {
         assert_eq!(jacobian_with(&ye, &[&xe], &opts(st))?[0].size(), [0]);
     }
     let f = |x: &Tensor| x.sin();
-    for st in [Strategy::Vectorized { chunk_size: None }, Strategy::RowLoop] {
+    let mut with_closure = vec![Strategy::Vectorized { chunk_size: None }, Strategy::RowLoop];
+    with_closure.extend(batched());
+    for st in with_closure {
         assert_eq!(
             jacobian_of(f, &Tensor::zeros([0, 4], k), &opts(st))?.size(),
             [0, 4, 0, 4]
@@ -83,7 +85,21 @@ fn strategies_agree(device: Device) -> Result<()> {
         Strategy::VectorizedForward {
             chunk_size: Some(4),
         },
-    ] {
+    ]
+    .into_iter()
+    .chain(batched())
+    .chain(
+        batched()
+            .into_iter()
+            .map(|_| Strategy::Batched {
+                chunk_size: Some(1000),
+            })
+            .take(1),
+    )
+    .chain(batched().into_iter().map(|_| Strategy::Batched {
+        chunk_size: Some(3),
+    }))
+    {
         f64_tol()
             .check(&jacobian_of(f, &x, &opts(s))?, &reference)
             .unwrap_or_else(|e| panic!("{s:?}: {e}"));
@@ -101,6 +117,10 @@ fn caller_graph_usable_everywhere(device: Device) -> Result<()> {
     let o = JacobianOptions::default();
     let _ = jacobian_with(&y, &[&x, &w], &opts(Strategy::RowLoop))?;
     let _ = jacobian_with(&y, &[&x, &w], &opts(Strategy::Forward).create_graph(true))?;
+    for b in batched() {
+        let _ = jacobian_with(&y, &[&x, &w], &opts(b).create_graph(true))?;
+        let _ = batch_jacobian(&y, &x, &opts(b))?;
+    }
     let _ = batch_jacobian(&y, &x, &o)?;
     let _ = vjp(&y, &x, &y.ones_like(), &o)?;
     let _ = jvp(&y, &x, &x.ones_like(), &o)?;
@@ -177,6 +197,16 @@ fn bad_inputs(device: Device) -> Result<()> {
         jacobian_of(|t: &Tensor| t.sin(), &x, &zero),
         &["chunk_size must be at least 1, got 0"],
     );
+    assert_err(
+        jacobian_with(
+            &y,
+            &[&x],
+            &opts(Strategy::Batched {
+                chunk_size: Some(0),
+            }),
+        ),
+        &["chunk_size must be at least 1, got 0"],
+    );
     // Vectorized without a closure.
     assert_err(
         jacobian_with(&y, &[&x], &opts(Strategy::Vectorized { chunk_size: None })),
@@ -236,6 +266,72 @@ fn cross_sample_check(device: Device) -> Result<()> {
         check_batch_independence(&mixed, &x),
         &["samples interact", "sample 0", "batch norm"],
     );
+    Ok(())
+}
+
+/// The engine is built whenever the headers are there (scripts/setup-libtorch installs them);
+/// a build without it (`TCH_JACOBIAN_NATIVE=off`) answers `Strategy::Batched` with the fix.
+#[test]
+fn native_engine_build() -> Result<()> {
+    let status = tch_jacobian::native::build_status();
+    let disabled = matches!(
+        std::env::var("TCH_JACOBIAN_NATIVE").as_deref(),
+        Ok("0" | "off" | "false")
+    );
+    assert!(
+        !status.contains("compiling csrc/batched_vjp.cpp failed"),
+        "{status}"
+    );
+    assert_eq!(tch_jacobian::native::available(), status == "built");
+    if disabled {
+        assert!(!tch_jacobian::native::available(), "{status}");
+    }
+    let x = Tensor::randn([4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let y = x.tanh();
+    let batched = opts(Strategy::Batched { chunk_size: None });
+    if tch_jacobian::native::available() {
+        let j = jacobian_with(&y, &[&x], &batched)?.remove(0);
+        f64_tol().check(&j, &jacobian(&y, &x)?).unwrap();
+    } else {
+        assert_err(
+            jacobian_with(&y, &[&x], &batched),
+            &["Strategy::Batched needs the native batched engine", status],
+        );
+        assert!(!matches!(
+            Strategy::Auto.resolve(64, 64, false),
+            Strategy::Batched { .. }
+        ));
+    }
+    Ok(())
+}
+
+/// With the vmap fallback off, an op without a batching rule is an error naming it; with it on
+/// (the default) the Jacobian is exact and the op is reported.
+#[test]
+fn vmap_fallback_reported_or_refused() -> Result<()> {
+    if !tch_jacobian::native::available() {
+        return Ok(());
+    }
+    // cummax's backward (aten::cummaxmin_backward) has no batching rule in libtorch 2.11.
+    let k = (Kind::Double, Device::Cpu);
+    let x = Tensor::randn([5, 3], k).set_requires_grad(true);
+    let y = x.cummax(0).0;
+    let s = Strategy::Batched { chunk_size: None };
+    let _ = tch_jacobian::native::take_vmap_fallbacks();
+    assert!(matches!(
+        jacobian_with(&y, &[&x], &fast_opts(s)),
+        Err(Error::NoBatchingRule { op }) if op == "aten::cummaxmin_backward"
+    ));
+    assert_err(
+        jacobian_with(&y, &[&x], &fast_opts(s)),
+        &["aten::cummaxmin_backward has no vmap batching rule", "RowLoop"],
+    );
+    let j = jacobian_with(&y, &[&x], &JacobianOptions::default().strategy(s))?.remove(0);
+    assert_eq!(
+        tch_jacobian::native::take_vmap_fallbacks(),
+        ["aten::cummaxmin_backward"]
+    );
+    f64_tol().check(&j, &jacobian(&y, &x)?).unwrap();
     Ok(())
 }
 

@@ -136,9 +136,10 @@ fn fails(args: &[&str], needles: &[&str]) {
     );
 }
 
-const STRATEGIES: [&[&str]; 6] = [
+const STRATEGIES: [&[&str]; 7] = [
     &["--strategy", "auto"],
     &["--strategy", "row-loop"],
+    &["--strategy", "batched", "--chunk-size", "3"],
     &["--strategy", "forward"],
     &["--strategy", "vectorized"],
     &["--strategy", "vectorized", "--chunk-size", "3"],
@@ -171,13 +172,14 @@ fn mlp_every_strategy_matches_pytorch() {
 #[test]
 fn conv_every_strategy_matches_pytorch() {
     // Each run starts libtorch (1-2 s); tests/module.rs covers every strategy on this model.
-    let three = [STRATEGIES[0], STRATEGIES[1], STRATEGIES[4]];
-    check_case("conv", "conv.pt", "conv", &three, &[]);
+    let some = [STRATEGIES[0], STRATEGIES[1], STRATEGIES[2], STRATEGIES[5]];
+    check_case("conv", "conv.pt", "conv", &some, &[]);
 }
 
 #[test]
 fn tall_matrix_output() {
-    // 12 outputs, 2 inputs: auto goes column-wise (vectorized-forward).
+    // 12 outputs, 2 inputs: auto goes column-wise (vectorized-forward), with or without the
+    // batched engine.
     let strategies: [&[&str]; 3] = [&["-s", "auto"], &["-s", "row-loop"], &["-s", "forward"]];
     check_case("tall", "tall.pt", "tall", &strategies, &[]);
     let (j, stdout) = jacobian("tall-summary", "tall.pt", "tall_x.npy", &[]);

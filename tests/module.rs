@@ -30,7 +30,7 @@ fn ts(name: &str, device: Device) -> Tensor {
 }
 
 fn opts(s: Strategy) -> JacobianOptions {
-    JacobianOptions::default().strategy(s)
+    fast_opts(s)
 }
 
 /// Checks `module_jacobian` and `module_batch_jacobian` with every strategy against
@@ -44,7 +44,7 @@ fn check_case(m: &CModule, case: &str, index: Option<usize>, device: Device) -> 
         ts(&format!("{case}_j"), device),
         ts(&format!("{case}_bj"), device),
     );
-    for s in STRATEGIES {
+    for s in strategies() {
         let got = module_jacobian(m, &x, index, &opts(s))?;
         assert_eq!(got.device(), device);
         f64_tol()
@@ -100,7 +100,7 @@ fn tuple_outputs_by_index(device: Device) -> Result<()> {
 fn create_graph_through_model(device: Device) -> Result<()> {
     let m = model("mlp_tanh", device);
     let x = ts("mlp_tanh_x", device).set_requires_grad(true);
-    for s in STRATEGIES {
+    for s in strategies() {
         let j = module_jacobian(&m, &x, None, &opts(s).create_graph(true))?;
         assert!(j.requires_grad(), "{s:?}");
         let g = Tensor::run_backward(&[j.square().sum(Kind::Double)], &[&x], false, false);
@@ -117,7 +117,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
     // A model with no tensor output.
     for name in ["returns_str", "returns_int"] {
         let m = model(name, device);
-        for s in STRATEGIES {
+        for s in strategies() {
             let e = module_jacobian(&m, &x, None, &opts(s)).unwrap_err();
             assert!(matches!(e, Error::Contract(_)), "{name} {s:?}: {e}");
             assert!(e.to_string().contains("not a tensor"), "{e}");
@@ -150,7 +150,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
         &["output index 1 is out of range", "single tensor"],
     );
     // The model rejects the input: its own message is passed on.
-    for s in STRATEGIES {
+    for s in strategies() {
         let e = module_jacobian(&mlp, &ts("bad_shape_x", device), None, &opts(s)).unwrap_err();
         assert!(matches!(e, Error::Torch(_)), "{s:?}: {e}");
         let msg = e.to_string();
@@ -169,7 +169,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
         &["shapes cannot be multiplied"],
     );
     // Integer inputs.
-    for s in STRATEGIES {
+    for s in strategies() {
         let e = module_jacobian(&mlp, &ts("int_x", device), None, &opts(s)).unwrap_err();
         assert!(matches!(e, Error::Kind(_)), "{s:?}: {e}");
         assert!(e.to_string().contains("Int64"), "{e}");

@@ -11,7 +11,7 @@ use tch_jacobian::{
 };
 
 fn opts(s: Strategy) -> JacobianOptions {
-    JacobianOptions::default().strategy(s)
+    fast_opts(s)
 }
 
 /// Checks `jacobian_of(f, x)` with every strategy, and `jacobian_with(f(x), x)` with those that
@@ -23,14 +23,11 @@ fn check_all(case: &str, f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, device: Devi
     } else {
         f64_tol()
     };
-    for s in STRATEGIES {
+    for s in strategies() {
         let j = jacobian_of(f, x, &opts(s))?;
         tol.check(&j, &expected)
             .unwrap_or_else(|e| panic!("{case} jacobian_of {s:?}: {e}"));
-        if !matches!(
-            s,
-            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
-        ) {
+        if !needs_closure(s) {
             let xg = x.detach().set_requires_grad(true);
             let j = jacobian_with(&f(&xg), &[&xg], &opts(s))?.remove(0);
             tol.check(&j, &expected)
@@ -122,7 +119,7 @@ fn non_contiguous_input(device: Device) -> Result<()> {
     let x = base.tr().detach().set_requires_grad(true);
     assert!(!x.is_contiguous());
     let y = x.square().sum_dim_intlist(0, false, Kind::Double) * x.get(0);
-    for s in [Strategy::RowLoop, Strategy::Forward] {
+    for s in graph_strategies() {
         let j = jacobian_with(&y, &[&x], &opts(s))?.remove(0);
         f64_tol()
             .check(&j, &fx("noncontig", "j", device))
@@ -138,7 +135,7 @@ fn several_inputs_strict(device: Device) -> Result<()> {
         fx_var("two_inputs", "c", device),
     );
     let y = &a * b.sin();
-    for s in [Strategy::RowLoop, Strategy::Forward, Strategy::Auto] {
+    for s in graph_strategies() {
         let js = jacobian_with(&y, &[&a, &b, &c], &opts(s))?;
         for (j, name) in js.iter().zip(["ja", "jb", "jc"]) {
             f64_tol()
@@ -162,7 +159,7 @@ fn several_inputs_strict(device: Device) -> Result<()> {
 
 /// create_graph: the gradient of ‖J‖_F² with respect to the weights equals PyTorch's.
 fn create_graph_second_order(device: Device) -> Result<()> {
-    for s in [
+    let mut cases = vec![
         Strategy::RowLoop,
         Strategy::Forward,
         Strategy::Vectorized {
@@ -171,7 +168,9 @@ fn create_graph_second_order(device: Device) -> Result<()> {
         Strategy::VectorizedForward {
             chunk_size: Some(2),
         },
-    ] {
+    ];
+    cases.extend(batched());
+    for s in cases {
         let w = fx_var("create_graph_sigmoid", "w", device);
         let x = fx("create_graph_sigmoid", "x", device);
         let j = jacobian_of(
@@ -218,15 +217,12 @@ fn batch_matches_vmap_jacrev(device: Device) -> Result<()> {
     );
     let f = |x: &Tensor| (x.matmul(&w1.tr()) + &b1).tanh().matmul(&w2.tr()) + &b2;
     let x = fx(c, "x", device);
-    for s in STRATEGIES {
+    for s in strategies() {
         let j = batch_jacobian_of(f, &x, &opts(s))?;
         f64_tol()
             .check(&j, &fx(c, "j", device))
             .unwrap_or_else(|e| panic!("batch_jacobian_of {s:?}: {e}"));
-        if !matches!(
-            s,
-            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
-        ) {
+        if !needs_closure(s) {
             let xg = x.detach().set_requires_grad(true);
             let j = batch_jacobian(&f(&xg), &xg, &opts(s))?;
             f64_tol()
@@ -237,7 +233,7 @@ fn batch_matches_vmap_jacrev(device: Device) -> Result<()> {
     // Per-sample 2-D inputs: [B, 2, 4] -> [B, 3] -> J [B, 3, 2, 4].
     let w = fx("batch_2d", "w", device);
     let f2 = |x: &Tensor| x.flatten(1, -1).matmul(&w.tr()).sigmoid();
-    for s in STRATEGIES {
+    for s in strategies() {
         let j = batch_jacobian_of(f2, &fx("batch_2d", "x", device), &opts(s))?;
         assert_eq!(j.size(), [5, 3, 2, 4]);
         f64_tol()
@@ -268,7 +264,7 @@ fn products_and_hessian(device: Device) -> Result<()> {
     let w = fx("hessian", "w", device);
     let x = fx_var("hessian", "x", device);
     let g = w.matmul(&x).tanh().square().sum(Kind::Double) + x.prod(Kind::Double);
-    for s in [Strategy::RowLoop, Strategy::Forward, Strategy::Auto] {
+    for s in graph_strategies() {
         f64_tol()
             .check(&hessian(&g, &x, &opts(s))?, &fx("hessian", "h", device))
             .unwrap_or_else(|e| panic!("{s:?}: {e}"));

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{Result, Strategy, Tolerance};
+use tch_jacobian::{JacobianOptions, Result, Strategy, Tolerance};
 
 /// The repository root: `TCH_JACOBIAN_ROOT` when set (test binaries copied to another machine,
 /// see scripts/gpu-run), else the crate's directory at build time.
@@ -23,20 +23,62 @@ pub fn fx_var(case: &str, name: &str, device: Device) -> Tensor {
     fx(case, name, device).set_requires_grad(true)
 }
 
-/// Every strategy, with chunk sizes that split the small fixtures into several passes.
-pub const STRATEGIES: [Strategy; 7] = [
-    Strategy::Auto,
-    Strategy::RowLoop,
-    Strategy::Forward,
-    Strategy::Vectorized { chunk_size: None },
-    Strategy::Vectorized {
-        chunk_size: Some(3),
-    },
-    Strategy::VectorizedForward { chunk_size: None },
-    Strategy::VectorizedForward {
-        chunk_size: Some(2),
-    },
-];
+/// Every strategy, with chunk sizes that split the small fixtures into several passes; the
+/// batched ones only when the native engine is built (`TCH_JACOBIAN_NATIVE=off` builds run the
+/// rest).
+pub fn strategies() -> Vec<Strategy> {
+    let mut all = vec![
+        Strategy::Auto,
+        Strategy::RowLoop,
+        Strategy::Forward,
+        Strategy::Vectorized { chunk_size: None },
+        Strategy::Vectorized {
+            chunk_size: Some(3),
+        },
+        Strategy::VectorizedForward { chunk_size: None },
+        Strategy::VectorizedForward {
+            chunk_size: Some(2),
+        },
+    ];
+    all.extend(batched());
+    all
+}
+
+/// The strategies that need no closure (for `jacobian_with`, `batch_jacobian`, `hessian`).
+pub fn graph_strategies() -> Vec<Strategy> {
+    strategies()
+        .into_iter()
+        .filter(|s| !needs_closure(*s))
+        .collect()
+}
+
+/// `Batched`, unchunked and in chunks of 2 rows, when the native engine is built.
+pub fn batched() -> Vec<Strategy> {
+    if tch_jacobian::native::available() {
+        vec![
+            Strategy::Batched { chunk_size: None },
+            Strategy::Batched {
+                chunk_size: Some(2),
+            },
+        ]
+    } else {
+        vec![]
+    }
+}
+
+/// Whether `s` replicates the forward pass (and so needs the function itself).
+pub fn needs_closure(s: Strategy) -> bool {
+    matches!(
+        s,
+        Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
+    )
+}
+
+/// Options for strategy `s` with libtorch's per-op vmap fallback off: a batched pass through an
+/// op without a batching rule fails instead of looping, which proves the fast path.
+pub fn fast_opts(s: Strategy) -> JacobianOptions {
+    JacobianOptions::default().strategy(s).vmap_fallback(false)
+}
 
 /// allclose defaults: rtol 1e-5, atol 1e-8.
 pub fn f64_tol() -> Tolerance {
