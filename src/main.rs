@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! tch-jacobian --model m.pt --input x.npy [--batch]
-//!              [--strategy auto|row-loop|vectorized|forward|vectorized-forward] [--chunk-size N] [--device cpu|cuda|auto] [--dtype f32|f64] [--output j.npy]
+//!              [--strategy auto|row-loop|batched|vectorized|forward|vectorized-forward] [--chunk-size N] [--device cpu|cuda|auto] [--dtype f32|f64] [--output j.npy]
 //!              [--output-index K]
 //! ```
 //!
@@ -59,11 +59,12 @@ struct Args {
     /// Per-sample Jacobians: the first dimension of x is a batch of independent samples
     #[arg(short, long)]
     batch: bool,
-    /// How J is computed (auto: by shape; the vectorized ones need a model that accepts stacked
-    /// inputs, [c, *in])
+    /// How J is computed (auto: by shape; batched: one backward pass over a batch of rows, the
+    /// native engine; the vectorized ones need a model that accepts stacked inputs, [c, *in])
     #[arg(short, long, value_enum, default_value_t = StrategyArg::Auto)]
     strategy: StrategyArg,
-    /// Rows (vectorized) or columns (vectorized-forward) per pass; with auto, implies vectorized
+    /// Rows (batched, vectorized) or columns (vectorized-forward) per pass; with auto, implies
+    /// batched (vectorized in a build without the native engine)
     #[arg(long, value_name = "N")]
     chunk_size: Option<usize>,
     /// Device to run on (auto: CUDA when available)
@@ -217,7 +218,7 @@ fn run(args: &Args) -> Result<(), String> {
         (StrategyArg::VectorizedForward, c) => Strategy::VectorizedForward { chunk_size: c },
         (s, Some(_)) => {
             return Err(format!(
-                "--chunk-size applies to --strategy vectorized or vectorized-forward, not {}",
+                "--chunk-size applies to --strategy batched, vectorized or vectorized-forward, not {}",
                 s.to_possible_value().expect("no skipped values").get_name()
             ))
         }
@@ -325,6 +326,9 @@ fn run(args: &Args) -> Result<(), String> {
     println!("‖J‖_F     {fro:.9e}");
     println!("device    {device:?}");
     println!("strategy  {used}");
+    for op in tch_jacobian::native::take_vmap_fallbacks() {
+        println!("fallback  {op} has no vmap batching rule: libtorch looped over this op (exact, slower)");
+    }
     println!(
         "time      {} (loading the model {})",
         fmt_duration(time),

@@ -466,8 +466,30 @@ fn bad_options() {
     );
     fails(
         &args(&m, &i, &["--strategy", "forward", "--chunk-size", "2"]),
-        &["--chunk-size applies to --strategy vectorized or vectorized-forward, not forward"],
+        &["--chunk-size applies to --strategy batched, vectorized or vectorized-forward, not forward"],
     );
     // [5] -> [4] has no batch dimension.
     fails(&args(&m, &i, &["--batch"]), &["--batch", "[5]", "[4]"]);
+}
+
+#[test]
+fn reports_the_vmap_fallback() {
+    if !tch_jacobian::native::available() {
+        return;
+    }
+    let (j, stdout) = jacobian(
+        "fallback",
+        "transformer.pt",
+        "transformer_x.npy",
+        &["--strategy", "batched"],
+    );
+    Tolerance::default()
+        .check(&j, &fixture("transformer_j"))
+        .unwrap();
+    assert!(
+        stdout.contains(
+            "fallback  aten::_scaled_dot_product_flash_attention_for_cpu_backward has no vmap batching rule"
+        ),
+        "{stdout}"
+    );
 }

@@ -15,7 +15,8 @@ training mode so that the tests see load_module switch it to eval); `tall` ([2] 
 outputs than inputs); `tuple_out` (returns (tanh(Wx + b) [3], x * sum(x) [5], x.dim()), cases
 `tuple_out0` and `tuple_out1`); and, for error tests, `returns_str` and `returns_int` (no tensor
 output). Plus inputs the models reject: `bad_shape_x.npy` ([3]), `int_x.npy` (int64 [5]),
-`f32_x.npy` (float32 [5]). The saved models carry TorchScript's debug info (source lines of
+`f32_x.npy` (float32 [5]). `transformer` (an nn.TransformerEncoderLayer, d_model 16, 4 heads, on one
+sequence [6, 16]; only x and J): its CPU attention backward has no vmap batching rule. The saved models carry TorchScript's debug info (source lines of
 this script).
 """
 import os
@@ -147,6 +148,16 @@ save_npy("bad_shape_x", randn(3))
 save_npy("int_x", np.arange(5, dtype=np.int64))
 save_npy("f32_x", randn(5).float())
 
+# A real op without a vmap batching rule: the CPU attention backward of a transformer layer
+# (aten::_scaled_dot_product_flash_attention_for_cpu_backward). One sequence of 6 tokens, d 16.
+layer = nn.TransformerEncoderLayer(d_model=16, nhead=4, dim_feedforward=32, dropout=0.0, batch_first=True)
+model, ts = export("transformer", layer)
+x = randn(6, 16)
+j = jacobian(lambda v: ts(v), x)
+check(j, jacobian(lambda v: model(v), x))
+save_npy("transformer_x", x)
+save_npy("transformer_j", j)
+
 total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
-assert total < 200_000, total
+assert total < 400_000, total
 print(f"wrote TorchScript fixtures to {OUT} ({total} bytes) with torch {torch.__version__}")

@@ -260,3 +260,42 @@ fn shared_between_threads() {
             .unwrap();
     }
 }
+
+/// A real op without a batching rule: the CPU attention backward of a TorchScript
+/// `nn.TransformerEncoderLayer`. With the vmap fallback off, the batched engine names it; on
+/// (the default), J equals PyTorch's and the row loop's, and the op is reported.
+#[test]
+fn transformer_takes_the_vmap_fallback() -> Result<()> {
+    if !tch_jacobian::native::available() {
+        return Ok(());
+    }
+    let device = Device::Cpu;
+    let m = model("transformer", device);
+    let x = ts("transformer_x", device);
+    let expected = ts("transformer_j", device);
+    const OP: &str = "aten::_scaled_dot_product_flash_attention_for_cpu_backward";
+    let batched = Strategy::Batched { chunk_size: None };
+    match module_jacobian(&m, &x, None, &fast_opts(batched)) {
+        Err(Error::NoBatchingRule { op }) => assert_eq!(op, OP),
+        other => panic!("expected NoBatchingRule for {OP}, got {other:?}"),
+    }
+    let _ = tch_jacobian::native::take_vmap_fallbacks();
+    for s in [
+        batched,
+        Strategy::Batched {
+            chunk_size: Some(25),
+        },
+        Strategy::Auto,
+    ] {
+        let j = module_jacobian(&m, &x, None, &JacobianOptions::default().strategy(s))?;
+        assert_eq!(j.size(), [6, 16, 6, 16]);
+        f64_tol()
+            .check(&j, &expected)
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        assert_eq!(tch_jacobian::native::take_vmap_fallbacks(), [OP], "{s:?}");
+    }
+    let rows = module_jacobian(&m, &x, None, &opts(Strategy::RowLoop))?;
+    f64_tol().check(&rows, &expected).unwrap();
+    assert!(tch_jacobian::native::take_vmap_fallbacks().is_empty());
+    Ok(())
+}
