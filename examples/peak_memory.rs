@@ -49,6 +49,7 @@ fn main() -> Result<()> {
     let strategy = match which {
         "baseline" | "closed" => None,
         "rowloop" => Some(Strategy::RowLoop),
+        "batched" => Some(Strategy::Batched { chunk_size: chunk }),
         "vectorized" => Some(Strategy::Vectorized { chunk_size: chunk }),
         "forward" => Some(Strategy::Forward),
         "vforward" => Some(Strategy::VectorizedForward { chunk_size: chunk }),

@@ -82,6 +82,7 @@ pub fn take_vmap_fallbacks() -> Vec<String> {
     FALLBACKS.with(|f| std::mem::take(&mut *f.borrow_mut()))
 }
 
+#[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
 fn record_fallbacks(ops: &str) {
     FALLBACKS.with(|f| {
         let mut f = f.borrow_mut();
