@@ -136,11 +136,11 @@ pub fn contractive_penalty_per_sample(
             check_input(x, "x")?;
             let opts = JacobianOptions::default().create_graph(true).strict(true);
             let j = batch_jacobian(h, x, &opts)?;
-            Ok(j.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(
-                [1i64].as_slice(),
-                false,
-                None::<Kind>,
-            )?)
+            // Summed in place over every per-sample dimension: J may be a strided view
+            // (Batched's [B, rows, n] block), which a reshape to [B, -1] would copy.
+            let dims: Vec<i64> = (1..j.dim() as i64).collect();
+            Ok(j.f_square()?
+                .f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?)
         }
         Estimator::SigmoidClosedForm { w } => {
             if hs.len() != 2 || xs.len() != 2 || w.dim() != 2 || w.size()[1] != xs[1] {
