@@ -129,6 +129,12 @@ fn single(c: &mut Criterion, kind: ModelKind, n: i64, m: i64, dev: Device) {
     configure(&mut group, n, m);
     let mut strategies: Vec<(String, Strategy)> = Vec::new();
     strategies.push(("RowLoop".into(), Strategy::RowLoop));
+    if tch_jacobian::native::available() {
+        strategies.push((
+            "Batched(None)".into(),
+            Strategy::Batched { chunk_size: None },
+        ));
+    }
     strategies.push((
         "Vectorized(None)".into(),
         Strategy::Vectorized { chunk_size: None },
@@ -155,12 +161,14 @@ fn single(c: &mut Criterion, kind: ModelKind, n: i64, m: i64, dev: Device) {
             jacobian_of(f, &x, &o).expect("jacobian_of")
         });
     }
-    for (label, s) in [
-        ("RowLoop", Strategy::RowLoop),
-        ("Forward", Strategy::Forward),
-        ("Auto", Strategy::Auto),
-    ] {
-        let o = opts(s);
+    for (label, s) in &strategies {
+        if matches!(
+            s,
+            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
+        ) {
+            continue; // they need the closure
+        }
+        let o = opts(*s);
         bench(&mut group, &format!("jacobian_with/{label}"), dev, || {
             let y = f(&xg);
             jacobian_with(&y, &[&xg], &o)
@@ -184,6 +192,7 @@ fn batch(c: &mut Criterion, dev: Device) {
         .sampling_mode(SamplingMode::Flat);
     for (label, s) in [
         ("RowLoop", Strategy::RowLoop),
+        ("Batched(None)", Strategy::Batched { chunk_size: None }),
         (
             "Vectorized(None)",
             Strategy::Vectorized { chunk_size: None },
@@ -195,6 +204,9 @@ fn batch(c: &mut Criterion, dev: Device) {
         ),
         ("Auto", Strategy::Auto),
     ] {
+        if matches!(s, Strategy::Batched { .. }) && !tch_jacobian::native::available() {
+            continue;
+        }
         let o = opts(s);
         bench(
             &mut group,

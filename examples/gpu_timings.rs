@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
 
     let strategies = [
         ("RowLoop", Strategy::RowLoop),
+        ("Batched", Strategy::Batched { chunk_size: None }),
         ("Vectorized", Strategy::Vectorized { chunk_size: None }),
         (
             "Vectorized(chunk 1024)",
@@ -143,7 +144,13 @@ fn main() -> anyhow::Result<()> {
     // Per-sample Jacobians, B = 128, 784 -> 64.
     let w = Tensor::randn([64, 784], k) / 28.0;
     let xb = Tensor::randn([128, 784], k);
-    for (name, strategy) in [strategies[0], strategies[1], strategies[3], strategies[4]] {
+    for (name, strategy) in [
+        strategies[0],
+        strategies[1],
+        strategies[2],
+        strategies[4],
+        strategies[5],
+    ] {
         let opts = JacobianOptions::default().strategy(strategy);
         let (s, reps) = time(device, budget_s, || {
             let _ = batch_jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &xb, &opts)?;

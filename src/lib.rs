@@ -28,9 +28,11 @@
 //! |---|---|
 //! | `for i: J[i] = grad(y[i], x, retain_graph=True)[0]` | [`jacobian(&y, &x)`](jacobian()) |
 //! | `torch.autograd.functional.jacobian(f, (a, b), create_graph=…, strict=…)` | [`jacobian_with(&y, &[&a, &b], &opts)`](jacobian_with) or [`jacobian_of(f, &x, &opts)`](jacobian_of) |
-//! | `torch.func.jacrev(f, chunk_size=c)(x)` | [`jacobian_of`] with [`Strategy::Vectorized { chunk_size: Some(c) }`](Strategy::Vectorized) |
+//! | `torch.func.jacrev(f, chunk_size=c)(x)` | [`jacobian_of`] or [`jacobian_with`] with [`Strategy::Batched { chunk_size: Some(c) }`](Strategy::Batched) (the native batched engine, [`native`]; what `Auto` picks) |
+//! | `torch.autograd.functional.jacobian(f, x, vectorize=True)` | [`jacobian_of`] with [`Strategy::Vectorized`] (replicated forward, no native engine needed) |
 //! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::VectorizedForward`], or [`Strategy::Forward`] (also in [`jacobian_with`]) |
 //! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
+//! | `torch._C._functorch._set_vmap_fallback_enabled(False)` | [`JacobianOptions::vmap_fallback(false)`](JacobianOptions::vmap_fallback); ops that fell back: [`native::take_vmap_fallbacks`] |
 //! | `torch.autograd.functional.vjp` / `grad(y, x, v)` | [`vjp(&y, &x, &v, &opts)`](vjp) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
@@ -41,7 +43,8 @@
 //! | `torch.allclose` in tests | [`Tolerance`], [`assert_allclose`] |
 //!
 //! Options ([`JacobianOptions`]) carry PyTorch's `create_graph` and `strict` and the
-//! [`Strategy`]. Every function returns [`Result`]: bad input (no `requires_grad`, integer
+//! [`Strategy`]. The engines behind the strategies — the row loop, the replicated forward and
+//! the native batched backward pass — and when `Auto` uses each are described in [`strategy`]. Every function returns [`Result`]: bad input (no `requires_grad`, integer
 //! dtypes, mixed devices, mismatched shapes, `chunk_size = 0`, …) is an [`Error`], never a panic.
 //! Results live on the inputs' device: CUDA tensors give CUDA Jacobians.
 
