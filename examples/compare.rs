@@ -171,12 +171,19 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                 },
             )?;
             // From a graph the caller built: forward, then the Jacobian of that output.
-            run("Auto (jacobian_with)", resolved_graph(Strategy::Auto), &mut || {
-                let y = f(&xg);
-                Ok(jacobian_with(&y, &[&xg], &opts(Strategy::Auto))?.remove(0))
-            })?;
+            run(
+                "Auto (jacobian_with)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let y = f(&xg);
+                    Ok(jacobian_with(&y, &[&xg], &opts(Strategy::Auto))?.remove(0))
+                },
+            )?;
             for (label, s) in [
-                ("Batched (jacobian_of)", Strategy::Batched { chunk_size: None }),
+                (
+                    "Batched (jacobian_of)",
+                    Strategy::Batched { chunk_size: None },
+                ),
                 (
                     "Vectorized (jacobian_of)",
                     Strategy::Vectorized { chunk_size: None },
@@ -198,10 +205,14 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         }
         "batch" => {
             let xg = x.detach().set_requires_grad(true);
-            run("Auto (batch_jacobian)", resolved_graph(Strategy::Auto), &mut || {
-                let y = f(&xg);
-                Ok(batch_jacobian(&y, &xg, &opts(Strategy::Auto))?)
-            })?;
+            run(
+                "Auto (batch_jacobian)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let y = f(&xg);
+                    Ok(batch_jacobian(&y, &xg, &opts(Strategy::Auto))?)
+                },
+            )?;
             for (label, s) in [
                 (
                     "Batched (batch_jacobian_of)",

@@ -11,7 +11,10 @@ fn main() -> Result<()> {
             let t = Instant::now();
             let xg = x.detach().set_requires_grad(true);
             let h = xg.matmul(&w.tr()).sigmoid();
-            let o = JacobianOptions::default().create_graph(true).strict(true).strategy(Strategy::Batched { chunk_size: chunk });
+            let o = JacobianOptions::default()
+                .create_graph(true)
+                .strict(true)
+                .strategy(Strategy::Batched { chunk_size: chunk });
             let j = batch_jacobian(&h, &xg, &o)?;
             let p = j.square().sum(Kind::Float) / 128.0;
             let _g = Tensor::run_backward(&[p], &[&w], false, false);

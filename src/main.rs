@@ -216,12 +216,10 @@ fn run(args: &Args) -> Result<(), String> {
         (StrategyArg::Batched, c) => Strategy::Batched { chunk_size: c },
         (StrategyArg::Auto | StrategyArg::Vectorized, c) => Strategy::Vectorized { chunk_size: c },
         (StrategyArg::VectorizedForward, c) => Strategy::VectorizedForward { chunk_size: c },
-        (s, Some(_)) => {
-            return Err(format!(
-                "--chunk-size applies to --strategy batched, vectorized or vectorized-forward, not {}",
-                s.to_possible_value().expect("no skipped values").get_name()
-            ))
-        }
+        (s, Some(_)) => return Err(format!(
+            "--chunk-size applies to --strategy batched, vectorized or vectorized-forward, not {}",
+            s.to_possible_value().expect("no skipped values").get_name()
+        )),
     };
 
     if args.chunk_size == Some(0) {

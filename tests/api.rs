@@ -98,8 +98,7 @@ fn strategies_agree(device: Device) -> Result<()> {
     )
     .chain(batched().into_iter().map(|_| Strategy::Batched {
         chunk_size: Some(3),
-    }))
-    {
+    })) {
         f64_tol()
             .check(&jacobian_of(f, &x, &opts(s))?, &reference)
             .unwrap_or_else(|e| panic!("{s:?}: {e}"));
@@ -324,7 +323,10 @@ fn vmap_fallback_reported_or_refused() -> Result<()> {
     ));
     assert_err(
         jacobian_with(&y, &[&x], &fast_opts(s)),
-        &["aten::cummaxmin_backward has no vmap batching rule", "RowLoop"],
+        &[
+            "aten::cummaxmin_backward has no vmap batching rule",
+            "RowLoop",
+        ],
     );
     let j = jacobian_with(&y, &[&x], &JacobianOptions::default().strategy(s))?.remove(0);
     assert_eq!(

@@ -60,15 +60,17 @@ fn case() -> impl proptest::strategy::Strategy<Value = Case> {
         any::<bool>(),
         0i64..1000,
     )
-        .prop_map(|(inputs, out, batch, chunk, create_graph, double, seed)| Case {
-            inputs,
-            out,
-            batch,
-            chunk,
-            create_graph,
-            double,
-            seed,
-        })
+        .prop_map(
+            |(inputs, out, batch, chunk, create_graph, double, seed)| Case {
+                inputs,
+                out,
+                batch,
+                chunk,
+                create_graph,
+                double,
+                seed,
+            },
+        )
 }
 
 fn numel(s: &[i64]) -> i64 {
@@ -77,7 +79,11 @@ fn numel(s: &[i64]) -> i64 {
 
 fn check(case: &Case) -> tch_jacobian::Result<()> {
     tch::manual_seed(case.seed);
-    let kind = if case.double { Kind::Double } else { Kind::Float };
+    let kind = if case.double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
     let opt = (kind, Device::Cpu);
     let m = numel(&case.out);
     // A single input when batched (per-sample Jacobians have one input).
