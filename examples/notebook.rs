@@ -87,13 +87,29 @@ fn main() -> anyhow::Result<ExitCode> {
     let diff = (f.f_double_value(&[])? - f_calc.f_double_value(&[])?).abs();
     let ok = diff <= 1e-7;
     println!("\n|F - F_calc| = {diff:e} <= 1e-7: {ok}");
+    let dev = if device.is_cuda() { "cuda" } else { "cpu" };
     println!(
-        "F = {:.17} (PyTorch 2.11, f32: 0.04860875755548477)",
-        f.f_double_value(&[])?
+        "F = {:.17} (PyTorch 2.11, f32 on {dev}: {})",
+        f.f_double_value(&[])?,
+        pytorch_f32(dev)
     );
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// PyTorch's float32 `F` on `dev` ("cpu" or "cuda"), from tests/data/notebook_f.txt (written by
+/// tests/gen-fixtures.py; the CUDA value comes from an H100).
+fn pytorch_f32(dev: &str) -> &'static str {
+    include_str!("../tests/data/notebook_f.txt")
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            (p.next() == Some(dev) && p.next() == Some("float32")).then(|| p.next())
+        })
+        .flatten()
+        .next()
+        .unwrap_or("?")
 }

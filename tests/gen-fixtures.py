@@ -156,4 +156,34 @@ pW, pb = torch.autograd.grad(proj, (W, b))
 save("penalty", w=W, b=b, x=X, v=V, per_sample=per_sample, exact=exact, grad_w=gW, grad_b=gb,
      closed=closed, closed_grad_w=cW, closed_grad_b=cb, proj=proj, proj_grad_w=pW, proj_grad_b=pb)
 
+# ---- The notebook's F = ||J||_F^2 per device and dtype (the notebook's loop, as PyTorch runs it) ----
+# f32 on CUDA differs from the CPU in the last bits, so each device is compared with its own value.
+# CUDA values are recomputed where CUDA is present, else kept from the existing file (they were
+# first taken on an H100, ../shared/measurements/h100-2026-11-26).
+def notebook_f(device, dtype):
+    W = torch.tensor([[0.1, 0.3, 0.6], [1.5, 0.3, 4.1], [0.2, -0.3, -0.7]], dtype=dtype, device=device)
+    x = torch.tensor([2.0, 1.0, 1.0], dtype=dtype, device=device, requires_grad=True)
+    y = torch.sigmoid(W @ x)
+    J = torch.zeros(3, 3, dtype=dtype, device=device)
+    for i in range(3):
+        J[i] = torch.autograd.grad(y[i], x, retain_graph=True)[0]
+    return J.pow(2).sum().item()
+
+
+values_path = os.path.join(OUT, "notebook_f.txt")
+values = {}
+if os.path.exists(values_path):
+    for line in open(values_path):
+        if line.strip() and not line.startswith("#"):
+            dev, dt, v = line.split()
+            values[(dev, dt)] = v
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+for dev in devices:
+    for dt, dtype in (("float32", torch.float32), ("float64", torch.float64)):
+        values[(dev, dt)] = repr(notebook_f(dev, dtype))
+with open(values_path, "w") as fh:
+    fh.write(f"# device dtype F (the notebook's ||J||_F^2 by PyTorch {torch.__version__.split('+')[0]}; tests/gen-fixtures.py)\n")
+    for (dev, dt), v in sorted(values.items()):
+        fh.write(f"{dev} {dt} {v}\n")
+
 print(f"wrote fixtures to {OUT} with torch {torch.__version__}")

@@ -80,6 +80,26 @@ pub fn fast_opts(s: Strategy) -> JacobianOptions {
     JacobianOptions::default().strategy(s).vmap_fallback(false)
 }
 
+/// PyTorch's value of the notebook's `F = ‖J‖_F²` on `device` in `kind` (float32 on CUDA differs
+/// from the CPU in the last bits), from tests/data/notebook_f.txt (tests/gen-fixtures.py).
+pub fn notebook_f(device: Device, kind: Kind) -> f64 {
+    let dev = if device.is_cuda() { "cuda" } else { "cpu" };
+    let dt = if kind == Kind::Double {
+        "float64"
+    } else {
+        "float32"
+    };
+    include_str!("../data/notebook_f.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            (parts.len() == 3 && parts[0] == dev && parts[1] == dt).then(|| parts[2].parse().ok())
+        })
+        .flatten()
+        .unwrap_or_else(|| panic!("no {dev} {dt} value in tests/data/notebook_f.txt"))
+}
+
 /// allclose defaults: rtol 1e-5, atol 1e-8.
 pub fn f64_tol() -> Tolerance {
     Tolerance::default()
