@@ -19,6 +19,9 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <dlfcn.h>
+
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -204,6 +207,36 @@ char* tchj_batched_vjp(
     for (int64_t k = 0; k < n_inputs; ++k) out[k] = nullptr;
     return copy_string("unknown C++ exception in the batched VJP");
   }
+}
+
+// Free and total memory of CUDA device `device` (cudaMemGetInfo), looked up at run time in the
+// CUDA runtime that libtorch_cuda loaded, so this file needs no CUDA headers and works with a
+// CPU-only libtorch (returns non-zero there). Memory held by PyTorch's caching allocator counts
+// as used. Returns 0 on success.
+int tchj_cuda_mem_get_info(int device, uint64_t* free_bytes, uint64_t* total_bytes) {
+  using GetDevice = int (*)(int*);
+  using SetDevice = int (*)(int);
+  using MemGetInfo = int (*)(size_t*, size_t*);
+  auto get = reinterpret_cast<GetDevice>(dlsym(RTLD_DEFAULT, "cudaGetDevice"));
+  auto set = reinterpret_cast<SetDevice>(dlsym(RTLD_DEFAULT, "cudaSetDevice"));
+  auto info = reinterpret_cast<MemGetInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+  if (get == nullptr || set == nullptr || info == nullptr) {
+    return -1;
+  }
+  int previous = 0;
+  if (get(&previous) != 0 || set(device) != 0) {
+    return -2;
+  }
+  size_t free_b = 0;
+  size_t total_b = 0;
+  int rc = info(&free_b, &total_b);
+  set(previous);
+  if (rc != 0) {
+    return -3;
+  }
+  *free_bytes = free_b;
+  *total_bytes = total_b;
+  return 0;
 }
 
 void tchj_free_string(char* s) {

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::jacobian::{prepare_input, FnOutput};
 #[cfg(doc)]
 use crate::strategy::Strategy;
-use crate::strategy::{self, Closure, JacobianOptions};
+use crate::strategy::{self, Closure, JacobianOptions, Work};
 
 fn check_batch(y: &Tensor, x: &Tensor, y_name: &str) -> Result<i64> {
     let (ys, xs) = (y.size(), x.size());
@@ -87,7 +87,10 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         inputs: &names_v,
     };
     let y2 = strategy::rows_view(y, Some(b))?;
-    let strategy = opts.strategy.validate()?.resolve(m, n, false);
+    let strategy = opts
+        .strategy
+        .validate()?
+        .resolve_for(&Work::of(y, m, n, b as usize, false));
     let instead = "batch_jacobian_of(f, x, opts)";
     let block = strategy::run(strategy, &y2, &[x], None, opts, names, instead)?.remove(0);
     unflatten(&block, &y.size(), &x.size())
@@ -141,7 +144,7 @@ where
         call: &call,
         batched: true,
     });
-    let strategy = strat.resolve_batched(m, n, b as usize, true);
+    let strategy = strat.resolve_for(&Work::of(&y, m, n, b as usize, true));
     let block = strategy::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
     unflatten(&block, &y.size(), &x.size())
 }

@@ -70,9 +70,71 @@ pub enum Error {
         op: String,
     },
 
+    /// An allocation failed: the device ran out of memory. `asked` is libtorch's own line (it
+    /// names the size asked for); the fix is to compute `J` in smaller pieces. The call leaves
+    /// nothing behind: the next, smaller call on the same device works.
+    #[error("out of memory on the {device}: {asked}; compute J in smaller pieces: pass a chunk_size (e.g. Strategy::Batched {{ chunk_size: Some(64) }}), or use a smaller batch")]
+    OutOfMemory {
+        /// "CPU" or "GPU".
+        device: String,
+        /// libtorch's first line, e.g. "DefaultCPUAllocator: can't allocate memory: you tried to
+        /// allocate 4398046511104 bytes. …" or "CUDA out of memory. Tried to allocate 256.00 GiB. …".
+        asked: String,
+    },
+
     /// An error raised by libtorch (the message is libtorch's own).
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
+}
+
+impl From<tch::TchError> for Error {
+    /// libtorch's errors, with allocation failures turned into [`Error::OutOfMemory`].
+    fn from(e: tch::TchError) -> Self {
+        if let tch::TchError::Torch(msg) = &e {
+            let line = msg.lines().next().unwrap_or("").trim();
+            let cpu = line.contains("not enough memory") || line.contains("can't allocate memory");
+            if cpu || line.contains("out of memory") {
+                // Without c10's "[enforce fail at alloc_cpu.cpp:127] err == 0. " prefix.
+                let start = line.find("DefaultCPUAllocator").unwrap_or(0);
+                let asked: String = line[start..].chars().take(400).collect();
+                return Error::OutOfMemory {
+                    device: if cpu { "CPU" } else { "GPU" }.into(),
+                    asked,
+                };
+            }
+        }
+        Error::Torch(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_failures_are_out_of_memory() {
+        let cpu = Error::from(tch::TchError::Torch(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)\nframe #0: ...".into(),
+        ));
+        assert!(matches!(cpu, Error::OutOfMemory { ref device, .. } if device == "CPU"));
+        let text = cpu.to_string();
+        assert!(
+            text.contains("1099511627776 bytes") && text.contains("chunk_size"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("frame #0") && !text.contains("enforce"),
+            "{text}"
+        );
+        let gpu = Error::from(tch::TchError::Torch(
+            "CUDA out of memory. Tried to allocate 256.00 GiB. GPU 0 has a total capacity of 79.19 GiB".into(),
+        ));
+        assert!(matches!(gpu, Error::OutOfMemory { ref device, .. } if device == "GPU"));
+        assert!(matches!(
+            Error::from(tch::TchError::Torch("shape mismatch".into())),
+            Error::Torch(_)
+        ));
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -15,7 +15,7 @@ use tch::Tensor;
 
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
 use crate::error::{Error, Result};
-use crate::strategy::{self, Closure, JacobianOptions, Strategy};
+use crate::strategy::{self, Closure, JacobianOptions, Strategy, Work};
 
 /// What a closure given to [`jacobian_of`] (and friends) may return: a `Tensor`, or a
 /// `Result<Tensor, E>` whose error converts into [`Error`] (e.g. `tch::TchError`).
@@ -112,7 +112,10 @@ pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Resu
     let m = y.numel();
     let n: usize = xs.iter().map(|x| x.numel()).sum();
     let y2 = strategy::rows_view(y, None)?;
-    let strategy = opts.strategy.validate()?.resolve(m, n, false);
+    let strategy = opts
+        .strategy
+        .validate()?
+        .resolve_for(&Work::of(y, m, n, 1, false));
     let instead = "jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)";
     let blocks = strategy::run(strategy, &y2, xs, None, opts, names, instead)?;
     blocks
@@ -185,7 +188,7 @@ where
         batched: false,
     });
     let block = strategy::run(
-        strat.resolve(m, n, true),
+        strat.resolve_for(&Work::of(&y, m, n, 1, true)),
         &y2,
         &[&xg],
         closure,

@@ -216,10 +216,12 @@ fn run(args: &Args) -> Result<(), String> {
         (StrategyArg::Batched, c) => Strategy::Batched { chunk_size: c },
         (StrategyArg::Auto | StrategyArg::Vectorized, c) => Strategy::Vectorized { chunk_size: c },
         (StrategyArg::VectorizedForward, c) => Strategy::VectorizedForward { chunk_size: c },
-        (s, Some(_)) => return Err(format!(
+        (s, Some(_)) => {
+            return Err(format!(
             "--chunk-size applies to --strategy batched, vectorized or vectorized-forward, not {}",
             s.to_possible_value().expect("no skipped values").get_name()
-        )),
+        ))
+        }
     };
 
     if args.chunk_size == Some(0) {
@@ -451,11 +453,15 @@ impl Job<'_> {
     /// J and a description of the strategy that computed it.
     fn compute(&self, strategy: Strategy) -> Result<(Tensor, String), String> {
         let (b, m, n) = self.sizes();
-        let resolved = if self.batch {
-            strategy.resolve_batched(m, n, b, true)
-        } else {
-            strategy.resolve(m, n, true)
-        };
+        // The library's own rule for this device and dtype (b = 1 without --batch).
+        let resolved = strategy.resolve_for(&tch_jacobian::strategy::Work {
+            m,
+            n,
+            batch: b,
+            have_closure: true,
+            device: self.x.device(),
+            kind: self.x.kind(),
+        });
         let result = self.compute_with(resolved, m);
         match result {
             Err(e) if strategy == Strategy::Auto && resolved != Strategy::RowLoop => {

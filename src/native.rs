@@ -162,6 +162,40 @@ pub(crate) fn batched_vjp(
         .collect())
 }
 
+/// Free bytes on CUDA device `device` (`cudaMemGetInfo`, through the C++ file), or `None` on the
+/// CPU, without CUDA, or without the engine. Memory cached by libtorch's allocator counts as used.
+///
+/// ```
+/// use tch::Device;
+/// assert_eq!(tch_jacobian::native::cuda_free_memory(Device::Cpu), None);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn cuda_free_memory(device: tch::Device) -> Option<u64> {
+    let tch::Device::Cuda(index) = device else {
+        return None;
+    };
+    if !tch::Cuda::is_available() {
+        return None;
+    }
+    cuda_mem_get_info(index)
+}
+
+#[cfg(tch_jacobian_native)]
+fn cuda_mem_get_info(index: usize) -> Option<u64> {
+    extern "C" {
+        fn tchj_cuda_mem_get_info(device: i32, free: *mut u64, total: *mut u64) -> i32;
+    }
+    let (mut free, mut total) = (0u64, 0u64);
+    // SAFETY: plain out-parameters; the C++ side only calls the CUDA runtime.
+    let rc = unsafe { tchj_cuda_mem_get_info(index as i32, &mut free, &mut total) };
+    (rc == 0).then_some(free)
+}
+
+#[cfg(not(tch_jacobian_native))]
+fn cuda_mem_get_info(_index: usize) -> Option<u64> {
+    None
+}
+
 /// Without the C++ part: always an error naming the fix.
 #[cfg(not(tch_jacobian_native))]
 pub(crate) fn batched_vjp(
@@ -194,7 +228,7 @@ fn engine_error(msg: String) -> Error {
                 .unwrap_or("")
                 .to_string(),
         },
-        None => Error::Torch(tch::TchError::Torch(msg)),
+        None => Error::from(tch::TchError::Torch(msg)),
     }
 }
 

@@ -6,7 +6,7 @@ use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     batch_jacobian, batch_jacobian_of, check_batch_independence, hessian, hvp, jacobian,
-    jacobian_of, jacobian_with, jvp, vjp, Error, JacobianOptions, Result, Strategy,
+    jacobian_of, jacobian_with, jvp, vjp, Error, JacobianOptions, Result, Strategy, Tolerance,
 };
 
 fn opts(s: Strategy) -> JacobianOptions {
@@ -268,6 +268,90 @@ fn cross_sample_check(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// A ResNet-style block (conv, batch norm in eval mode, ReLU, conv, skip) in float32 on the
+/// device: every strategy equals the row loop. On CUDA the stacked and the single evaluations may
+/// take other cuDNN algorithms and TF32, so the comparison there is relative to max|J| at 1e-2
+/// (the row-wise checks' own tolerance, `contract_rtol`); on the CPU at 1e-4.
+fn resnet_block_f32(device: Device) -> Result<()> {
+    use tch::nn::{self, ModuleT};
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(device);
+    let root = vs.root();
+    let conv = |name: &str, i: i64, o: i64| {
+        let cfg = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        nn::conv2d(&root / name, i, o, 3, cfg)
+    };
+    let (c1, c2) = (conv("c1", 3, 8), conv("c2", 8, 3));
+    let bn = nn::batch_norm2d(&root / "bn", 8, Default::default());
+    let f = |x: &Tensor| -> Tensor {
+        let h = x.apply(&c1);
+        let h = bn.forward_t(&h, false).relu().apply(&c2);
+        (h + x).relu().flatten(1, -1)
+    };
+    let x = Tensor::randn([2, 3, 6, 6], (Kind::Float, device));
+    let reference = batch_jacobian_of(f, &x, &opts(Strategy::RowLoop))?;
+    assert_eq!(reference.size(), [2, 108, 3, 6, 6]);
+    let scale = reference.abs().max().double_value(&[]);
+    let rtol = if device.is_cuda() { 1e-2 } else { 1e-4 };
+    let mut cases = vec![
+        Strategy::Auto,
+        Strategy::Vectorized { chunk_size: None },
+        Strategy::Vectorized {
+            chunk_size: Some(40),
+        },
+    ];
+    cases.extend(batched());
+    for s in cases {
+        let j = batch_jacobian_of(f, &x, &opts(s))?;
+        Tolerance::new(rtol, rtol * scale)
+            .check(&j, &reference)
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    }
+    Ok(())
+}
+
+/// A Jacobian far larger than memory (2²⁰ × 2²⁰ float32: 4 TiB) is an `Error::OutOfMemory` that
+/// names the size asked for and suggests chunk_size — never an abort — and the next, smaller call
+/// works.
+#[test]
+fn out_of_memory_is_an_error_then_smaller_calls_work() -> Result<()> {
+    let k = (Kind::Float, Device::Cpu);
+    let n = 1i64 << 20;
+    let x = Tensor::zeros([n], k);
+    // (Not f_mul_scalar: tch 0.24 panics when a scalar op fails, dropping its Scalar before it
+    // reads the error.)
+    let two = Tensor::from(2.0f32);
+    let f = |t: &Tensor| t.f_mul(&two);
+    let mut cases = vec![Strategy::Vectorized { chunk_size: None }];
+    if tch_jacobian::native::available() {
+        cases.extend([
+            Strategy::Auto,
+            Strategy::Batched { chunk_size: None },
+            Strategy::Batched {
+                chunk_size: Some(128),
+            },
+        ]);
+    }
+    for s in cases {
+        let err = jacobian_of(f, &x, &opts(s)).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{s:?}: {err}");
+        let text = err.to_string();
+        for needle in ["out of memory on the CPU", "bytes", "chunk_size"] {
+            assert!(text.contains(needle), "{s:?}: {text}");
+        }
+        assert!(text.len() < 600, "one short line: {text}");
+        let small = Tensor::randn([8], k);
+        let j = jacobian_of(f, &small, &opts(s))?;
+        f64_tol()
+            .check(&j, &(Tensor::eye(8, k) * 2.0))
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    }
+    Ok(())
+}
+
 /// The engine is built whenever the headers are there (scripts/setup-libtorch installs them);
 /// a build without it (`TCH_JACOBIAN_NATIVE=off`) answers `Strategy::Batched` with the fix.
 #[test]
@@ -356,5 +440,6 @@ device_tests!(
     strategies_agree,
     caller_graph_usable_everywhere,
     bad_inputs,
-    cross_sample_check
+    cross_sample_check,
+    resnet_block_f32
 );
