@@ -79,10 +79,21 @@ BATCH_PAIRS = [
 OUR_STRATEGIES = ("RowLoop", "Batched", "Vectorized", "Forward", "VectorizedForward", "Auto")
 
 
+DEVICE = "cpu"
+
+
+def sync():
+    """Waits for the GPU before a clock read (a no-op on the CPU)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def measure(fn, rule):
     """Returns (timing dict, first result) by the shared rule."""
+    sync()
     t0 = time.perf_counter()
     first = fn()
+    sync()
     first_s = time.perf_counter() - t0
     if first_s > rule["skip_over_s"]:
         return {"skipped_s": first_s}, first
@@ -98,6 +109,7 @@ def measure(fn, rule):
     ):
         t = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t) * 1e3)
     return {"median_ms": statistics.median(times), "reps": len(times)}, first
 
@@ -149,7 +161,7 @@ def penalty_grad(w, x):
 
 
 def load(work, fname):
-    return torch.from_numpy(np.load(os.path.join(work, fname)))
+    return torch.from_numpy(np.load(os.path.join(work, fname))).to(DEVICE)
 
 
 def python_methods(case, w, x):
@@ -162,7 +174,7 @@ def python_methods(case, w, x):
 
         def notebook():
             y = f(xg)
-            j = torch.zeros(m, n)
+            j = torch.zeros(m, n, device=x.device)
             for i in range(m):
                 j[i] = torch.autograd.grad(y[i], xg, retain_graph=True)[0]
             return j
@@ -195,6 +207,8 @@ def python_methods(case, w, x):
 
 
 def cpu_model():
+    if DEVICE == "cuda":
+        return torch.cuda.get_device_name()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -249,6 +263,7 @@ def main():
     ap.add_argument("--work", default="target/compare-pytorch", help="folder for the .npy inputs")
     ap.add_argument("--out", default="target/compare-pytorch.md", help="Markdown report")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides run")
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of repetitions per cell and round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over all cells; the fastest round's median is kept")
     ap.add_argument("--min-reps", type=int, default=5)
@@ -256,6 +271,8 @@ def main():
     ap.add_argument("--skip-over", type=float, default=2.0, help="skip a cell whose first call takes longer (s)")
     args = ap.parse_args()
 
+    global DEVICE
+    DEVICE = args.device
     t_start = time.time()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -303,7 +320,7 @@ def main():
                 merge(c["name"], ("torch", label), r)
             print(f"  round {rnd + 1}/{args.rounds} rust  {c['name']:>6}", file=sys.stderr, flush=True)
             out = subprocess.run(
-                [args.rust_bin, "--dir", args.work, "--case", c["name"], "--threads", str(args.threads)],
+                [args.rust_bin, "--dir", args.work, "--case", c["name"], "--threads", str(args.threads), "--device", DEVICE],
                 check=True,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -319,11 +336,11 @@ def main():
 
     lines = []
     p = lines.append
-    p("## tch-jacobian vs PyTorch (CPU, float32)")
+    p(f"## tch-jacobian vs PyTorch ({'CPU' if DEVICE == 'cpu' else 'CUDA'}, float32)")
     p("")
     p(
         f"`scripts/compare-pytorch`: F(x) = σ(Wx) as `f(x) = sigmoid(x @ W.T)` on both sides, the same "
-        f"`W`, `x` (`.npy`), float32, CPU. CPU: **{cpu_model()}**, `nproc` = {os.cpu_count()}; "
+        f"`W`, `x` (`.npy`), float32, {DEVICE.upper()}. {'CPU' if DEVICE == 'cpu' else 'GPU'}: **{cpu_model()}**, `nproc` = {os.cpu_count()}; "
         f"threads: `torch.get_num_threads()` = {torch.get_num_threads()}, "
         f"`tch::get_num_threads()` = {rust_threads}; PyTorch {torch.__version__} "
         f"(ours: tch 0.24 on libtorch 2.11.0{', commit ' + git_state() if git_state() else ''}). Each cell: warm-up, then the median of ≥ {args.min_reps} "

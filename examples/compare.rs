@@ -30,6 +30,14 @@ struct Rule {
     min_reps: usize,
     max_reps: usize,
     skip_over_s: f64,
+    /// Where the inputs live; a CUDA device is synchronized before each clock read.
+    device: Device,
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
 }
 
 enum Timing {
@@ -49,8 +57,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Times `f` by `rule`; returns the timing and the result of the first call.
 fn measure(rule: Rule, mut f: impl FnMut() -> Result<Tensor>) -> Result<(Timing, Tensor)> {
+    sync(rule.device);
     let t0 = Instant::now();
     let first = f()?;
+    sync(rule.device);
     let first_s = t0.elapsed().as_secs_f64();
     if first_s > rule.skip_over_s {
         return Ok((Timing::Skipped { first_s }, first));
@@ -70,6 +80,7 @@ fn measure(rule: Rule, mut f: impl FnMut() -> Result<Tensor>) -> Result<(Timing,
     {
         let t = Instant::now();
         let j = f()?;
+        sync(rule.device);
         times.push(t.elapsed().as_secs_f64() * 1e3);
         drop(j);
     }
@@ -115,17 +126,20 @@ fn opts(strategy: Strategy) -> JacobianOptions {
     JacobianOptions::default().strategy(strategy)
 }
 
-fn load(dir: &Path, name: &str) -> Result<Tensor> {
+fn load(dir: &Path, name: &str, device: Device) -> Result<Tensor> {
     let p = dir.join(name);
-    Tensor::read_npy(&p).with_context(|| format!("reading {}", p.display()))
+    Ok(Tensor::read_npy(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .to_device(device))
 }
 
 fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
     let name = case["name"].as_str().context("case name")?;
     let kind = case["kind"].as_str().context("case kind")?;
-    let w = load(dir, case["w"].as_str().context("w")?)?;
-    let x = load(dir, case["x"].as_str().context("x")?)?;
-    let j_ref = load(dir, case["j_ref"].as_str().context("j_ref")?)?;
+    let dev = rule.device;
+    let w = load(dir, case["w"].as_str().context("w")?, dev)?;
+    let x = load(dir, case["x"].as_str().context("x")?, dev)?;
+    let j_ref = load(dir, case["j_ref"].as_str().context("j_ref")?, dev)?;
     // Row-wise on a leading batch dimension: [n] -> [m], [c, n] -> [c, m].
     let f = |x: &Tensor| x.matmul(&w.tr()).sigmoid();
     let (m, n) = (
@@ -134,23 +148,17 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
     );
     let b = case["b"].as_u64().unwrap_or(1) as usize;
     // What a strategy runs as, e.g. `Auto` → `Vectorized { chunk_size: None }`.
-    let resolved = |s: Strategy| -> String {
-        let r = if kind == "batch" {
-            s.resolve_batched(m, n, b, true)
-        } else {
-            s.resolve(m, n, true)
-        };
-        format!("{r:?}")
+    let work = |have_closure: bool| tch_jacobian::strategy::Work {
+        m,
+        n,
+        batch: b,
+        have_closure,
+        device: dev,
+        kind: Kind::Float,
     };
+    let resolved = |s: Strategy| -> String { format!("{:?}", s.resolve_for(&work(true))) };
     // The same without a closure (jacobian_with, batch_jacobian, the penalty).
-    let resolved_graph = |s: Strategy| -> String {
-        let r = if kind == "single" {
-            s.resolve(m, n, false)
-        } else {
-            s.resolve_batched(m, n, b, false)
-        };
-        format!("{r:?}")
-    };
+    let resolved_graph = |s: Strategy| -> String { format!("{:?}", s.resolve_for(&work(false))) };
     let run =
         |method: &str, strategy: String, g: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
             eprintln!("  rust {name:>8} {method}");
@@ -476,6 +484,7 @@ fn main() -> Result<()> {
         min_reps: 5,
         max_reps: 2000,
         skip_over_s: 2.0,
+        device: Device::Cpu,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -483,6 +492,14 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(val()?)),
             "--threads" => threads = Some(val()?.parse()?),
+            "--device" => {
+                rule.device = match val()?.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+                    "cuda" => bail!("--device cuda: CUDA is not available"),
+                    other => bail!("unknown --device {other} (cpu|cuda)"),
+                }
+            }
             "--budget" => rule.budget_s = val()?.parse()?,
             "--breakdown" => breakdown_n = Some(val()?.parse()?),
             "--case" => only = Some(val()?),
@@ -492,7 +509,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "compare --dir DIR [--case NAME] [--threads N] | --breakdown N [--budget S] | --loop rowloop|batched|vectorized|forward|vforward|auto N SECONDS"
+                    "compare --dir DIR [--case NAME] [--threads N] [--device cpu|cuda] | --breakdown N [--budget S] | --loop rowloop|batched|vectorized|forward|vforward|auto N SECONDS"
                 );
                 return Ok(());
             }
@@ -521,7 +538,7 @@ fn main() -> Result<()> {
     }
     println!(
         "{}",
-        json!({"side": "rust", "threads": tch::get_num_threads(), "dtype": "float32", "device": "cpu"})
+        json!({"side": "rust", "threads": tch::get_num_threads(), "dtype": "float32", "device": format!("{:?}", rule.device)})
     );
     let cases = manifest["cases"].as_array().context("cases")?;
     let mut ran = 0;
