@@ -107,6 +107,9 @@ impl From<tch::TchError> for Error {
     }
 }
 
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +139,3 @@ mod tests {
         ));
     }
 }
-
-/// `Result` with this crate's [`Error`].
-pub type Result<T> = std::result::Result<T, Error>;
