@@ -84,7 +84,7 @@ impl Model {
     }
 }
 
-fn opts(s: Strategy) -> JacobianOptions {
+fn opts(s: Strategy) -> JacobianOptions<'static> {
     JacobianOptions::default().strategy(s)
 }
 

@@ -122,7 +122,7 @@ fn emit(case: &str, method: &str, strategy: &str, timing: &Timing, diff: f64) {
     println!("{v}");
 }
 
-fn opts(strategy: Strategy) -> JacobianOptions {
+fn opts(strategy: Strategy) -> JacobianOptions<'static> {
     JacobianOptions::default().strategy(strategy)
 }
 

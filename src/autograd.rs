@@ -1,10 +1,12 @@
 //! The one place that runs a backward pass.
 //!
-//! Every strategy, the batch Jacobian, `vjp`/`jvp`/`hvp`/`hessian` and the penalties compute
-//! vector-Jacobian products through [`vjp_into`]: a single `Tensor::run_backward` with the
-//! graph kept (so the caller's graph stays usable), optional `create_graph`, and PyTorch's
-//! `strict` rules for inputs that the output does not reach. Argument checks shared by the
-//! public functions live here too.
+//! Every engine, the batch Jacobian, `vjp`/`jvp`/`hvp`/`hessian` and the penalties compute
+//! products with the Jacobian here: [`vjp_into`] (a single `Tensor::run_backward` with the graph
+//! kept, so the caller's graph stays usable), [`batched_vjp_into`] (one native batched pass over
+//! a stack of cotangents), and the one JVP, [`Linearized`] (the double-backward trick built on
+//! `vjp_into`). A [`Pass`] carries `create_graph`, `strict` (PyTorch's rules for inputs that the
+//! output does not reach), the vmap fallback switch and the names used in errors. Argument checks
+//! shared by the public functions live here too.
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -102,30 +104,59 @@ pub(crate) fn input_names(n: usize) -> Vec<String> {
     }
 }
 
+/// Settings of one backward pass: PyTorch's `create_graph` and `strict`, the vmap fallback of
+/// batched passes, and the names its errors use.
+#[derive(Clone, Copy)]
+pub(crate) struct Pass<'a> {
+    pub create_graph: bool,
+    pub strict: bool,
+    pub vmap_fallback: bool,
+    pub names: Names<'a>,
+}
+
+impl<'a> Pass<'a> {
+    /// A pass with these settings and the vmap fallback on.
+    pub(crate) fn new(create_graph: bool, strict: bool, names: Names<'a>) -> Self {
+        Pass {
+            create_graph,
+            strict,
+            vmap_fallback: true,
+            names,
+        }
+    }
+    /// The same pass with another `create_graph`.
+    pub(crate) fn create_graph(self, create_graph: bool) -> Self {
+        Pass {
+            create_graph,
+            ..self
+        }
+    }
+    /// The same pass with another `strict`.
+    pub(crate) fn strict(self, strict: bool) -> Self {
+        Pass { strict, ..self }
+    }
+    /// The same pass with other names.
+    pub(crate) fn names(self, names: Names<'a>) -> Self {
+        Pass { names, ..self }
+    }
+}
+
 /// Vector-Jacobian products: `∂ root / ∂ inputs[k]` for every `k`, where `root` is seeded with
 /// ones (so a non-scalar `root` yields the gradient of `root.sum()`).
 ///
 /// The graph is always kept. An input that `root` does not reach gets zeros of its shape, or,
 /// with `strict`, a [`Error::NotConnected`] — PyTorch's `strict=True` rule, including its
 /// create_graph variant (a derivative that is constant in the inputs is refused).
-pub(crate) fn vjp_into(
-    root: &Tensor,
-    inputs: &[&Tensor],
-    create_graph: bool,
-    strict: bool,
-    names: Names<'_>,
-) -> Result<Vec<Tensor>> {
+pub(crate) fn vjp_into(root: &Tensor, inputs: &[&Tensor], pass: Pass<'_>) -> Result<Vec<Tensor>> {
     let grads: Vec<Option<Tensor>> = if root.requires_grad() {
-        Tensor::f_run_backward(&[root], inputs, true, create_graph)?
+        Tensor::f_run_backward(&[root], inputs, true, pass.create_graph)?
             .into_iter()
             .map(|g| g.defined().then_some(g))
             .collect()
     } else {
         inputs.iter().map(|_| None).collect()
     };
-    settle(grads, inputs, root, create_graph, strict, names, |x| {
-        Ok(x.f_zeros_like()?)
-    })
+    settle(grads, inputs, root, pass, |x| Ok(x.f_zeros_like()?))
 }
 
 /// Batched vector-Jacobian products through the native engine: for cotangents
@@ -144,28 +175,58 @@ pub(crate) fn batched_vjp_into(
     } else {
         inputs.iter().map(|_| None).collect()
     };
-    settle(
-        grads,
-        inputs,
-        root,
-        pass.create_graph,
-        pass.strict,
-        pass.names,
-        |x| {
-            let mut shape = vec![c];
-            shape.extend(x.size());
-            Ok(Tensor::f_zeros(shape.as_slice(), (x.kind(), x.device()))?)
-        },
-    )
+    settle(grads, inputs, root, pass, |x| {
+        let mut shape = vec![c];
+        shape.extend(x.size());
+        Ok(Tensor::f_zeros(shape.as_slice(), (x.kind(), x.device()))?)
+    })
 }
 
-/// Settings of one Jacobian computation, shared by its passes.
-#[derive(Clone, Copy)]
-pub(crate) struct Pass<'a> {
-    pub create_graph: bool,
-    pub strict: bool,
-    pub vmap_fallback: bool,
-    pub names: Names<'a>,
+/// The one Jacobian-vector product, by the double-backward trick (tch exposes no forward-mode
+/// dual numbers): `g(w) = Jᵀw` is built once with create_graph for a zero `w` shaped like `y`;
+/// then `J u = ∂(g(w) · u)/∂w` costs one more backward pass per product, for any `u`.
+pub(crate) struct Linearized<'a> {
+    /// The dummy cotangent `w`, shaped like `y`.
+    w: Tensor,
+    /// `g_k = ∂(y · w)/∂x_k`, one per input, differentiable in `w`.
+    pub g: Vec<Tensor>,
+    pass: Pass<'a>,
+}
+
+impl<'a> Linearized<'a> {
+    /// Builds `g(w) = Jᵀw` for `y` and `inputs` (with `pass.strict`'s rules for unused inputs).
+    pub(crate) fn new(y: &Tensor, inputs: &[&Tensor], pass: Pass<'a>) -> Result<Self> {
+        let w = y.f_zeros_like()?.set_requires_grad(true);
+        let root = y.f_mul(&w)?.f_sum(None::<Kind>)?;
+        let g = vjp_into(&root, inputs, pass.create_graph(true))?;
+        Ok(Linearized { w, g, pass })
+    }
+
+    /// `∂ root/∂w` for a `root` built from [`Linearized::g`] — e.g. `Σ_k g_k · u_k` is `J u`,
+    /// `g[:, j]` is column `j` of every sample's `J`. Shaped like `y`; differentiable with the
+    /// pass's `create_graph`.
+    pub(crate) fn jvp_of(&self, root: &Tensor) -> Result<Tensor> {
+        let w_names = [String::from("w")];
+        let inner = Names {
+            output: "Jᵀw",
+            inputs: &w_names,
+        };
+        Ok(vjp_into(root, &[&self.w], self.pass.strict(false).names(inner))?.remove(0))
+    }
+
+    /// `J u = Σ_k J_k u_k` for tangents `us` shaped like the inputs.
+    pub(crate) fn jvp(&self, us: &[&Tensor]) -> Result<Tensor> {
+        let mut root: Option<Tensor> = None;
+        for (g, u) in self.g.iter().zip(us) {
+            let term = g.f_mul(u)?.f_sum(None::<Kind>)?;
+            root = Some(match root {
+                None => term,
+                Some(r) => r.f_add(&term)?,
+            });
+        }
+        let root = root.ok_or_else(|| Error::InvalidArgument("jvp of no inputs".into()))?;
+        self.jvp_of(&root)
+    }
 }
 
 /// PyTorch's `strict` rules applied to the gradients of `root`: an undefined gradient is zeros
@@ -175,18 +236,17 @@ fn settle(
     grads: Vec<Option<Tensor>>,
     inputs: &[&Tensor],
     root: &Tensor,
-    create_graph: bool,
-    strict: bool,
-    names: Names<'_>,
+    pass: Pass<'_>,
     zeros: impl Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Vec<Tensor>> {
+    let names = pass.names;
     grads
         .into_iter()
         .zip(inputs)
         .enumerate()
         .map(|(k, (g, x))| match g {
             Some(g) => {
-                if strict && create_graph && !g.requires_grad() {
+                if pass.strict && pass.create_graph && !g.requires_grad() {
                     return Err(Error::NotConnected {
                         output: names.output.to_string(),
                         input: names.input(k),
@@ -195,7 +255,7 @@ fn settle(
                 }
                 Ok(g)
             }
-            None if strict => Err(Error::NotConnected {
+            None if pass.strict => Err(Error::NotConnected {
                 output: names.output.to_string(),
                 input: names.input(k),
                 detail: if root.requires_grad() {

@@ -18,12 +18,13 @@
 
 use tch::{Kind, Tensor};
 
-use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
+use crate::autograd::{check_float, check_input, check_same_device, input_names, Names, Pass};
+use crate::engine::{self, Closure};
 use crate::error::{Error, Result};
 use crate::jacobian::{prepare_input, FnOutput};
 #[cfg(doc)]
 use crate::strategy::Strategy;
-use crate::strategy::{self, Closure, JacobianOptions, Work};
+use crate::strategy::{JacobianOptions, Work};
 
 fn check_batch(y: &Tensor, x: &Tensor, y_name: &str) -> Result<i64> {
     let (ys, xs) = (y.size(), x.size());
@@ -86,13 +87,13 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         output: "y",
         inputs: &names_v,
     };
-    let y2 = strategy::rows_view(y, Some(b))?;
+    let y2 = engine::rows_view(y, Some(b))?;
     let strategy = opts
         .strategy
         .validate()?
         .resolve_for(&Work::of(y, m, n, b as usize, false));
     let instead = "batch_jacobian_of(f, x, opts)";
-    let block = strategy::run(strategy, &y2, &[x], None, opts, names, instead)?.remove(0);
+    let block = engine::run(strategy, &y2, &[x], None, opts, names, instead)?.remove(0);
     unflatten(&block, &y.size(), &x.size())
 }
 
@@ -138,14 +139,14 @@ where
         output: "f(x)",
         inputs: &names_v,
     };
-    let y2 = strategy::rows_view(&y, Some(b))?;
+    let y2 = engine::rows_view(&y, Some(b))?;
     let call = |xr: &Tensor| f(xr).into_output();
     let closure = Some(Closure {
         call: &call,
         batched: true,
     });
     let strategy = strat.resolve_for(&Work::of(&y, m, n, b as usize, true));
-    let block = strategy::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
+    let block = engine::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
     unflatten(&block, &y.size(), &x.size())
 }
 
@@ -177,16 +178,11 @@ pub fn check_batch_independence(y: &Tensor, x: &Tensor) -> Result<()> {
     let v = y0.f_randn_like()?;
     let root = y0.f_mul(&v)?.f_sum(None::<Kind>)?;
     let names_v = input_names(1);
-    let g = crate::autograd::vjp_into(
-        &root,
-        &[x],
-        false,
-        false,
-        Names {
-            output: "y[0]",
-            inputs: &names_v,
-        },
-    )?;
+    let names = Names {
+        output: "y[0]",
+        inputs: &names_v,
+    };
+    let g = crate::autograd::vjp_into(&root, &[x], Pass::new(false, false, names))?;
     let leak = g[0]
         .f_narrow(0, 1, b - 1)?
         .f_reshape([b - 1, -1])?

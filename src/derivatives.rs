@@ -12,7 +12,8 @@
 use tch::{Kind, Tensor};
 
 use crate::autograd::{
-    check_float, check_input, check_same_device, check_shape, input_names, vjp_into, Names,
+    check_float, check_input, check_same_device, check_shape, input_names, vjp_into, Linearized,
+    Names,
 };
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_with;
@@ -61,17 +62,15 @@ pub fn vjp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
     check_vector(v, "v", y, "y")?;
     let names_v = input_names(1);
     let root = y.f_mul(v)?.f_sum(None::<Kind>)?;
-    Ok(vjp_into(
-        &root,
-        &[x],
-        opts.create_graph,
-        opts.strict,
-        Names {
-            output: "y",
-            inputs: &names_v,
-        },
-    )?
-    .remove(0))
+    Ok(vjp_into(&root, &[x], opts.pass(y_names(&names_v)))?.remove(0))
+}
+
+/// The names of a call with output `y` and the one input `x`.
+fn y_names(inputs: &[String]) -> Names<'_> {
+    Names {
+        output: "y",
+        inputs,
+    }
 }
 
 /// Jacobian-vector product `J u`, shape of `y` (PyTorch's `torch.autograd.functional.jvp`).
@@ -93,32 +92,7 @@ pub fn jvp(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result
     check_pair(y, x)?;
     check_vector(u, "u", x, "x")?;
     let names_v = input_names(1);
-    let w = y.f_zeros_like()?.set_requires_grad(true);
-    let root = y.f_mul(&w)?.f_sum(None::<Kind>)?;
-    let g = vjp_into(
-        &root,
-        &[x],
-        true,
-        opts.strict,
-        Names {
-            output: "y",
-            inputs: &names_v,
-        },
-    )?
-    .remove(0);
-    let w_names = [String::from("w")];
-    let root2 = g.f_mul(u)?.f_sum(None::<Kind>)?;
-    Ok(vjp_into(
-        &root2,
-        &[&w],
-        opts.create_graph,
-        false,
-        Names {
-            output: "Jᵀw",
-            inputs: &w_names,
-        },
-    )?
-    .remove(0))
+    Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?.jvp(&[u])
 }
 
 /// Hessian-vector product `H v = ∂(∇ₓy · v)/∂x` of a scalar `y`, shape of `x`
@@ -138,23 +112,14 @@ pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
     check_scalar(y)?;
     check_vector(v, "v", x, "x")?;
     let names_v = input_names(1);
-    let names = Names {
-        output: "y",
+    let pass = opts.pass(y_names(&names_v));
+    let g = vjp_into(y, &[x], pass.create_graph(true))?.remove(0);
+    let root = g.f_mul(v)?.f_sum(None::<Kind>)?;
+    let grad_names = Names {
+        output: "∇y",
         inputs: &names_v,
     };
-    let g = vjp_into(y, &[x], true, opts.strict, names)?.remove(0);
-    let root = g.f_mul(v)?.f_sum(None::<Kind>)?;
-    Ok(vjp_into(
-        &root,
-        &[x],
-        opts.create_graph,
-        opts.strict,
-        Names {
-            output: "∇y",
-            inputs: &names_v,
-        },
-    )?
-    .remove(0))
+    Ok(vjp_into(&root, &[x], pass.names(grad_names))?.remove(0))
 }
 
 /// Hessian of a scalar `y`: `H[i..., j...] = ∂²y/∂x[i...]∂x[j...]`, shape `[*in, *in]`
@@ -176,17 +141,8 @@ pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
     check_pair(y, x)?;
     check_scalar(y)?;
     let names_v = input_names(1);
-    let g = vjp_into(
-        &y.f_reshape([])?,
-        &[x],
-        true,
-        opts.strict,
-        Names {
-            output: "y",
-            inputs: &names_v,
-        },
-    )?
-    .remove(0);
+    let pass = opts.pass(y_names(&names_v)).create_graph(true);
+    let g = vjp_into(&y.f_reshape([])?, &[x], pass)?.remove(0);
     let strategy = match opts.strategy {
         Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => Strategy::Auto,
         s => s,

@@ -14,8 +14,9 @@
 use tch::Tensor;
 
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
+use crate::engine::{self, Closure};
 use crate::error::{Error, Result};
-use crate::strategy::{self, Closure, JacobianOptions, Strategy, Work};
+use crate::strategy::{JacobianOptions, Strategy, Work};
 
 /// What a closure given to [`jacobian_of`] (and friends) may return: a `Tensor`, or a
 /// `Result<Tensor, E>` whose error converts into [`Error`] (e.g. `tch::TchError`).
@@ -111,13 +112,13 @@ pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Resu
     }
     let m = y.numel();
     let n: usize = xs.iter().map(|x| x.numel()).sum();
-    let y2 = strategy::rows_view(y, None)?;
+    let y2 = engine::rows_view(y, None)?;
     let strategy = opts
         .strategy
         .validate()?
         .resolve_for(&Work::of(y, m, n, 1, false));
     let instead = "jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)";
-    let blocks = strategy::run(strategy, &y2, xs, None, opts, names, instead)?;
+    let blocks = engine::run(strategy, &y2, xs, None, opts, names, instead)?;
     blocks
         .iter()
         .zip(xs)
@@ -181,13 +182,13 @@ where
         output: "f(x)",
         inputs: &names_v,
     };
-    let y2 = strategy::rows_view(&y, None)?;
+    let y2 = engine::rows_view(&y, None)?;
     let call = |xr: &Tensor| f(xr).into_output();
     let closure = Some(Closure {
         call: &call,
         batched: false,
     });
-    let block = strategy::run(
+    let block = engine::run(
         strat.resolve_for(&Work::of(&y, m, n, 1, true)),
         &y2,
         &[&xg],

@@ -52,6 +52,7 @@ mod autograd;
 pub mod batch;
 pub mod closed_form;
 pub mod derivatives;
+mod engine;
 pub mod error;
 pub mod jacobian;
 pub mod module;
@@ -69,7 +70,7 @@ pub use module::{load_module, module_batch_jacobian, module_jacobian, module_out
 pub use penalty::{
     contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
 };
-pub use strategy::{JacobianOptions, Strategy};
+pub use strategy::{JacobianOptions, Progress, Strategy};
 pub use tolerance::{assert_allclose, Tolerance};
 
 /// The README's Rust snippets, compiled by `cargo test --doc`.

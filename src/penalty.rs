@@ -24,7 +24,9 @@ use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use tch::{Kind, Tensor};
 
-use crate::autograd::{check_float, check_input, check_same_device, input_names, vjp_into, Names};
+use crate::autograd::{
+    check_float, check_input, check_same_device, input_names, vjp_into, Names, Pass,
+};
 use crate::batch::batch_jacobian;
 use crate::closed_form::sigmoid_derivative;
 use crate::error::{Error, Result};
@@ -214,7 +216,7 @@ fn projections(h: &Tensor, x: &Tensor, dirs: &Tensor) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
     for r in 0..k {
         let root = h.f_mul(&dirs.f_select(0, r)?)?.f_sum(None::<Kind>)?;
-        let g = vjp_into(&root, &[x], true, true, names)?.remove(0); // [B, *in] = v_bᵀ J_b
+        let g = vjp_into(&root, &[x], Pass::new(true, true, names))?.remove(0); // [B, *in] = v_bᵀ J_b
         let sq = g.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(
             [1i64].as_slice(),
             false,

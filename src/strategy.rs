@@ -12,7 +12,7 @@
 //!
 //! Here `m` is the number of output elements and `n` the number of input elements.
 //!
-//! The engines, in a few lines each:
+//! The engines (in [`crate::engine`]'s modules, private), in a few lines each:
 //!
 //! * **row loop** (`RowLoop`, and `Forward` by columns): one ordinary backward pass per row
 //!   (column). Costs `m` passes through the graph, each one small; no assumption about `f`;
@@ -28,6 +28,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::autograd::{Names, Pass};
 use crate::error::{Error, Result};
 
 /// A way of computing `J[i, j] = ∂y_i/∂x_j`.
@@ -396,15 +397,26 @@ impl Strategy {
 ///   rule loops over the chunk's rows for that op (libtorch's vmap fallback; the op is recorded,
 ///   see [`crate::native::take_vmap_fallbacks`]); `false` makes it an
 ///   [`Error::NoBatchingRule`] — for tests that prove a model takes the fast path.
+/// * `progress` (default none): called after every pass with the [`Progress`] so far — for a
+///   progress bar over a long Jacobian, in the CLI or in training code.
 ///
 /// ```
-/// use tch_jacobian::{JacobianOptions, Strategy};
+/// use std::cell::Cell;
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{jacobian_with, JacobianOptions, Progress, Strategy};
 /// let opts = JacobianOptions::default().create_graph(true).strategy(Strategy::RowLoop);
 /// assert!(opts.create_graph && !opts.strict && opts.vmap_fallback);
+///
+/// let x = Tensor::randn([4], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+/// let seen = Cell::new((0, 0));
+/// let report = |p: Progress| seen.set((p.done, p.total));
+/// let opts = JacobianOptions::default().strategy(Strategy::RowLoop).progress(&report);
+/// jacobian_with(&x.sin(), &[&x], &opts)?;
+/// assert_eq!(seen.get(), (4, 4)); // 4 of 4 rows
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JacobianOptions {
+#[derive(Clone, Copy)]
+pub struct JacobianOptions<'a> {
     /// Keep the result differentiable (PyTorch's `create_graph`).
     pub create_graph: bool,
     /// Refuse outputs that do not depend on an input (PyTorch's `strict`).
@@ -413,20 +425,67 @@ pub struct JacobianOptions {
     pub strategy: Strategy,
     /// Let batched passes loop over ops that have no batching rule (else an error).
     pub vmap_fallback: bool,
+    /// Called after every pass.
+    pub progress: Option<&'a dyn Fn(Progress)>,
 }
 
-impl Default for JacobianOptions {
+/// How far a Jacobian computation is, handed to [`JacobianOptions::progress`] after each pass:
+/// `done` of `total` rows of `J` (columns for [`Strategy::Forward`] and
+/// [`Strategy::VectorizedForward`]), computed by `strategy` (the concrete one: what `Auto`
+/// resolved to, or `RowLoop` when a model's Jacobian falls back to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The strategy running.
+    pub strategy: Strategy,
+    /// Rows (or columns) done.
+    pub done: usize,
+    /// Rows (or columns) in all.
+    pub total: usize,
+}
+
+impl Default for JacobianOptions<'_> {
     fn default() -> Self {
         JacobianOptions {
             create_graph: false,
             strict: false,
             strategy: Strategy::Auto,
             vmap_fallback: true,
+            progress: None,
         }
     }
 }
 
-impl JacobianOptions {
+impl std::fmt::Debug for JacobianOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JacobianOptions")
+            .field("create_graph", &self.create_graph)
+            .field("strict", &self.strict)
+            .field("strategy", &self.strategy)
+            .field("vmap_fallback", &self.vmap_fallback)
+            .field("progress", &self.progress.map(|_| "Fn(Progress)"))
+            .finish()
+    }
+}
+
+impl PartialEq for JacobianOptions<'_> {
+    /// Equal settings; two progress callbacks are equal when they are the same object.
+    fn eq(&self, other: &Self) -> bool {
+        let same_progress = match (self.progress, other.progress) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::ptr::addr_eq(a, b),
+            _ => false,
+        };
+        self.create_graph == other.create_graph
+            && self.strict == other.strict
+            && self.strategy == other.strategy
+            && self.vmap_fallback == other.vmap_fallback
+            && same_progress
+    }
+}
+
+impl Eq for JacobianOptions<'_> {}
+
+impl<'a> JacobianOptions<'a> {
     /// Sets `create_graph`.
     pub fn create_graph(mut self, create_graph: bool) -> Self {
         self.create_graph = create_graph;
@@ -447,9 +506,14 @@ impl JacobianOptions {
         self.vmap_fallback = vmap_fallback;
         self
     }
+    /// Sets the progress callback.
+    pub fn progress(mut self, progress: &'a dyn Fn(Progress)) -> Self {
+        self.progress = Some(progress);
+        self
+    }
 
     /// The settings of one pass, with the names used in its errors.
-    pub(crate) fn pass<'a>(&self, names: Names<'a>) -> Pass<'a> {
+    pub(crate) fn pass<'n>(&self, names: Names<'n>) -> Pass<'n> {
         Pass {
             create_graph: self.create_graph,
             strict: self.strict,
@@ -459,426 +523,103 @@ impl JacobianOptions {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Engines. Each works on a rows view `y2` of the output: `[m]` for a plain Jacobian (B = 1) or
-// `[B, m]` for a batch (see `rows_view`: no reshape node when `y` already has that shape, which
-// keeps every row's backward pass one node shorter); inputs whose gradients are viewed
-// as `[B, n_k]`, and returns one `[B, m, n_k]` block per input. The plain Jacobian is the
-// case B = 1 with the leading dimension squeezed afterwards. All of them call `vjp_into`.
-// ---------------------------------------------------------------------------------------------
-use crate::autograd::{batched_vjp_into, vjp_into, Names, Pass};
-
-/// The closure of a `*_of` call, which only the vectorized strategies need.
-pub(crate) struct Closure<'a> {
-    /// `f` on stacked copies, `[B·c, *in] → [B·c, *out]`.
-    pub call: &'a dyn Fn(&Tensor) -> Result<Tensor>,
-    /// Whether the input has a leading batch dimension.
-    pub batched: bool,
+impl std::fmt::Display for Strategy {
+    /// The one spelling of each strategy, used by the CLI, the examples and the benches:
+    /// `auto`, `row-loop`, `batched`, `vectorized`, `forward`, `vectorized-forward`, with the
+    /// chunk as `batched:64`.
+    ///
+    /// ```
+    /// use tch_jacobian::Strategy;
+    /// assert_eq!(Strategy::RowLoop.to_string(), "row-loop");
+    /// assert_eq!(Strategy::Batched { chunk_size: Some(64) }.to_string(), "batched:64");
+    /// assert_eq!("vectorized-forward:8".parse::<Strategy>()?, Strategy::VectorizedForward { chunk_size: Some(8) });
+    /// assert_eq!("batched".parse::<Strategy>()?, Strategy::Batched { chunk_size: None });
+    /// assert!("rowloop".parse::<Strategy>().is_err());
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, chunk) = match *self {
+            Strategy::Auto => ("auto", None),
+            Strategy::RowLoop => ("row-loop", None),
+            Strategy::Batched { chunk_size } => ("batched", chunk_size),
+            Strategy::Vectorized { chunk_size } => ("vectorized", chunk_size),
+            Strategy::Forward => ("forward", None),
+            Strategy::VectorizedForward { chunk_size } => ("vectorized-forward", chunk_size),
+        };
+        match chunk {
+            Some(c) => write!(f, "{name}:{c}"),
+            None => f.write_str(name),
+        }
+    }
 }
 
-/// Runs a resolved strategy on the rows view `y2`: one `[B, m, n_k]` block per input. The one
-/// dispatch shared by `jacobian_with`, `jacobian_of`, `batch_jacobian` and `batch_jacobian_of`;
-/// `instead` names the call to use when a vectorized strategy is asked for without a closure.
-pub(crate) fn run(
-    strategy: Strategy,
-    y2: &Tensor,
-    xs: &[&Tensor],
-    closure: Option<Closure<'_>>,
-    opts: &JacobianOptions,
-    names: Names<'_>,
-    instead: &str,
-) -> Result<Vec<Tensor>> {
-    let (cg, strict) = (opts.create_graph, opts.strict);
-    match strategy {
-        Strategy::RowLoop => rows(y2, xs, cg, strict, names),
-        Strategy::Batched { chunk_size } => batched(y2, xs, chunk_size, opts.pass(names)),
-        Strategy::Forward => columns(y2, xs, cg, strict, names),
-        Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size } => {
-            let Some(c) = closure else {
+impl Strategy {
+    /// Every strategy's name, as [`Display`](std::fmt::Display) writes it and
+    /// [`FromStr`](std::str::FromStr) reads it.
+    pub const NAMES: [&'static str; 6] = [
+        "auto",
+        "row-loop",
+        "batched",
+        "vectorized",
+        "forward",
+        "vectorized-forward",
+    ];
+
+    /// The same strategy with `chunk_size` set, for those that have one; an error for the
+    /// others (a chunk means nothing to `auto`, `row-loop` or `forward`).
+    ///
+    /// ```
+    /// use tch_jacobian::Strategy;
+    /// assert_eq!(Strategy::Batched { chunk_size: None }.with_chunk_size(Some(8))?, Strategy::Batched { chunk_size: Some(8) });
+    /// assert!(Strategy::RowLoop.with_chunk_size(Some(8)).is_err());
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn with_chunk_size(self, chunk: Option<usize>) -> Result<Strategy> {
+        Ok(match (self, chunk) {
+            (s, None) => s,
+            (Strategy::Batched { .. }, c) => Strategy::Batched { chunk_size: c },
+            (Strategy::Vectorized { .. }, c) => Strategy::Vectorized { chunk_size: c },
+            (Strategy::VectorizedForward { .. }, c) => {
+                Strategy::VectorizedForward { chunk_size: c }
+            }
+            (s, Some(_)) => {
                 return Err(Error::InvalidArgument(format!(
-                    "Strategy::{strategy:?} needs the function itself: call {instead}"
-                )));
-            };
-            let forward = matches!(strategy, Strategy::VectorizedForward { .. });
-            let j = vectorized(
-                c.call, xs[0], c.batched, y2, forward, chunk_size, cg, strict, names,
-            )?;
-            Ok(vec![j])
-        }
-        Strategy::Auto => unreachable!("resolve never returns Auto"),
-    }
-}
-
-/// `y` as `[m]` (`batch = None`) or `[B, m]` (`batch = Some(B)`), reshaped only when needed.
-pub(crate) fn rows_view(y: &Tensor, batch: Option<i64>) -> Result<Tensor> {
-    Ok(match batch {
-        None if y.dim() == 1 => y.shallow_clone(),
-        None => y.f_reshape([-1])?,
-        Some(_) if y.dim() == 2 => y.shallow_clone(),
-        Some(b) => y.f_reshape([b, -1])?,
-    })
-}
-
-/// `(B, m)` of a rows view.
-fn dims(y2: &Tensor) -> (i64, i64) {
-    let s = y2.size();
-    match s.as_slice() {
-        [m] => (1, *m),
-        [b, m] => (*b, *m),
-        _ => unreachable!("rows_view gives 1-D or 2-D tensors"),
-    }
-}
-
-/// Output element `i` of every sample: `y2[i]` or `y2[:, i]`.
-fn row(y2: &Tensor, i: i64) -> Result<Tensor> {
-    Ok(y2.f_select(y2.dim() as i64 - 1, i)?)
-}
-
-/// Flat `[B, n]` view of a gradient of an input with `b` leading samples.
-fn flat(g: &Tensor, b: i64) -> Result<Tensor> {
-    Ok(g.f_reshape([b, -1])?)
-}
-
-/// `RowLoop`: one backward pass per output element `i`, of `y2[:, i]` (seeded with ones, so the
-/// samples' rows come out together).
-pub(crate) fn rows(
-    y2: &Tensor,
-    xs: &[&Tensor],
-    create_graph: bool,
-    strict: bool,
-    names: Names<'_>,
-) -> Result<Vec<Tensor>> {
-    let (b, m) = dims(y2);
-    if m == 0 {
-        return empty_blocks(b, xs);
-    }
-    let mut blocks: Vec<Vec<Tensor>> = xs.iter().map(|_| Vec::with_capacity(m as usize)).collect();
-    for i in 0..m {
-        let root = row(y2, i)?;
-        for (block, g) in blocks
-            .iter_mut()
-            .zip(vjp_into(&root, xs, create_graph, strict, names)?)
-        {
-            block.push(flat(&g, b)?);
-        }
-    }
-    blocks
-        .iter()
-        .map(|rows| Ok(Tensor::f_stack(rows, 1)?))
-        .collect()
-}
-
-/// `Batched`: for each chunk of `c` output rows starting at `start`, one native batched backward
-/// pass of `y2` with the cotangents `E = I[start..start + c]` (`[c, m]`, or `[c, B, m]` expanded
-/// over the samples), giving `[c, B·n_k]` per input: rows `start..start + c` of every sample's
-/// Jacobian. One chunk is returned as it is; several are copied into one preallocated
-/// `[B, m, n_k]` per input (no concatenation holding `J` twice).
-pub(crate) fn batched(
-    y2: &Tensor,
-    xs: &[&Tensor],
-    chunk_size: Option<usize>,
-    pass: Pass<'_>,
-) -> Result<Vec<Tensor>> {
-    if !crate::native::available() {
-        return Err(crate::native::unavailable());
-    }
-    let (b, m) = dims(y2);
-    if m == 0 {
-        return empty_blocks(b, xs);
-    }
-    let chunk = chunk_size.map_or(m, |c| (c as i64).min(m)).max(1);
-    // [c, B, n_k] -> [B, c, n_k]
-    let rows_block = |g: &Tensor, len: i64| -> Result<Tensor> {
-        Ok(g.f_reshape([len, b, -1])?.f_transpose(0, 1)?)
-    };
-    let chunk_rows = |start: i64, len: i64| -> Result<Vec<Tensor>> {
-        let v = identity_rows(y2, start, len)?;
-        batched_vjp_into(y2, xs, &v, pass)?
-            .iter()
-            .map(|g| rows_block(g, len))
-            .collect()
-    };
-    if chunk == m {
-        return chunk_rows(0, m);
-    }
-    let mut js = xs
-        .iter()
-        .map(|x| {
-            let n = x.numel() as i64 / b;
-            Ok(Tensor::f_zeros([b, m, n], (x.kind(), x.device()))?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut start = 0;
-    while start < m {
-        let len = chunk.min(m - start);
-        for (j, block) in js.iter_mut().zip(chunk_rows(start, len)?) {
-            j.f_narrow(1, start, len)?.f_copy_(&block)?;
-        }
-        start += len;
-    }
-    Ok(js)
-}
-
-/// Rows `start..start + len` of the `m × m` identity as cotangents for the rows view `y2`:
-/// `[len, m]`, or `[len, B, m]` (expanded, no copy) when `y2` is `[B, m]`.
-fn identity_rows(y2: &Tensor, start: i64, len: i64) -> Result<Tensor> {
-    let (b, m) = dims(y2);
-    let dev = y2.device();
-    let rows = Tensor::f_arange_start(start, start + len, (Kind::Int64, dev))?.f_unsqueeze(1)?;
-    let cols = Tensor::f_arange(m, (Kind::Int64, dev))?.f_unsqueeze(0)?;
-    let e = rows.f_eq_tensor(&cols)?.f_to_kind(y2.kind())?;
-    Ok(if y2.dim() == 2 {
-        e.f_unsqueeze(1)?.f_expand([len, b, m], false)?
-    } else {
-        e
-    })
-}
-
-/// `Forward`: `g(u) = Jᵀu` built once with create_graph, then one backward pass of `g[:, j]`
-/// with respect to `u` per input element `j` gives column `J e_j`.
-pub(crate) fn columns(
-    y2: &Tensor,
-    xs: &[&Tensor],
-    create_graph: bool,
-    strict: bool,
-    names: Names<'_>,
-) -> Result<Vec<Tensor>> {
-    let (b, m) = dims(y2);
-    if m == 0 {
-        return empty_blocks(b, xs);
-    }
-    let u = y2.f_zeros_like()?.set_requires_grad(true);
-    let root = y2.f_mul(&u)?.f_sum(None::<Kind>)?;
-    let gs = vjp_into(&root, xs, true, strict, names)?;
-    let u_names = [String::from("u")];
-    let inner = Names {
-        output: "Jᵀu",
-        inputs: &u_names,
-    };
-    gs.iter()
-        .map(|g| {
-            let g2 = flat(g, b)?;
-            let cols = (0..g2.size()[1])
-                .map(|j| {
-                    let col = vjp_into(&g2.f_select(1, j)?, &[&u], create_graph, false, inner)?;
-                    Ok(col
-                        .into_iter()
-                        .next()
-                        .expect("one input")
-                        .f_reshape([b, m])?)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if cols.is_empty() {
-                return Ok(Tensor::f_zeros([b, m, 0], (g2.kind(), g2.device()))?);
+                    "a chunk size applies to batched, vectorized or vectorized-forward, not {s}"
+                )))
             }
-            Ok(Tensor::f_stack(&cols, 2)?)
         })
-        .collect()
+    }
 }
 
-/// `Vectorized` and `VectorizedForward`: `f` evaluated once on `x` stacked `c` times per sample
-/// (`X`, shape `[B·c, *in]`, `Y = f(X)` viewed as `[B, c, m]`), for each chunk of `c` rows
-/// (reverse) or columns (forward) starting at `start`:
-///
-/// * reverse: one backward pass of `Σ_{b,r} Y[b, r, start + r]`; the gradient's row `(b, r)` is
-///   sample `b`'s `J[start + r, :]`;
-/// * forward: `G = ∂(Σ Y ⊙ U)/∂X` built with create_graph for a zero `U` shaped like `Y`, then one
-///   backward pass of `Σ_{b,r} G[b, r, start + r]` with respect to `U`: its row `(b, r)` is
-///   `J e_{start + r}`, sample `b`'s column `start + r` (the double-backward JVP, batched).
-///
-/// `x` is the input `y2 = f(x)` (a rows view) was computed from: `[B, *in]` when `batched`,
-/// `[*in]` (B = 1) otherwise; `call` evaluates `f` on `[B·c, *in]`.
-///
-/// Two checks catch closures that are not row-wise: the first replicated row of `f(X)` must equal
-/// `f(x)`, and the first Jacobian row (column) must equal the one that a plain backward pass
-/// (JVP) through the caller's graph gives.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn vectorized(
-    call: &dyn Fn(&Tensor) -> Result<Tensor>,
-    x: &Tensor,
-    batched: bool,
-    y2: &Tensor,
-    forward: bool,
-    chunk_size: Option<usize>,
-    create_graph: bool,
-    strict: bool,
-    names: Names<'_>,
-) -> Result<Tensor> {
-    let (b, m) = dims(y2);
-    let x2 = if batched {
-        x.shallow_clone()
-    } else {
-        x.f_unsqueeze(0)?
-    };
-    let in_shape = x2.size()[1..].to_vec();
-    let n: i64 = in_shape.iter().product();
-    if m == 0 || n == 0 {
-        return Ok(Tensor::f_zeros([b, m, n], (x2.kind(), x2.device()))?);
-    }
-    let (total, other) = if forward { (n, m) } else { (m, n) };
-    let chunk = chunk_size.map_or(total, |c| (c as i64).min(total)).max(1);
-    let u_names = [String::from("U")];
-    let inner = Names {
-        output: "Jᵀu",
-        inputs: &u_names,
-    };
-    let mut blocks = Vec::with_capacity((total / chunk + 1) as usize);
-    let mut start = 0;
-    while start < total {
-        let len = chunk.min(total - start);
-        let mut rep = vec![b, len];
-        rep.extend_from_slice(&in_shape);
-        let mut flat_shape = vec![b * len];
-        flat_shape.extend_from_slice(&in_shape);
-        let xr = x2
-            .f_unsqueeze(1)?
-            .f_expand(rep.as_slice(), false)?
-            .f_reshape(flat_shape.as_slice())?;
-        let yr = call(&xr)?;
-        if yr.size().first() != Some(&(b * len)) || yr.numel() as i64 != b * len * m {
-            return Err(Error::Contract(format!(
-                "Vectorized strategy: f was given {} stacked copies of the input (shape {:?}) and must return {} rows of {} elements, but returned shape {:?}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
-                b * len,
-                xr.size(),
-                b * len,
-                m,
-                yr.size()
-            )));
-        }
-        let yr = yr.f_reshape([b, len, m])?;
-        if start == 0 {
-            let first = yr.f_select(1, 0)?;
-            if let Some(diff) = differs(&first, &y2.f_reshape([b, m])?)? {
-                return Err(Error::Contract(format!(
-                    "Vectorized strategy: f(x repeated) row 0 differs from f(x) by up to {diff:.3e} (input shape {:?}); f mixes rows of its leading batch dimension (e.g. a sum over it or batch norm) — use Strategy::RowLoop or Strategy::Forward",
-                    x2.size()
-                )));
+impl std::str::FromStr for Strategy {
+    type Err = Error;
+
+    /// Reads what [`Display`](std::fmt::Display) writes: a name from [`Strategy::NAMES`],
+    /// optionally with `:CHUNK` for the chunked strategies.
+    fn from_str(s: &str) -> Result<Strategy> {
+        let (name, chunk) = match s.split_once(':') {
+            Some((name, c)) => {
+                let c: usize = c.parse().map_err(|_| {
+                    Error::InvalidArgument(format!("bad chunk size {c:?} in strategy {s:?}"))
+                })?;
+                (name, Some(c))
             }
-        }
-        let idx = Tensor::f_arange_start(start, start + len, (Kind::Int64, yr.device()))?
-            .f_view([1, len, 1])?
-            .f_expand([b, len, 1], false)?;
-        let block = if forward {
-            let u = yr.f_zeros_like()?.set_requires_grad(true);
-            let root = yr.f_mul(&u)?.f_sum(None::<Kind>)?;
-            let g = vjp_into(&root, &[&xr], true, strict, names)?
-                .remove(0)
-                .f_reshape([b, len, n])?;
-            let root2 = g.f_gather(2, &idx, false)?.f_sum(None::<Kind>)?;
-            vjp_into(&root2, &[&u], create_graph, false, inner)?.remove(0)
-        } else {
-            let root = yr.f_gather(2, &idx, false)?.f_sum(None::<Kind>)?;
-            vjp_into(&root, &[&xr], create_graph, strict, names)?.remove(0)
-        }
-        .f_reshape([b, len, other])?;
-        if start == 0 {
-            let reference = if forward {
-                first_column(x, y2, b)?
-            } else {
-                first_row(x, y2, b)?
-            };
-            if let Some(reference) = reference {
-                check_first(&block.f_select(1, 0)?, &reference, &x2)?;
+            None => (s, None),
+        };
+        let base = match name {
+            "auto" => Strategy::Auto,
+            "row-loop" => Strategy::RowLoop,
+            "batched" => Strategy::Batched { chunk_size: None },
+            "vectorized" => Strategy::Vectorized { chunk_size: None },
+            "forward" => Strategy::Forward,
+            "vectorized-forward" => Strategy::VectorizedForward { chunk_size: None },
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown strategy {other:?}; one of {}",
+                    Strategy::NAMES.join(", ")
+                )))
             }
-        }
-        blocks.push(block);
-        start += len;
+        };
+        base.with_chunk_size(chunk)?.validate()
     }
-    let j = Tensor::f_cat(&blocks, 1)?;
-    Ok(if forward { j.f_transpose(1, 2)? } else { j })
-}
-
-/// Row 0 of every sample's Jacobian by a plain backward pass of `y2[.., 0]`, `[B, n]`.
-fn first_row(x: &Tensor, y2: &Tensor, b: i64) -> Result<Option<Tensor>> {
-    if !y2.requires_grad() {
-        return Ok(None);
-    }
-    let g = Tensor::f_run_backward(&[row(y2, 0)?], &[x], true, false)?.remove(0);
-    Ok(if g.defined() {
-        Some(g.f_reshape([b, -1])?)
-    } else {
-        None
-    })
-}
-
-/// Column 0 of every sample's Jacobian by a double-backward JVP with `e_0`, `[B, m]`.
-fn first_column(x: &Tensor, y2: &Tensor, b: i64) -> Result<Option<Tensor>> {
-    if !y2.requires_grad() {
-        return Ok(None);
-    }
-    let u = y2.f_zeros_like()?.set_requires_grad(true);
-    let g =
-        Tensor::f_run_backward(&[y2.f_mul(&u)?.f_sum(None::<Kind>)?], &[x], true, true)?.remove(0);
-    if !g.defined() || !g.requires_grad() {
-        return Ok(None);
-    }
-    let root = g.f_reshape([b, -1])?.f_select(1, 0)?.f_sum(None::<Kind>)?;
-    let col = Tensor::f_run_backward(&[root], &[&u], true, false)?.remove(0);
-    Ok(if col.defined() {
-        Some(col.f_reshape([b, -1])?)
-    } else {
-        None
-    })
-}
-
-/// The first Jacobian row (column) from the stacked pass against the one from `f(x)`'s own
-/// graph; a mismatch means the closure mixes rows.
-fn check_first(got: &Tensor, reference: &Tensor, x2: &Tensor) -> Result<()> {
-    if let Some(diff) = differs(got, reference)? {
-        return Err(Error::Contract(format!(
-            "Vectorized strategy: the first Jacobian row/column from f(x repeated) differs from the one of f(x) by up to {diff:.3e} (input shape {:?}); f mixes rows of its leading batch dimension (e.g. a mean over it or batch norm) — use Strategy::RowLoop or Strategy::Forward",
-            x2.size()
-        )));
-    }
-    Ok(())
-}
-
-/// `Some(max|a − b|)` when `max|a − b| > rtol · max|b| + rtol · 1e-3` with
-/// [`contract_rtol`]`(dtype, device)`, or when exactly one of them has NaNs; else `None`.
-fn differs(a: &Tensor, b: &Tensor) -> Result<Option<f64>> {
-    tch::no_grad(|| {
-        let diff = a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])?;
-        let scale = b.f_abs()?.f_max()?.f_double_value(&[])?;
-        let rtol = contract_rtol(b.kind(), b.device());
-        let bad = diff > rtol * scale + rtol * 1e-3 || diff.is_nan() != scale.is_nan();
-        Ok(bad.then_some(diff))
-    })
-}
-
-/// The relative tolerance (to the largest magnitude) of the replicated strategies' row-wise
-/// checks: the same function on stacked copies and on `x` alone may differ by rounding —
-/// another summation order (BLAS, cuDNN picking other algorithms for the stacked batch) and, on
-/// CUDA in float32, TF32 convolutions and matmuls (10-bit mantissa; PyTorch's default for cuDNN).
-/// A closure that really mixes rows differs by O(1) relative and still fails.
-///
-/// | dtype | CPU | CUDA |
-/// |---|---|---|
-/// | float64 | 1e-7 | 1e-7 |
-/// | float32 | 1e-3 | 1e-2 (TF32; measured on a ResNet-18 in eval mode on an H100: 6e-4 relative against PyTorch) |
-/// | float16, bfloat16 | 5e-2 | 5e-2 |
-///
-/// ```
-/// use tch::{Device, Kind};
-/// use tch_jacobian::strategy::contract_rtol;
-/// assert_eq!(contract_rtol(Kind::Float, Device::Cpu), 1e-3);
-/// assert_eq!(contract_rtol(Kind::Float, Device::Cuda(0)), 1e-2);
-/// # Ok::<(), tch_jacobian::Error>(())
-/// ```
-pub fn contract_rtol(kind: Kind, device: Device) -> f64 {
-    match kind {
-        Kind::Double | Kind::ComplexDouble => 1e-7,
-        Kind::Float | Kind::ComplexFloat if device.is_cuda() => 1e-2,
-        Kind::Float | Kind::ComplexFloat => 1e-3,
-        _ => 5e-2,
-    }
-}
-
-/// Zero blocks `[B, 0, n_k]` for an output with no elements.
-fn empty_blocks(b: i64, xs: &[&Tensor]) -> Result<Vec<Tensor>> {
-    xs.iter()
-        .map(|x| {
-            let n = x.numel() as i64 / b.max(1);
-            Ok(Tensor::f_zeros([b, 0, n], (x.kind(), x.device()))?)
-        })
-        .collect()
 }

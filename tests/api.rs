@@ -9,7 +9,7 @@ use tch_jacobian::{
     jacobian_of, jacobian_with, jvp, vjp, Error, JacobianOptions, Result, Strategy, Tolerance,
 };
 
-fn opts(s: Strategy) -> JacobianOptions {
+fn opts(s: Strategy) -> JacobianOptions<'static> {
     fast_opts(s)
 }
 

@@ -29,7 +29,7 @@ fn ts(name: &str, device: Device) -> Tensor {
         .to_device(device)
 }
 
-fn opts(s: Strategy) -> JacobianOptions {
+fn opts(s: Strategy) -> JacobianOptions<'static> {
     fast_opts(s)
 }
 

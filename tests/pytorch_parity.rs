@@ -10,7 +10,7 @@ use tch_jacobian::{
     jvp, vjp, JacobianOptions, Result, Strategy,
 };
 
-fn opts(s: Strategy) -> JacobianOptions {
+fn opts(s: Strategy) -> JacobianOptions<'static> {
     fast_opts(s)
 }
 

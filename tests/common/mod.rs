@@ -76,7 +76,7 @@ pub fn needs_closure(s: Strategy) -> bool {
 
 /// Options for strategy `s` with libtorch's per-op vmap fallback off: a batched pass through an
 /// op without a batching rule fails instead of looping, which proves the fast path.
-pub fn fast_opts(s: Strategy) -> JacobianOptions {
+pub fn fast_opts(s: Strategy) -> JacobianOptions<'static> {
     JacobianOptions::default().strategy(s).vmap_fallback(false)
 }
 

@@ -1,0 +1,180 @@
+//! The engines: how the passes of a resolved [`Strategy`] run. The policy — which strategy —
+//! lives in [`crate::strategy`]; every backward pass goes through [`crate::autograd`].
+//!
+//! Each engine works on a rows view `y2` of the output: `[m]` for a plain Jacobian (B = 1) or
+//! `[B, m]` for a batch (see [`rows_view`]: no reshape node when `y` already has that shape,
+//! which keeps every row's backward pass one node shorter), on inputs whose gradients are viewed
+//! as `[B, n_k]`, and returns one `[B, m, n_k]` block per input. The plain Jacobian is the case
+//! B = 1 with the leading dimension squeezed afterwards.
+//!
+//! * [`rows`] — `RowLoop`: one backward pass per output element;
+//! * [`columns`] — `Forward`: one JVP per input element (double backward);
+//! * [`replicated`] — `Vectorized`, `VectorizedForward`: `f` on stacked copies of `x`;
+//! * [`batched`] — `Batched`: native batched backward passes over identity cotangents.
+//!
+//! Chunked engines write their chunks into one preallocated `J` ([`Blocks`]) and report progress
+//! after each pass.
+mod batched;
+mod columns;
+mod replicated;
+mod rows;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::autograd::{Names, Pass};
+use crate::error::{Error, Result};
+use crate::strategy::{JacobianOptions, Progress, Strategy};
+
+/// The closure of a `*_of` call, which only the replicated strategies need.
+pub(crate) struct Closure<'a> {
+    /// `f` on stacked copies, `[B·c, *in] → [B·c, *out]`.
+    pub call: &'a dyn Fn(&Tensor) -> Result<Tensor>,
+    /// Whether the input has a leading batch dimension.
+    pub batched: bool,
+}
+
+/// One engine run's settings: the backward passes' [`Pass`], the concrete strategy and the
+/// caller's progress callback.
+#[derive(Clone, Copy)]
+pub(crate) struct Run<'a> {
+    pub pass: Pass<'a>,
+    pub strategy: Strategy,
+    pub progress: Option<&'a dyn Fn(Progress)>,
+}
+
+impl Run<'_> {
+    /// Tells the caller that `done` of `total` rows (or columns) are computed.
+    fn report(&self, done: i64, total: i64) {
+        if let Some(progress) = self.progress {
+            progress(Progress {
+                strategy: self.strategy,
+                done: done as usize,
+                total: total as usize,
+            });
+        }
+    }
+}
+
+/// Runs a resolved strategy on the rows view `y2`: one `[B, m, n_k]` block per input. The one
+/// dispatch shared by `jacobian_with`, `jacobian_of`, `batch_jacobian` and `batch_jacobian_of`;
+/// `instead` names the call to use when a replicated strategy is asked for without a closure.
+pub(crate) fn run(
+    strategy: Strategy,
+    y2: &Tensor,
+    xs: &[&Tensor],
+    closure: Option<Closure<'_>>,
+    opts: &JacobianOptions<'_>,
+    names: Names<'_>,
+    instead: &str,
+) -> Result<Vec<Tensor>> {
+    let run = Run {
+        pass: opts.pass(names),
+        strategy,
+        progress: opts.progress,
+    };
+    match strategy {
+        Strategy::RowLoop => rows::rows(y2, xs, &run),
+        Strategy::Batched { chunk_size } => batched::batched(y2, xs, chunk_size, &run),
+        Strategy::Forward => columns::columns(y2, xs, &run),
+        Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size } => {
+            let Some(c) = closure else {
+                return Err(Error::InvalidArgument(format!(
+                    "Strategy::{strategy:?} needs the function itself: call {instead}"
+                )));
+            };
+            let forward = matches!(strategy, Strategy::VectorizedForward { .. });
+            let j = replicated::replicated(&c, xs[0], y2, forward, chunk_size, &run)?;
+            Ok(vec![j])
+        }
+        Strategy::Auto => unreachable!("resolve never returns Auto"),
+    }
+}
+
+/// `y` as `[m]` (`batch = None`) or `[B, m]` (`batch = Some(B)`), reshaped only when needed.
+pub(crate) fn rows_view(y: &Tensor, batch: Option<i64>) -> Result<Tensor> {
+    Ok(match batch {
+        None if y.dim() == 1 => y.shallow_clone(),
+        None => y.f_reshape([-1])?,
+        Some(_) if y.dim() == 2 => y.shallow_clone(),
+        Some(b) => y.f_reshape([b, -1])?,
+    })
+}
+
+/// `(B, m)` of a rows view.
+fn dims(y2: &Tensor) -> (i64, i64) {
+    let s = y2.size();
+    match s.as_slice() {
+        [m] => (1, *m),
+        [b, m] => (*b, *m),
+        _ => unreachable!("rows_view gives 1-D or 2-D tensors"),
+    }
+}
+
+/// Output element `i` of every sample: `y2[i]` or `y2[:, i]`.
+fn row(y2: &Tensor, i: i64) -> Result<Tensor> {
+    Ok(y2.f_select(y2.dim() as i64 - 1, i)?)
+}
+
+/// Flat `[B, n]` view of a gradient of an input with `b` leading samples.
+fn flat(g: &Tensor, b: i64) -> Result<Tensor> {
+    Ok(g.f_reshape([b, -1])?)
+}
+
+/// Chunk length: `chunk_size` rows (at least 1, at most `total`), or all of them.
+fn chunk_len(chunk_size: Option<usize>, total: i64) -> i64 {
+    chunk_size.map_or(total, |c| (c as i64).min(total)).max(1)
+}
+
+/// Zero blocks `[B, 0, n_k]` for an output with no elements.
+fn empty_blocks(b: i64, xs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    xs.iter()
+        .map(|x| {
+            let n = x.numel() as i64 / b.max(1);
+            Ok(Tensor::f_zeros([b, 0, n], (x.kind(), x.device()))?)
+        })
+        .collect()
+}
+
+/// The result of a chunked engine: the only chunk as it is, or every chunk copied into one
+/// `[B, total, other_k]` block per input, allocated before the first pass (so a `J` that does not
+/// fit fails at once) and filled along dimension 1 — no concatenation holding `J` twice.
+struct Blocks {
+    /// One preallocated block per input when there are several chunks.
+    full: Option<Vec<Tensor>>,
+    /// The only chunk, when there is one.
+    whole: Option<Vec<Tensor>>,
+}
+
+impl Blocks {
+    /// `shapes[k]` is input `k`'s `[B, total, other_k]` and its (dtype, device); `chunked` says
+    /// whether several passes will fill it.
+    fn new(shapes: &[([i64; 3], (Kind, Device))], chunked: bool) -> Result<Self> {
+        let full = if chunked {
+            let js = shapes
+                .iter()
+                .map(|(shape, opts)| Ok(Tensor::f_zeros(shape.as_slice(), *opts)?))
+                .collect::<Result<Vec<_>>>()?;
+            Some(js)
+        } else {
+            None
+        };
+        Ok(Blocks { full, whole: None })
+    }
+
+    /// Adds the chunk `[B, len, other_k]` (one per input) that starts at row `start`.
+    fn put(&mut self, start: i64, chunk: Vec<Tensor>) -> Result<()> {
+        match self.full.as_mut() {
+            None => self.whole = Some(chunk),
+            Some(full) => {
+                for (j, block) in full.iter_mut().zip(&chunk) {
+                    j.f_narrow(1, start, block.size()[1])?.f_copy_(block)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<Tensor> {
+        self.full.or(self.whole).unwrap_or_default()
+    }
+}
