@@ -34,7 +34,7 @@ pub fn sigmoid_linear_jacobian(w: &Tensor, y: &Tensor) -> Result<Tensor> {
 }
 
 /// `σ'(Wx) = y ⊙ (1 − y)` after checking that `y`'s last dimension matches `w`'s rows.
-pub(crate) fn sigmoid_derivative(w: &Tensor, y: &Tensor, y_name: &str) -> Result<Tensor> {
+fn sigmoid_derivative(w: &Tensor, y: &Tensor, y_name: &str) -> Result<Tensor> {
     check_float(w, "w")?;
     check_float(y, y_name)?;
     check_same_device(y, y_name, w, "w")?;
@@ -71,7 +71,12 @@ pub(crate) fn sigmoid_derivative(w: &Tensor, y: &Tensor, y_name: &str) -> Result
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn sigmoid_linear_frobenius_sq(w: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let d = sigmoid_derivative(w, y, "y")?;
+    frobenius_sq(w, y, "y")
+}
+
+/// [`sigmoid_linear_frobenius_sq`] with `y` called `y_name` in errors (the penalty's `h`).
+pub(crate) fn frobenius_sq(w: &Tensor, y: &Tensor, y_name: &str) -> Result<Tensor> {
+    let d = sigmoid_derivative(w, y, y_name)?;
     let row_norms = w
         .f_square()?
         .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?; // [m]

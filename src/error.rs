@@ -82,16 +82,104 @@ pub enum Error {
         asked: String,
     },
 
+    /// A file could not be read or written (a model, a `.npy` input).
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Io {
+        /// What the file is, e.g. "TorchScript model".
+        what: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// An error raised by libtorch (the message is libtorch's own).
     #[error("libtorch: {0}")]
     Torch(tch::TchError),
+}
+
+impl Error {
+    /// The message on one line, without libtorch's C++ backtraces and TorchScript tracebacks
+    /// (and without the `libtorch: ` prefix on messages a model raised) — for a command-line
+    /// tool or a log line.
+    ///
+    /// ```
+    /// use tch_jacobian::Error;
+    /// let e = Error::from(tch::TchError::Torch(
+    ///     "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript (most recent call last):\n  File \"m.py\", line 3\n    return x @ w\n           ~~~~~ <--- HERE\nRuntimeError: mat1 and mat2 shapes cannot be multiplied (1x3 and 5x4)\nException raised from ...".into(),
+    /// ));
+    /// assert_eq!(e.one_line(), "mat1 and mat2 shapes cannot be multiplied (1x3 and 5x4)");
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn one_line(&self) -> String {
+        match self {
+            Error::Torch(tch::TchError::Torch(msg)) => one_line(msg),
+            other => one_line(&other.to_string()),
+        }
+    }
+}
+
+/// Collapses a (libtorch) message to one line: drops C++ backtraces and TorchScript
+/// tracebacks, keeping the error's own line(s). The crate's one trimming helper.
+pub(crate) fn one_line(msg: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut in_traceback = false;
+    for line in msg.lines() {
+        let t = line.trim();
+        if t.starts_with("Exception raised from") || t.starts_with("frame #") {
+            break; // a C++ backtrace follows
+        }
+        if t.is_empty() {
+            continue;
+        }
+        if t.starts_with("Traceback of TorchScript") {
+            in_traceback = true;
+            continue;
+        }
+        if in_traceback {
+            // Code lines and `~~~ <--- HERE` markers up to the exception's own line.
+            if let Some(pos) = error_prefix(t) {
+                kept.push(&t[pos..]);
+                in_traceback = false;
+            }
+            continue;
+        }
+        kept.push(t);
+    }
+    let joined = kept
+        .iter()
+        .map(|l| {
+            l.trim_end_matches("The following operation failed in the TorchScript interpreter.")
+        })
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let joined = joined.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.is_empty() {
+        msg.split_whitespace().collect::<Vec<_>>().join(" ")
+    } else {
+        joined
+    }
+}
+
+/// Where a Python-style `RuntimeError: …` line's message starts, if `line` is one.
+fn error_prefix(line: &str) -> Option<usize> {
+    let (name, _) = line.split_once(": ")?;
+    let is_name = !name.is_empty()
+        && (name.ends_with("Error") || name.ends_with("Exception"))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_');
+    is_name.then_some(name.len() + 2)
 }
 
 impl From<tch::TchError> for Error {
     /// libtorch's errors, with allocation failures turned into [`Error::OutOfMemory`].
     fn from(e: tch::TchError) -> Self {
         if let tch::TchError::Torch(msg) = &e {
-            let line = msg.lines().next().unwrap_or("").trim();
+            let line = one_line(msg);
             let cpu = line.contains("not enough memory") || line.contains("can't allocate memory");
             if cpu || line.contains("out of memory") {
                 // Without c10's "[enforce fail at alloc_cpu.cpp:127] err == 0. " prefix.

@@ -63,7 +63,8 @@ use crate::strategy::{JacobianOptions, Strategy};
 /// available is an [`Error::Device`].
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] when the file is missing or unreadable, or is not a TorchScript
+/// [`Error::Io`] when the file is missing or unreadable, [`Error::InvalidArgument`] when it is
+/// not a TorchScript
 /// archive (the message names the path and gives libtorch's reason); [`Error::Device`] when
 /// CUDA is asked for but not available.
 ///
@@ -76,7 +77,7 @@ use crate::strategy::{JacobianOptions, Strategy};
 /// let x = Tensor::zeros([5], (Kind::Double, Device::Cpu));
 /// assert_eq!(module_output(&model, &x, None)?.size(), [4]);
 /// let err = load_module("no/such/model.pt", Device::Cpu).unwrap_err();
-/// assert!(matches!(err, Error::InvalidArgument(_)));
+/// assert!(matches!(err, Error::Io { .. }));
 /// assert!(err.to_string().contains("cannot read TorchScript model no/such/model.pt"));
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
@@ -98,50 +99,32 @@ pub fn load_module(path: impl AsRef<Path>, device: Device) -> Result<CModule> {
     }
     // Check the file ourselves first: libtorch's messages for a missing file are long and
     // do not say which file.
-    match std::fs::metadata(path) {
-        Err(e) => {
-            return Err(Error::InvalidArgument(format!(
-                "cannot read TorchScript model {shown}: {e}"
-            )))
-        }
-        Ok(m) if m.is_dir() => {
-            return Err(Error::InvalidArgument(format!(
-                "cannot read TorchScript model {shown}: it is a directory"
-            )))
-        }
-        Ok(_) => {}
+    let io = |source: std::io::Error| Error::Io {
+        what: "TorchScript model".into(),
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::fs::metadata(path).map_err(io)?.is_dir() {
+        return Err(io(std::io::Error::other("it is a directory")));
     }
-    if let Err(e) = std::fs::File::open(path) {
-        return Err(Error::InvalidArgument(format!(
-            "cannot read TorchScript model {shown}: {e}"
-        )));
-    }
+    std::fs::File::open(path).map_err(io)?;
     let mut module = CModule::load_on_device(path, device).map_err(|e| {
         Error::InvalidArgument(format!(
             "{shown} is not a TorchScript model (save one with torch.jit.save(torch.jit.script(model), path)): {}",
-            first_line(&e)
+            first_line(e)
         ))
     })?;
     module.f_set_eval()?;
     Ok(module)
 }
 
-/// The first meaningful line of a libtorch error (its messages carry C++ backtraces).
-fn first_line(e: &TchError) -> String {
-    let msg = match e {
-        TchError::Torch(m) => m.clone(),
-        other => other.to_string(),
-    };
-    let line = msg
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("Exception raised from"))
-        .unwrap_or("unknown libtorch error");
-    // Long lines go on with advice ("This is an internal miniz error. If you are seeing…"):
-    // keep the first sentence.
+/// The first sentence of a libtorch error on one line (long lines go on with advice: "This is
+/// an internal miniz error. If you are seeing…").
+fn first_line(e: TchError) -> String {
+    let line = Error::Torch(e).one_line();
     match line.split_once(". ") {
         Some((first, _)) if line.len() > 120 => first.to_string(),
-        _ => line.to_string(),
+        _ => line,
     }
 }
 

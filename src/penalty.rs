@@ -28,7 +28,7 @@ use crate::autograd::{
     check_float, check_input, check_same_device, input_names, vjp_into, Names, Pass,
 };
 use crate::batch::batch_jacobian;
-use crate::closed_form::sigmoid_derivative;
+use crate::closed_form;
 use crate::error::{Error, Result};
 use crate::strategy::JacobianOptions;
 
@@ -151,11 +151,7 @@ pub fn contractive_penalty_per_sample(
                     w.size()
                 )));
             }
-            let d = sigmoid_derivative(w, h, "h")?; // [B, m]
-            let row_norms =
-                w.f_square()?
-                    .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?;
-            Ok(d.f_square()?.f_matmul(&row_norms)?)
+            closed_form::frobenius_sq(w, h, "h")
         }
         Estimator::Projections { k, seed } => {
             if *k == 0 {

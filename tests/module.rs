@@ -221,13 +221,14 @@ device_tests!(
 #[test]
 fn loading_errors() {
     let e = load_module("no/such/model.pt", Device::Cpu).unwrap_err();
-    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(matches!(e, Error::Io { .. }), "{e}");
     assert!(
         e.to_string()
             .contains("cannot read TorchScript model no/such/model.pt"),
         "{e}"
     );
     let e = load_module(path(""), Device::Cpu).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
     assert!(e.to_string().contains("directory"), "{e}");
     let e = load_module(path("mlp_tanh_x.npy"), Device::Cpu).unwrap_err();
     let msg = e.to_string();

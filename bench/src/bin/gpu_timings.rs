@@ -1,51 +1,36 @@
 //! Timings of every strategy, the batch Jacobian and the penalties on one device, as a table
 //! and a JSON file — the GPU check's timing part (scripts/gpu-run), also runnable on a CPU.
 //!
-//!     cargo run --release --example gpu_timings -- [--device auto|cpu|cuda] [--sizes 64,256,1024,4096]
+//!     cargo run --release -p tch-jacobian-bench --bin gpu_timings -- [--device auto|cpu|cuda] [--sizes 64,256,1024,4096]
 //!                                                  [--budget-s 2.0] [--json PATH]
 //!
 //! F(x) = sigmoid(Wx), f32, n = m. The device is synchronized before each clock read. At each
 //! size the strategies are timed interleaved, in 3 rounds, and the best round's median is kept.
 //! A case whose single call takes longer than the budget is timed once and not repeated; the
 //! next larger size of that strategy is skipped.
-use std::time::Instant;
-
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     batch_jacobian_of, contractive_penalty, jacobian_of, Estimator, JacobianOptions, Strategy,
 };
+use tch_jacobian_bench::{measure, Rule};
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-/// Median seconds of `f` (after one warm-up call), repeated until 0.3 s or 30 calls.
+/// Median seconds of `f` and the calls timed: the shared rule with a 0.3 s budget, 3 to 30
+/// calls, a single call when it takes longer than `budget_s`.
 fn time(
     device: Device,
     budget_s: f64,
-    mut f: impl FnMut() -> anyhow::Result<()>,
+    f: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<(f64, usize)> {
-    sync(device);
-    let t = Instant::now();
-    f()?;
-    sync(device);
-    let first = t.elapsed().as_secs_f64();
-    if first > budget_s {
-        return Ok((first, 1));
-    }
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while samples.len() < 30 && (samples.len() < 3 || start.elapsed().as_secs_f64() < 0.3) {
-        let t = Instant::now();
-        f()?;
-        sync(device);
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    Ok((samples[samples.len() / 2], samples.len()))
+    let rule = Rule {
+        budget_s: 0.3,
+        min_reps: 3,
+        max_reps: 30,
+        skip_over_s: budget_s,
+        device,
+    };
+    let (timing, ()) = measure(rule, f)?;
+    Ok((timing.ms() / 1e3, timing.reps()))
 }
 
 /// Rounds over the strategies at each size (interleaved timing).
@@ -67,13 +52,7 @@ fn main() -> anyhow::Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let device = match get("--device").as_deref().unwrap_or("auto") {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-        "cuda" => bail!("--device cuda asked for but CUDA is not available"),
-        other => bail!("unknown --device {other} (auto|cpu|cuda)"),
-    };
+    let device = tch_jacobian::parse_device(get("--device").as_deref().unwrap_or("auto"))?;
     let sizes: Vec<i64> = get("--sizes")
         .unwrap_or_else(|| "64,256,1024,4096".into())
         .split(',')

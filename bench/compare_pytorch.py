@@ -6,7 +6,7 @@ Run through ``scripts/compare-pytorch`` (which builds the Rust side first). This
 1. writes the inputs of every case (``W``, ``x`` and PyTorch's ``J`` from ``torch.func.jacrev``)
    as ``.npy`` files and a ``manifest.json`` into ``--work``;
 2. for each case, times the PyTorch anchors here and then runs the Rust side
-   (``examples/compare.rs``) on the same files, which checks its ``J`` against PyTorch's;
+   (``bench/src/bin/compare.rs``) on the same files, which checks its ``J`` against PyTorch's;
 3. prints a Markdown report (medians, ratios ours / theirs, agreement, targets met / missed)
    to stdout and to ``--out``.
 
@@ -259,7 +259,7 @@ def best(results, side, prefixes=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rust-bin", required=True, help="target/release/examples/compare")
+    ap.add_argument("--rust-bin", required=True, help="target/release/compare")
     ap.add_argument("--work", default="target/compare-pytorch", help="folder for the .npy inputs")
     ap.add_argument("--out", default="target/compare-pytorch.md", help="Markdown report")
     ap.add_argument("--threads", type=int, default=os.cpu_count())

@@ -1,8 +1,8 @@
 //! Criterion benchmark of the contractive penalty's three estimators.
 //!
-//!     cargo bench --bench penalty                                   # CPU, f32, ~30 s
-//!     TCH_JACOBIAN_BENCH_DEVICE=cuda cargo bench --bench penalty    # on GPU 0
-//!     cargo bench --bench penalty -- closed_form                    # a filter
+//!     cargo bench -p tch-jacobian-bench --bench penalty                                   # CPU, f32, ~30 s
+//!     TCH_JACOBIAN_BENCH_DEVICE=cuda cargo bench -p tch-jacobian-bench --bench penalty    # on GPU 0
+//!     cargo bench -p tch-jacobian-bench --bench penalty -- closed_form                    # a filter
 //!
 //! Setting: a `784 → 256` sigmoid encoder `h = σ(x Wᵀ + b)`, a batch of 128, f32. One timed call
 //! is what a training step spends on the penalty: the encoder's forward pass,
@@ -25,8 +25,7 @@ use criterion::{Criterion, SamplingMode};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{contractive_penalty, Estimator};
 
-mod common;
-use common::{device, sync};
+use tch_jacobian_bench::{env_device as device, sync};
 
 const GROUP: &str = "penalty_784x256_b128";
 /// Batch, inputs, hidden units.

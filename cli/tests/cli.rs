@@ -14,10 +14,11 @@ fn bin() -> String {
     std::env::var("TCH_JACOBIAN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tch-jacobian").into())
 }
 
-/// `tests/data/ts/<name>` under `TCH_JACOBIAN_ROOT` when set, else the crate's directory.
+/// `tests/data/ts/<name>` under `TCH_JACOBIAN_ROOT` when set, else the repository's root (this
+/// crate's parent folder).
 fn data(name: &str) -> String {
-    let root =
-        std::env::var("TCH_JACOBIAN_ROOT").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let root = std::env::var("TCH_JACOBIAN_ROOT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/..").into());
     format!("{root}/tests/data/ts/{name}")
 }
 
@@ -385,7 +386,11 @@ fn input_dtype_the_model_rejects() {
     let (m, i) = (data("mlp_tanh.pt"), data("f32_x.npy"));
     fails(
         &args(&m, &i, &[]),
-        &["the model rejected an input of shape [5] (Float", "dtype"],
+        &[
+            "the model rejected an input of shape [5] (Float",
+            "dtype",
+            "pass --dtype f32 or --dtype f64",
+        ],
     );
 }
 

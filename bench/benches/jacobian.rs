@@ -1,8 +1,8 @@
 //! Criterion benchmarks of the Jacobian strategies.
 //!
-//!     cargo bench --bench jacobian                                   # CPU, f32, ~3 minutes
-//!     TCH_JACOBIAN_BENCH_DEVICE=cuda cargo bench --bench jacobian    # on GPU 0
-//!     cargo bench --bench jacobian -- 'sigmoid/n=m=64/'              # a filter
+//!     cargo bench -p tch-jacobian-bench --bench jacobian                                   # CPU, f32, ~3 minutes
+//!     TCH_JACOBIAN_BENCH_DEVICE=cuda cargo bench -p tch-jacobian-bench --bench jacobian    # on GPU 0
+//!     cargo bench -p tch-jacobian-bench --bench jacobian -- 'sigmoid/n=m=64/'              # a filter
 //!
 //! Models (f32, row-wise on a leading batch dimension so that every strategy applies):
 //! * `sigmoid`: the notebook's `F(x) = σ(Wx)`, written `σ(x Wᵀ)`;
@@ -27,8 +27,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Samp
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{batch_jacobian_of, jacobian_of, jacobian_with, JacobianOptions, Strategy};
 
-mod common;
-use common::{device, sync};
+use tch_jacobian_bench::{env_device as device, sync};
 
 /// Times `f` (one Jacobian per call), synchronizing CUDA before the clock stops.
 fn bench(group: &mut BenchmarkGroup<'_, WallTime>, id: &str, dev: Device, f: impl Fn() -> Tensor) {

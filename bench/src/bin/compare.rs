@@ -1,15 +1,15 @@
 //! The Rust side of `scripts/compare-pytorch`: times our Jacobian strategies on the inputs that
-//! `benches/compare_pytorch.py` wrote (`W`, `x` and PyTorch's `J` as `.npy`), checks every `J`
+//! `bench/compare_pytorch.py` wrote (`W`, `x` and PyTorch's `J` as `.npy`), checks every `J`
 //! against PyTorch's, and prints one JSON object per line on stdout.
 //!
-//!     cargo run --release --example compare -- --dir target/compare-pytorch [--case 64]
+//!     cargo run --release -p tch-jacobian-bench --bin compare -- --dir target/compare-pytorch [--case 64]
 //!
 //! The model is the notebook's `F(x) = σ(Wx)`, written row-wise as `f(x) = σ(x Wᵀ)` on both sides.
 //! Every timing is: one call (skipped when it takes longer than `skip_over_s`), a warm-up of up to
 //! three calls, then repetitions until `budget_s` has passed and at least `min_reps` ran (at most
 //! `max_reps`); the median is reported — the same rule as the Python side.
 //!
-//! `--loop STRATEGY N SECONDS` runs one strategy in a loop for a profiler (`perf record`).
+//! `--loop STRATEGY N SECONDS` (a strategy name as `Strategy`'s `Display` writes it) runs one strategy in a loop for a profiler (`perf record`).
 //! `--breakdown N` instead times the pieces of the Vectorized and RowLoop strategies at
 //! `n = m = N` (the analysis in the benchmark notes), e.g. `--breakdown 1024`.
 use std::path::{Path, PathBuf};
@@ -22,77 +22,7 @@ use tch_jacobian::{
     batch_jacobian, batch_jacobian_of, contractive_penalty, jacobian, jacobian_of, jacobian_with,
     sigmoid_linear_jacobian, Estimator, JacobianOptions, Strategy,
 };
-
-/// Timing rule shared with `benches/compare_pytorch.py`.
-#[derive(Clone, Copy)]
-struct Rule {
-    budget_s: f64,
-    min_reps: usize,
-    max_reps: usize,
-    skip_over_s: f64,
-    /// Where the inputs live; a CUDA device is synchronized before each clock read.
-    device: Device,
-}
-
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-enum Timing {
-    Done { median_ms: f64, reps: usize },
-    Skipped { first_s: f64 },
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN timings"));
-    let k = v.len();
-    if k % 2 == 1 {
-        v[k / 2]
-    } else {
-        0.5 * (v[k / 2 - 1] + v[k / 2])
-    }
-}
-
-/// Times `f` by `rule`; returns the timing and the result of the first call.
-fn measure(rule: Rule, mut f: impl FnMut() -> Result<Tensor>) -> Result<(Timing, Tensor)> {
-    sync(rule.device);
-    let t0 = Instant::now();
-    let first = f()?;
-    sync(rule.device);
-    let first_s = t0.elapsed().as_secs_f64();
-    if first_s > rule.skip_over_s {
-        return Ok((Timing::Skipped { first_s }, first));
-    }
-    // Warm-up: up to three more calls, at most a tenth of the budget.
-    let warm = Instant::now();
-    for _ in 0..3 {
-        if warm.elapsed().as_secs_f64() > 0.1 * rule.budget_s {
-            break;
-        }
-        let _ = f()?;
-    }
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < rule.max_reps
-        && (times.len() < rule.min_reps || start.elapsed().as_secs_f64() < rule.budget_s)
-    {
-        let t = Instant::now();
-        let j = f()?;
-        sync(rule.device);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        drop(j);
-    }
-    let reps = times.len();
-    Ok((
-        Timing::Done {
-            median_ms: median(times),
-            reps,
-        },
-        first,
-    ))
-}
+use tch_jacobian_bench::{measure, Rule, Timing};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.size() != b.size() {
@@ -451,15 +381,7 @@ fn hot_loop(which: &str, n: i64, seconds: f64) -> Result<()> {
     let w = Tensor::randn([n, n], opt) / (n as f64).sqrt();
     let x = Tensor::randn([n], opt);
     let f = |x: &Tensor| x.matmul(&w.tr()).sigmoid();
-    let s = match which {
-        "rowloop" => Strategy::RowLoop,
-        "vectorized" => Strategy::Vectorized { chunk_size: None },
-        "forward" => Strategy::Forward,
-        "batched" => Strategy::Batched { chunk_size: None },
-        "vforward" => Strategy::VectorizedForward { chunk_size: None },
-        "auto" => Strategy::Auto,
-        other => bail!("unknown strategy {other}"),
-    };
+    let s: Strategy = which.parse()?;
     let start = Instant::now();
     let mut calls = 0u64;
     while start.elapsed().as_secs_f64() < seconds {
@@ -492,14 +414,7 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(val()?)),
             "--threads" => threads = Some(val()?.parse()?),
-            "--device" => {
-                rule.device = match val()?.as_str() {
-                    "cpu" => Device::Cpu,
-                    "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-                    "cuda" => bail!("--device cuda: CUDA is not available"),
-                    other => bail!("unknown --device {other} (cpu|cuda)"),
-                }
-            }
+            "--device" => rule.device = tch_jacobian::parse_device(&val()?)?,
             "--budget" => rule.budget_s = val()?.parse()?,
             "--breakdown" => breakdown_n = Some(val()?.parse()?),
             "--case" => only = Some(val()?),
@@ -509,7 +424,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "compare --dir DIR [--case NAME] [--threads N] [--device cpu|cuda] | --breakdown N [--budget S] | --loop rowloop|batched|vectorized|forward|vforward|auto N SECONDS"
+                    "compare --dir DIR [--case NAME] [--threads N] [--device cpu|cuda] | --breakdown N [--budget S] | --loop STRATEGY N SECONDS (a strategy name: row-loop, batched, …)"
                 );
                 return Ok(());
             }
@@ -526,7 +441,7 @@ fn main() -> Result<()> {
     if let Some(n) = breakdown_n {
         return breakdown(n, rule);
     }
-    let dir = dir.context("--dir DIR (written by benches/compare_pytorch.py) is required")?;
+    let dir = dir.context("--dir DIR (written by bench/compare_pytorch.py) is required")?;
     let manifest: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("manifest.json")).context("reading manifest.json")?,
     )?;

@@ -2,7 +2,7 @@
 //! strategy's peak resident memory from outside (`scripts/peak-memory` runs it under
 //! `/usr/bin/time -v`).
 //!
-//!     cargo run --release --example peak_memory -- STRATEGY N [CHUNK]
+//!     cargo run --release -p tch-jacobian-bench --bin peak_memory -- STRATEGY N [CHUNK]
 //!
 //! `STRATEGY`: `baseline` (only `W`, `x` and `y = f(x)`: the floor every other row is compared
 //! with), `closed` (`diag(y(1−y))W`), `rowloop`, `vectorized` (`CHUNK` = `none` or a number of
@@ -15,7 +15,7 @@
 //! dominated by libtorch's start-up for small `n`.
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{jacobian_of, sigmoid_linear_jacobian, JacobianOptions, Strategy};
 
@@ -33,7 +33,7 @@ fn status_kib(field: &str) -> Option<u64> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: peak_memory baseline|closed|rowloop|vectorized|forward|vforward|auto N [CHUNK|none]";
+    let usage = "usage: peak_memory baseline|closed|STRATEGY N [CHUNK|none]  (STRATEGY: row-loop, batched, vectorized, forward, vectorized-forward, auto)";
     let which = args.first().context(usage)?.as_str();
     let n: i64 = args.get(1).context(usage)?.parse().context("N")?;
     let chunk: Option<usize> = match args.get(2).map(String::as_str) {
@@ -48,13 +48,11 @@ fn main() -> Result<()> {
     let f = |x: &Tensor| x.matmul(&w.tr()).sigmoid();
     let strategy = match which {
         "baseline" | "closed" => None,
-        "rowloop" => Some(Strategy::RowLoop),
-        "batched" => Some(Strategy::Batched { chunk_size: chunk }),
-        "vectorized" => Some(Strategy::Vectorized { chunk_size: chunk }),
-        "forward" => Some(Strategy::Forward),
-        "vforward" => Some(Strategy::VectorizedForward { chunk_size: chunk }),
-        "auto" => Some(Strategy::Auto),
-        other => bail!("unknown strategy {other:?}; {usage}"),
+        name => Some(
+            name.parse::<Strategy>()
+                .and_then(|s| s.with_chunk_size(chunk))
+                .with_context(|| usage.to_string())?,
+        ),
     };
     let _ = f(&x); // warm libtorch up before the reference point
     let rss_before = status_kib("VmRSS:");
