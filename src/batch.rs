@@ -19,9 +19,9 @@
 use tch::{Kind, Tensor};
 
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names, Pass};
-use crate::engine::{self, Closure};
+use crate::engine;
 use crate::error::{Error, Result};
-use crate::jacobian::{prepare_input, FnOutput};
+use crate::jacobian::{closure_jacobian, FnOutput};
 #[cfg(doc)]
 use crate::strategy::Strategy;
 use crate::strategy::{JacobianOptions, Work};
@@ -123,30 +123,9 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    check_float(x, "x")?;
-    let strat = opts.strategy.validate()?;
-    let xg = prepare_input(x, opts.create_graph)?;
-    let y = f(&xg).into_output()?;
-    check_float(&y, "f(x)")?;
-    check_same_device(&y, "f(x)", x, "x")?;
-    let b = check_batch(&y, x, "f(x)")?;
-    if b == 0 || y.numel() == 0 {
-        return empty(&y.size(), x);
-    }
-    let (m, n) = (y.numel() / b as usize, x.numel() / b as usize);
-    let names_v = input_names(1);
-    let names = Names {
-        output: "f(x)",
-        inputs: &names_v,
-    };
-    let y2 = engine::rows_view(&y, Some(b))?;
     let call = |xr: &Tensor| f(xr).into_output();
-    let closure = Some(Closure {
-        call: &call,
-        batched: true,
-    });
-    let strategy = strat.resolve_for(&Work::of(&y, m, n, b as usize, true));
-    let block = engine::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
+    let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
+    let (_, y, block) = closure_jacobian(&call, x, opts, samples)?;
     unflatten(&block, &y.size(), &x.size())
 }
 

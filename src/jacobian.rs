@@ -170,33 +170,52 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    let call = |xr: &Tensor| f(xr).into_output();
+    let (_, y, block) = closure_jacobian(&call, x, opts, |_| Ok(None))?;
+    unflatten(&block, &y.size(), &x.size())
+}
+
+/// What `jacobian_of` and `batch_jacobian_of` share: prepares `x`, evaluates `f` once, checks
+/// its output, and runs the resolved strategy with the closure. `samples(y)` says how many
+/// samples a batched call has (`None` for a plain Jacobian, and an error for bad shapes); an
+/// empty batch or output gives an empty block.
+/// Returns `x` prepared, `f(x)` and the `[B, m, n]` block (B = 1 for a plain Jacobian).
+pub(crate) fn closure_jacobian(
+    call: &dyn Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    opts: &JacobianOptions,
+    samples: impl Fn(&Tensor) -> Result<Option<i64>>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     check_float(x, "x")?;
     let strat = opts.strategy.validate()?;
     let xg = prepare_input(x, opts.create_graph)?;
-    let y = f(&xg).into_output()?;
+    let y = call(&xg)?;
     check_float(&y, "f(x)")?;
     check_same_device(&y, "f(x)", x, "x")?;
-    let (m, n) = (y.numel(), x.numel());
+    let batch = samples(&y)?;
+    let b = batch.unwrap_or(1);
+    let per_sample = |t: &Tensor| -> i64 {
+        let dims = t.size();
+        dims[batch.map_or(0, |_| 1)..].iter().product()
+    };
+    let (m, n) = (per_sample(&y), per_sample(x));
+    if b == 0 || m == 0 {
+        // An empty batch or output: an empty Jacobian, as in PyTorch.
+        let zeros = Tensor::f_zeros([b, m, n], (x.kind(), x.device()))?;
+        return Ok((xg, y, zeros));
+    }
+    let (m, n) = (m as usize, n as usize);
     let names_v = input_names(1);
     let names = Names {
         output: "f(x)",
         inputs: &names_v,
     };
-    let y2 = engine::rows_view(&y, None)?;
-    let call = |xr: &Tensor| f(xr).into_output();
+    let y2 = engine::rows_view(&y, batch)?;
     let closure = Some(Closure {
-        call: &call,
-        batched: false,
+        call,
+        batched: batch.is_some(),
     });
-    let block = engine::run(
-        strat.resolve_for(&Work::of(&y, m, n, 1, true)),
-        &y2,
-        &[&xg],
-        closure,
-        opts,
-        names,
-        "",
-    )?
-    .remove(0);
-    unflatten(&block, &y.size(), &x.size())
+    let strategy = strat.resolve_for(&Work::of(&y, m, n, b as usize, true));
+    let block = engine::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
+    Ok((xg, y, block))
 }
