@@ -79,3 +79,13 @@ pub use tolerance::{assert_allclose, Tolerance};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// docs/cli.md's Rust snippets.
+#[doc = include_str!("../docs/cli.md")]
+#[cfg(doctest)]
+pub struct CliDocDoctests;
+
+/// docs/cae.md's Rust snippets.
+#[doc = include_str!("../docs/cae.md")]
+#[cfg(doctest)]
+pub struct CaeDocDoctests;

@@ -134,22 +134,14 @@ fn projections_unbiased(device: Device) -> Result<()> {
         "spread must shrink with k: {spreads:?}"
     );
     // Same seed, same value; torch's generator when no seed.
-    let a = contractive_penalty(
-        &h,
-        &x,
-        &Estimator::Projections {
+    let seeded = || {
+        let est = Estimator::Projections {
             k: 2,
             seed: Some(9),
-        },
-    )?;
-    let b = contractive_penalty(
-        &h,
-        &x,
-        &Estimator::Projections {
-            k: 2,
-            seed: Some(9),
-        },
-    )?;
+        };
+        contractive_penalty(&h, &x, &est)
+    };
+    let (a, b) = (seeded()?, seeded()?);
     assert_eq!(a.double_value(&[]), b.double_value(&[]));
     assert!(
         contractive_penalty(&h, &x, &Estimator::Projections { k: 2, seed: None })?

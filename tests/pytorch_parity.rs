@@ -188,12 +188,8 @@ fn create_graph_second_order(device: Device) -> Result<()> {
             .unwrap_or_else(|e| panic!("{s:?}: {e}"));
 
         let c = "create_graph_mlp";
-        let (w1, b1, w2, b2) = (
-            fx_var(c, "w1", device),
-            fx(c, "b1", device),
-            fx_var(c, "w2", device),
-            fx(c, "b2", device),
-        );
+        let (w1, b1, w2, b2) = tanh_mlp(c, device);
+        let (w1, w2) = (w1.set_requires_grad(true), w2.set_requires_grad(true));
         let f = |x: &Tensor| (x.matmul(&w1.tr()) + &b1).tanh().matmul(&w2.tr()) + &b2;
         let j = jacobian_of(f, &fx(c, "x", device), &opts(s).create_graph(true))?;
         let gs = Tensor::run_backward(&[frobenius_norm_sq(&j)?], &[&w1, &w2], false, false);
@@ -207,14 +203,15 @@ fn create_graph_second_order(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// The weights `w1, b1, w2, b2` of a tanh MLP fixture.
+fn tanh_mlp(c: &str, device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
+    let w = |name: &str| fx(c, name, device);
+    (w("w1"), w("b1"), w("w2"), w("b2"))
+}
+
 fn batch_matches_vmap_jacrev(device: Device) -> Result<()> {
     let c = "batch_mlp";
-    let (w1, b1, w2, b2) = (
-        fx(c, "w1", device),
-        fx(c, "b1", device),
-        fx(c, "w2", device),
-        fx(c, "b2", device),
-    );
+    let (w1, b1, w2, b2) = tanh_mlp(c, device);
     let f = |x: &Tensor| (x.matmul(&w1.tr()) + &b1).tanh().matmul(&w2.tr()) + &b2;
     let x = fx(c, "x", device);
     for s in strategies() {
