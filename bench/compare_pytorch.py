@@ -52,31 +52,31 @@ LABEL = {
 
 # Pairs (ours, theirs) for the ratio table.
 SINGLE_PAIRS = [
-    ("RowLoop (jacobian)", "notebook loop (autograd.grad per row)"),
-    ("RowLoop (jacobian)", "autograd.functional.jacobian (vectorize=False)"),
-    ("Batched (jacobian_of)", "torch.func.jacrev"),
-    ("Auto (jacobian_with)", "best of PyTorch"),
-    ("Vectorized (jacobian_of)", "autograd.functional.jacobian (vectorize=True)"),
-    ("Vectorized (jacobian_of)", "torch.func.jacrev"),
-    ("Forward (jacobian_of)", "torch.func.jacfwd"),
-    ("VectorizedForward (jacobian_of)", "torch.func.jacfwd"),
-    ("Auto (jacobian_of)", "torch.func.jacrev"),
-    ("Auto (jacobian_of)", "best of PyTorch"),
+    ("row-loop (jacobian)", "notebook loop (autograd.grad per row)"),
+    ("row-loop (jacobian)", "autograd.functional.jacobian (vectorize=False)"),
+    ("batched (jacobian_of)", "torch.func.jacrev"),
+    ("auto (jacobian_with)", "best of PyTorch"),
+    ("vectorized (jacobian_of)", "autograd.functional.jacobian (vectorize=True)"),
+    ("vectorized (jacobian_of)", "torch.func.jacrev"),
+    ("forward (jacobian_of)", "torch.func.jacfwd"),
+    ("vectorized-forward (jacobian_of)", "torch.func.jacfwd"),
+    ("auto (jacobian_of)", "torch.func.jacrev"),
+    ("auto (jacobian_of)", "best of PyTorch"),
     ("best of ours", "best of PyTorch"),
     ("closed form", "closed form"),
 ]
 BATCH_PAIRS = [
-    ("RowLoop (batch_jacobian_of)", "row loop (autograd.grad of y[:, i].sum())"),
-    ("Batched (batch_jacobian_of)", "vmap(jacrev)"),
-    ("Auto (batch_jacobian)", "vmap(jacrev)"),
-    ("Vectorized (batch_jacobian_of)", "vmap(jacrev)"),
-    ("Forward (batch_jacobian_of)", "vmap(jacfwd)"),
-    ("VectorizedForward (batch_jacobian_of)", "vmap(jacfwd)"),
-    ("Auto (batch_jacobian_of)", "vmap(jacrev)"),
+    ("row-loop (batch_jacobian_of)", "row loop (autograd.grad of y[:, i].sum())"),
+    ("batched (batch_jacobian_of)", "vmap(jacrev)"),
+    ("auto (batch_jacobian)", "vmap(jacrev)"),
+    ("vectorized (batch_jacobian_of)", "vmap(jacrev)"),
+    ("forward (batch_jacobian_of)", "vmap(jacfwd)"),
+    ("vectorized-forward (batch_jacobian_of)", "vmap(jacfwd)"),
+    ("auto (batch_jacobian_of)", "vmap(jacrev)"),
     ("best of ours", "best of PyTorch"),
     ("closed form", "closed form"),
 ]
-OUR_STRATEGIES = ("RowLoop", "Batched", "Vectorized", "Forward", "VectorizedForward", "Auto")
+OUR_STRATEGIES = ("row-loop", "batched", "vectorized", "forward", "vectorized-forward", "auto")
 
 
 DEVICE = "cpu"
@@ -389,8 +389,8 @@ def main():
     p(sep)
     lines.extend(pair_rows(singles, SINGLE_PAIRS))
     p("")
-    p("`Auto` ran: " + "; ".join(
-        f"{LABEL[s]}: {results[s].get(('rust', 'Auto (jacobian_of)'), {}).get('strategy', '?')}" for s in singles
+    p("`auto` ran: " + "; ".join(
+        f"{LABEL[s]}: {results[s].get(('rust', 'auto (jacobian_of)'), {}).get('strategy', '?')}" for s in singles
     ) + ".")
     p("")
     p("Fastest per shape: " + "; ".join(
@@ -409,7 +409,7 @@ def main():
             if sd == side:
                 p(f"| {who}: {k} | {fmt_ms(r)} |")
     p("")
-    p(f"`Auto` ran: {bres.get(('rust', 'Auto (batch_jacobian_of)'), {}).get('strategy', '?')}.")
+    p(f"`auto` ran: {bres.get(('rust', 'auto (batch_jacobian_of)'), {}).get('strategy', '?')}.")
     p("")
     p("| ours / PyTorch (< 1: we are faster) | ratio |")
     p("|---|---:|")
@@ -463,7 +463,7 @@ def main():
 
     nb = "notebook loop (autograd.grad per row)"
     small = [s for s, m, n in SINGLE if n <= 64]
-    r1 = {s: ms(s, "rust", "RowLoop (jacobian)") / ms(s, "torch", nb) for s in singles}
+    r1 = {s: ms(s, "rust", "row-loop (jacobian)") / ms(s, "torch", nb) for s in singles}
     ok_a = all(r1[s] <= 0.5 for s in small)
     ok_b = all(r <= 1.0 for r in r1.values())
     p(
@@ -480,7 +480,7 @@ def main():
     parts2, ok2 = [], True
     for s, lim in limits.items():
         tb = best(results[s], "torch")[1]["median_ms"]
-        for k in ("Auto (jacobian_of)", "Auto (jacobian_with)"):
+        for k in ("auto (jacobian_of)", "auto (jacobian_with)"):
             r = ms(s, "rust", k) / tb
             good = r <= lim
             ok2 &= good
@@ -490,9 +490,9 @@ def main():
         f"closure and from a built graph: {verdict(ok2)} — " + "; ".join(parts2) + "."
     )
     parts3, ok3 = [], True
-    explicit = tuple(k for k in OUR_STRATEGIES if k != "Auto")
+    explicit = tuple(k for k in OUR_STRATEGIES if k != "auto")
     for s in singles + [bname]:
-        auto = [v for (sd, k), v in results[s].items() if sd == "rust" and k.startswith("Auto (batch_jacobian_of)" if s == bname else "Auto (jacobian_of)")][0]
+        auto = [v for (sd, k), v in results[s].items() if sd == "rust" and k.startswith("auto (batch_jacobian_of)" if s == bname else "auto (jacobian_of)")][0]
         bl, bv = best(results[s], "rust", explicit)
         r = auto["median_ms"] / bv["median_ms"]
         same = auto.get("strategy") is not None and auto.get("strategy") == bv.get("strategy")
@@ -511,8 +511,8 @@ def main():
         f"resolves to that very strategy): {verdict(ok3)} — " + "; ".join(parts3) + "."
     )
     vj = ms(bname, "torch", "vmap(jacrev)")
-    ra = ms(bname, "rust", "Auto (batch_jacobian_of)") / vj
-    rg = ms(bname, "rust", "Auto (batch_jacobian)") / vj
+    ra = ms(bname, "rust", "auto (batch_jacobian_of)") / vj
+    rg = ms(bname, "rust", "auto (batch_jacobian)") / vj
     p(
         f"4. Per-sample Jacobians at B = 128 within 1.1× vmap(jacrev) (Auto / vmap(jacrev) ≤ 1.1): "
         f"{verdict(ra <= 1.1 and rg <= 1.1)} — batch_jacobian_of {ra:.2f}, batch_jacobian (built graph) {rg:.2f}."

@@ -126,41 +126,22 @@ fn single(c: &mut Criterion, kind: ModelKind, n: i64, m: i64, dev: Device) {
 
     let mut group = c.benchmark_group(format!("{name}/{shape}"));
     configure(&mut group, n, m);
-    let mut strategies: Vec<(String, Strategy)> = Vec::new();
-    strategies.push(("RowLoop".into(), Strategy::RowLoop));
-    if tch_jacobian::native::available() {
-        strategies.push((
-            "Batched(None)".into(),
-            Strategy::Batched { chunk_size: None },
-        ));
-    }
-    strategies.push((
-        "Vectorized(None)".into(),
-        Strategy::Vectorized { chunk_size: None },
-    ));
+    // Labelled by `Strategy`'s names (`row-loop`, `vectorized:64`, …).
+    let mut strategies = strategies();
     for chunk in [64usize, 256] {
         if (chunk as i64) < m {
-            strategies.push((
-                format!("Vectorized({chunk})"),
-                Strategy::Vectorized {
-                    chunk_size: Some(chunk),
-                },
-            ));
+            strategies.push(Strategy::Vectorized {
+                chunk_size: Some(chunk),
+            });
         }
     }
-    strategies.push(("Forward".into(), Strategy::Forward));
-    strategies.push((
-        "VectorizedForward(None)".into(),
-        Strategy::VectorizedForward { chunk_size: None },
-    ));
-    strategies.push(("Auto".into(), Strategy::Auto));
-    for (label, s) in &strategies {
+    for s in &strategies {
         let o = opts(*s);
-        bench(&mut group, &format!("jacobian_of/{label}"), dev, || {
+        bench(&mut group, &format!("jacobian_of/{s}"), dev, || {
             jacobian_of(f, &x, &o).expect("jacobian_of")
         });
     }
-    for (label, s) in &strategies {
+    for s in &strategies {
         if matches!(
             s,
             Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
@@ -168,7 +149,7 @@ fn single(c: &mut Criterion, kind: ModelKind, n: i64, m: i64, dev: Device) {
             continue; // they need the closure
         }
         let o = opts(*s);
-        bench(&mut group, &format!("jacobian_with/{label}"), dev, || {
+        bench(&mut group, &format!("jacobian_with/{s}"), dev, || {
             let y = f(&xg);
             jacobian_with(&y, &[&xg], &o)
                 .expect("jacobian_with")
@@ -176,6 +157,21 @@ fn single(c: &mut Criterion, kind: ModelKind, n: i64, m: i64, dev: Device) {
         });
     }
     group.finish();
+}
+
+/// Every strategy unchunked (`Batched` when the native engine is built).
+fn strategies() -> Vec<Strategy> {
+    let mut all = vec![Strategy::RowLoop];
+    if tch_jacobian::native::available() {
+        all.push(Strategy::Batched { chunk_size: None });
+    }
+    all.extend([
+        Strategy::Vectorized { chunk_size: None },
+        Strategy::Forward,
+        Strategy::VectorizedForward { chunk_size: None },
+        Strategy::Auto,
+    ]);
+    all
 }
 
 fn batch(c: &mut Criterion, dev: Device) {
@@ -189,30 +185,11 @@ fn batch(c: &mut Criterion, dev: Device) {
         .warm_up_time(Duration::from_millis(100))
         .measurement_time(Duration::from_millis(1000))
         .sampling_mode(SamplingMode::Flat);
-    for (label, s) in [
-        ("RowLoop", Strategy::RowLoop),
-        ("Batched(None)", Strategy::Batched { chunk_size: None }),
-        (
-            "Vectorized(None)",
-            Strategy::Vectorized { chunk_size: None },
-        ),
-        ("Forward", Strategy::Forward),
-        (
-            "VectorizedForward(None)",
-            Strategy::VectorizedForward { chunk_size: None },
-        ),
-        ("Auto", Strategy::Auto),
-    ] {
-        if matches!(s, Strategy::Batched { .. }) && !tch_jacobian::native::available() {
-            continue;
-        }
+    for s in strategies() {
         let o = opts(s);
-        bench(
-            &mut group,
-            &format!("batch_jacobian_of/{label}"),
-            dev,
-            || batch_jacobian_of(f, &x, &o).expect("batch_jacobian_of"),
-        );
+        bench(&mut group, &format!("batch_jacobian_of/{s}"), dev, || {
+            batch_jacobian_of(f, &x, &o).expect("batch_jacobian_of")
+        });
     }
     group.finish();
 }

@@ -63,17 +63,15 @@ fn load(dir: &Path, name: &str, device: Device) -> Result<Tensor> {
         .to_device(device))
 }
 
-/// The strategies timed with a closure, by the names compare_pytorch.py's tables use.
-const CLOSURE_STRATEGIES: [(&str, Strategy); 6] = [
-    ("Batched", Strategy::Batched { chunk_size: None }),
-    ("RowLoop", Strategy::RowLoop),
-    ("Vectorized", Strategy::Vectorized { chunk_size: None }),
-    ("Forward", Strategy::Forward),
-    (
-        "VectorizedForward",
-        Strategy::VectorizedForward { chunk_size: None },
-    ),
-    ("Auto", Strategy::Auto),
+/// The strategies timed with a closure; their labels are `Strategy`'s names, as in
+/// compare_pytorch.py's tables.
+const CLOSURE_STRATEGIES: [Strategy; 6] = [
+    Strategy::Batched { chunk_size: None },
+    Strategy::RowLoop,
+    Strategy::Vectorized { chunk_size: None },
+    Strategy::Forward,
+    Strategy::VectorizedForward { chunk_size: None },
+    Strategy::Auto,
 ];
 
 fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
@@ -99,7 +97,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         device: dev,
         kind: Kind::Float,
     };
-    let resolved = |s: Strategy| -> String { format!("{:?}", s.resolve_for(&work(true))) };
+    let resolved = |s: Strategy| -> String { s.resolve_for(&work(true)).to_string() };
     // The same without a closure (jacobian_with, batch_jacobian, the penalty).
     let resolved_graph = |s: Strategy| -> String { format!("{:?}", s.resolve_for(&work(false))) };
     let run =
@@ -114,7 +112,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         "single" => {
             let xg = x.detach().set_requires_grad(true);
             run(
-                "RowLoop (jacobian)",
+                "row-loop (jacobian)",
                 resolved(Strategy::RowLoop),
                 &mut || {
                     let y = f(&xg);
@@ -123,18 +121,18 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
             )?;
             // From a graph the caller built: forward, then the Jacobian of that output.
             run(
-                "Auto (jacobian_with)",
+                "auto (jacobian_with)",
                 resolved_graph(Strategy::Auto),
                 &mut || {
                     let y = f(&xg);
                     Ok(jacobian_with(&y, &[&xg], &opts(Strategy::Auto))?.remove(0))
                 },
             )?;
-            for (name, s) in CLOSURE_STRATEGIES
+            for s in CLOSURE_STRATEGIES
                 .into_iter()
-                .filter(|(n, _)| *n != "RowLoop")
+                .filter(|s| *s != Strategy::RowLoop)
             {
-                run(&format!("{name} (jacobian_of)"), resolved(s), &mut || {
+                run(&format!("{s} (jacobian_of)"), resolved(s), &mut || {
                     Ok(jacobian_of(f, &x, &opts(s))?)
                 })?;
             }
@@ -145,16 +143,16 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         "batch" => {
             let xg = x.detach().set_requires_grad(true);
             run(
-                "Auto (batch_jacobian)",
+                "auto (batch_jacobian)",
                 resolved_graph(Strategy::Auto),
                 &mut || {
                     let y = f(&xg);
                     Ok(batch_jacobian(&y, &xg, &opts(Strategy::Auto))?)
                 },
             )?;
-            for (name, s) in CLOSURE_STRATEGIES {
+            for s in CLOSURE_STRATEGIES {
                 run(
-                    &format!("{name} (batch_jacobian_of)"),
+                    &format!("{s} (batch_jacobian_of)"),
                     resolved(s),
                     &mut || Ok(batch_jacobian_of(f, &x, &opts(s))?),
                 )?;

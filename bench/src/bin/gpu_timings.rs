@@ -76,19 +76,19 @@ fn main() -> anyhow::Result<()> {
     let k = (Kind::Float, device);
     let mut rows: Vec<Row> = Vec::new();
 
-    let strategies = [
-        ("RowLoop", Strategy::RowLoop),
-        ("Batched", Strategy::Batched { chunk_size: None }),
-        ("Vectorized", Strategy::Vectorized { chunk_size: None }),
-        (
-            "Vectorized(chunk 1024)",
-            Strategy::Vectorized {
-                chunk_size: Some(1024),
-            },
-        ),
-        ("Forward", Strategy::Forward),
-        ("Auto", Strategy::Auto),
+    // Labelled by `Strategy`'s names (`row-loop`, `vectorized:1024`, …).
+    let list = [
+        Strategy::RowLoop,
+        Strategy::Batched { chunk_size: None },
+        Strategy::Vectorized { chunk_size: None },
+        Strategy::Vectorized {
+            chunk_size: Some(1024),
+        },
+        Strategy::Forward,
+        Strategy::Auto,
     ];
+    let names: Vec<String> = list.iter().map(Strategy::to_string).collect();
+    let strategies: Vec<(&str, Strategy)> = names.iter().map(String::as_str).zip(list).collect();
     // Interleaved: at each size, ROUNDS rounds over the strategies, the best round's median kept
     // (timed one after another, a GPU's clocks and caching allocator drift between strategies).
     let mut over_budget: Vec<&str> = Vec::new();
