@@ -467,7 +467,7 @@ def main():
     ok_a = all(r1[s] <= 0.5 for s in small)
     ok_b = all(r <= 1.0 for r in r1.values())
     p(
-        f"1. RowLoop ≥ 2× faster than the Python notebook loop at n ≤ 64 ({', '.join(LABEL[s] for s in small)}; "
+        f"1. row-loop ≥ 2× faster than the Python notebook loop at n ≤ 64 ({', '.join(LABEL[s] for s in small)}; "
         f"ratio ≤ 0.5): {verdict(ok_a)} — ratios "
         + ", ".join(f"{LABEL[s]} {r1[s]:.2f}" for s in small)
         + f". Never slower (ratio ≤ 1 at every shape): {verdict(ok_b)} — "
@@ -486,7 +486,7 @@ def main():
             ok2 &= good
             parts2.append(f"{LABEL[s]} {k.split(' ', 1)[1]} {r:.2f} (≤ {lim}{'' if good else ', missed'})")
     p(
-        "2. Ours (Auto) against PyTorch's best (jacrev, autograd.functional vectorize, jacfwd), with a "
+        "2. Ours (auto) against PyTorch's best (jacrev, autograd.functional vectorize, jacfwd), with a "
         f"closure and from a built graph: {verdict(ok2)} — " + "; ".join(parts2) + "."
     )
     parts3, ok3 = [], True
@@ -507,14 +507,14 @@ def main():
             note += f"; best {bl}"
         parts3.append(f"{LABEL[s]} {r:.2f} ({note}{'' if good else ', missed'})")
     p(
-        "3. Auto within 10% of our best explicit strategy for every shape (Auto / best ≤ 1.10, or Auto "
+        "3. auto within 10% of our best explicit strategy for every shape (auto / best ≤ 1.10, or auto "
         f"resolves to that very strategy): {verdict(ok3)} — " + "; ".join(parts3) + "."
     )
     vj = ms(bname, "torch", "vmap(jacrev)")
     ra = ms(bname, "rust", "auto (batch_jacobian_of)") / vj
     rg = ms(bname, "rust", "auto (batch_jacobian)") / vj
     p(
-        f"4. Per-sample Jacobians at B = 128 within 1.1× vmap(jacrev) (Auto / vmap(jacrev) ≤ 1.1): "
+        f"4. Per-sample Jacobians at B = 128 within 1.1× vmap(jacrev) (auto / vmap(jacrev) ≤ 1.1): "
         f"{verdict(ra <= 1.1 and rg <= 1.1)} — batch_jacobian_of {ra:.2f}, batch_jacobian (built graph) {rg:.2f}."
     )
     rp = ms(pname, "rust", "Exact (contractive_penalty)") / ms(pname, "torch", "vmap(jacrev) penalty")

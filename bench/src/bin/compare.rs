@@ -99,7 +99,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
     };
     let resolved = |s: Strategy| -> String { s.resolve_for(&work(true)).to_string() };
     // The same without a closure (jacobian_with, batch_jacobian, the penalty).
-    let resolved_graph = |s: Strategy| -> String { format!("{:?}", s.resolve_for(&work(false))) };
+    let resolved_graph = |s: Strategy| -> String { s.resolve_for(&work(false)).to_string() };
     let run =
         |method: &str, strategy: String, g: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
             eprintln!("  rust {name:>8} {method}");

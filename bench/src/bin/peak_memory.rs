@@ -70,7 +70,7 @@ fn main() -> Result<()> {
         (true, Some(a), Some(b)) => (b.saturating_sub(a)).to_string(),
         _ => "null".to_string(),
     };
-    let resolved = strategy.map(|s| format!("{:?}", s.resolve(m as usize, n as usize, true)));
+    let resolved = strategy.map(|s| s.resolve(m as usize, n as usize, true).to_string());
     println!(
         "{{\"strategy\": \"{which}\", \"n\": {n}, \"chunk\": {}, \"resolved\": {}, \"seconds\": {secs:.3}, \"call_peak_kib\": {call_peak}, \"sum\": {}}}",
         chunk.map_or("null".to_string(), |c| c.to_string()),
