@@ -97,16 +97,15 @@ pub enum Strategy {
 pub const AUTO_TALL_RATIO: usize = 4;
 
 /// Without the native engine, up to this many output elements [`Strategy::Auto`] keeps the
-/// plain row loop: the vectorized
-/// strategies' fixed costs (an extra forward pass and the row-wise checks) outweigh a few
-/// backward passes (n = m = 3: RowLoop 0.17 ms, Vectorized 0.27 ms on a 2-core CPU).
+/// plain row loop: the vectorized strategies' fixed costs (an extra forward pass and the
+/// row-wise checks) outweigh a few backward passes (n = m = 3: RowLoop 0.17 ms, Vectorized
+/// 0.27 ms on a 2-core CPU).
 pub const AUTO_ROW_LOOP_MAX_ROWS: usize = 4;
 
 /// Without the native engine, from this batch size on, [`Strategy::resolve_batched`]'s `Auto`
-/// loops over rows (or columns)
-/// instead of stacking copies: each pass is then a batched matrix product that keeps the CPU
-/// busy, and the loop does half the arithmetic of the stacked forward + backward
-/// (B = 128, 784 → 64: RowLoop 16 ms, Vectorized 25 ms).
+/// loops over rows (or columns) instead of stacking copies, on the CPU: each pass is then a
+/// batched matrix product that keeps the CPU busy, and the loop does half the arithmetic of the
+/// stacked forward + backward (B = 128, 784 → 64: RowLoop 16 ms, Vectorized 25 ms).
 pub const AUTO_BATCH_LOOP_MIN: usize = 16;
 
 /// Element budget (`copies × (n + m)`) under which [`Strategy::Auto`] vectorizes all rows at once;
