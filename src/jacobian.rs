@@ -106,6 +106,11 @@ pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Resu
         inputs: &names_v,
     };
     check_float(y, "y")?;
+    if xs.is_empty() {
+        return Err(Error::InvalidArgument(
+            "jacobian_with needs at least one input; xs is empty".into(),
+        ));
+    }
     for (x, name) in xs.iter().zip(&names_v) {
         check_input(x, name)?;
         check_same_device(y, "y", x, name)?;

@@ -206,6 +206,11 @@ fn bad_inputs(device: Device) -> Result<()> {
         ),
         &["chunk_size must be at least 1, got 0"],
     );
+    // No inputs.
+    assert_err(
+        jacobian_with(&y, &[], &o),
+        &["needs at least one input", "xs is empty"],
+    );
     // Vectorized without a closure.
     assert_err(
         jacobian_with(&y, &[&x], &opts(Strategy::Vectorized { chunk_size: None })),
