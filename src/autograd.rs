@@ -214,6 +214,18 @@ impl<'a> Linearized<'a> {
         Ok(vjp_into(root, &[&self.w], self.pass.strict(false).names(inner))?.remove(0))
     }
 
+    /// `J u[r]` for a stack of tangents `u = [k, *x.shape]` of the one input, in one native
+    /// batched backward pass: `[k, *y.shape]`.
+    pub(crate) fn jvp_batched(&self, u: &Tensor) -> Result<Tensor> {
+        let w_names = [String::from("w")];
+        let inner = Names {
+            output: "Jᵀw",
+            inputs: &w_names,
+        };
+        let pass = self.pass.strict(false).names(inner);
+        Ok(batched_vjp_into(&self.g[0], &[&self.w], u, pass)?.remove(0))
+    }
+
     /// `J u = Σ_k J_k u_k` for tangents `us` shaped like the inputs.
     pub(crate) fn jvp(&self, us: &[&Tensor]) -> Result<Tensor> {
         let mut root: Option<Tensor> = None;

@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names, Pass};
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::jacobian::{closure_jacobian, FnOutput};
+use crate::jacobian::{closure_jacobian, with_aux, FnOutput, WithValue};
 #[cfg(doc)]
 use crate::strategy::Strategy;
 use crate::strategy::{JacobianOptions, Work};
@@ -127,6 +127,37 @@ where
     let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
     let (_, y, block) = closure_jacobian(&call, x, opts, samples)?;
     unflatten(&block, &y.size(), &x.size())
+}
+
+/// Per-sample Jacobians of a closure with its value and auxiliary output — [`batch_jacobian_of`]
+/// as [`jacobian_of_aux`](crate::jacobian_of_aux) is to [`jacobian_of`](crate::jacobian_of):
+/// `vmap(jacrev(f, has_aux=True))(x)` plus the value.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{batch_jacobian_of_aux, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0, 3.0]).view([3, 1]);
+/// let out = batch_jacobian_of_aux(|x: &Tensor| (x.sin(), "aux"), &x, &JacobianOptions::default())?;
+/// assert_eq!(out.jacobian.size(), [3, 1, 1]); // J[b] = cos(x_b)
+/// assert!((out.jacobian.double_value(&[1, 0, 0]) - 2f64.cos()).abs() < 1e-15);
+/// assert_eq!((out.value.size(), out.aux), (vec![3, 1], "aux"));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn batch_jacobian_of_aux<F, O, A>(
+    f: F,
+    x: &Tensor,
+    opts: &JacobianOptions,
+) -> Result<WithValue<A>>
+where
+    F: Fn(&Tensor) -> (O, A),
+    O: FnOutput,
+{
+    with_aux(f, opts, |call| {
+        let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
+        let (_, y, block) = closure_jacobian(call, x, opts, samples)?;
+        let j = unflatten(&block, &y.size(), &x.size())?;
+        Ok((j, y))
+    })
 }
 
 /// Checks the no-interaction assumption of [`batch_jacobian`]: returns

@@ -12,11 +12,12 @@
 use tch::{Kind, Tensor};
 
 use crate::autograd::{
-    check_float, check_input, check_same_device, check_shape, input_names, vjp_into, Linearized,
-    Names,
+    batched_vjp_into, check_float, check_input, check_same_device, check_shape, input_names,
+    vjp_into, Linearized, Names,
 };
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_with;
+use crate::jacobian::FnOutput;
 use crate::strategy::{JacobianOptions, Strategy};
 
 fn check_pair(y: &Tensor, x: &Tensor) -> Result<()> {
@@ -149,4 +150,123 @@ pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
     };
     let inner = opts.strategy(strategy).strict(false);
     Ok(jacobian_with(&g, &[x], &inner)?.remove(0))
+}
+
+/// Many vector-Jacobian products at once: for a stack of cotangents `v = [k, *y.shape]`,
+/// `out[r] = v[r]ᵀ J = ∂(Σ_i v[r]_i y_i)/∂x`, shape `[k, *x.shape]` — PyTorch's
+/// `torch.autograd.grad(y, x, v, is_grads_batched=True)` / `vmap(vjp_fn)(v)`.
+///
+/// One native batched backward pass for all `k` (a loop of [`vjp`]s without the engine).
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{vjp_batched, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0, 3.0]).set_requires_grad(true);
+/// let y = &x * &x; // J = diag(2x)
+/// let v = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 0.0, 1.0, 1.0]).view([2, 3]);
+/// let g = vjp_batched(&y, &x, &v, &JacobianOptions::default())?;
+/// assert_eq!(Vec::<f64>::try_from(g.flatten(0, -1)).unwrap(), [2.0, 0.0, 0.0, 0.0, 4.0, 6.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    check_pair(y, x)?;
+    check_stack(v, "v", y, "y")?;
+    let names_v = input_names(1);
+    let pass = opts.pass(y_names(&names_v));
+    if crate::native::available() {
+        return Ok(batched_vjp_into(y, &[x], v, pass)?.remove(0));
+    }
+    let rows = (0..v.size()[0])
+        .map(|r| {
+            let root = y.f_mul(&v.f_select(0, r)?)?.f_sum(None::<Kind>)?;
+            Ok(vjp_into(&root, &[x], pass)?.remove(0))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    stack_or_empty(&rows, x, v.size()[0])
+}
+
+/// Many Jacobian-vector products at once: for a stack of tangents `u = [k, *x.shape]`,
+/// `out[r] = J u[r]`, shape `[k, *y.shape]` — `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(u)`,
+/// JAX's `vmap(linearize(f, x)[1])`.
+///
+/// `Jᵀw` is built once (the double-backward trick), then one native batched backward pass gives
+/// all `k` products (a loop without the engine).
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{jvp_batched, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+/// let y = Tensor::stack(&[x.sum(None), x.prod(None)], 0); // J = [[1, 1], [x1, x0]]
+/// let u = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 1.0]).view([2, 2]); // e_0, e_1
+/// let ju = jvp_batched(&y, &x, &u, &JacobianOptions::default())?; // the columns of J
+/// assert_eq!(Vec::<f64>::try_from(ju.flatten(0, -1)).unwrap(), [1.0, 2.0, 1.0, 1.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn jvp_batched(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    check_pair(y, x)?;
+    check_stack(u, "u", x, "x")?;
+    let names_v = input_names(1);
+    let lin = Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?;
+    if crate::native::available() {
+        return lin.jvp_batched(u);
+    }
+    let rows = (0..u.size()[0])
+        .map(|r| lin.jvp(&[&u.f_select(0, r)?]))
+        .collect::<Result<Vec<_>>>()?;
+    stack_or_empty(&rows, y, u.size()[0])
+}
+
+/// `rows` stacked along a new first dimension, or `[0, *like.shape]` when there are none.
+fn stack_or_empty(rows: &[Tensor], like: &Tensor, k: i64) -> Result<Tensor> {
+    if k == 0 {
+        let mut shape = vec![0];
+        shape.extend(like.size());
+        return Ok(Tensor::f_zeros(
+            shape.as_slice(),
+            (like.kind(), like.device()),
+        )?);
+    }
+    Ok(Tensor::f_stack(rows, 0)?)
+}
+
+/// Checks that `v` is a stack `[k, *like.shape]` of floats on `like`'s device.
+fn check_stack(v: &Tensor, v_name: &str, like: &Tensor, like_name: &str) -> Result<()> {
+    check_float(v, v_name)?;
+    check_same_device(v, v_name, like, like_name)?;
+    let (vs, ls) = (v.size(), like.size());
+    if vs.is_empty() || vs[1..] != ls[..] {
+        return Err(Error::Shape(format!(
+            "{v_name} must be a stack [k, *{like_name}.shape] = [k, {}], got {vs:?}",
+            ls.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Hessian of a closure, `H[i..., j...] = ∂²f(x)/∂x[i...]∂x[j...]`, shape `[*in, *in]` —
+/// `torch.func.hessian(f)(x)`. `f` returns a scalar; `x` need not require grad.
+///
+/// Reverse over reverse: `∇f(x)` is built with create_graph, then its Jacobian through the
+/// batched engine (one batched double-backward pass), with `opts.strategy` as in [`hessian`].
+///
+/// ```
+/// use tch::Tensor;
+/// use tch_jacobian::{hessian_of, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0]);
+/// let h = hessian_of(|x: &Tensor| (x * x * x).sum(None), &x, &JacobianOptions::default())?;
+/// assert_eq!(Vec::<f64>::try_from(h.flatten(0, -1)).unwrap(), [6.0, 0.0, 0.0, 12.0]); // diag(6x)
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn hessian_of<F, O>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    check_float(x, "x")?;
+    let xg = crate::jacobian::prepare_input(x, opts.create_graph)?;
+    let y = f(&xg).into_output()?;
+    hessian(&y, &xg, opts)
 }

@@ -224,3 +224,108 @@ pub(crate) fn closure_jacobian(
     let block = engine::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
     Ok((xg, y, block))
 }
+
+/// Jacobians of several outputs with respect to several inputs, one block per pair:
+/// `J[i][k] = ∂ys[i]/∂xs[k]`, shape `[*out_i, *in_k]` — `torch.autograd.functional.jacobian`
+/// with a tuple of outputs and a tuple of inputs. Each output is one [`jacobian_with`] call
+/// (one batched pass with the native engine), with `opts`' `strict` applied per pair.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{jacobians, JacobianOptions};
+/// let a = Tensor::from_slice(&[1.0f64, 2.0]).set_requires_grad(true);
+/// let b = Tensor::from_slice(&[3.0f64]).set_requires_grad(true);
+/// let (sum, prod) = (&a + &b, (&a * &b).sum(Kind::Double)); // [2], []
+/// let js = jacobians(&[&sum, &prod], &[&a, &b], &JacobianOptions::default())?;
+/// assert_eq!((js[0][0].size(), js[0][1].size()), (vec![2, 2], vec![2, 1]));
+/// assert_eq!((js[1][0].size(), js[1][1].size()), (vec![2], vec![1]));
+/// assert_eq!(Vec::<f64>::try_from(&js[1][0]).unwrap(), [3.0, 3.0]); // ∂(Σ a·b)/∂a = b
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn jacobians(
+    ys: &[&Tensor],
+    xs: &[&Tensor],
+    opts: &JacobianOptions,
+) -> Result<Vec<Vec<Tensor>>> {
+    if ys.is_empty() {
+        return Err(Error::InvalidArgument(
+            "jacobians needs at least one output; ys is empty".into(),
+        ));
+    }
+    ys.iter().map(|y| jacobian_with(y, xs, opts)).collect()
+}
+
+/// A closure's Jacobian together with its value and an auxiliary output: `f` returns
+/// `(y, aux)`; the result is `J = ∂y/∂x` (`[*out, *in]`), `y` (computed once, by the same
+/// forward pass; detached unless `create_graph`) and `aux` untouched — PyTorch's
+/// `torch.func.jacrev(f, has_aux=True)` plus the value, JAX's `value_and_jacrev`.
+///
+/// With the replicated strategies `f` also runs on stacked copies; `aux` is the one from `f(x)`.
+/// Without an auxiliary output, return `(y, ())`.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{jacobian_of_aux, JacobianOptions};
+/// let x = Tensor::from_slice(&[1.0f64, 2.0]);
+/// let f = |x: &Tensor| (x * x, x.sum(Kind::Double).double_value(&[]));
+/// let out = jacobian_of_aux(f, &x, &JacobianOptions::default())?;
+/// assert_eq!(Vec::<f64>::try_from(out.value).unwrap(), [1.0, 4.0]);
+/// assert_eq!(out.aux, 3.0);
+/// assert_eq!(Vec::<f64>::try_from(out.jacobian.flatten(0, -1)).unwrap(), [2.0, 0.0, 0.0, 4.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn jacobian_of_aux<F, O, A>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<WithValue<A>>
+where
+    F: Fn(&Tensor) -> (O, A),
+    O: FnOutput,
+{
+    with_aux(f, opts, |call| {
+        let (_, y, block) = closure_jacobian(call, x, opts, |_| Ok(None))?;
+        let j = unflatten(&block, &y.size(), &x.size())?;
+        Ok((j, y))
+    })
+}
+
+/// What [`jacobian_of_aux`] and [`crate::batch_jacobian_of_aux`] return.
+#[derive(Debug)]
+pub struct WithValue<A> {
+    /// The Jacobian.
+    pub jacobian: Tensor,
+    /// `f(x)`, from the same forward pass.
+    pub value: Tensor,
+    /// The closure's auxiliary output for `x`.
+    pub aux: A,
+}
+
+/// Runs `jacobian(call)` with a closure that keeps `f`'s first auxiliary output (the one for `x`
+/// itself; the replicated strategies call `f` again on stacked copies) and returns it with `J`
+/// and the value.
+pub(crate) fn with_aux<F, O, A>(
+    f: F,
+    opts: &JacobianOptions,
+    jacobian: impl FnOnce(&dyn Fn(&Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)>,
+) -> Result<WithValue<A>>
+where
+    F: Fn(&Tensor) -> (O, A),
+    O: FnOutput,
+{
+    let aux: std::cell::RefCell<Option<A>> = std::cell::RefCell::new(None);
+    let call = |xr: &Tensor| -> Result<Tensor> {
+        let (y, a) = f(xr);
+        let mut slot = aux.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(a);
+        }
+        y.into_output()
+    };
+    let (jacobian, y) = jacobian(&call)?;
+    let value = if opts.create_graph { y } else { y.f_detach()? };
+    let aux = aux
+        .into_inner()
+        .ok_or_else(|| Error::Contract("f was never called".into()))?;
+    Ok(WithValue {
+        jacobian,
+        value,
+        aux,
+    })
+}

@@ -33,7 +33,14 @@
 //! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::VectorizedForward`], or [`Strategy::Forward`] (also in [`jacobian_with`]) |
 //! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
 //! | `torch._C._functorch._set_vmap_fallback_enabled(False)` | [`JacobianOptions::vmap_fallback(false)`](JacobianOptions::vmap_fallback); ops that fell back: [`native::take_vmap_fallbacks`] |
+//! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`batch_jacobian_of_aux`] |
+//! | `torch.autograd.functional.jacobian(f, (a, b))` with tuple outputs | [`jacobians(&[&y0, &y1], &[&a, &b], &opts)`](jacobians) |
+//! | `vmap(grad(lambda p: loss(functional_call(model, p, x))))` (per-sample gradients) | [`per_sample_gradients(&losses, &trainable_parameters(&vs), &opts)`](per_sample_gradients) |
+//! | `jacrev(lambda p: functional_call(model, p, x))(params)` | [`parameter_jacobian(&y, &params, &opts)`](parameter_jacobian) |
 //! | `torch.autograd.functional.vjp` / `grad(y, x, v)` | [`vjp(&y, &x, &v, &opts)`](vjp) |
+//! | `grad(y, x, V, is_grads_batched=True)` / `vmap(vjp_fn)(V)` | [`vjp_batched(&y, &x, &v, &opts)`](vjp_batched) |
+//! | `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(U)` | [`jvp_batched(&y, &x, &u, &opts)`](jvp_batched) |
+//! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
 //! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |
@@ -58,17 +65,23 @@ pub mod error;
 pub mod jacobian;
 pub mod module;
 pub mod native;
+pub mod params;
 pub mod penalty;
 pub mod strategy;
 pub mod tolerance;
 
-pub use batch::{batch_jacobian, batch_jacobian_of, check_batch_independence};
+pub use batch::{
+    batch_jacobian, batch_jacobian_of, batch_jacobian_of_aux, check_batch_independence,
+};
 pub use closed_form::{sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian};
-pub use derivatives::{hessian, hvp, jvp, vjp};
+pub use derivatives::{hessian, hessian_of, hvp, jvp, jvp_batched, vjp, vjp_batched};
 pub use device::parse_device;
 pub use error::{Error, Result};
-pub use jacobian::{jacobian, jacobian_of, jacobian_with, FnOutput};
+pub use jacobian::{
+    jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, FnOutput, WithValue,
+};
 pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
+pub use params::{parameter_jacobian, per_sample_gradients, trainable_parameters};
 pub use penalty::{
     contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
 };

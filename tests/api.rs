@@ -453,3 +453,24 @@ device_tests!(
     resnet_block_f32,
     out_of_memory_then_smaller_calls_work
 );
+
+/// Parameter Jacobians name the parameter in their errors.
+#[test]
+fn parameter_errors_name_the_parameter() {
+    let k = (Kind::Double, Device::Cpu);
+    let w = Tensor::randn([2, 3], k).set_requires_grad(true);
+    let frozen = Tensor::randn([2], k); // does not require grad
+    let y = w.sum_dim_intlist(1, false, Kind::Double) + &frozen;
+    let params = vec![
+        ("layer.weight".to_string(), w.shallow_clone()),
+        ("layer.bias".to_string(), frozen.shallow_clone()),
+    ];
+    assert_err(
+        tch_jacobian::parameter_jacobian(&y, &params, &JacobianOptions::default()),
+        &["parameter layer.bias", "does not require grad"],
+    );
+    assert_err(
+        tch_jacobian::parameter_jacobian(&y, &[], &JacobianOptions::default()),
+        &["no parameters"],
+    );
+}

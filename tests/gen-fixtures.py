@@ -186,4 +186,51 @@ with open(values_path, "w") as fh:
     for (dev, dt), v in sorted(values.items()):
         fh.write(f"{dev} {dt} {v}\n")
 
+# ---- What tch users ask for next: values with Jacobians, many products, several outputs,
+# Hessians of closures, per-sample gradients (torch.func is the reference) ----
+from torch.func import functional_call, grad, hessian as func_hessian, jvp as func_jvp, vjp as func_vjp
+
+W = randn(4, 5)
+x = randn(5)
+f = lambda x: torch.tanh(W @ x)
+# jacrev(f, has_aux=True): the value and an auxiliary output.
+j_aux, aux = jacrev(lambda x: (f(x), (x**2).sum()), has_aux=True)(x)
+save("value_aux", w=W, x=x, j=j_aux, value=f(x), aux=aux)
+# Many products at once: vmap over a stack of cotangents / tangents.
+V, U = randn(3, 4), randn(6, 5)
+_, vjp_fn = func_vjp(f, x)
+save("products_many", w=W, x=x, v=V, u=U, vjps=vmap(vjp_fn)(V)[0],
+     jvps=vmap(lambda u: func_jvp(f, (x,), (u,))[1])(U))
+# Several outputs and several inputs: torch.autograd.functional.jacobian with tuples.
+a, b = randn(3), randn(2)
+two = lambda a, b: (a * b.sum(), b.unsqueeze(1) * torch.sin(a))  # [3], [2, 3]
+(j00, j01), (j10, j11) = jacobian(two, (a, b))
+save("outputs", a=a, b=b, j00=j00, j01=j01, j10=j10, j11=j11)
+# torch.func.hessian of a closure.
+g = lambda x: (torch.tanh(W @ x) ** 2).sum() + x.prod()
+save("hessian_of", w=W, x=x, h=func_hessian(g)(x))
+
+
+# Per-sample gradients: vmap(grad(functional_call(...))) for an MLP and a small conv net.
+def per_sample_grads(model, X, T):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    def loss(p, x, t):
+        out = functional_call(model, p, (x.unsqueeze(0),))
+        return F.cross_entropy(out, t.unsqueeze(0))
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, X, T)
+
+
+torch.manual_seed(3)
+mlp_model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+X, T = randn(6, 5), torch.tensor([0, 2, 1, 1, 0, 2])
+gs = per_sample_grads(mlp_model, X, T)
+save("psg_mlp", x=X, t=T, w1=mlp_model[0].weight, b1=mlp_model[0].bias, w2=mlp_model[2].weight,
+     b2=mlp_model[2].bias, g_w1=gs["0.weight"], g_b1=gs["0.bias"], g_w2=gs["2.weight"], g_b2=gs["2.bias"])
+conv_model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                 torch.nn.Linear(2 * 4 * 4, 3)).double()
+X, T = randn(4, 1, 6, 6), torch.tensor([1, 0, 2, 1])
+gs = per_sample_grads(conv_model, X, T)
+save("psg_conv", x=X, t=T, wc=conv_model[0].weight, bc=conv_model[0].bias, wl=conv_model[3].weight,
+     bl=conv_model[3].bias, g_wc=gs["0.weight"], g_bc=gs["0.bias"], g_wl=gs["3.weight"], g_bl=gs["3.bias"])
+
 print(f"wrote fixtures to {OUT} with torch {torch.__version__}")

@@ -6,8 +6,9 @@ mod common;
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hvp, jacobian_of, jacobian_with,
-    jvp, vjp, JacobianOptions, Result, Strategy,
+    batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hessian_of, hvp, jacobian_of,
+    jacobian_of_aux, jacobian_with, jacobians, jvp, jvp_batched, per_sample_gradients, vjp,
+    vjp_batched, JacobianOptions, Result, Strategy,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {
@@ -285,4 +286,161 @@ device_tests!(
     create_graph_second_order,
     batch_matches_vmap_jacrev,
     products_and_hessian,
+);
+
+/// `jacobian_of_aux`: J, the value and the auxiliary output against `jacrev(f, has_aux=True)`.
+fn value_and_aux(device: Device) -> Result<()> {
+    let w = fx("value_aux", "w", device);
+    let x = fx("value_aux", "x", device);
+    for s in strategies() {
+        let out = jacobian_of_aux(
+            |x: &Tensor| (x.matmul(&w.tr()).tanh(), x.square().sum(Kind::Double)),
+            &x,
+            &opts(s),
+        )?;
+        f64_tol()
+            .check(&out.jacobian, &fx("value_aux", "j", device))
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        f64_tol()
+            .check(&out.value, &fx("value_aux", "value", device))
+            .unwrap();
+        f64_tol()
+            .check(&out.aux, &fx("value_aux", "aux", device))
+            .unwrap();
+        assert!(!out.value.requires_grad());
+    }
+    Ok(())
+}
+
+/// `vjp_batched` / `jvp_batched` against `vmap(vjp_fn)` / `vmap(jvp)`.
+fn many_products(device: Device) -> Result<()> {
+    let c = "products_many";
+    let w = fx(c, "w", device);
+    let x = fx_var(c, "x", device);
+    let y = x.matmul(&w.tr()).tanh();
+    let o = JacobianOptions::default().vmap_fallback(false);
+    f64_tol()
+        .check(
+            &vjp_batched(&y, &x, &fx(c, "v", device), &o)?,
+            &fx(c, "vjps", device),
+        )
+        .unwrap();
+    f64_tol()
+        .check(
+            &jvp_batched(&y, &x, &fx(c, "u", device), &o)?,
+            &fx(c, "jvps", device),
+        )
+        .unwrap();
+    assert_err(
+        vjp_batched(&y, &x, &fx(c, "u", device), &o),
+        &["v must be a stack [k, *y.shape] = [k, 4]", "[6, 5]"],
+    );
+    Ok(())
+}
+
+/// `jacobians`: several outputs and several inputs against `functional.jacobian` with tuples.
+fn several_outputs(device: Device) -> Result<()> {
+    let (a, b) = (
+        fx_var("outputs", "a", device),
+        fx_var("outputs", "b", device),
+    );
+    let y0 = &a * b.sum(Kind::Double);
+    let y1 = b.unsqueeze(1) * a.sin();
+    for s in graph_strategies() {
+        let js = jacobians(&[&y0, &y1], &[&a, &b], &opts(s))?;
+        for (i, row) in js.iter().enumerate() {
+            for (k, j) in row.iter().enumerate() {
+                f64_tol()
+                    .check(j, &fx("outputs", &format!("j{i}{k}"), device))
+                    .unwrap_or_else(|e| panic!("{s:?} j{i}{k}: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `hessian_of` against `torch.func.hessian`.
+fn hessian_of_closure(device: Device) -> Result<()> {
+    let w = fx("hessian_of", "w", device);
+    let x = fx("hessian_of", "x", device);
+    let g = |x: &Tensor| x.matmul(&w.tr()).tanh().square().sum(Kind::Double) + x.prod(Kind::Double);
+    for s in graph_strategies() {
+        f64_tol()
+            .check(
+                &hessian_of(g, &x, &opts(s))?,
+                &fx("hessian_of", "h", device),
+            )
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    }
+    Ok(())
+}
+
+/// `per_sample_gradients` against `vmap(grad(functional_call(...)))`: an MLP and a conv net.
+fn per_sample_gradients_match(device: Device) -> Result<()> {
+    let p = |case: &str, names: &[&str]| -> Vec<(String, Tensor)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), fx_var(case, n, device)))
+            .collect()
+    };
+    let mlp = p("psg_mlp", &["w1", "b1", "w2", "b2"]);
+    let (x, t) = (fx("psg_mlp", "x", device), fx("psg_mlp", "t", device));
+    let logits = (x.matmul(&mlp[0].1.tr()) + &mlp[1].1)
+        .tanh()
+        .matmul(&mlp[2].1.tr())
+        + &mlp[3].1;
+    let losses = logits.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::None, -100, 0.0);
+    let conv = p("psg_conv", &["wc", "bc", "wl", "bl"]);
+    let (xc, tc) = (fx("psg_conv", "x", device), fx("psg_conv", "t", device));
+    let logits_c = xc
+        .conv2d(&conv[0].1, Some(&conv[1].1), [1, 1], [0, 0], [1, 1], 1)
+        .relu()
+        .flatten(1, -1)
+        .matmul(&conv[2].1.tr())
+        + &conv[3].1;
+    let losses_c =
+        logits_c.cross_entropy_loss::<Tensor>(&tc, None, tch::Reduction::None, -100, 0.0);
+    // The same losses by log_softmax and gather, whose backward passes have batching rules
+    // (cross_entropy's nll_loss_backward has none: the batched engine loops over that op).
+    let by_gather = |logits: &Tensor, t: &Tensor| {
+        -logits
+            .log_softmax(-1, Kind::Double)
+            .gather(1, &t.unsqueeze(1), false)
+            .squeeze_dim(1)
+    };
+    let (gathered, gathered_c) = (by_gather(&logits, &t), by_gather(&logits_c, &tc));
+    for s in graph_strategies() {
+        let cases = [
+            ("psg_mlp", &losses, &mlp, false),
+            ("psg_conv", &losses_c, &conv, false),
+            ("psg_mlp", &gathered, &mlp, true),
+            ("psg_conv", &gathered_c, &conv, true),
+        ];
+        for (case, losses, params, fast) in cases {
+            let o = if fast {
+                opts(s)
+            } else {
+                JacobianOptions::default().strategy(s)
+            };
+            let gs = per_sample_gradients(losses, params, &o)?;
+            for (name, g) in &gs {
+                f64_tol()
+                    .check(g, &fx(case, &format!("g_{name}"), device))
+                    .unwrap_or_else(|e| panic!("{case} {s:?} {name}: {e}"));
+            }
+        }
+    }
+    assert_err(
+        per_sample_gradients(&losses.sum(Kind::Double), &mlp, &opts(Strategy::Auto)),
+        &["one loss per sample", "reduction = none"],
+    );
+    Ok(())
+}
+
+device_tests!(
+    value_and_aux,
+    many_products,
+    several_outputs,
+    hessian_of_closure,
+    per_sample_gradients_match,
 );
