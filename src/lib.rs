@@ -47,6 +47,7 @@
 //! | `J.pow(2).sum()` | [`frobenius_norm_sq`] |
 //! | `torch.diag(y*(1-y)).matmul(W)` | [`sigmoid_linear_jacobian`] |
 //! | CAE penalty `λ‖J_f(x)‖_F²` | [`contractive_penalty`] with an [`Estimator`] |
+//! | (none: Hutch++ for a trainable `‖J‖_F²`) | [`Estimator::HutchPlusPlus`] |
 //! | `torch.allclose` in tests | [`Tolerance`], [`assert_allclose`] |
 //!
 //! Options ([`JacobianOptions`]) carry PyTorch's `create_graph` and `strict` and the

@@ -8,7 +8,7 @@
 //! penalty_b = ‖J_f(x_b)‖_F² = Σ_{i,j} (∂h_{b,i}/∂x_{b,j})²        contractive_penalty = mean_b penalty_b
 //! ```
 //!
-//! three [`Estimator`]s compute it:
+//! these [`Estimator`]s compute it:
 //!
 //! | estimator | formula | backward passes (create_graph) |
 //! |---|---|---|
@@ -16,6 +16,8 @@
 //! | [`Estimator::SigmoidClosedForm`] | `Σ_i (h_i(1−h_i))² Σ_j W_ij²` | 0 (only for `h = σ(Wx + b)`) |
 //! | [`Estimator::Projections`] | `(m/k) Σ_{r<k} ‖v_rᵀ J‖²`, `v_r` uniform on the unit sphere | `k` |
 //! | [`Estimator::FixedProjections`] | the same with given directions | `k` |
+//! | [`Estimator::HutchPlusPlus`] | `‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²`, `Q = orth(Jᵀ S)` | `k` products (`s` VJPs, `s` JVPs, `g` VJPs) |
+//! | [`Estimator::FixedHutchPlusPlus`] | the same with given draws | `2s + g` |
 //!
 //! The projection estimator (Hoffman, Roberts & Yaida, 2019) is unbiased because
 //! `E[v vᵀ] = I/m` for `v` uniform on the sphere in ℝᵐ.
@@ -29,6 +31,7 @@ use crate::autograd::{
 };
 use crate::batch::batch_jacobian;
 use crate::closed_form;
+use crate::derivatives::{jvp_batched, vjp_batched};
 use crate::error::{Error, Result};
 use crate::strategy::JacobianOptions;
 
@@ -75,6 +78,36 @@ pub enum Estimator {
     /// implementation's draws, e.g. PyTorch's.
     FixedProjections {
         /// Directions, `[k, B, *out]`.
+        v: Tensor,
+    },
+    /// Hutch++ for `‖J‖_F²` (Meyer, Musco, Musco & Woodruff, 2021), adapted to Jacobians, with a
+    /// budget of `k` products per sample: `s = ⌊k/3⌋` of them sketch `J`'s top input directions,
+    /// `Q = orth(Jᵀ S)` for Gaussian `S` (`s` VJPs, not differentiated); the part of `‖J‖_F²` in
+    /// those directions is computed exactly, `‖J Q‖_F²` (`s` JVPs); the remainder is estimated
+    /// by `g = k − 2s` projections, `(m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²` (`g` VJPs):
+    ///
+    /// ```text
+    /// ‖J‖_F² ≈ ‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − Q Qᵀ)‖²
+    /// ```
+    ///
+    /// Unbiased for any `Q` (the projections are drawn independently of the sketch), trainable
+    /// (create_graph through the JVPs and the projections), and far less noisy than
+    /// [`Estimator::Projections`] at the same `k` when a few directions carry most of `‖J‖_F²`
+    /// (a trained contractive encoder). For `k < 3` it is plain projections.
+    HutchPlusPlus {
+        /// Products per sample, ≥ 1 (a third sketch, a third exact, the rest projections).
+        k: usize,
+        /// As in [`Estimator::Projections`]: `Some(seed)` for reproducible draws (`StdRng`),
+        /// `None` for torch's generator.
+        seed: Option<u64>,
+    },
+    /// [`Estimator::HutchPlusPlus`] with given draws: the sketch `s: [s, B, *out]` and the
+    /// projection directions `v: [g, B, *out]` (unit norm per sample, not checked) — for
+    /// reproducing another implementation's draws.
+    FixedHutchPlusPlus {
+        /// Sketch directions, `[s ≥ 1, B, *out]`.
+        sketch: Tensor,
+        /// Projection directions, `[g ≥ 1, B, *out]`.
         v: Tensor,
     },
 }
@@ -165,20 +198,89 @@ pub fn contractive_penalty_per_sample(
         }
         Estimator::FixedProjections { v } => {
             check_input(x, "x")?;
-            let vs = v.size();
-            if vs.len() != hs.len() + 1 || vs[1..] != hs[..] || vs[0] == 0 {
-                return Err(Error::Shape(format!(
-                    "FixedProjections needs v: [k ≥ 1, *h.shape] = [k, {}], got v {vs:?}",
-                    hs.iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            check_same_device(v, "v", h, "h")?;
+            check_directions(v, "FixedProjections", "v", h)?;
             projections(h, x, v)
         }
+        Estimator::HutchPlusPlus { k, seed } => {
+            if *k == 0 {
+                return Err(Error::InvalidArgument(
+                    "HutchPlusPlus needs k ≥ 1 products, got k = 0".into(),
+                ));
+            }
+            check_input(x, "x")?;
+            let s = k / 3;
+            let g = k - 2 * s;
+            let v = sphere_directions(g, &hs, *seed, h.kind(), h.device())?;
+            if s == 0 {
+                return projections(h, x, &v);
+            }
+            // The sketch's own stream: another seed, or torch's generator.
+            let sketch_seed = seed.map(|s| s ^ 0x9E37_79B9_7F4A_7C15);
+            let sketch = sphere_directions(s, &hs, sketch_seed, h.kind(), h.device())?;
+            hutch_plus_plus(h, x, &sketch, &v)
+        }
+        Estimator::FixedHutchPlusPlus { sketch, v } => {
+            check_input(x, "x")?;
+            check_directions(sketch, "FixedHutchPlusPlus", "sketch", h)?;
+            check_directions(v, "FixedHutchPlusPlus", "v", h)?;
+            hutch_plus_plus(h, x, sketch, v)
+        }
     }
+}
+
+/// Checks that `v` is `[k ≥ 1, *h.shape]` on `h`'s device.
+fn check_directions(v: &Tensor, estimator: &str, name: &str, h: &Tensor) -> Result<()> {
+    let (vs, hs) = (v.size(), h.size());
+    if vs.len() != hs.len() + 1 || vs[1..] != hs[..] || vs[0] == 0 {
+        return Err(Error::Shape(format!(
+            "{estimator} needs {name}: [k ≥ 1, *h.shape] = [k, {}], got {name} {vs:?}",
+            hs.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    check_same_device(v, name, h, "h")?;
+    Ok(())
+}
+
+/// Hutch++ per sample: `‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²` with `Q = orth(Jᵀ S)`
+/// (detached), for the sketch `S = [s, B, *out]` and the directions `v = [g, B, *out]`.
+fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let b = h.size()[0];
+    let m = h.numel() as i64 / b;
+    let (s, g) = (sketch.size()[0], v.size()[0]);
+    let opts = JacobianOptions::default().create_graph(true).strict(true);
+    // Q: [B, n, s], an orthonormal basis of the sketched row space of each sample's J.
+    let sketched = tch::no_grad(|| -> Result<Tensor> {
+        let r = vjp_batched(h, x, sketch, &opts.create_graph(false))?;
+        Ok(r.f_reshape([s, b, -1])?.f_permute([1, 2, 0])?)
+    })?;
+    let (q, _) = Tensor::f_linalg_qr(&sketched, "reduced")?;
+    let q = q.f_detach()?;
+    // (The sketch's rank: fewer than s directions when the input has fewer than s elements.)
+    let (n, s) = (q.size()[1], q.size()[2]);
+    // Exact part: ‖J q_j‖² for the s columns of Q, by batched JVPs.
+    let mut tangent_shape = vec![s];
+    tangent_shape.extend(x.size());
+    let tangents = q
+        .f_permute([2, 0, 1])?
+        .f_reshape(tangent_shape.as_slice())?;
+    let jq = jvp_batched(h, x, &tangents, &opts)?.f_reshape([s, b, -1])?;
+    let exact = jq
+        .f_square()?
+        .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?;
+    // Remainder: projections of J with Q's directions removed.
+    let vj = vjp_batched(h, x, v, &opts)?
+        .f_reshape([g, b, n])?
+        .f_permute([1, 0, 2])?; // [B, g, n]
+    let inside = vj.f_matmul(&q)?.f_matmul(&q.f_transpose(1, 2)?)?;
+    let rest = vj
+        .f_sub(&inside)?
+        .f_square()?
+        .f_sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>)?
+        .f_mul_scalar(m as f64 / g as f64)?;
+    Ok(exact.f_add(&rest)?)
 }
 
 /// The contractive auto-encoder penalty: the batch mean of [`contractive_penalty_per_sample`],

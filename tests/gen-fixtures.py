@@ -233,4 +233,22 @@ gs = per_sample_grads(conv_model, X, T)
 save("psg_conv", x=X, t=T, wc=conv_model[0].weight, bc=conv_model[0].bias, wl=conv_model[3].weight,
      bl=conv_model[3].bias, g_wc=gs["0.weight"], g_bc=gs["0.bias"], g_wl=gs["3.weight"], g_bl=gs["3.bias"])
 
+# ---- Hutch++ for ||J||_F^2 with given draws: Estimator::FixedHutchPlusPlus, written out ----
+B, n, m = 6, 7, 5
+Wh, bh = randn(m, n).requires_grad_(True), randn(m).requires_grad_(True)
+Xh, Sh, Vh = randn(B, n), randn(2, B, m), randn(3, B, m)
+Vh = Vh / Vh.norm(dim=2, keepdim=True)
+enc_h = lambda x: torch.sigmoid(x @ Wh.T + bh)
+Xg = Xh.clone().requires_grad_(True)
+H = enc_h(Xg)
+R = torch.stack([torch.autograd.grad((H * Sh[r]).sum(), Xg, retain_graph=True)[0] for r in range(2)])
+Q = torch.linalg.qr(R.detach().permute(1, 2, 0)).Q  # [B, n, s], the sketched row space
+JQ = torch.stack([torch.func.jvp(enc_h, (Xh,), (Q[:, :, j],))[1] for j in range(Q.shape[2])])
+G = torch.stack([torch.autograd.grad((H * Vh[r]).sum(), Xg, create_graph=True)[0] for r in range(3)])
+G = G.permute(1, 0, 2)  # [B, g, n]
+P = G - G @ Q @ Q.transpose(1, 2)
+est_ps = JQ.pow(2).sum((0, 2)) + P.pow(2).sum((1, 2)) * m / 3
+hW, hb = torch.autograd.grad(est_ps.mean(), (Wh, bh))
+save("hutchpp", w=Wh, b=bh, x=Xh, s=Sh, v=Vh, per_sample=est_ps, grad_w=hW, grad_b=hb)
+
 print(f"wrote fixtures to {OUT} with torch {torch.__version__}")

@@ -87,3 +87,22 @@ pub(crate) fn rows_to_print(r: usize) -> Vec<usize> {
     }
     rows
 }
+
+/// The standard deviation over `draws` seeds of `contractive_penalty` on `x` with
+/// `estimator(seed)`, relative to the exact penalty.
+pub(crate) fn relative_noise(
+    model: &AutoEncoder,
+    x: &Tensor,
+    draws: u64,
+    estimator: impl Fn(u64) -> Estimator,
+) -> Result<f64> {
+    let xg = x.f_detach()?.set_requires_grad(true);
+    let h = model.encode(&xg)?;
+    let exact = contractive_penalty(&h, &xg, &Estimator::Exact)?.f_double_value(&[])?;
+    let values = (0..draws)
+        .map(|seed| Ok(contractive_penalty(&h, &xg, &estimator(seed))?.f_double_value(&[])?))
+        .collect::<Result<Vec<f64>>>()?;
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;
+    Ok(var.sqrt() / exact)
+}

@@ -40,15 +40,19 @@ use tch_jacobian::{
     JacobianOptions,
 };
 
+/// Draws per cell of the estimator-noise table.
+const NOISE_DRAWS: u64 = 100;
+
 const USAGE: &str = "\
 cae: a plain and a contractive auto-encoder (sigmoid encoder, linear decoder), compared on
 held-out points: reconstruction error, mean |J|_F and the singular values of J.
 
 usage: cargo run --release --example cae -- [OPTIONS]
 
-  --estimator E     penalty estimator while training: closed-form (default), exact (one backward
-                    pass per hidden unit: ~10x slower here), projections (unbiased, noisy)
-  --k K             projections per step for --estimator projections (default 1)
+  --estimator E     penalty estimator while training: closed-form (default), exact (one batched
+                    backward pass), projections (unbiased, noisy), hutchpp (Hutch++: unbiased,
+                    a sketch of J's top directions exact, projections for the rest)
+  --k K             products per step for --estimator projections or hutchpp (default 1)
   --lambda L        penalty weight of the CAE (default 4; MNIST: 0.1)
   --hidden M        hidden units (default 32; MNIST: 256)
   --epochs N        training epochs (default 300; MNIST: 5)
@@ -68,6 +72,7 @@ enum EstimatorArg {
     ClosedForm,
     Exact,
     Projections,
+    HutchPlusPlus,
 }
 
 #[derive(Debug)]
@@ -130,8 +135,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
                     "closed-form" => EstimatorArg::ClosedForm,
                     "exact" => EstimatorArg::Exact,
                     "projections" => EstimatorArg::Projections,
+                    "hutchpp" => EstimatorArg::HutchPlusPlus,
                     other => bail!(
-                        "--estimator: expected exact, closed-form or projections, got {other:?}"
+                        "--estimator: expected exact, closed-form, projections or hutchpp, got {other:?}"
                     ),
                 }
             }
@@ -202,6 +208,7 @@ fn run(args: Args) -> Result<()> {
         EstimatorArg::ClosedForm => "closed form".to_string(),
         EstimatorArg::Exact => "exact".to_string(),
         EstimatorArg::Projections => format!("projections (k = {})", cfg.k),
+        EstimatorArg::HutchPlusPlus => format!("Hutch++ (k = {})", cfg.k),
     };
     println!(
         "data: {}; {n_train} training / {} held-out points",
@@ -269,6 +276,39 @@ fn run(args: Args) -> Result<()> {
         "\ncheck: closed form vs exact ‖J‖²_F, max relative difference: AE {:.1e}, CAE {:.1e}",
         e_ae.closed_form_gap, e_cae.closed_form_gap
     );
+
+    // The noise of the trainable estimators: the penalty of one batch of held-out points, drawn
+    // NOISE_DRAWS times, as a standard deviation relative to the exact value.
+    let batch = data.test.f_narrow(0, 0, cfg.batch_size.min(n_test))?;
+    println!(
+        "\nestimator noise: s.d. / exact penalty of a batch of {} held-out points, {NOISE_DRAWS} draws",
+        batch.size()[0]
+    );
+    println!("   k   AE projections   AE Hutch++   CAE projections   CAE Hutch++");
+    for k in [2usize, 4, 8, 16] {
+        let noise = |model: &AutoEncoder, hutch: bool| -> Result<f64> {
+            relative_noise(model, &batch, NOISE_DRAWS, |seed| {
+                if hutch {
+                    Estimator::HutchPlusPlus {
+                        k,
+                        seed: Some(seed),
+                    }
+                } else {
+                    Estimator::Projections {
+                        k,
+                        seed: Some(seed),
+                    }
+                }
+            })
+        };
+        println!(
+            "{k:>4} {:>16.3} {:>12.3} {:>17.3} {:>13.3}",
+            noise(&ae, false)?,
+            noise(&ae, true)?,
+            noise(&cae, false)?,
+            noise(&cae, true)?
+        );
+    }
 
     let caption = if is_mnist {
         "Encoder Jacobian J = ∂h/∂x on held-out MNIST images, averaged over the points".to_string()

@@ -52,6 +52,10 @@ impl Config {
                 k: self.k,
                 seed: None,
             },
+            EstimatorArg::HutchPlusPlus => Estimator::HutchPlusPlus {
+                k: self.k,
+                seed: None,
+            },
         }
     }
 }
