@@ -33,13 +33,17 @@ import time
 import numpy as np
 import torch
 from torch.autograd.functional import jacobian as afj
-from torch.func import jacfwd, jacrev, vmap
+from torch.func import grad, jacfwd, jacrev, vmap
 
 # (name, m outputs, n inputs); batch: B samples of 784 -> 64.
 SINGLE = [("3", 3, 3), ("64", 64, 64), ("256", 256, 256), ("1024", 1024, 1024), ("tall", 1024, 16)]
 BATCH = ("batch", 128, 64, 784)
 # The exact CAE penalty: B samples of 784 -> 256, forward + penalty + backward to W.
 PENALTY = ("penalty", 128, 256, 784)
+# Per-sample gradients of a 784 -> 64 -> 10 tanh MLP's cross-entropy, B = 64 (j_ref: those of W1).
+PSG = ("psg", 64, 64, 784)
+# The Hessian of f(x) = sum(tanh(W x)^2), n = 128.
+HESSIAN = ("hessian", 128)
 LABEL = {
     "3": "n=m=3",
     "64": "n=m=64",
@@ -48,6 +52,8 @@ LABEL = {
     "tall": "16→1024",
     "batch": "B=128, 784→64",
     "penalty": "exact CAE penalty, B=128, 784→256",
+    "psg": "per-sample gradients, B=64, 784→64→10",
+    "hessian": "Hessian, n=128",
 }
 
 # Pairs (ours, theirs) for the ratio table.
@@ -80,6 +86,7 @@ OUR_STRATEGIES = ("row-loop", "batched", "vectorized", "forward", "vectorized-fo
 
 
 DEVICE = "cpu"
+WORK = "target/compare-pytorch"
 
 
 def sync():
@@ -134,6 +141,14 @@ def make_inputs(work):
     w = torch.randn(m, n) / math.sqrt(n)
     x = torch.rand(b, n)
     cases.append({"name": name, "kind": "penalty", "b": b, "m": m, "n": n, "w": w, "x": x})
+    name, b, m, n = PSG
+    w, x = torch.randn(m, n) / math.sqrt(n), torch.randn(b, n)
+    w2, t = torch.randn(10, m) / math.sqrt(m), torch.arange(b) % 10
+    cases.append({"name": name, "kind": "psg", "b": b, "m": m, "n": n, "w": w, "x": x,
+                  "extra": {"w2": w2, "t": t}})
+    name, n = HESSIAN
+    w, x = torch.randn(n, n) / math.sqrt(n), torch.randn(n)
+    cases.append({"name": name, "kind": "hessian", "m": n, "n": n, "w": w, "x": x})
     manifest = []
     for c in cases:
         w, x = c.pop("w"), c.pop("x")
@@ -142,11 +157,19 @@ def make_inputs(work):
             j = jacrev(f)(x)
         elif c["kind"] == "batch":
             j = vmap(jacrev(f))(x)
+        elif c["kind"] == "psg":
+            j = per_sample_grads(w, x, c["extra"]["w2"], c["extra"]["t"])
+        elif c["kind"] == "hessian":
+            j = torch.func.hessian(hessian_f(w))(x)
         else:  # the penalty's gradient with respect to W
             j = penalty_grad(w, x)
+        for key, t in list(c.get("extra", {}).items()):
+            fname = f"{c['name']}_{key}.npy"
+            np.save(os.path.join(work, fname), t.numpy())
+            c["extra"][key] = fname
         for key, t in (("w", w), ("x", x), ("j_ref", j)):
             fname = f"{c['name']}_{key}.npy"
-            np.save(os.path.join(work, fname), t.detach().numpy().astype(np.float32))
+            np.save(os.path.join(work, fname), np.ascontiguousarray(t.detach().numpy().astype(np.float32)))
             c[key] = fname
         manifest.append(c)
     return manifest
@@ -158,6 +181,21 @@ def penalty_grad(w, x):
     j = vmap(jacrev(lambda v: torch.sigmoid(v @ wg.T)))(x)
     p = j.pow(2).sum((1, 2)).mean()
     return torch.autograd.grad(p, wg)[0]
+
+
+def psg_loss(params, x, t, w2):
+    """Cross-entropy of one sample through tanh(x W1ᵀ) W2ᵀ, as a function of W1."""
+    logits = torch.tanh(x @ params["w1"].T) @ w2.T
+    return torch.nn.functional.cross_entropy(logits.unsqueeze(0), t.unsqueeze(0))
+
+
+def per_sample_grads(w1, x, w2, t):
+    """vmap(grad(...)) over the samples: per-sample gradients with respect to W1, [B, 64, 784]."""
+    return vmap(grad(psg_loss), in_dims=(None, 0, 0, None))({"w1": w1}, x, t, w2)["w1"]
+
+
+def hessian_f(w):
+    return lambda v: torch.tanh(w @ v).pow(2).sum()
 
 
 def load(work, fname):
@@ -190,6 +228,12 @@ def python_methods(case, w, x):
         ]
     if case["kind"] == "penalty":
         return [("vmap(jacrev) penalty", lambda: penalty_grad(w, x))]
+    if case["kind"] == "psg":
+        w2, t = (load(WORK, case["extra"][k]) for k in ("w2", "t"))
+        return [("vmap(grad) per-sample gradients", lambda: per_sample_grads(w, x, w2, t))]
+    if case["kind"] == "hessian":
+        h = torch.func.hessian(hessian_f(w))
+        return [("torch.func.hessian", lambda: h(x))]
     xg = x.detach().requires_grad_(True)
 
     def row_loop():
@@ -271,8 +315,9 @@ def main():
     ap.add_argument("--skip-over", type=float, default=2.0, help="skip a cell whose first call takes longer (s)")
     args = ap.parse_args()
 
-    global DEVICE
+    global DEVICE, WORK
     DEVICE = args.device
+    WORK = args.work
     t_start = time.time()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -427,6 +472,17 @@ def main():
     p(f"Ours ran: {pres.get(('rust', 'Exact (contractive_penalty)'), {}).get('strategy', '?')}. "
       "Agreement below compares the gradient dW with PyTorch's.")
     p("")
+
+    for extra in (PSG[0], HESSIAN[0]):
+        res = results[extra]
+        p(f"### {LABEL[extra]}: median ms per call")
+        p("")
+        p("| method | median ms | ours / PyTorch |")
+        p("|---|---:|---:|")
+        theirs = [r for (sd, k), r in res.items() if sd == "torch"][0]
+        for (sd, k), r in res.items():
+            p(f"| {'PyTorch' if sd == 'torch' else 'ours'}: {k} | {fmt_ms(r)} | {fmt_ratio(r, theirs)} |")
+        p("")
 
     p("### Agreement with PyTorch's J (torch.func.jacrev), max |ΔJ| (absolute, float32)")
     p("")

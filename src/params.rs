@@ -79,6 +79,13 @@ pub fn parameter_jacobian(
 /// with the native engine. Equal to `torch.func.vmap(grad(...))` over `functional_call` when the
 /// samples do not interact.
 ///
+/// Cost: the pass runs the caller's batched graph once per sample row (`B` cotangents), so a
+/// weight's gradient is formed over the whole batch for every row — `B` times the arithmetic of
+/// `vmap(grad)`, which re-runs the model per sample. Measured (2-core CPU, f32, B = 64, a
+/// 784 → 64 → 10 MLP): 1.75 ms against 1.32 ms for `vmap(grad)` (1.33×); with
+/// `cross_entropy` 2.15 ms, since its `nll_loss_backward` has no batching rule (write the loss as
+/// `-log_softmax(logits).gather(t)` for the fast path).
+///
 /// ```
 /// use tch::{nn, nn::Module, Device, Kind, Tensor};
 /// use tch_jacobian::{per_sample_gradients, trainable_parameters, JacobianOptions};

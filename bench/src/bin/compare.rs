@@ -19,8 +19,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian, batch_jacobian_of, contractive_penalty, jacobian, jacobian_of, jacobian_with,
-    sigmoid_linear_jacobian, Estimator, JacobianOptions, Strategy,
+    batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian, jacobian_of,
+    jacobian_with, per_sample_gradients, sigmoid_linear_jacobian, Estimator, JacobianOptions,
+    Strategy,
 };
 use tch_jacobian_bench::{measure, Rule, Timing};
 
@@ -174,6 +175,51 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                     Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
                 },
             )?;
+        }
+        "psg" => {
+            // Per-sample gradients of a tanh MLP's cross-entropy with respect to W1 (= w):
+            // J_ref is PyTorch's vmap(grad(...)).
+            let extra = |k: &str| -> Result<Tensor> {
+                load(dir, case["extra"][k].as_str().context("extra")?, dev)
+            };
+            let (w2, t) = (extra("w2")?, extra("t")?);
+            let w1 = w.detach().set_requires_grad(true);
+            let params = vec![("w1".to_string(), w1.shallow_clone())];
+            let logits = || x.matmul(&w1.tr()).tanh().matmul(&w2.tr());
+            run(
+                "per_sample_gradients (cross_entropy)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let losses = logits().f_cross_entropy_loss::<Tensor>(
+                        &t,
+                        None,
+                        tch::Reduction::None,
+                        -100,
+                        0.0,
+                    )?;
+                    let opts = JacobianOptions::default();
+                    Ok(per_sample_gradients(&losses, &params, &opts)?.remove(0).1)
+                },
+            )?;
+            run(
+                "per_sample_gradients (log_softmax + gather)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let losses = logits()
+                        .f_log_softmax(-1, Kind::Float)?
+                        .f_gather(1, &t.f_unsqueeze(1)?, false)?
+                        .f_squeeze_dim(1)?
+                        .f_neg()?;
+                    let opts = JacobianOptions::default();
+                    Ok(per_sample_gradients(&losses, &params, &opts)?.remove(0).1)
+                },
+            )?;
+        }
+        "hessian" => {
+            let f = |v: &Tensor| w.matmul(v).tanh().square().sum(Kind::Float);
+            run("hessian_of", resolved_graph(Strategy::Auto), &mut || {
+                Ok(hessian_of(f, &x, &opts(Strategy::Auto))?)
+            })?;
         }
         other => bail!("unknown case kind {other}"),
     }
