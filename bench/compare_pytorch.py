@@ -44,6 +44,8 @@ PENALTY = ("penalty", 128, 256, 784)
 PSG = ("psg", 64, 64, 784)
 # The Hessian of f(x) = sum(tanh(W x)^2), n = 128.
 HESSIAN = ("hessian", 128)
+# Many products at once: k = 64 VJPs and k = 64 JVPs of sigmoid(W x), n = m = 256.
+PRODUCTS = ("products", 64, 256)
 LABEL = {
     "3": "n=m=3",
     "64": "n=m=64",
@@ -54,6 +56,7 @@ LABEL = {
     "penalty": "exact CAE penalty, B=128, 784→256",
     "psg": "per-sample gradients, B=64, 784→64→10",
     "hessian": "Hessian, n=128",
+    "products": "64 VJPs and 64 JVPs at once, n=m=256",
 }
 
 # Pairs (ours, theirs) for the ratio table.
@@ -149,6 +152,11 @@ def make_inputs(work):
     name, n = HESSIAN
     w, x = torch.randn(n, n) / math.sqrt(n), torch.randn(n)
     cases.append({"name": name, "kind": "hessian", "m": n, "n": n, "w": w, "x": x})
+    name, k, n = PRODUCTS
+    w, x = torch.randn(n, n) / math.sqrt(n), torch.randn(n)
+    vs, us = torch.randn(k, n), torch.randn(k, n)
+    cases.append({"name": name, "kind": "products", "m": n, "n": n, "w": w, "x": x,
+                  "extra": {"v": vs, "u": us}})
     manifest = []
     for c in cases:
         w, x = c.pop("w"), c.pop("x")
@@ -161,6 +169,8 @@ def make_inputs(work):
             j = per_sample_grads(w, x, c["extra"]["w2"], c["extra"]["t"])
         elif c["kind"] == "hessian":
             j = torch.func.hessian(hessian_f(w))(x)
+        elif c["kind"] == "products":  # both stacks of products, [2k, n]
+            j = torch.cat(products(w, x, c["extra"]["v"], c["extra"]["u"]))
         else:  # the penalty's gradient with respect to W
             j = penalty_grad(w, x)
         for key, t in list(c.get("extra", {}).items()):
@@ -192,6 +202,13 @@ def psg_loss(params, x, t, w2):
 def per_sample_grads(w1, x, w2, t):
     """vmap(grad(...)) over the samples: per-sample gradients with respect to W1, [B, 64, 784]."""
     return vmap(grad(psg_loss), in_dims=(None, 0, 0, None))({"w1": w1}, x, t, w2)["w1"]
+
+
+def products(w, x, vs, us):
+    """vmap(vjp_fn)(vs) and vmap(jvp)(us) for f(x) = sigmoid(W x)."""
+    f = lambda v: torch.sigmoid(w @ v)  # noqa: E731
+    _, vjp_fn = torch.func.vjp(f, x)
+    return vmap(vjp_fn)(vs)[0], vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(us)
 
 
 def hessian_f(w):
@@ -234,6 +251,9 @@ def python_methods(case, w, x):
     if case["kind"] == "hessian":
         h = torch.func.hessian(hessian_f(w))
         return [("torch.func.hessian", lambda: h(x))]
+    if case["kind"] == "products":
+        vs, us = (load(WORK, case["extra"][k]) for k in ("v", "u"))
+        return [("vmap(vjp) + vmap(jvp)", lambda: torch.cat(products(w, x, vs, us)))]
     xg = x.detach().requires_grad_(True)
 
     def row_loop():
@@ -473,7 +493,7 @@ def main():
       "Agreement below compares the gradient dW with PyTorch's.")
     p("")
 
-    for extra in (PSG[0], HESSIAN[0]):
+    for extra in (PSG[0], HESSIAN[0], PRODUCTS[0]):
         res = results[extra]
         p(f"### {LABEL[extra]}: median ms per call")
         p("")

@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian, jacobian_of,
-    jacobian_with, per_sample_gradients, sigmoid_linear_jacobian, Estimator, JacobianOptions,
-    Strategy,
+    jacobian_with, jvp_batched, per_sample_gradients, sigmoid_linear_jacobian, vjp_batched,
+    Estimator, JacobianOptions, Strategy,
 };
 use tch_jacobian_bench::{measure, Rule, Timing};
 
@@ -212,6 +212,25 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                         .f_neg()?;
                     let opts = JacobianOptions::default();
                     Ok(per_sample_gradients(&losses, &params, &opts)?.remove(0).1)
+                },
+            )?;
+        }
+        "products" => {
+            // k VJPs and k JVPs of sigmoid(W x) in one call each; J_ref is both stacks.
+            let extra = |k: &str| -> Result<Tensor> {
+                load(dir, case["extra"][k].as_str().context("extra")?, dev)
+            };
+            let (vs, us) = (extra("v")?, extra("u")?);
+            run(
+                "vjp_batched + jvp_batched",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let xg = x.detach().set_requires_grad(true);
+                    let y = w.matmul(&xg).sigmoid();
+                    let o = JacobianOptions::default();
+                    let vj = vjp_batched(&y, &xg, &vs, &o)?;
+                    let ju = jvp_batched(&y, &xg, &us, &o)?;
+                    Ok(Tensor::f_cat(&[vj, ju], 0)?)
                 },
             )?;
         }
