@@ -79,6 +79,31 @@ pub(crate) fn check_shape(v: &Tensor, v_name: &str, shape: &[i64], of: &str) -> 
     Ok(())
 }
 
+/// Checks that `v` is a stack `[k ≥ min_k, *like.shape]` of floats on `like`'s device; `who`
+/// (the call or the estimator) starts the message.
+pub(crate) fn check_stack(
+    v: &Tensor,
+    v_name: &str,
+    like: &Tensor,
+    like_name: &str,
+    min_k: i64,
+    who: &str,
+) -> Result<()> {
+    check_float(v, v_name)?;
+    check_same_device(v, v_name, like, like_name)?;
+    let (vs, ls) = (v.size(), like.size());
+    if vs.len() != ls.len() + 1 || vs[1..] != ls[..] || vs[0] < min_k {
+        return Err(Error::Shape(format!(
+            "{who} needs {v_name}: [k ≥ {min_k}, *{like_name}.shape] = [k, {}], got {v_name} {vs:?}",
+            ls.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Names used in error messages for one call.
 #[derive(Clone, Copy)]
 pub(crate) struct Names<'a> {

@@ -12,8 +12,8 @@
 use tch::{Kind, Tensor};
 
 use crate::autograd::{
-    batched_vjp_into, check_float, check_input, check_same_device, check_shape, input_names,
-    vjp_into, Linearized, Names,
+    batched_vjp_into, check_float, check_input, check_same_device, check_shape, check_stack,
+    input_names, vjp_into, Linearized, Names,
 };
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_with;
@@ -170,7 +170,7 @@ pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
 /// ```
 pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
     check_pair(y, x)?;
-    check_stack(v, "v", y, "y")?;
+    check_stack(v, "v", y, "y", 0, "vjp_batched")?;
     let names_v = input_names(1);
     let pass = opts.pass(y_names(&names_v));
     if crate::native::available() {
@@ -204,7 +204,7 @@ pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -
 /// ```
 pub fn jvp_batched(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
     check_pair(y, x)?;
-    check_stack(u, "u", x, "x")?;
+    check_stack(u, "u", x, "x", 0, "jvp_batched")?;
     let names_v = input_names(1);
     let lin = Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?;
     if crate::native::available() {
@@ -227,23 +227,6 @@ fn stack_or_empty(rows: &[Tensor], like: &Tensor, k: i64) -> Result<Tensor> {
         )?);
     }
     Ok(Tensor::f_stack(rows, 0)?)
-}
-
-/// Checks that `v` is a stack `[k, *like.shape]` of floats on `like`'s device.
-fn check_stack(v: &Tensor, v_name: &str, like: &Tensor, like_name: &str) -> Result<()> {
-    check_float(v, v_name)?;
-    check_same_device(v, v_name, like, like_name)?;
-    let (vs, ls) = (v.size(), like.size());
-    if vs.is_empty() || vs[1..] != ls[..] {
-        return Err(Error::Shape(format!(
-            "{v_name} must be a stack [k, *{like_name}.shape] = [k, {}], got {vs:?}",
-            ls.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(())
 }
 
 /// Hessian of a closure, `H[i..., j...] = ∂²f(x)/∂x[i...]∂x[j...]`, shape `[*in, *in]` —

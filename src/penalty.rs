@@ -27,7 +27,7 @@ use rand_distr::{Distribution, StandardNormal};
 use tch::{Kind, Tensor};
 
 use crate::autograd::{
-    check_float, check_input, check_same_device, input_names, vjp_into, Names, Pass,
+    check_float, check_input, check_same_device, check_stack, input_names, vjp_into, Names, Pass,
 };
 use crate::batch::batch_jacobian;
 use crate::closed_form;
@@ -198,7 +198,7 @@ pub fn contractive_penalty_per_sample(
         }
         Estimator::FixedProjections { v } => {
             check_input(x, "x")?;
-            check_directions(v, "FixedProjections", "v", h)?;
+            check_stack(v, "v", h, "h", 1, "FixedProjections")?;
             projections(h, x, v)
         }
         Estimator::HutchPlusPlus { k, seed } => {
@@ -221,27 +221,11 @@ pub fn contractive_penalty_per_sample(
         }
         Estimator::FixedHutchPlusPlus { sketch, v } => {
             check_input(x, "x")?;
-            check_directions(sketch, "FixedHutchPlusPlus", "sketch", h)?;
-            check_directions(v, "FixedHutchPlusPlus", "v", h)?;
+            check_stack(sketch, "sketch", h, "h", 1, "FixedHutchPlusPlus")?;
+            check_stack(v, "v", h, "h", 1, "FixedHutchPlusPlus")?;
             hutch_plus_plus(h, x, sketch, v)
         }
     }
-}
-
-/// Checks that `v` is `[k ≥ 1, *h.shape]` on `h`'s device.
-fn check_directions(v: &Tensor, estimator: &str, name: &str, h: &Tensor) -> Result<()> {
-    let (vs, hs) = (v.size(), h.size());
-    if vs.len() != hs.len() + 1 || vs[1..] != hs[..] || vs[0] == 0 {
-        return Err(Error::Shape(format!(
-            "{estimator} needs {name}: [k ≥ 1, *h.shape] = [k, {}], got {name} {vs:?}",
-            hs.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    check_same_device(v, name, h, "h")?;
-    Ok(())
 }
 
 /// Hutch++ per sample: `‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²` with `Q = orth(Jᵀ S)`
