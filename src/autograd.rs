@@ -207,6 +207,34 @@ pub(crate) fn batched_vjp_into(
     })
 }
 
+/// `v[r]ᵀ ∂y/∂x` for a stack of cotangents `v = [k, *y.shape]`, shape `[k, *x.shape]`: one
+/// native batched pass ([`batched_vjp_into`]), or a loop of [`vjp_into`] without the engine.
+pub(crate) fn vjp_stack(y: &Tensor, x: &Tensor, v: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
+    if crate::native::available() {
+        return Ok(batched_vjp_into(y, &[x], v, pass)?.remove(0));
+    }
+    let rows = (0..v.size()[0])
+        .map(|r| {
+            let root = y.f_mul(&v.f_select(0, r)?)?.f_sum(None::<Kind>)?;
+            Ok(vjp_into(&root, &[x], pass)?.remove(0))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    stack_or_empty(&rows, x, v.size()[0])
+}
+
+/// `rows` stacked along a new first dimension, or `[0, *like.shape]` when there are none.
+pub(crate) fn stack_or_empty(rows: &[Tensor], like: &Tensor, k: i64) -> Result<Tensor> {
+    if k == 0 {
+        let mut shape = vec![0];
+        shape.extend(like.size());
+        return Ok(Tensor::f_zeros(
+            shape.as_slice(),
+            (like.kind(), like.device()),
+        )?);
+    }
+    Ok(Tensor::f_stack(rows, 0)?)
+}
+
 /// The one Jacobian-vector product, by the double-backward trick (tch exposes no forward-mode
 /// dual numbers): `g(w) = Jᵀw` is built once with create_graph for a zero `w` shaped like `y`;
 /// then `J u = ∂(g(w) · u)/∂w` costs one more backward pass per product, for any `u`.

@@ -12,8 +12,8 @@
 use tch::{Kind, Tensor};
 
 use crate::autograd::{
-    batched_vjp_into, check_float, check_input, check_same_device, check_shape, check_stack,
-    input_names, vjp_into, Linearized, Names,
+    check_float, check_input, check_same_device, check_shape, check_stack, input_names,
+    stack_or_empty, vjp_into, vjp_stack, Linearized, Names,
 };
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_with;
@@ -172,17 +172,7 @@ pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -
     check_pair(y, x)?;
     check_stack(v, "v", y, "y", 0, "vjp_batched")?;
     let names_v = input_names(1);
-    let pass = opts.pass(y_names(&names_v));
-    if crate::native::available() {
-        return Ok(batched_vjp_into(y, &[x], v, pass)?.remove(0));
-    }
-    let rows = (0..v.size()[0])
-        .map(|r| {
-            let root = y.f_mul(&v.f_select(0, r)?)?.f_sum(None::<Kind>)?;
-            Ok(vjp_into(&root, &[x], pass)?.remove(0))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    stack_or_empty(&rows, x, v.size()[0])
+    vjp_stack(y, x, v, opts.pass(y_names(&names_v)))
 }
 
 /// Many Jacobian-vector products at once: for a stack of tangents `u = [k, *x.shape]`,
@@ -214,19 +204,6 @@ pub fn jvp_batched(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -
         .map(|r| lin.jvp(&[&u.f_select(0, r)?]))
         .collect::<Result<Vec<_>>>()?;
     stack_or_empty(&rows, y, u.size()[0])
-}
-
-/// `rows` stacked along a new first dimension, or `[0, *like.shape]` when there are none.
-fn stack_or_empty(rows: &[Tensor], like: &Tensor, k: i64) -> Result<Tensor> {
-    if k == 0 {
-        let mut shape = vec![0];
-        shape.extend(like.size());
-        return Ok(Tensor::f_zeros(
-            shape.as_slice(),
-            (like.kind(), like.device()),
-        )?);
-    }
-    Ok(Tensor::f_stack(rows, 0)?)
 }
 
 /// Hessian of a closure, `H[i..., j...] = ∂²f(x)/∂x[i...]∂x[j...]`, shape `[*in, *in]` —

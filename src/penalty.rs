@@ -27,11 +27,11 @@ use rand_distr::{Distribution, StandardNormal};
 use tch::{Kind, Tensor};
 
 use crate::autograd::{
-    check_float, check_input, check_same_device, check_stack, input_names, vjp_into, Names, Pass,
+    check_float, check_input, check_same_device, check_stack, input_names, vjp_stack, Names, Pass,
 };
 use crate::batch::batch_jacobian;
 use crate::closed_form;
-use crate::derivatives::{jvp_batched, vjp_batched};
+use crate::derivatives::jvp_batched;
 use crate::error::{Error, Result};
 use crate::strategy::JacobianOptions;
 
@@ -235,11 +235,14 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     let m = h.numel() as i64 / b;
     let (s, g) = (sketch.size()[0], v.size()[0]);
     let opts = JacobianOptions::default().create_graph(true).strict(true);
+    let names_v = input_names(1);
+    let pass = Pass::new(true, true, h_names(&names_v));
     // Q: [B, n, s], an orthonormal basis of the sketched row space of each sample's J.
-    let sketched = tch::no_grad(|| -> Result<Tensor> {
-        let r = vjp_batched(h, x, sketch, &opts.create_graph(false))?;
-        Ok(r.f_reshape([s, b, -1])?.f_permute([1, 2, 0])?)
-    })?;
+    // (No tch::no_grad here: without the native engine the cotangent products are new graph
+    // nodes; create_graph = false already leaves the sketch out of the penalty's graph.)
+    let sketched = vjp_stack(h, x, sketch, pass.create_graph(false))?
+        .f_reshape([s, b, -1])?
+        .f_permute([1, 2, 0])?;
     let (q, _) = Tensor::f_linalg_qr(&sketched, "reduced")?;
     let q = q.f_detach()?;
     // (The sketch's rank: fewer than s directions when the input has fewer than s elements.)
@@ -255,7 +258,7 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
         .f_square()?
         .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?;
     // Remainder: projections of J with Q's directions removed.
-    let vj = vjp_batched(h, x, v, &opts)?
+    let vj = vjp_stack(h, x, v, pass)?
         .f_reshape([g, b, n])?
         .f_permute([1, 0, 2])?; // [B, g, n]
     let inside = vj.f_matmul(&q)?.f_matmul(&q.f_transpose(1, 2)?)?;
@@ -291,25 +294,20 @@ fn projections(h: &Tensor, x: &Tensor, dirs: &Tensor) -> Result<Tensor> {
     let m = h.numel() as i64 / b;
     let k = dirs.size()[0];
     let names_v = input_names(1);
-    let names = Names {
+    // [k, B, *in]: v_{r,b}ᵀ J_b for every direction, in one batched pass.
+    let g = vjp_stack(h, x, dirs, Pass::new(true, true, h_names(&names_v)))?;
+    Ok(g.f_reshape([k, b, -1])?
+        .f_square()?
+        .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?
+        .f_mul_scalar(m as f64 / k as f64)?)
+}
+
+/// The names of a penalty's backward passes: output `h`, input `x`.
+fn h_names(inputs: &[String]) -> Names<'_> {
+    Names {
         output: "h",
-        inputs: &names_v,
-    };
-    let mut total: Option<Tensor> = None;
-    for r in 0..k {
-        let root = h.f_mul(&dirs.f_select(0, r)?)?.f_sum(None::<Kind>)?;
-        let g = vjp_into(&root, &[x], Pass::new(true, true, names))?.remove(0); // [B, *in] = v_bᵀ J_b
-        let sq = g.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(
-            [1i64].as_slice(),
-            false,
-            None::<Kind>,
-        )?;
-        total = Some(match total {
-            None => sq,
-            Some(t) => t.f_add(&sq)?,
-        });
+        inputs,
     }
-    Ok(total.expect("k ≥ 1").f_mul_scalar(m as f64 / k as f64)?)
 }
 
 /// `k` independent directions per sample, uniform on the unit sphere of ℝᵐ (normalized
