@@ -15,8 +15,8 @@
 //! own build.rs (build-notes.md shows it); the `as-needed` link modifier that would propagate by
 //! itself is still unstable (rust-lang/rust#99424).
 //!
-//! It also compiles the crate's one C++ file, `csrc/batched_vjp.cpp` (the native batched
-//! backward pass, see `src/native.rs`), with the `cc` crate against the same libtorch, the way
+//! It also compiles the crate's C++ files in `csrc/` (the native batched backward pass, the
+//! normalizations' batching rules and the autograd graph scan, see `src/native.rs`), with the `cc` crate against the same libtorch, the way
 //! torch-sys compiles its own C++: libtorch's `include/` folders, `-std=c++17` and the cxx11 ABI
 //! flag. functorch's headers include `nlohmann/json.hpp`, which libtorch does not ship; it is
 //! looked for in
@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=csrc/batched_vjp.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo::rustc-check-cfg=cfg(tch_jacobian_native)");
     let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -69,7 +69,17 @@ fn main() {
     println!("cargo:libtorch_lib={lib}");
 }
 
-/// Compiles csrc/batched_vjp.cpp and sets `cfg(tch_jacobian_native)`; returns "built" or why not.
+/// The C++ files, one per capability: the batched backward pass, the normalizations' batching
+/// rules that are right to second order, the autograd graph scan and the TorchScript executor
+/// switch.
+const CSRC: [&str; 4] = [
+    "csrc/batched_vjp.cpp",
+    "csrc/norm_rules.cpp",
+    "csrc/graph_scan.cpp",
+    "csrc/jit_executor.cpp",
+];
+
+/// Compiles csrc/ and sets `cfg(tch_jacobian_native)`; returns "built" or why not.
 fn build_native(lib: &Path) -> String {
     for var in [
         "TCH_JACOBIAN_NATIVE",
@@ -117,7 +127,7 @@ fn build_native(lib: &Path) -> String {
     let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let result = cc::Build::new()
         .cpp(true)
-        .file("csrc/batched_vjp.cpp")
+        .files(CSRC)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .include(nlohmann)
@@ -134,7 +144,7 @@ fn build_native(lib: &Path) -> String {
             "built".into()
         }
         Err(e) => format!(
-            "not built: compiling csrc/batched_vjp.cpp failed: {}",
+            "not built: compiling csrc/ failed: {}",
             e.to_string().replace('\n', " ")
         ),
     }

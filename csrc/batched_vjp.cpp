@@ -29,6 +29,9 @@
 #include <string>
 #include <vector>
 
+// csrc/norm_rules.cpp: the normalizations' batching rules, installed once per process.
+void tchj_install_norm_rules();
+
 namespace {
 
 char* copy_string(const std::string& s) {
@@ -147,6 +150,8 @@ char* tchj_batched_vjp(
     int64_t c = cotangent->size(0);
     {
       c10::WarningUtils::WarningHandlerGuard warnings(&collector);
+      // (libtorch warns that it overrides its own rules: collected here, not printed.)
+      tchj_install_norm_rules();
       FallbackMode mode(vmap_fallback != 0);
       VmapLevel vmap(c);
       auto v = at::functorch::addBatchDim(*cotangent, 0, vmap.level());

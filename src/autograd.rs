@@ -294,6 +294,19 @@ impl<'a> Linearized<'a> {
     }
 }
 
+/// `g` as an ordinary tensor: libtorch returns the derivative of some ops (`sgn`, the
+/// second derivative of `abs`) as a storage-free ZeroTensor, which tch cannot read (reading or
+/// saving one ends the process); it becomes real zeros of the same shape, dtype and device.
+pub(crate) fn materialize(g: Tensor) -> Result<Tensor> {
+    if g.f_internal_is_zerotensor()? {
+        return Ok(Tensor::f_zeros(
+            g.size().as_slice(),
+            (g.kind(), g.device()),
+        )?);
+    }
+    Ok(g)
+}
+
 /// PyTorch's `strict` rules applied to the gradients of `root`: an undefined gradient is zeros
 /// (`zeros(x)`) or, with `strict`, an error; with `strict` and `create_graph`, a gradient that
 /// does not require grad is refused too.
@@ -311,6 +324,7 @@ fn settle(
         .enumerate()
         .map(|(k, (g, x))| match g {
             Some(g) => {
+                let g = materialize(g)?;
                 if pass.strict && pass.create_graph && !g.requires_grad() {
                     return Err(Error::NotConnected {
                         output: names.output.to_string(),

@@ -70,6 +70,20 @@ pub enum Error {
         op: String,
     },
 
+    /// The asked strategy would give wrong derivatives under `create_graph` through an op of the
+    /// graph: libtorch's own rule for that op is wrong one order higher (see
+    /// [`crate::second_order`], which names the upstream issue). `Strategy::Auto` never picks
+    /// such a strategy; `Batched` and `RowLoop` are right.
+    #[error("Strategy::{strategy} with create_graph would give wrong second derivatives through {op}: {detail}; use Strategy::Auto, Strategy::Batched or Strategy::RowLoop")]
+    WrongDerivative {
+        /// The strategy asked for, as its Display name (e.g. `forward`).
+        strategy: String,
+        /// The autograd node, e.g. `NativeLayerNormBackward0`.
+        op: String,
+        /// Why, with the upstream issue.
+        detail: String,
+    },
+
     /// An allocation failed: the device ran out of memory. `asked` is libtorch's own line (it
     /// names the size asked for); the fix is to compute `J` in smaller pieces. The call leaves
     /// nothing behind: the next, smaller call on the same device works.

@@ -68,6 +68,7 @@ pub mod module;
 pub mod native;
 pub mod params;
 pub mod penalty;
+pub mod second_order;
 pub mod strategy;
 pub mod tolerance;
 

@@ -53,6 +53,7 @@ use tch::{CModule, Device, IValue, TchError, Tensor};
 use crate::batch::{batch_jacobian_of, check_batch_independence};
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_of;
+use crate::native::PlainTorchScript;
 use crate::strategy::{JacobianOptions, Strategy};
 
 /// Loads a TorchScript model saved with `torch.jit.save` onto `device`, in evaluation mode
@@ -291,6 +292,7 @@ pub fn module_jacobian(
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
     let f = |x: &Tensor| module_output(module, x, output_index);
+    let _plain = opts.create_graph.then(PlainTorchScript::new);
     with_row_loop_fallback(opts, |o| jacobian_of(f, x, o), || Ok(()))
 }
 
@@ -350,5 +352,6 @@ pub fn module_batch_jacobian(
         }
         Ok(())
     };
+    let _plain = opts.create_graph.then(PlainTorchScript::new);
     with_row_loop_fallback(opts, |o| batch_jacobian_of(f, x, o), check_independence)
 }

@@ -232,6 +232,82 @@ fn engine_error(msg: String) -> Error {
     }
 }
 
+/// The distinct names of the autograd nodes reachable from `y`'s `grad_fn` (e.g.
+/// `NativeLayerNormBackward0`), and how many nodes were visited; empty for a tensor without a
+/// graph. Through the C++ file (tch does not expose `grad_fn`); `None` without the engine.
+#[cfg(tch_jacobian_native)]
+pub(crate) fn graph_node_names(y: &Tensor) -> Result<Option<(Vec<String>, usize)>> {
+    use std::ffi::{c_char, CStr};
+    use torch_sys::C_tensor;
+    extern "C" {
+        fn tchj_graph_node_names(
+            y: *const C_tensor,
+            names: *mut *mut c_char,
+            visited: *mut i64,
+        ) -> *mut c_char;
+        fn tchj_free_string(s: *mut c_char);
+    }
+    let take = |s: *mut c_char| -> Option<String> {
+        if s.is_null() {
+            return None;
+        }
+        // SAFETY: a malloc'd, NUL-terminated string from the C++ side, freed once here.
+        let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
+        unsafe { tchj_free_string(s) };
+        Some(text)
+    };
+    let mut names: *mut c_char = std::ptr::null_mut();
+    let mut visited = 0i64;
+    // SAFETY: `y` is a live tensor; the C++ side catches every exception.
+    let err = unsafe { tchj_graph_node_names(y.as_ptr(), &mut names, &mut visited) };
+    if let Some(msg) = take(err) {
+        return Err(Error::from(tch::TchError::Torch(msg)));
+    }
+    let names = take(names)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default();
+    Ok(Some((names, visited as usize)))
+}
+
+#[cfg(not(tch_jacobian_native))]
+pub(crate) fn graph_node_names(_y: &Tensor) -> Result<Option<(Vec<String>, usize)>> {
+    Ok(None)
+}
+
+/// Turns the TorchScript executor's graph optimization off on this thread while it lives, and
+/// restores the previous setting when dropped (libtorch's `GraphOptimizerEnabledGuard`). Without
+/// the engine it does nothing.
+pub(crate) struct PlainTorchScript {
+    #[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
+    previous: bool,
+}
+
+#[cfg(tch_jacobian_native)]
+extern "C" {
+    fn tchj_set_graph_executor_optimize(on: std::ffi::c_int) -> std::ffi::c_int;
+}
+
+impl PlainTorchScript {
+    pub(crate) fn new() -> Self {
+        #[cfg(tch_jacobian_native)]
+        // SAFETY: sets a thread-local flag of libtorch.
+        let previous = unsafe { tchj_set_graph_executor_optimize(0) } != 0;
+        #[cfg(not(tch_jacobian_native))]
+        let previous = true;
+        PlainTorchScript { previous }
+    }
+}
+
+impl Drop for PlainTorchScript {
+    fn drop(&mut self) {
+        #[cfg(tch_jacobian_native)]
+        // SAFETY: as in `new`.
+        unsafe {
+            tchj_set_graph_executor_optimize(self.previous as std::ffi::c_int);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

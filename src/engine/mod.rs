@@ -23,7 +23,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::autograd::{Names, Pass};
 use crate::error::{Error, Result};
-use crate::strategy::{JacobianOptions, Progress, Strategy};
+use crate::second_order::{self, Reroute};
+use crate::strategy::{JacobianOptions, Progress, Strategy, Work};
 
 /// The closure of a `*_of` call, which only the replicated strategies need.
 pub(crate) struct Closure<'a> {
@@ -58,11 +59,47 @@ impl Run<'_> {
 /// Runs a resolved strategy on the rows view `y2`: one `[B, m, n_k]` block per input. The one
 /// dispatch shared by `jacobian_with`, `jacobian_of`, `batch_jacobian` and `batch_jacobian_of`;
 /// `instead` names the call to use when a replicated strategy is asked for without a closure.
+///
+/// Under `create_graph` the strategy first passes [`second_order::guard`] (which may reroute it
+/// or refuse it where libtorch's second derivatives are wrong); under `Strategy::Auto` a pass
+/// that libtorch refuses is redone by the row loop.
 pub(crate) fn run(
     strategy: Strategy,
     y2: &Tensor,
     xs: &[&Tensor],
     closure: Option<Closure<'_>>,
+    opts: &JacobianOptions<'_>,
+    names: Names<'_>,
+    instead: &str,
+) -> Result<Vec<Tensor>> {
+    let (b, m) = dims(y2);
+    let n: i64 = xs.iter().map(|x| x.numel() as i64 / b.max(1)).sum();
+    let work = Work::of(y2, m as usize, n as usize, b as usize, closure.is_some());
+    let strategy = second_order::guard(opts.strategy, strategy, opts.create_graph, y2, &work)?;
+    let result = run_resolved(strategy, y2, xs, closure.as_ref(), opts, names, instead);
+    match result {
+        // Auto never fails where the row loop works: a batched pass that libtorch refuses
+        // (e.g. masked_select with a broadcast mask) is redone by the row loop, and reported.
+        Err(Error::Torch(e))
+            if opts.strategy == Strategy::Auto && strategy != Strategy::RowLoop =>
+        {
+            second_order::record(Reroute {
+                from: strategy,
+                to: Strategy::RowLoop,
+                reason: format!("libtorch refused it: {}", Error::Torch(e).one_line()),
+            });
+            run_resolved(Strategy::RowLoop, y2, xs, None, opts, names, instead)
+        }
+        r => r,
+    }
+}
+
+/// Runs a strategy as it is (see [`run`]).
+fn run_resolved(
+    strategy: Strategy,
+    y2: &Tensor,
+    xs: &[&Tensor],
+    closure: Option<&Closure<'_>>,
     opts: &JacobianOptions<'_>,
     names: Names<'_>,
     instead: &str,
@@ -83,7 +120,7 @@ pub(crate) fn run(
                 )));
             };
             let forward = matches!(strategy, Strategy::VectorizedForward { .. });
-            let j = replicated::replicated(&c, xs[0], y2, forward, chunk_size, &run)?;
+            let j = replicated::replicated(c, xs[0], y2, forward, chunk_size, &run)?;
             Ok(vec![j])
         }
         Strategy::Auto => unreachable!("resolve never returns Auto"),
