@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(s == (Strategy::Batched { chunk_size: None }), native::available());
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Strategy {
     /// Choose by shape; see [`Strategy::resolve`].
     #[default]

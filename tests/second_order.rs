@@ -1,31 +1,294 @@
-//! Second derivatives where libtorch's own rules are wrong (see `tch_jacobian::second_order`).
-use tch::{Device, Kind, Tensor};
-use tch_jacobian::{jacobian_with, JacobianOptions, Strategy};
+//! Second derivatives where libtorch's own rules (and torch.func) are wrong; see
+//! `tch_jacobian::second_order`.
+//!
+//! * `opinfo_subset`: the CI subset of the OpInfo sweep (tests/data/second_order, written by
+//!   bench/second_order_sweep.py; the full sweep is scripts/second-order-sweep): every route, in
+//!   the eager, cold and warm TorchScript modes, against PyTorch's row loop (finite differences
+//!   decide where it and torch.func disagree).
+//! * eager Rust closures through the normalizations, every strategy against the row loop.
+//! * ZeroTensors: results read and written through tch.
+mod common;
 
-fn opts(s: Strategy) -> JacobianOptions<'static> {
+use std::path::Path;
+
+use common::sweep::{self, Mode, Outcome, Route};
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    hessian_of, jacobian_of, jacobian_with, Error, JacobianOptions, Result, Strategy,
+};
+
+/// Every route in every mode on the committed cases: no wrong value and no panic anywhere;
+/// `Auto` (graph and closure) and the row loop always right; the others right or refused on
+/// purpose (an explicit `Batched` may also fail where libtorch refuses the batched pass).
+fn opinfo_subset(device: Device) -> Result<()> {
+    let dir = Path::new(&common::root()).join("tests/data/second_order");
+    let cases = sweep::read_manifest(&dir);
+    assert!(
+        cases.len() >= 10,
+        "only {} cases in {}",
+        cases.len(),
+        dir.display()
+    );
+    let routes = sweep::routes();
+    let mut bad = Vec::new();
+    let mut ok = 0;
+    for case in &cases {
+        for row in sweep::run_case(&dir, case, &Mode::ALL, &routes, device) {
+            let must_be_ok = matches!(
+                row.route,
+                Route::Graph(Strategy::Auto | Strategy::RowLoop) | Route::Closure(Strategy::Auto)
+            );
+            let fine = match &row.outcome {
+                Outcome::Ok => true,
+                Outcome::Wrong { .. } | Outcome::Panic(_) => false,
+                Outcome::Refused(_) | Outcome::Error(_) => !must_be_ok,
+            };
+            if fine {
+                ok += 1;
+            } else {
+                bad.push(row);
+            }
+        }
+    }
+    let _ = tch_jacobian::second_order::take_reroutes();
+    if !bad.is_empty() {
+        let first: Vec<String> = bad
+            .iter()
+            .take(12)
+            .map(|r| {
+                format!(
+                    "  {} ({}) {} k={} {}: {} {}",
+                    r.op,
+                    r.case,
+                    r.mode.name(),
+                    r.k,
+                    r.route,
+                    r.outcome.label(),
+                    r.outcome.detail()
+                )
+            })
+            .collect();
+        panic!(
+            "{} of {} sweep results are wrong or failed; first ones:\n{}",
+            bad.len(),
+            bad.len() + ok,
+            first.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn cg(s: Strategy) -> JacobianOptions<'static> {
     JacobianOptions::default().create_graph(true).strategy(s)
 }
 
-#[test]
-fn layer_norm_weights_probe() {
-    let o = (Kind::Double, Device::Cpu);
-    let _ = tch::manual_seed(0);
-    let x = Tensor::randn([1, 5], o);
-    let w = Tensor::randn([5], o).set_requires_grad(true);
-    let b = Tensor::randn([5], o).set_requires_grad(true);
-    for s in [
-        Strategy::RowLoop,
-        Strategy::Auto,
-        Strategy::Batched { chunk_size: None },
-        Strategy::Batched {
-            chunk_size: Some(2),
-        },
-    ] {
-        let a = Tensor::from_slice(&[1.3f64]).set_requires_grad(true);
-        let y = (&x * &a).layer_norm([5], Some(&w), Some(&b), 1e-5, false);
-        let j = jacobian_with(&y, &[&w], &opts(s)).unwrap().remove(0);
-        let l = j.square().sum(Kind::Double);
-        let g = Tensor::run_backward(&[&l], &[&a], false, false).remove(0);
-        println!("{s}: {:.10e}", g.double_value(&[0]));
-    }
+/// `g = ∂⟨R, ∂y/∂w⟩/∂(a, w, b)` for `y = norm(a·x; w, b)` by strategy `s`.
+fn norm_grads(
+    norm: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    wb: (&Tensor, &Tensor),
+    r: &Tensor,
+    wrt_input: bool,
+    s: Strategy,
+) -> Result<Vec<Tensor>> {
+    let a = Tensor::from_slice(&[1.3f64])
+        .to_device(x.device())
+        .set_requires_grad(true);
+    let (w, b) = (
+        wb.0.detach().set_requires_grad(true),
+        wb.1.detach().set_requires_grad(true),
+    );
+    let xa = x * &a;
+    let j = if wrt_input {
+        // A closure of the input (the replicated strategies need one).
+        let f = |z: &Tensor| norm(z, &w, &b);
+        jacobian_of(f, &xa, &cg(s))?
+    } else {
+        let y = norm(&xa, &w, &b)?;
+        jacobian_with(&y, &[&w], &cg(s))?.remove(0)
+    };
+    let root = (r * &j).sum(Kind::Double);
+    let xs = [&a, &w, &b];
+    let gs = Tensor::f_run_backward(&[&root], &xs, true, false)?;
+    Ok(gs
+        .into_iter()
+        .zip(xs)
+        .map(|(g, x)| if g.defined() { g } else { x.zeros_like() })
+        .collect())
 }
+
+/// Eager closures through layer_norm, batch_norm (train and eval), instance_norm and
+/// group_norm: every strategy gives the row loop's second-order value (within 1e-10 in f64), or
+/// refuses with `WrongDerivative` (the forward-mode strategies through layer and batch norm).
+fn norms_eager(device: Device) -> Result<()> {
+    let o = (Kind::Double, device);
+    tch::manual_seed(7);
+    let rm = Tensor::randn([3], o);
+    let rv = Tensor::rand([3], o) + 0.5;
+    let cases: Vec<(
+        &str,
+        Vec<i64>,
+        Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>>,
+    )> = vec![
+        (
+            "layer_norm",
+            vec![2, 3, 4],
+            Box::new(|x: &Tensor, w: &Tensor, b: &Tensor| {
+                Ok(x.f_layer_norm(
+                    [4],
+                    Some(&w.narrow(0, 0, 4)),
+                    Some(&b.narrow(0, 0, 4)),
+                    1e-5,
+                    false,
+                )?)
+            }),
+        ),
+        (
+            "batch_norm train",
+            vec![4, 3, 2],
+            Box::new(|x: &Tensor, w: &Tensor, b: &Tensor| {
+                Ok(x.f_batch_norm(
+                    Some(&w.narrow(0, 0, 3)),
+                    Some(&b.narrow(0, 0, 3)),
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    true,
+                    0.1,
+                    1e-5,
+                    true,
+                )?)
+            }),
+        ),
+        (
+            "batch_norm eval",
+            vec![4, 3, 2],
+            Box::new(move |x: &Tensor, w: &Tensor, b: &Tensor| {
+                Ok(x.f_batch_norm(
+                    Some(&w.narrow(0, 0, 3)),
+                    Some(&b.narrow(0, 0, 3)),
+                    Some(&rm),
+                    Some(&rv),
+                    false,
+                    0.1,
+                    1e-5,
+                    true,
+                )?)
+            }),
+        ),
+        (
+            "instance_norm",
+            vec![2, 3, 4],
+            Box::new(|x: &Tensor, w: &Tensor, b: &Tensor| {
+                Ok(x.f_instance_norm(
+                    Some(&w.narrow(0, 0, 3)),
+                    Some(&b.narrow(0, 0, 3)),
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    true,
+                    0.1,
+                    1e-5,
+                    true,
+                )?)
+            }),
+        ),
+        (
+            "group_norm",
+            vec![2, 4, 3],
+            Box::new(|x: &Tensor, w: &Tensor, b: &Tensor| {
+                Ok(x.f_group_norm(
+                    2,
+                    Some(&w.narrow(0, 0, 4)),
+                    Some(&b.narrow(0, 0, 4)),
+                    1e-5,
+                    false,
+                )?)
+            }),
+        ),
+    ];
+    for (name, shape, norm) in &cases {
+        let x = Tensor::randn(shape.as_slice(), o);
+        let (w, b) = (Tensor::randn([4], o), Tensor::randn([4], o));
+        for wrt_input in [true, false] {
+            let y = norm(&x, &w, &b)?;
+            let jshape: Vec<i64> = if wrt_input {
+                y.size().iter().chain(shape.iter()).copied().collect()
+            } else {
+                y.size().into_iter().chain([4]).collect()
+            };
+            let r = Tensor::randn(jshape.as_slice(), o);
+            let truth = norm_grads(
+                norm.as_ref(),
+                &x,
+                (&w, &b),
+                &r,
+                wrt_input,
+                Strategy::RowLoop,
+            )?;
+            for s in common::strategies() {
+                if !wrt_input && common::needs_closure(s) {
+                    continue;
+                }
+                match norm_grads(norm.as_ref(), &x, (&w, &b), &r, wrt_input, s) {
+                    Ok(g) => {
+                        for (got, want) in g.iter().zip(&truth) {
+                            let d = (got - want).abs().max().double_value(&[]);
+                            let scale = want.abs().max().double_value(&[]).max(1.0);
+                            assert!(
+                                d <= 1e-10 * scale,
+                                "{name} (J w.r.t. {}) {s}: max |Δ| {d:e} from the row loop",
+                                if wrt_input { "the input" } else { "the weight" }
+                            );
+                        }
+                    }
+                    Err(Error::WrongDerivative { .. })
+                        if matches!(s, Strategy::Forward | Strategy::VectorizedForward { .. }) =>
+                    {
+                        assert!(
+                            name.contains("_norm") && !name.starts_with("group"),
+                            "{name} refused {s}"
+                        );
+                    }
+                    // The replicated strategies call the closure on stacked copies, which these
+                    // norms do not treat row-wise: refused, or rejected by the norm itself.
+                    Err(Error::Contract(_) | Error::Torch(_)) if common::needs_closure(s) => {}
+                    Err(e) => panic!("{name} {s}: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Results that libtorch makes ZeroTensors (the derivative of `sgn`, the second derivative of
+/// `abs`) are ordinary tensors: readable, writable and printable through tch.
+fn zero_tensors_are_materialized(device: Device) -> Result<()> {
+    let x = Tensor::from_slice(&[1.0f64, -2.0, 3.0]).to_device(device);
+    let j = jacobian_of(|x: &Tensor| x.sgn(), &x, &JacobianOptions::default())?;
+    let h = hessian_of(
+        |x: &Tensor| x.abs().sum(Kind::Double),
+        &x,
+        &JacobianOptions::default(),
+    )?;
+    let xg = x.detach().set_requires_grad(true);
+    let j_abs = jacobian_with(&xg.abs(), &[&xg], &cg(Strategy::Auto))?.remove(0);
+    for t in [&j, &h, &j_abs] {
+        assert!(!t.internal_is_zerotensor());
+        let v = Vec::<f64>::try_from(&t.to_device(Device::Cpu).flatten(0, -1)).unwrap();
+        assert_eq!(v.len(), 9);
+        let path = std::env::temp_dir().join(format!("tchj-zero-{}.npy", std::process::id()));
+        t.to_device(Device::Cpu).write_npy(&path)?;
+        assert_eq!(Tensor::read_npy(&path)?.size(), [3, 3]);
+        let _ = std::fs::remove_file(path);
+    }
+    assert_eq!(
+        Vec::<f64>::try_from(&j.flatten(0, -1).to_device(Device::Cpu)).unwrap(),
+        [0.0; 9]
+    );
+    assert_eq!(
+        Vec::<f64>::try_from(&h.flatten(0, -1).to_device(Device::Cpu)).unwrap(),
+        [0.0; 9]
+    );
+    Ok(())
+}
+
+device_tests!(opinfo_subset, norms_eager, zero_tensors_are_materialized);

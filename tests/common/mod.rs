@@ -1,6 +1,8 @@
 //! Shared test helpers: fixtures written by tests/gen-fixtures.py, and the per-device macro.
 #![allow(dead_code)]
 
+pub mod sweep;
+
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{JacobianOptions, Result, Strategy, Tolerance};
 
