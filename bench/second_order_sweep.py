@@ -19,14 +19,17 @@ requires_grad=True, small_inputs_only=True)`` (the small shapes of OpInfo's slow
 A case is ``f(t_0, …, t_{n-1})``: the OpInfo call (``op.gradcheck_wrapper(op.op, …)`` and the
 sample's ``output_process_fn_grad``, as OpInfo's gradcheck does) with its differentiable tensors
 ``t_j`` (floating, requires_grad; in ``sample.input``, ``sample.args`` and ``sample.kwargs``, in
-that order, tensor lists flattened) as arguments and everything else fixed. Tuple outputs give
-their first floating tensor. Samples are skipped when their inputs or output have more than
-``--max-numel`` elements, the output is empty, not float64, not differentiable or not finite,
-the op is random (two seeds, two results), or the traced module does not round-trip bitwise.
+that order, tensor lists flattened; contiguous copies) as arguments and everything else fixed.
+Tuple outputs give their first floating tensor. Samples are skipped when their inputs or output
+have more than ``--max-numel`` elements, the output is empty, not float64, not differentiable or
+not finite, the op is random (two seeds give two results, eagerly or in the traced module: OpInfo
+seeds its random ops inside the call, the trace does not), or the traced module does not
+reproduce the eager output bitwise.
 
 Truth, per Jacobian input ``k`` with a standard normal ``R_k`` of shape ``[*y.shape,
 *t_k.shape]``: ``g_row``, PyTorch's row loop (one ``autograd.grad`` per element of ``y``, with
-create_graph, then one backward of ``L``), and ``g_tf``, the same from ``torch.func.jacrev``.
+create_graph, for all k at once; then one backward of ``L``), and ``g_tf``, the same from
+``torch.func.jacrev(f, argnums=k)``.
 When they agree (``|a − b| ≤ 1e-7·max(1, max|b|) + 1e-6·|b|``), the truth is ``g_row``.
 Otherwise central differences (h = 1e-6) of ``L`` (its ``J`` by the row loop without
 create_graph) decide (``|a − fd| ≤ 1e-4·max(1, max|fd|)``); a ``k`` that neither matches is
@@ -45,11 +48,13 @@ Written into DIR:
   and PyTorch's row loop is the wrong one; ``tf_warm`` is ``-`` with ``--no-warm``); ``fd``
   1 where central differences decided; ``out_index`` the element taken from a tuple output, or -1
 * ``skipped.tsv``     ``op variant sample reason`` (``sample`` is ``-`` for a whole op; a reason
-  naming ``k=`` drops one Jacobian input of an otherwise written case)
+  ``k=K: …`` drops one Jacobian input, the case is written when another k remains)
 * ``errors.tsv``      ``id k mode message``: the first line of torch.func's errors
 
-Lists are comma-separated. Everything is deterministic: sample generation is seeded per op and
-``R_k`` per case from ``--seed``. A summary is printed at the end.
+Lists are comma-separated; the files are rewritten line by line as the sweep goes (old files
+in ``cases/`` are not removed). Everything is deterministic: sample generation is seeded per op
+and ``R_k`` per case from ``--seed``, so a case has the same id and arrays with or without
+``--ops``. A progress line per op and a summary are printed.
 """
 
 import argparse
@@ -67,6 +72,9 @@ from collections import Counter, defaultdict
 import numpy as np
 import torch
 
+MANIFEST_COLUMNS = "id op variant sample n_inputs wrt tf tf_warm fd out_index".split()
+SKIPPED_COLUMNS = "op variant sample reason".split()
+ERRORS_COLUMNS = "id k mode message".split()
 FD_STEP = 1e-6
 FD_TOL = 1e-4
 WARM_STEPS = 3
@@ -100,16 +108,28 @@ def select_ops(op_db, names):
     """The OpInfos named in ``names`` (all of ``op_db``'s eligible ones when None)."""
     if names is None:
         return [op for op in op_db if ineligibility(op) is None]
-    keys = sorted({op.name for op in op_db} | {op_key(op) for op in op_db})
     chosen = []
     for name in names:
         found = [op for op in op_db if name in (op.name, op_key(op))]
         if not found:
-            close = difflib.get_close_matches(name, keys, n=6, cutoff=0.6)
+            close = similar_names(name, op_db)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SystemExit(f"second_order_sweep.py: unknown op {name!r}{hint}")
         chosen.extend(op for op in found if op not in chosen)
     return chosen
+
+
+def similar_names(name, op_db, n=6):
+    """The op keys closest to ``name``, whole or by their last dotted part (``layer_nrom``
+    finds ``nn.functional.layer_norm``)."""
+
+    def score(key):
+        last = key.split(".")[-1]
+        return max(difflib.SequenceMatcher(None, name, k).ratio() for k in (key, last))
+
+    keys = {op.name for op in op_db} | {op_key(op) for op in op_db}
+    ranked = sorted(keys, key=lambda k: (-score(k), k))
+    return [k for k in ranked[:n] if score(k) >= 0.6]
 
 
 def seed_of(*parts):
@@ -183,10 +203,9 @@ def output_index(out):
     raise Skip(f"output: no floating tensor ({type(out).__name__})")
 
 
-def make_function(op, sample):
+def make_function(op, sample, ts):
     """``f(*ts)``, the sample's call returning one tensor, and the tuple index it takes."""
-    probe = call_sample(op, sample, differentiable_tensors(sample))
-    index = output_index(probe)
+    index = output_index(call_sample(op, sample, ts))
 
     def f(*ts):
         out = call_sample(op, sample, ts)
@@ -246,9 +265,12 @@ def trace(f, ts, y):
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer)
         module_bytes = buffer.getvalue()
-        out = load(module_bytes)(*ts)
+        loaded = load(module_bytes)
+        out = loaded(*ts)
     except Exception as e:  # noqa: BLE001 - any tracing failure skips the sample
         raise Skip(f"trace: {first_line(e)}") from None
+    # OpInfo seeds its random ops inside the call (wrapper_set_seed); the trace does not.
+    check_deterministic(loaded, ts)
     if not isinstance(out, torch.Tensor) or out.shape != y.shape or not torch.equal(out, y):
         raise Skip("trace: the loaded module differs from eager")
     return module_bytes
@@ -433,7 +455,7 @@ def prepare(op, index, sample, max_numel):
         t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
         for t in originals
     ]
-    f, out_index = make_function(op, sample)
+    f, out_index = make_function(op, sample, ts)
     y = f(*ts)
     check_output(y, max_numel)
     check_deterministic(f, ts)
@@ -441,45 +463,48 @@ def prepare(op, index, sample, max_numel):
     return f, Case(op, index, ts, out_index, module_bytes)
 
 
+def judge(row, tf, fd):
+    """The truth for one k and torch.func's status, from the row loop's gradients, torch.func's
+    (or its error) and, where they disagree, the central differences (or why they failed)."""
+    if not all(bool(torch.isfinite(g).all()) for g in row):
+        raise Skip("non-finite truth")
+    if fd is None:
+        return row, "ok"
+    if isinstance(fd, str):
+        raise Skip(f"fd failed: {fd}")
+    if all_close(row, fd, fd_close):
+        return row, status(tf, row)
+    if all_close(tf, fd, fd_close):
+        return tf, "rowloop-wrong"
+    raise Skip("undecided (non-smooth?)")
+
+
 def decide(case, f, seed, warm):
-    """Step 5: truth and torch.func's statuses for every k."""
+    """Step 5: per k, R_k, the truth and torch.func's statuses (eager and warm)."""
     ts = case.ts
     gen = torch.Generator().manual_seed(seed_of(seed, case.id))
-    y = f(*ts)
-    rs = {
-        k: torch.randn((*y.shape, *t.shape), generator=gen, dtype=torch.float64)
-        for k, t in enumerate(ts)
-    }
     jacs = row_loop_jacobians(f, ts, create_graph=True)
-    row = {k: penalty_grads(jacs[k], rs[k], ts) for k in rs}
-    tf = {k: torch_func_grads(f, ts, k, rs[k]) for k in rs}
-    doubtful = {k: rs[k] for k in rs if not all_close(tf[k], row[k])}
+    rs = [torch.randn(jac.shape, generator=gen, dtype=torch.float64) for jac in jacs]
+    row = [penalty_grads(jac, r, ts) for jac, r in zip(jacs, rs)]
+    tf = [torch_func_grads(f, ts, k, r) for k, r in enumerate(rs)]
+    doubtful = {k: rs[k] for k in range(len(ts)) if not all_close(tf[k], row[k])}
     fd = {}
     if doubtful:
         try:
             fd = finite_differences(f, ts, doubtful)
-        except Exception as e:  # noqa: BLE001
-            case.dropped += [f"fd failed: k={k}: {first_line(e)}" for k in doubtful]
-    for k in rs:
+        except Exception as e:  # noqa: BLE001 - e.g. an output shape that depends on values
+            fd = {k: first_line(e) for k in doubtful}
+    for k, r in enumerate(rs):
         if isinstance(tf[k], str):
             case.errors.append((k, "eager", tf[k]))
-        if not all(bool(torch.isfinite(g).all()) for g in row[k]):
-            case.dropped.append(f"non-finite truth: k={k}")
+        try:
+            truth, tf_status = judge(row[k], tf[k], fd.get(k))
+        except Skip as e:
+            case.dropped.append(f"k={k}: {e}")
             continue
-        if k not in doubtful:
-            truth, tf_status = row[k], "ok"
-        elif k not in fd:
-            continue
-        elif all_close(row[k], fd[k], fd_close):
-            truth, tf_status = row[k], status(tf[k], row[k])
-        elif all_close(tf[k], fd[k], fd_close):
-            truth, tf_status = tf[k], "rowloop-wrong"
-        else:
-            case.dropped.append(f"undecided (non-smooth?): k={k}")
-            continue
-        case.r[k], case.truth[k], case.tf[k], case.fd[k] = rs[k], truth, tf_status, k in doubtful
+        case.r[k], case.truth[k], case.tf[k], case.fd[k] = r, truth, tf_status, k in doubtful
         if warm:
-            gs = warm_torch_func_grads(case.module_bytes, ts, k, rs[k])
+            gs = warm_torch_func_grads(case.module_bytes, ts, k, r)
             if isinstance(gs, str):
                 case.errors.append((k, "warm", gs))
             case.tf_warm[k] = status(gs, truth)
@@ -490,7 +515,8 @@ def decide(case, f, seed, warm):
 
 
 def as_array(t):
-    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float64)
+    # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    return np.array(t.detach().cpu().numpy(), dtype=np.float64, order="C")
 
 
 def write_case(out_dir, case):
@@ -546,7 +572,7 @@ class Tsv:
 
 def reason_category(reason):
     """A skip reason without its details: ``exception: TypeError``, ``trace``, ``output: empty``."""
-    reason = re.sub(r":? ?k=\d+.*$", "", reason)
+    reason = re.sub(r"^k=\d+: ", "", reason)
     for prefix in ("exception", "trace", "fd failed"):
         if reason.startswith(prefix):
             parts = reason.split(": ")
@@ -554,98 +580,116 @@ def reason_category(reason):
     return reason
 
 
-class Stats:
-    def __init__(self):
+class Sweep:
+    """The output files and the counts of a run."""
+
+    def __init__(self, args):
+        self.args = args
+        self.warm = not args.no_warm
+        os.makedirs(os.path.join(args.out, "cases"), exist_ok=True)
+        self.manifest = Tsv(os.path.join(args.out, "manifest.tsv"), MANIFEST_COLUMNS)
+        self.skipped = Tsv(os.path.join(args.out, "skipped.tsv"), SKIPPED_COLUMNS)
+        self.errors = Tsv(os.path.join(args.out, "errors.tsv"), ERRORS_COLUMNS)
         self.ops = 0
         self.cases = 0
         self.ks = 0
         self.fd = 0
-        self.skipped = Counter()
-        self.by_status = {"tf": defaultdict(set), "tf_warm": defaultdict(set)}
-        self.counts = {"tf": Counter(), "tf_warm": Counter()}
-        self.slowest = []
+        self.reasons = Counter()
+        self.statuses = {"tf": Counter(), "tf_warm": Counter()}
+        self.ops_by_status = {"tf": defaultdict(set), "tf_warm": defaultdict(set)}
+        self.times = []
 
-    def skip(self, reason):
-        self.skipped[reason_category(reason)] += 1
+    def close(self):
+        for tsv in (self.manifest, self.skipped, self.errors):
+            tsv.close()
 
-    def add_case(self, case, key):
+    def skip(self, op, index, reason):
+        self.skipped.write([op.name, op.variant_test_name, index, reason])
+        self.reasons[reason_category(reason)] += 1
+
+    def run_op(self, op):
+        """Up to ``--samples-per-op`` cases of one op; returns how many were written."""
+        self.ops += 1
+        written = 0
+        seed_everything(seed_of(self.args.seed, op_key(op)))
+        try:
+            samples = op.sample_inputs(
+                "cpu", torch.float64, requires_grad=True, small_inputs_only=True
+            )
+            for index, sample in enumerate(samples):
+                if written >= self.args.samples_per_op:
+                    break
+                # The checks leave the samples' RNG stream alone: the same ids in every run.
+                with torch.random.fork_rng(devices=[]):
+                    written += self.run_sample(op, index, sample)
+        except Exception as e:  # noqa: BLE001 - sample_inputs itself failing
+            self.skip(op, "-", f"exception: sample_inputs: {type(e).__name__}: {first_line(e)}")
+        return written
+
+    def run_sample(self, op, index, sample):
+        """One sample: writes its case (returns 1) or records why not (returns 0)."""
+        try:
+            f, case = prepare(op, index, sample, self.args.max_numel)
+            decide(case, f, self.args.seed, self.warm)
+        except Skip as e:
+            self.skip(op, index, str(e))
+            return 0
+        except Exception as e:  # noqa: BLE001 - one failing op never stops the sweep
+            self.skip(op, index, f"exception: {type(e).__name__}: {first_line(e)}")
+            return 0
+        for reason in case.dropped:
+            self.skip(op, index, reason)
+        for k, mode, message in case.errors:
+            self.errors.write([case.id, k, mode, message])
+        if not case.truth:
+            return 0
+        write_case(self.args.out, case)
+        self.manifest.write(manifest_row(case, self.warm))
+        self.count(case, op_key(op))
+        return 1
+
+    def count(self, case, key):
         self.cases += 1
         self.ks += len(case.truth)
         self.fd += sum(case.fd.values())
         for column in ("tf", "tf_warm"):
             for s in getattr(case, column).values():
-                self.counts[column][s] += 1
-                self.by_status[column][s].add(key)
+                self.statuses[column][s] += 1
+                self.ops_by_status[column][s].add(key)
 
+    def run(self, ops):
+        started = time.time()
+        for i, op in enumerate(ops, 1):
+            reason = ineligibility(op)
+            if reason:
+                self.skip(op, "-", f"not eligible: {reason}")
+                continue
+            t0 = time.time()
+            written = self.run_op(op)
+            took = time.time() - t0
+            self.times.append((took, op_key(op)))
+            print(f"[{i}/{len(ops)}] {op_key(op)}: {written} cases, {took:.1f} s", flush=True)
+        self.close()
+        self.print_summary(time.time() - started)
 
-def sweep_op(op, args, outputs, stats):
-    """Up to ``--samples-per-op`` cases of one op; returns how many were written."""
-    key = op_key(op)
-    written = 0
-    seed_everything(seed_of(args.seed, key))
-    try:
-        samples = op.sample_inputs(
-            "cpu", torch.float64, requires_grad=True, small_inputs_only=True
-        )
-        for index, sample in enumerate(samples):
-            if written >= args.samples_per_op:
-                break
-            # The sample's own RNG stream stays untouched by the checks (deterministic ids).
-            with torch.random.fork_rng(devices=[]):
-                written += sweep_sample(op, index, sample, args, outputs, stats)
-    except Exception as e:  # noqa: BLE001 - e.g. sample_inputs itself failing
-        reason = f"exception: sample_inputs: {type(e).__name__}: {first_line(e)}"
-        outputs["skipped"].write([op.name, op.variant_test_name, "-", reason])
-        stats.skip(reason)
-    return written
-
-
-def sweep_sample(op, index, sample, args, outputs, stats):
-    """One sample: writes its case (returns 1) or records why not (returns 0)."""
-
-    def skip(reason):
-        outputs["skipped"].write([op.name, op.variant_test_name, index, reason])
-        stats.skip(reason)
-
-    try:
-        f, case = prepare(op, index, sample, args.max_numel)
-        decide(case, f, args.seed, warm=not args.no_warm)
-    except Skip as e:
-        skip(str(e))
-        return 0
-    except Exception as e:  # noqa: BLE001 - one failing op never stops the sweep
-        skip(f"exception: {type(e).__name__}: {first_line(e)}")
-        return 0
-    for reason in case.dropped:
-        skip(reason)
-    for k, mode, message in case.errors:
-        outputs["errors"].write([case.id, k, mode, message])
-    if not case.truth:
-        return 0
-    write_case(args.out, case)
-    outputs["manifest"].write(manifest_row(case, warm=not args.no_warm))
-    stats.add_case(case, op_key(op))
-    return 1
-
-
-def print_summary(stats, n_ops, elapsed, warm):
-    print()
-    print(f"ops tried:       {n_ops}")
-    print(f"cases written:   {stats.cases} ({stats.ks} Jacobian inputs k, {stats.fd} decided by FD)")
-    for column, label in (("tf", "torch.func eager"), ("tf_warm", "torch.func warm")):
-        if column == "tf_warm" and not warm:
-            continue
-        counts = stats.counts[column]
-        print(f"{label + ':':17}" + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
-        for s in ("wrong", "rowloop-wrong", "error"):
-            ops = sorted(stats.by_status[column].get(s, ()))
-            if ops:
-                print(f"  {s} ({len(ops)} ops): {', '.join(ops)}")
-    print("skipped:")
-    for reason, n in stats.skipped.most_common():
-        print(f"  {n:6}  {reason}")
-    print("slowest ops:    " + ", ".join(f"{k} {t:.1f} s" for t, k in sorted(stats.slowest)[-5:][::-1]))
-    print(f"elapsed:         {elapsed:.1f} s")
+    def print_summary(self, elapsed):
+        print()
+        print(f"ops tried:        {self.ops}")
+        print(f"cases written:    {self.cases} ({self.ks} k's, {self.fd} decided by FD)")
+        columns = [("tf", "torch.func eager")] + [("tf_warm", "torch.func warm")] * self.warm
+        for column, label in columns:
+            counts = ", ".join(f"{s} {n}" for s, n in sorted(self.statuses[column].items()))
+            print(f"{label + ':':18}{counts}")
+            for s in ("wrong", "rowloop-wrong", "error"):
+                ops = sorted(self.ops_by_status[column].get(s, ()))
+                if ops:
+                    print(f"  {s} ({len(ops)} ops): {', '.join(ops)}")
+        print("skipped:")
+        for reason, n in self.reasons.most_common():
+            print(f"  {n:6}  {reason}")
+        slowest = sorted(self.times, reverse=True)[:5]
+        print("slowest ops:      " + ", ".join(f"{key} {t:.1f} s" for t, key in slowest))
+        print(f"elapsed:          {elapsed:.1f} s", flush=True)
 
 
 def parse_args(argv):
@@ -667,34 +711,7 @@ def main(argv=None):
     from torch.testing._internal.common_methods_invocations import op_db
 
     names = [n.strip() for n in args.ops.split(",") if n.strip()] if args.ops else None
-    ops = select_ops(op_db, names)
-    os.makedirs(os.path.join(args.out, "cases"), exist_ok=True)
-    outputs = {
-        "manifest": Tsv(
-            os.path.join(args.out, "manifest.tsv"),
-            "id op variant sample n_inputs wrt tf tf_warm fd out_index".split(),
-        ),
-        "skipped": Tsv(os.path.join(args.out, "skipped.tsv"), "op variant sample reason".split()),
-        "errors": Tsv(os.path.join(args.out, "errors.tsv"), "id k mode message".split()),
-    }
-    stats = Stats()
-    started = time.time()
-    for i, op in enumerate(ops, 1):
-        key = op_key(op)
-        reason = ineligibility(op)
-        if reason:
-            outputs["skipped"].write([op.name, op.variant_test_name, "-", f"not eligible: {reason}"])
-            stats.skip(f"not eligible: {reason}")
-            continue
-        t0 = time.time()
-        written = sweep_op(op, args, outputs, stats)
-        took = time.time() - t0
-        stats.ops += 1
-        stats.slowest.append((took, key))
-        print(f"[{i}/{len(ops)}] {key}: {written} cases, {took:.1f} s", flush=True)
-    for out in outputs.values():
-        out.close()
-    print_summary(stats, stats.ops, time.time() - started, warm=not args.no_warm)
+    Sweep(args).run(select_ops(op_db, names))
 
 
 if __name__ == "__main__":

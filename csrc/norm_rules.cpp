@@ -9,7 +9,7 @@
 //
 // The rules here keep that formula: they fold the vmap dimension into a dimension the op already
 // treats independently and call the unbatched op once on the physical tensors —
-//   * native_batch_norm_backward (and cudnn's): the vmap dimension becomes part of the channels,
+//   * native_batch_norm_backward (and cudnn's, and batch_norm_backward): the vmap dimension becomes part of the channels,
 //     [B, N, C, *] -> [N, B·C, *], so statistics, grad_weight and grad_bias stay per sample;
 //   * native_layer_norm_backward: it becomes part of the leading (per-row) dimensions,
 //     [B, *lead, *norm] -> [B·lead, *norm], for grad_input; grad_weight
@@ -260,6 +260,26 @@ Grads cudnn_batch_norm_backward_rule(
       {true, true, true}, "cudnn_batch_norm_backward");
 }
 
+// The backward of _batch_norm_with_update / _batch_norm_no_update (`update` is training mode;
+// `save_var` holds the inverse standard deviation): libtorch has no batching rule for it (its
+// per-op fallback loops).
+Grads new_batch_norm_backward_rule(
+    const Tensor& grad_out,
+    const Tensor& input,
+    const Tensor& weight,
+    const OptTensor& running_mean,
+    const OptTensor& running_var,
+    const OptTensor& save_mean,
+    const OptTensor& save_var,
+    bool update,
+    double eps,
+    std::array<bool, 3> mask,
+    const Tensor& /*reserve*/) {
+  return batch_norm_backward_physical(
+      grad_out, input, weight, running_mean, running_var, save_mean, save_var, update, eps, mask,
+      "batch_norm_backward");
+}
+
 }  // namespace
 
 // Installs the rules above on the FuncTorchBatched key, once per process. Any C++ exception
@@ -273,5 +293,6 @@ void tchj_install_norm_rules() {
     lib->impl("native_layer_norm_backward", TORCH_FN(layer_norm_backward_rule));
     lib->impl("native_batch_norm_backward", TORCH_FN(batch_norm_backward_rule));
     lib->impl("cudnn_batch_norm_backward", TORCH_FN(cudnn_batch_norm_backward_rule));
+    lib->impl("batch_norm_backward", TORCH_FN(new_batch_norm_backward_rule));
   });
 }

@@ -43,20 +43,15 @@ use crate::strategy::{Strategy, Work};
 
 /// Autograd nodes whose double-backward formula is wrong one order higher, with the op and the
 /// upstream issue: forward-mode strategies under `create_graph` are wrong through them.
-pub const WRONG_TRIPLE_BACKWARD: [(&str, &str); 4] = [
+pub const WRONG_TRIPLE_BACKWARD: [(&str, &str); 8] = [
     ("NativeLayerNormBackward0", "layer_norm (pytorch#196700)"),
-    (
-        "NativeBatchNormBackward0",
-        "batch_norm / instance_norm (pytorch#196700's batch_norm twin)",
-    ),
-    (
-        "CudnnBatchNormBackward0",
-        "batch_norm on cuDNN (pytorch#196700's batch_norm twin)",
-    ),
-    (
-        "MiopenBatchNormBackward0",
-        "batch_norm on MIOpen (pytorch#196700's batch_norm twin)",
-    ),
+    ("NativeBatchNormBackward0", "batch_norm / instance_norm (pytorch#196700's batch_norm twin)"),
+    ("NativeBatchNormLegitBackward0", "batch_norm (pytorch#196700's batch_norm twin)"),
+    ("NativeBatchNormLegitBackward1", "batch_norm (pytorch#196700's batch_norm twin)"),
+    ("NativeBatchNormLegitNoTrainingBackward0", "batch_norm (pytorch#196700's batch_norm twin)"),
+    ("BatchNormWithUpdateBackward0", "batch_norm (pytorch#196700's batch_norm twin)"),
+    ("CudnnBatchNormBackward0", "batch_norm on cuDNN (pytorch#196700's batch_norm twin)"),
+    ("MiopenBatchNormBackward0", "batch_norm on MIOpen (pytorch#196700's batch_norm twin)"),
 ];
 
 /// The backward node of a TorchScript executor's optimized differentiable subgraph (its full
@@ -168,6 +163,14 @@ pub(crate) fn guard(
     if !create_graph || !(forward_mode || batched) {
         return Ok(resolved);
     }
+    if !crate::native::available() {
+        // Without the C++ part the graph cannot be scanned: Auto keeps away from the
+        // forward-mode strategies under create_graph; an explicit one runs unchecked.
+        return Ok(match (forward_mode, asked) {
+            (true, Strategy::Auto) => without_forward_mode(work),
+            _ => resolved,
+        });
+    }
     let facts = scan(y)?;
     if facts.jit_subgraph {
         let reason = "the graph holds a TorchScript optimized subgraph (DifferentiableGraphBackward), whose batched second derivatives are wrong; run the model under create_graph through the crate's module functions to keep the batched pass".to_string();
@@ -200,17 +203,31 @@ pub(crate) fn guard(
                     ),
                 });
             }
-            // Auto without the forward-mode strategies: Batched (chunked as Auto chunks it)
-            // when the engine is built, else the row loop.
-            let without_closure = Work {
-                have_closure: false,
-                ..*work
-            };
-            return Ok(match Strategy::Auto.resolve_for(&without_closure) {
-                s @ Strategy::Batched { .. } => s,
-                _ => Strategy::RowLoop,
-            });
+            return Ok(without_forward_mode(work));
         }
     }
     Ok(resolved)
+}
+
+/// What `Auto` runs for `work` when the forward-mode strategies are out: `Batched` (chunked as
+/// `Auto` chunks it) when the native engine is built, else `Vectorized` with a row-wise closure
+/// or the row loop.
+fn without_forward_mode(work: &Work) -> Strategy {
+    match Strategy::Auto.resolve_for(&Work {
+        have_closure: false,
+        ..*work
+    }) {
+        s @ Strategy::Batched { .. } => s,
+        _ if work.have_closure && work.m > crate::strategy::AUTO_ROW_LOOP_MAX_ROWS => {
+            // Square-or-wide rule of Auto with a closure, chunked the same way.
+            match Strategy::Auto.resolve_for(&Work {
+                n: work.m,
+                ..*work
+            }) {
+                s @ Strategy::Vectorized { .. } => s,
+                _ => Strategy::RowLoop,
+            }
+        }
+        _ => Strategy::RowLoop,
+    }
 }

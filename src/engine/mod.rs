@@ -76,17 +76,21 @@ pub(crate) fn run(
     let n: i64 = xs.iter().map(|x| x.numel() as i64 / b.max(1)).sum();
     let work = Work::of(y2, m as usize, n as usize, b as usize, closure.is_some());
     let strategy = second_order::guard(opts.strategy, strategy, opts.create_graph, y2, &work)?;
+    let plain_closure = closure.as_ref().is_some_and(|c| !c.batched);
     let result = run_resolved(strategy, y2, xs, closure.as_ref(), opts, names, instead);
+    let auto = opts.strategy == Strategy::Auto && strategy != Strategy::RowLoop;
     match result {
-        // Auto never fails where the row loop works: a batched pass that libtorch refuses
-        // (e.g. masked_select with a broadcast mask) is redone by the row loop, and reported.
-        Err(Error::Torch(e))
-            if opts.strategy == Strategy::Auto && strategy != Strategy::RowLoop =>
+        // Auto never fails where the row loop works: a pass that libtorch refuses (e.g. the
+        // batched pass of masked_select with a broadcast mask), or a plain closure that is not
+        // row-wise on stacked copies, is redone by the row loop, and reported. (A batch's
+        // closure that mixes samples stays an error: the row loop would hide it.)
+        Err(e @ (Error::Torch(_) | Error::Contract(_)))
+            if auto && (matches!(e, Error::Torch(_)) || plain_closure) =>
         {
             second_order::record(Reroute {
                 from: strategy,
                 to: Strategy::RowLoop,
-                reason: format!("libtorch refused it: {}", Error::Torch(e).one_line()),
+                reason: format!("it failed: {}", e.one_line()),
             });
             run_resolved(Strategy::RowLoop, y2, xs, None, opts, names, instead)
         }

@@ -155,6 +155,9 @@ pub enum Outcome {
     Error(String),
     /// A Rust panic (caught).
     Panic(String),
+    /// The case cannot run in this mode: libtorch itself fails to warm the module up (its
+    /// optimized graph's backward raises), before the crate is called.
+    NotApplicable(String),
 }
 
 impl Outcome {
@@ -165,6 +168,7 @@ impl Outcome {
             Outcome::Refused(_) => "refused",
             Outcome::Error(_) => "error",
             Outcome::Panic(_) => "panic",
+            Outcome::NotApplicable(_) => "n/a",
         }
     }
     pub fn detail(&self) -> String {
@@ -173,7 +177,10 @@ impl Outcome {
             Outcome::Wrong { max_diff, scale } => {
                 format!("max |Δ| {max_diff:.3e} (scale {scale:.3e})")
             }
-            Outcome::Refused(s) | Outcome::Error(s) | Outcome::Panic(s) => s.clone(),
+            Outcome::Refused(s)
+            | Outcome::Error(s)
+            | Outcome::Panic(s)
+            | Outcome::NotApplicable(s) => s.clone(),
         }
     }
 }
@@ -338,13 +345,14 @@ fn classify(route: Route, e: Error) -> Outcome {
         Error::WrongDerivative { op, .. } => {
             Outcome::Refused(format!("wrong derivative through {op}"))
         }
-        Error::Contract(msg)
-            if matches!(
-                route,
-                Route::Closure(Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. })
-            ) =>
+        // The replicated strategies call the closure on stacked copies: an op that is not
+        // row-wise on them is refused by the crate (Contract) or by the op itself.
+        e if matches!(
+            route,
+            Route::Closure(Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. })
+        ) =>
         {
-            Outcome::Refused(format!("not row-wise: {}", first(&msg)))
+            Outcome::Refused(format!("not row-wise: {}", first(&e.to_string())))
         }
         other => Outcome::Error(first(&other.to_string())),
     }

@@ -234,6 +234,36 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                 },
             )?;
         }
+        "norm2" => {
+            // Second order through layer_norm: d/dW of mean_b ‖∂h_b/∂x_b‖² for
+            // h = layer_norm(x Wᵀ); J_ref is PyTorch's row loop (the truth).
+            let wg = w.detach().set_requires_grad(true);
+            let h = |xg: &Tensor| -> Result<Tensor> {
+                Ok(xg
+                    .f_matmul(&wg.tr())?
+                    .f_layer_norm([m as i64], None::<Tensor>, None::<Tensor>, 1e-5, false)?)
+            };
+            run(
+                "Exact (contractive_penalty)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let xg = x.detach().set_requires_grad(true);
+                    let p = contractive_penalty(&h(&xg)?, &xg, &Estimator::Exact)?;
+                    Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
+                },
+            )?;
+            run(
+                "row-loop (batch_jacobian, create_graph)",
+                "row-loop".into(),
+                &mut || {
+                    let xg = x.detach().set_requires_grad(true);
+                    let o = opts(Strategy::RowLoop).create_graph(true);
+                    let j = batch_jacobian(&h(&xg)?, &xg, &o)?;
+                    let p = j.f_square()?.f_sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)?.f_mean(Kind::Float)?;
+                    Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
+                },
+            )?;
+        }
         "hessian" => {
             let f = |v: &Tensor| w.matmul(v).tanh().square().sum(Kind::Float);
             run("hessian_of", resolved_graph(Strategy::Auto), &mut || {
