@@ -45,13 +45,34 @@ use crate::strategy::{Strategy, Work};
 /// upstream issue: forward-mode strategies under `create_graph` are wrong through them.
 pub const WRONG_TRIPLE_BACKWARD: [(&str, &str); 8] = [
     ("NativeLayerNormBackward0", "layer_norm (pytorch#196700)"),
-    ("NativeBatchNormBackward0", "batch_norm / instance_norm (pytorch#196700's batch_norm twin)"),
-    ("NativeBatchNormLegitBackward0", "batch_norm (pytorch#196700's batch_norm twin)"),
-    ("NativeBatchNormLegitBackward1", "batch_norm (pytorch#196700's batch_norm twin)"),
-    ("NativeBatchNormLegitNoTrainingBackward0", "batch_norm (pytorch#196700's batch_norm twin)"),
-    ("BatchNormWithUpdateBackward0", "batch_norm (pytorch#196700's batch_norm twin)"),
-    ("CudnnBatchNormBackward0", "batch_norm on cuDNN (pytorch#196700's batch_norm twin)"),
-    ("MiopenBatchNormBackward0", "batch_norm on MIOpen (pytorch#196700's batch_norm twin)"),
+    (
+        "NativeBatchNormBackward0",
+        "batch_norm / instance_norm (pytorch#196700's batch_norm twin)",
+    ),
+    (
+        "NativeBatchNormLegitBackward0",
+        "batch_norm (pytorch#196700's batch_norm twin)",
+    ),
+    (
+        "NativeBatchNormLegitBackward1",
+        "batch_norm (pytorch#196700's batch_norm twin)",
+    ),
+    (
+        "NativeBatchNormLegitNoTrainingBackward0",
+        "batch_norm (pytorch#196700's batch_norm twin)",
+    ),
+    (
+        "BatchNormWithUpdateBackward0",
+        "batch_norm (pytorch#196700's batch_norm twin)",
+    ),
+    (
+        "CudnnBatchNormBackward0",
+        "batch_norm on cuDNN (pytorch#196700's batch_norm twin)",
+    ),
+    (
+        "MiopenBatchNormBackward0",
+        "batch_norm on MIOpen (pytorch#196700's batch_norm twin)",
+    ),
 ];
 
 /// The backward node of a TorchScript executor's optimized differentiable subgraph (its full
@@ -220,10 +241,7 @@ fn without_forward_mode(work: &Work) -> Strategy {
         s @ Strategy::Batched { .. } => s,
         _ if work.have_closure && work.m > crate::strategy::AUTO_ROW_LOOP_MAX_ROWS => {
             // Square-or-wide rule of Auto with a closure, chunked the same way.
-            match Strategy::Auto.resolve_for(&Work {
-                n: work.m,
-                ..*work
-            }) {
+            match Strategy::Auto.resolve_for(&Work { n: work.m, ..*work }) {
                 s @ Strategy::Vectorized { .. } => s,
                 _ => Strategy::RowLoop,
             }

@@ -253,9 +253,7 @@ fn norms_eager(device: Device) -> Result<()> {
                             );
                         }
                     }
-                    Err(Error::WrongDerivative { .. })
-                        if forward_mode(s) =>
-                    {
+                    Err(Error::WrongDerivative { .. }) if forward_mode(s) => {
                         assert!(
                             name.contains("_norm") && !name.starts_with("group"),
                             "{name} refused {s}"

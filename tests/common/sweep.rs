@@ -403,9 +403,12 @@ pub fn run_case(
                     let module = match (&warm, mode) {
                         (Ok(Some(m)), _) => m,
                         (Err(e), _) => {
-                            return Outcome::Error(format!("warm-up: {}", first(&e.to_string())))
+                            return Outcome::NotApplicable(format!(
+                                "libtorch fails to warm the module up: {}",
+                                first(&e.to_string())
+                            ))
                         }
-                        (Ok(None), Mode::Eager) | (Ok(None), _) => {
+                        (Ok(None), _) => {
                             fresh = match load() {
                                 Ok(m) => m,
                                 Err(e) => return Outcome::Error(first(&e.to_string())),

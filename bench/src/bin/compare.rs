@@ -235,33 +235,33 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
             )?;
         }
         "norm2" => {
-            // Second order through layer_norm: d/dW of mean_b ‖∂h_b/∂x_b‖² for
-            // h = layer_norm(x Wᵀ); J_ref is PyTorch's row loop (the truth).
+            // Second order through layer_norm's weight: d/dW of ‖∂h/∂γ‖² at γ = 1 for
+            // h = layer_norm(x Wᵀ; γ, 0); J_ref is PyTorch's row loop (the truth).
             let wg = w.detach().set_requires_grad(true);
-            let h = |xg: &Tensor| -> Result<Tensor> {
-                Ok(xg
-                    .f_matmul(&wg.tr())?
-                    .f_layer_norm([m as i64], None::<Tensor>, None::<Tensor>, 1e-5, false)?)
+            let grad_w = |s: Strategy| -> Result<Tensor> {
+                let gamma = Tensor::f_ones([m as i64], (Kind::Float, dev))?.set_requires_grad(true);
+                let beta = gamma.f_zeros_like()?;
+                let h = x.f_matmul(&wg.tr())?.f_layer_norm(
+                    [m as i64],
+                    Some(&gamma),
+                    Some(&beta),
+                    1e-5,
+                    false,
+                )?;
+                let o = opts(s).create_graph(true);
+                let j = jacobian_with(&h, &[&gamma], &o)?.remove(0);
+                let p = j.f_square()?.f_sum(Kind::Float)?;
+                Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
             };
             run(
-                "Exact (contractive_penalty)",
+                "auto (jacobian_with, create_graph)",
                 resolved_graph(Strategy::Auto),
-                &mut || {
-                    let xg = x.detach().set_requires_grad(true);
-                    let p = contractive_penalty(&h(&xg)?, &xg, &Estimator::Exact)?;
-                    Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
-                },
+                &mut || grad_w(Strategy::Auto),
             )?;
             run(
-                "row-loop (batch_jacobian, create_graph)",
+                "row-loop (jacobian_with, create_graph)",
                 "row-loop".into(),
-                &mut || {
-                    let xg = x.detach().set_requires_grad(true);
-                    let o = opts(Strategy::RowLoop).create_graph(true);
-                    let j = batch_jacobian(&h(&xg)?, &xg, &o)?;
-                    let p = j.f_square()?.f_sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)?.f_mean(Kind::Float)?;
-                    Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
-                },
+                &mut || grad_w(Strategy::RowLoop),
             )?;
         }
         "hessian" => {

@@ -240,7 +240,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
             ]
         })
         .collect();
-    s += "Each cell: wrong / error+panic of ok+wrong+error+panic (refused: the crate said no on purpose, not counted). `input`: J with respect to the op's first tensor; `others`: with respect to its other tensors (weights, targets).\n\n| route |";
+    s += "Each cell: wrong / error+panic of ok+wrong+error+panic (refused: the crate said no on purpose; n/a: libtorch itself fails to warm the module up; neither counted). `input`: J with respect to the op's first tensor; `others`: with respect to its other tensors (weights, targets).\n\n| route |";
     for (m, w) in &columns {
         s += &format!(" {m} {w} |");
     }
@@ -255,11 +255,15 @@ fn report(args: &Args, lines: &[Line]) -> String {
             let c = counts.get(&(route.clone(), m.clone(), *w));
             let get = |k: &str| c.and_then(|c| c.get(k)).copied().unwrap_or(0);
             let total = get("ok") + get("wrong") + get("error") + get("panic");
-            let refused = get("refused");
-            let refused = if refused > 0 {
-                format!(" ({refused} refused)")
-            } else {
+            let notes: Vec<String> = [("refused", get("refused")), ("n/a", get("n/a"))]
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(what, n)| format!("{n} {what}"))
+                .collect();
+            let refused = if notes.is_empty() {
                 String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
             };
             s += &format!(
                 " {} / {} of {total}{refused} |",
@@ -295,7 +299,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
     // Every bad line.
     let bad: Vec<&Line> = lines
         .iter()
-        .filter(|l| !matches!(l.label.as_str(), "ok" | "refused"))
+        .filter(|l| !matches!(l.label.as_str(), "ok" | "refused" | "n/a"))
         .collect();
     if !bad.is_empty() {
         s += "\n| op | case | mode | k | route | outcome | detail |\n|---|---|---|---|---|---|---|\n";
