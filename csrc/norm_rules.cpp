@@ -114,6 +114,10 @@ Grads layer_norm_backward_rule(
   int64_t axis = input.dim() - static_cast<int64_t>(normalized_shape.size());
   Tensor grad_input, grad_weight, grad_bias;
   const bool weight_batched = batched(weight, level);
+  std::vector<int64_t> norm_dims;
+  for (int64_t d = axis; d < input.dim(); ++d) {
+    norm_dims.push_back(d);
+  }
   if (mask[0]) {
     // grad_out·w with w batched: fold the weight into the gradient, call without it.
     Tensor go = grad_out;
@@ -138,10 +142,6 @@ Grads layer_norm_backward_rule(
     lead.push_back(d);
   }
   if (mask[1] && defined(weight)) {
-    std::vector<int64_t> norm_dims;
-    for (int64_t d = axis; d < input.dim(); ++d) {
-      norm_dims.push_back(d);
-    }
     auto xhat = normalized(input, norm_dims, mean, rstd);
     auto prod = grad_out * xhat;
     grad_weight = lead.empty() ? prod : prod.sum(lead);

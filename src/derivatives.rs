@@ -18,6 +18,7 @@ use crate::autograd::{
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_with;
 use crate::jacobian::FnOutput;
+use crate::second_order;
 use crate::strategy::{JacobianOptions, Strategy};
 
 fn check_pair(y: &Tensor, x: &Tensor) -> Result<()> {
@@ -92,8 +93,36 @@ fn y_names(inputs: &[String]) -> Names<'_> {
 pub fn jvp(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
     check_pair(y, x)?;
     check_vector(u, "u", x, "x")?;
+    if let Some(j) = jacobian_instead(y, x, opts, "jvp")? {
+        let ju = j.f_matmul(&u.f_reshape([-1])?)?;
+        return Ok(ju.f_reshape(y.size().as_slice())?);
+    }
     let names_v = input_names(1);
     Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?.jvp(&[u])
+}
+
+/// Under `create_graph` through a node whose double backward is wrong one order higher (see
+/// [`crate::second_order`]), `J` as `[m, n]` by [`jacobian_with`] (a batched pass with the
+/// engine), for the forward-mode products to use instead of the double-backward trick; the
+/// reroute is recorded. `None` otherwise.
+fn jacobian_instead(
+    y: &Tensor,
+    x: &Tensor,
+    opts: &JacobianOptions,
+    call: &str,
+) -> Result<Option<Tensor>> {
+    let Some(node) = second_order::double_backward_fault(y, opts.create_graph)? else {
+        return Ok(None);
+    };
+    let j = jacobian_with(y, &[x], &opts.strategy(Strategy::Auto))?.remove(0);
+    second_order::record(second_order::Reroute {
+        from: Strategy::Forward,
+        to: Strategy::Auto,
+        reason: format!(
+            "{call} with create_graph through {node}: the double-backward trick is wrong one order higher there, so J u comes from J"
+        ),
+    });
+    Ok(Some(j.f_reshape([y.numel() as i64, x.numel() as i64])?))
 }
 
 /// Hessian-vector product `H v = ∂(∇ₓy · v)/∂x` of a scalar `y`, shape of `x`
@@ -195,6 +224,13 @@ pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -
 pub fn jvp_batched(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
     check_pair(y, x)?;
     check_stack(u, "u", x, "x", 0, "jvp_batched")?;
+    if let Some(j) = jacobian_instead(y, x, opts, "jvp_batched")? {
+        let k = u.size()[0];
+        let ju = u.f_reshape([k, -1])?.f_matmul(&j.f_tr()?)?; // [k, m]
+        let mut shape = vec![k];
+        shape.extend(y.size());
+        return Ok(ju.f_reshape(shape.as_slice())?);
+    }
     let names_v = input_names(1);
     let lin = Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?;
     if crate::native::available() {

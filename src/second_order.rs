@@ -249,3 +249,18 @@ fn without_forward_mode(work: &Work) -> Strategy {
         _ => Strategy::RowLoop,
     }
 }
+
+/// Under `create_graph`, the node of `y`'s graph through which a forward-mode product by the
+/// double-backward trick (`jvp`, `jvp_batched`) would be wrong, if any; `None` without
+/// `create_graph` or without the C++ part (unchecked there).
+pub(crate) fn double_backward_fault(y: &Tensor, create_graph: bool) -> Result<Option<String>> {
+    if !create_graph || !crate::native::available() {
+        return Ok(None);
+    }
+    let facts = scan(y)?;
+    Ok(facts
+        .wrong_triple_backward
+        .into_iter()
+        .next()
+        .or_else(|| facts.jit_subgraph.then(|| JIT_SUBGRAPH_NODE.to_string())))
+}

@@ -12,6 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::sweep::{self, Mode, Outcome, Route};
+use common::wrong;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     hessian_of, jacobian_of, jacobian_with, Error, JacobianOptions, Result, Strategy,
@@ -302,4 +303,38 @@ fn zero_tensors_are_materialized(device: Device) -> Result<()> {
     Ok(())
 }
 
-device_tests!(opinfo_subset, norms_eager, zero_tensors_are_materialized);
+/// The cases where PyTorch's fast tools are wrong (docs/second-order.md): the crate's defaults
+/// give the row loop's value (which finite differences confirm); PyTorch's differs by orders of
+/// magnitude.
+fn pytorch_is_wrong_here(device: Device) -> Result<()> {
+    let root = common::root();
+    for (case, ..) in wrong::CASES {
+        let v = wrong::pytorch_values(&root, case);
+        let (fast, rows, fd) = (v[0], v[1], v[2]);
+        assert!(
+            (rows - fd).abs() <= 1e-5 * fd.abs(),
+            "{case}: row loop {rows} vs FD {fd}"
+        );
+        assert!(
+            (fast - rows).abs() > 1e3 * rows.abs(),
+            "{case}: PyTorch's {fast} is right now?"
+        );
+        if case == "layer_norm_jvp" && !tch_jacobian::native::available() {
+            continue; // unchecked without the C++ part
+        }
+        let ours = wrong::ours(&root, case, device)?;
+        assert!(
+            (ours - rows).abs() <= 1e-9 * rows.abs(),
+            "{case}: ours {ours}, row loop {rows}"
+        );
+    }
+    let _ = tch_jacobian::second_order::take_reroutes();
+    Ok(())
+}
+
+device_tests!(
+    opinfo_subset,
+    norms_eager,
+    zero_tensors_are_materialized,
+    pytorch_is_wrong_here
+);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod sweep;
+pub mod wrong;
 
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{JacobianOptions, Result, Strategy, Tolerance};
