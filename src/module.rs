@@ -261,7 +261,10 @@ pub fn module_output(module: &CModule, x: &Tensor, output_index: Option<usize>) 
 /// `torch.autograd.functional.jacobian(model, x)`.
 ///
 /// This is [`jacobian_of`] with the model as the closure, so `opts` ([`JacobianOptions`]:
-/// strategy, `create_graph`, `strict`) means the same. With [`Strategy::Auto`], if the strategy
+/// strategy, `create_graph`, `strict`) means the same. Under `create_graph` the model runs with
+/// the TorchScript executor's optimization off (on this thread, for the call): the profiling
+/// executor's optimized graph, which a module uses from its third call on, gives wrong batched
+/// second derivatives (see [`crate::second_order`]). With [`Strategy::Auto`], if the strategy
 /// it picks fails — the model rejects stacked copies `[c, *in]` of `x`, or lacks a double
 /// backward ([`Strategy::VectorizedForward`]) — the Jacobian is recomputed with
 /// [`Strategy::RowLoop`], which only calls the model on `x` itself (one backward pass per output
@@ -317,7 +320,8 @@ fn with_row_loop_fallback(
 /// `torch.func.vmap(torch.func.jacrev(model))(x)`.
 ///
 /// This is [`batch_jacobian_of`] with the model as the closure; the model must treat samples
-/// independently (see [`crate::batch`]). With [`Strategy::Auto`], if the chosen strategy fails
+/// independently (see [`crate::batch`]). Under `create_graph` the model runs with the
+/// TorchScript executor's optimization off, as in [`module_jacobian`]. With [`Strategy::Auto`], if the chosen strategy fails
 /// (e.g. the model only accepts its own batch size, so it rejects `[B·c, *in]`), the samples
 /// are first checked for independence ([`check_batch_independence`], one backward pass) and
 /// the Jacobian is recomputed with [`Strategy::RowLoop`].

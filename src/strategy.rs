@@ -81,6 +81,9 @@ pub enum Strategy {
     /// `J e_j = ∂(g(u)·e_j)/∂u` costs one backward pass per input element.
     ///
     /// (True forward-mode dual numbers are not exposed by tch.) Needs twice-differentiable ops.
+    /// Under `create_graph` through layer or batch norm its values would be wrong one order
+    /// higher (libtorch's fault, see [`crate::second_order`]): it returns
+    /// [`Error::WrongDerivative`] there, and `Auto` does not pick it.
     Forward,
     /// [`Strategy::Forward`] batched like [`Strategy::Vectorized`] (PyTorch's `jacfwd`): `x` is
     /// stacked once per input element `j` (in chunks of `chunk_size`), `Y = f(X)`, and the
@@ -388,7 +391,9 @@ impl Strategy {
 ///
 /// * `create_graph` (default `false`): the result is itself differentiable, so a loss built from
 ///   it (e.g. `‖J‖_F²`) back-propagates to the parameters and inputs — PyTorch's
-///   `create_graph=True`.
+///   `create_graph=True`. The crate keeps those second derivatives right where libtorch's own
+///   rules are wrong ([`crate::second_order`]: it scans the graph and may reroute or refuse a
+///   strategy; [`crate::second_order::take_reroutes`] says when).
 /// * `strict` (default `false`): an output that does not depend on an input is an error instead
 ///   of a block of zeros — PyTorch's `strict=True`.
 /// * `strategy` (default [`Strategy::Auto`]).

@@ -281,6 +281,9 @@ fn run(args: &Args) -> Result<(), String> {
     for op in tch_jacobian::native::take_vmap_fallbacks() {
         println!("fallback  {op} has no vmap batching rule: libtorch looped over this op (exact, slower)");
     }
+    for reroute in tch_jacobian::second_order::take_reroutes() {
+        println!("fallback  {reroute}");
+    }
     println!(
         "time      {} (loading the model {})",
         fmt_duration(time),

@@ -197,7 +197,7 @@ pub struct Row {
 }
 
 /// The case's arrays: `t*`, `r*`, `g*_*`.
-fn read_arrays(dir: &Path, id: &str, device: Device) -> HashMap<String, Tensor> {
+pub fn read_arrays(dir: &Path, id: &str, device: Device) -> HashMap<String, Tensor> {
     let path = dir.join("cases").join(format!("{id}.npz"));
     Tensor::read_npz(&path)
         .unwrap_or_else(|e| panic!("cannot read {} ({e})", path.display()))
@@ -211,7 +211,7 @@ fn read_arrays(dir: &Path, id: &str, device: Device) -> HashMap<String, Tensor> 
         .collect()
 }
 
-fn module_path(dir: &Path, id: &str) -> PathBuf {
+pub fn module_path(dir: &Path, id: &str) -> PathBuf {
     dir.join("cases").join(format!("{id}.pt"))
 }
 
@@ -254,7 +254,7 @@ fn grads(root: &Tensor, xs: &[Tensor]) -> tch_jacobian::Result<Vec<Tensor>> {
 
 /// Three create_graph steps, as training with a Jacobian penalty does: forward, gradient with
 /// create_graph, backward of its sum.
-fn warm_up(module: &CModule, ts: &[Tensor]) -> tch_jacobian::Result<()> {
+pub fn warm_up(module: &CModule, ts: &[Tensor]) -> tch_jacobian::Result<()> {
     for _ in 0..3 {
         let xs = leaves(ts);
         let y = forward(module, &xs)?;
@@ -279,7 +279,7 @@ fn warm_up(module: &CModule, ts: &[Tensor]) -> tch_jacobian::Result<()> {
 }
 
 /// `g_j = ∂⟨R_k, J_k⟩/∂t_j` by one route.
-fn evaluate(
+pub fn evaluate(
     module: &CModule,
     ts: &[Tensor],
     k: usize,

@@ -24,6 +24,9 @@ use tch_jacobian_bench::{measure, Rule};
 #[path = "../../../tests/common/wrong.rs"]
 mod wrong;
 
+#[path = "../../../tests/common/sweep.rs"]
+mod sweep;
+
 fn rule(budget_s: f64) -> Rule {
     Rule {
         budget_s,
@@ -71,6 +74,27 @@ fn main() -> Result<()> {
         );
     }
     let _ = second_order::take_reroutes();
+
+    // ---- 0b. a warm TorchScript module (a case of the CI subset)
+    let dir = std::path::Path::new(&root).join("tests/data/second_order");
+    let id = "nn_functional_tanhshrink__0";
+    let arrays = sweep::read_arrays(&dir, id, Device::Cpu);
+    let ts = vec![arrays["t0"].shallow_clone()];
+    let warm = CModule::load(sweep::module_path(&dir, id))?;
+    sweep::warm_up(&warm, &ts)?;
+    let route = sweep::Route::Graph(Strategy::Auto);
+    let g = sweep::evaluate(&warm, &ts, 0, &arrays["r0"], route)?.remove(0);
+    let truth = &arrays["g0_0"];
+    let reroutes = second_order::take_reroutes();
+    println!(
+        "\n### tanhshrink (x − tanh x, {} elements) as TorchScript after three create_graph steps\n\n\
+         g = ∂⟨R, J⟩/∂x by the caller's forward + `jacobian_with` (Auto): max |g| {:.4}, max |g − truth| {:.1e}; \
+         the crate ran: {}.",
+        ts[0].numel(),
+        truth.abs().max().double_value(&[]),
+        (&g - truth).abs().max().double_value(&[]),
+        reroutes.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
+    );
 
     // ---- 1. the scan
     println!(
