@@ -70,11 +70,12 @@ fn main() {
 }
 
 /// The C++ files, one per capability: the batched backward pass, the normalizations' batching
-/// rules that are right to second order, the autograd graph scan and the TorchScript executor
+/// rules that are right to second order, the losses' batching rules, the autograd graph scan and the TorchScript executor
 /// switch.
-const CSRC: [&str; 4] = [
+const CSRC: [&str; 5] = [
     "csrc/batched_vjp.cpp",
     "csrc/norm_rules.cpp",
+    "csrc/loss_rules.cpp",
     "csrc/graph_scan.cpp",
     "csrc/jit_executor.cpp",
 ];

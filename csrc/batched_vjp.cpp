@@ -29,8 +29,9 @@
 #include <string>
 #include <vector>
 
-// csrc/norm_rules.cpp: the normalizations' batching rules, installed once per process.
+// csrc/norm_rules.cpp, csrc/loss_rules.cpp: batching rules, installed once per process.
 void tchj_install_norm_rules();
+void tchj_install_loss_rules();
 
 namespace {
 
@@ -152,6 +153,7 @@ char* tchj_batched_vjp(
       c10::WarningUtils::WarningHandlerGuard warnings(&collector);
       // (libtorch warns that it overrides its own rules: collected here, not printed.)
       tchj_install_norm_rules();
+      tchj_install_loss_rules();
       FallbackMode mode(vmap_fallback != 0);
       VmapLevel vmap(c);
       auto v = at::functorch::addBatchDim(*cotangent, 0, vmap.level());

@@ -430,6 +430,89 @@ fn vmap_fallback_reported_or_refused() -> Result<()> {
     Ok(())
 }
 
+/// The losses whose backward ops libtorch batches only from Python (mse, smooth L1, Huber, NLL /
+/// cross-entropy, mish): the crate's C++ rules take them, so they pass with the vmap fallback
+/// off, equal to the row loop — for J of the per-sample losses and, with create_graph, for the
+/// gradient of ‖J‖² (second order through the rules).
+#[test]
+fn loss_backward_rules_without_fallback() -> Result<()> {
+    if !tch_jacobian::native::available() {
+        return Ok(());
+    }
+    let k = (Kind::Double, Device::Cpu);
+    tch::manual_seed(3);
+    let target = Tensor::randn([4, 3], k);
+    let classes = Tensor::from_slice(&[2i64, 0, 1, 2]);
+    let weight = Tensor::from_slice(&[0.5f64, 1.0, 2.0]);
+    let none = tch::Reduction::None;
+    type Loss<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
+    let losses: Vec<(&str, Loss)> = vec![
+        ("mse_loss", Box::new(|x: &Tensor| x.mse_loss(&target, none))),
+        (
+            "mse_loss mean",
+            Box::new(|x: &Tensor| x.mse_loss(&target, tch::Reduction::Mean)),
+        ),
+        (
+            "smooth_l1_loss",
+            Box::new(|x: &Tensor| x.smooth_l1_loss(&target, none, 0.5)),
+        ),
+        (
+            "smooth_l1_loss beta=0",
+            Box::new(|x: &Tensor| x.smooth_l1_loss(&target, none, 0.0)),
+        ),
+        (
+            "huber_loss",
+            Box::new(|x: &Tensor| x.huber_loss(&target, none, 0.7)),
+        ),
+        ("mish", Box::new(|x: &Tensor| x.mish())),
+        (
+            "cross_entropy",
+            Box::new(|x: &Tensor| x.cross_entropy_loss::<Tensor>(&classes, None, none, -100, 0.0)),
+        ),
+        (
+            "nll_loss weighted, ignore_index, mean",
+            Box::new(|x: &Tensor| {
+                x.log_softmax(1, Kind::Double).g_nll_loss(
+                    &classes,
+                    Some(&weight),
+                    tch::Reduction::Mean,
+                    1,
+                )
+            }),
+        ),
+    ];
+    let batched = fast_opts(Strategy::Batched { chunk_size: None });
+    let _ = tch_jacobian::native::take_vmap_fallbacks();
+    for (name, loss) in &losses {
+        for create_graph in [false, true] {
+            let grads = |opts: &JacobianOptions| -> Result<(Tensor, Tensor)> {
+                let x = Tensor::randn([4, 3], k).set_requires_grad(true);
+                let j =
+                    jacobian_with(&loss(&x), &[&x], &opts.create_graph(create_graph))?.remove(0);
+                let g = if create_graph {
+                    Tensor::f_run_backward(&[j.square().sum(Kind::Double)], &[&x], false, false)?
+                        .remove(0)
+                } else {
+                    j.zeros_like()
+                };
+                Ok((j, g))
+            };
+            tch::manual_seed(11);
+            let (j, g) = grads(&batched).unwrap_or_else(|e| panic!("{name}: {e}"));
+            tch::manual_seed(11);
+            let (j_rows, g_rows) = grads(&fast_opts(Strategy::RowLoop))?;
+            f64_tol()
+                .check(&j, &j_rows)
+                .unwrap_or_else(|e| panic!("{name} J: {e}"));
+            f64_tol()
+                .check(&g, &g_rows)
+                .unwrap_or_else(|e| panic!("{name} second order: {e}"));
+        }
+    }
+    assert!(tch_jacobian::native::take_vmap_fallbacks().is_empty());
+    Ok(())
+}
+
 /// Tensors on different devices (CPU and CUDA) give an error, not a crash.
 #[cfg(feature = "cuda-tests")]
 #[test]

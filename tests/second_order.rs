@@ -95,7 +95,7 @@ fn cg(s: Strategy) -> JacobianOptions<'static> {
 
 /// `g = ∂⟨R, ∂y/∂w⟩/∂(a, w, b)` for `y = norm(a·x; w, b)` by strategy `s`.
 fn norm_grads(
-    norm: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    norm: &Norm,
     x: &Tensor,
     wb: (&Tensor, &Tensor),
     r: &Tensor,
@@ -128,6 +128,9 @@ fn norm_grads(
         .collect())
 }
 
+/// A normalization `(x, w, b) ↦ y`.
+type Norm = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+
 /// Eager closures through layer_norm, batch_norm (train and eval), instance_norm and
 /// group_norm: every strategy gives the row loop's second-order value (within 1e-10 in f64), or
 /// refuses with `WrongDerivative` (the forward-mode strategies through layer and batch norm).
@@ -136,11 +139,7 @@ fn norms_eager(device: Device) -> Result<()> {
     tch::manual_seed(7);
     let rm = Tensor::randn([3], o);
     let rv = Tensor::rand([3], o) + 0.5;
-    let cases: Vec<(
-        &str,
-        Vec<i64>,
-        Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>>,
-    )> = vec![
+    let cases: Vec<(&str, Vec<i64>, Box<Norm>)> = vec![
         (
             "layer_norm",
             vec![2, 3, 4],
