@@ -69,11 +69,13 @@ fn main() {
     println!("cargo:libtorch_lib={lib}");
 }
 
-/// The C++ files, one per capability: the batched backward pass, the normalizations' batching
+/// The C++ files, one per capability: the batched backward pass, per-sample gradients by
+/// vmap(grad) of a Rust closure, the normalizations' batching
 /// rules that are right to second order, the losses' batching rules, the autograd graph scan and the TorchScript executor
 /// switch.
-const CSRC: [&str; 5] = [
+const CSRC: [&str; 6] = [
     "csrc/batched_vjp.cpp",
+    "csrc/vmap_grad.cpp",
     "csrc/norm_rules.cpp",
     "csrc/loss_rules.cpp",
     "csrc/graph_scan.cpp",

@@ -42,6 +42,8 @@ BATCH = ("batch", 128, 64, 784)
 PENALTY = ("penalty", 128, 256, 784)
 # Per-sample gradients of a 784 -> 64 -> 10 tanh MLP's cross-entropy, B = 64 (j_ref: those of W1).
 PSG = ("psg", 64, 64, 784)
+# The same per-sample gradients at DP-SGD batch sizes.
+PSG_LARGE = [("psg256", 256, 64, 784), ("psg1024", 1024, 64, 784)]
 # The Hessian of f(x) = sum(tanh(W x)^2), n = 128.
 HESSIAN = ("hessian", 128)
 # Many products at once: k = 64 VJPs and k = 64 JVPs of sigmoid(W x), n = m = 256.
@@ -61,6 +63,8 @@ LABEL = {
     "batch": "B=128, 784→64",
     "penalty": "exact CAE penalty, B=128, 784→256",
     "psg": "per-sample gradients, B=64, 784→64→10",
+    "psg256": "per-sample gradients, B=256, 784→64→10",
+    "psg1024": "per-sample gradients, B=1024, 784→64→10",
     "hessian": "Hessian, n=128",
     "products": "64 VJPs and 64 JVPs at once, n=m=256",
     "ln2": "second order through layer_norm's weight: ‖∂h/∂γ‖² of h = layer_norm(x Wᵀ; γ, β), B=8, 32→32",
@@ -151,11 +155,11 @@ def make_inputs(work):
     w = torch.randn(m, n) / math.sqrt(n)
     x = torch.rand(b, n)
     cases.append({"name": name, "kind": "penalty", "b": b, "m": m, "n": n, "w": w, "x": x})
-    name, b, m, n = PSG
-    w, x = torch.randn(m, n) / math.sqrt(n), torch.randn(b, n)
-    w2, t = torch.randn(10, m) / math.sqrt(m), torch.arange(b) % 10
-    cases.append({"name": name, "kind": "psg", "b": b, "m": m, "n": n, "w": w, "x": x,
-                  "extra": {"w2": w2, "t": t}})
+    for name, b, m, n in [PSG] + PSG_LARGE:
+        w, x = torch.randn(m, n) / math.sqrt(n), torch.randn(b, n)
+        w2, t = torch.randn(10, m) / math.sqrt(m), torch.arange(b) % 10
+        cases.append({"name": name, "kind": "psg", "b": b, "m": m, "n": n, "w": w, "x": x,
+                      "extra": {"w2": w2, "t": t}})
     name, n = HESSIAN
     w, x = torch.randn(n, n) / math.sqrt(n), torch.randn(n)
     cases.append({"name": name, "kind": "hessian", "m": n, "n": n, "w": w, "x": x})
@@ -536,7 +540,7 @@ def main():
       "Agreement below compares the gradient dW with PyTorch's.")
     p("")
 
-    for extra in (PSG[0], HESSIAN[0], PRODUCTS[0]):
+    for extra in [PSG[0]] + [c[0] for c in PSG_LARGE] + [HESSIAN[0], PRODUCTS[0]]:
         res = results[extra]
         p(f"### {LABEL[extra]}: median ms per call")
         p("")

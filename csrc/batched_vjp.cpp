@@ -19,6 +19,8 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include "functorch_guards.h"
+
 #include <dlfcn.h>
 
 #include <cstdint>
@@ -29,96 +31,10 @@
 #include <string>
 #include <vector>
 
-// csrc/norm_rules.cpp, csrc/loss_rules.cpp: batching rules, installed once per process.
-void tchj_install_norm_rules();
-void tchj_install_loss_rules();
-
-namespace {
-
-char* copy_string(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
-
-// The vmap fallback switch is process-wide in libtorch. Calls that keep it on (the default)
-// share the lock; a call that turns it off holds it alone and restores the previous value, so a
-// concurrent call never sees another call's setting.
-std::shared_mutex fallback_mode_mutex;
-
-class FallbackMode {
- public:
-  explicit FallbackMode(bool enabled) {
-    if (enabled) {
-      shared_ = std::shared_lock<std::shared_mutex>(fallback_mode_mutex);
-    } else {
-      unique_ = std::unique_lock<std::shared_mutex>(fallback_mode_mutex);
-      previous_ = at::functorch::isVmapFallbackEnabled();
-      at::functorch::setVmapFallbackEnabled(false);
-      changed_ = true;
-    }
-  }
-  ~FallbackMode() {
-    if (changed_) {
-      at::functorch::setVmapFallbackEnabled(previous_);
-    }
-  }
-  FallbackMode(const FallbackMode&) = delete;
-  FallbackMode& operator=(const FallbackMode&) = delete;
-
- private:
-  std::shared_lock<std::shared_mutex> shared_;
-  std::unique_lock<std::shared_mutex> unique_;
-  bool previous_ = true;
-  bool changed_ = false;
-};
-
-// Pushes a vmap level of `batch` and pops it on every path out of the scope.
-class VmapLevel {
- public:
-  explicit VmapLevel(int64_t batch)
-      : level_(at::functorch::initAndPushDynamicLayer(
-            at::functorch::TransformType::Vmap,
-            c10::SymInt(batch),
-            at::functorch::RandomnessType::Error)) {}
-  ~VmapLevel() {
-    at::functorch::popDynamicLayerAndDeleteMetadata();
-  }
-  VmapLevel(const VmapLevel&) = delete;
-  VmapLevel& operator=(const VmapLevel&) = delete;
-  int64_t level() const {
-    return level_;
-  }
-
- private:
-  int64_t level_;
-};
-
-// Collects libtorch's warnings during a call (on this thread, and those the autograd engine
-// replays to it) instead of printing them: the vmap fallback's warning names the op.
-class Collector : public c10::WarningHandler {
- public:
-  void process(const c10::Warning& warning) override {
-    messages.push_back(warning.msg());
-  }
-  std::vector<std::string> messages;
-};
-
-// "…batching rule for aten::foo. Please file…" -> "aten::foo".
-std::string fallback_op(const std::string& msg) {
-  const std::string key = "batching rule for ";
-  auto at = msg.find(key);
-  if (at == std::string::npos) {
-    return "";
-  }
-  auto start = at + key.size();
-  auto end = msg.find_first_of(". ", start);
-  return msg.substr(start, end == std::string::npos ? std::string::npos : end - start);
-}
-
-}  // namespace
+using tchj::Collector;
+using tchj::copy_string;
+using tchj::FallbackMode;
+using tchj::VmapLevel;
 
 extern "C" {
 
@@ -184,22 +100,14 @@ char* tchj_batched_vjp(
       }
       raw.clear();
     }
-    std::string ops;
-    for (const auto& msg : collector.messages) {
-      auto op = fallback_op(msg);
-      if (!op.empty() && ops.find(op) == std::string::npos) {
-        ops += ops.empty() ? op : "\n" + op;
-      }
-    }
+
     for (int64_t k = 0; k < n_inputs; ++k) {
       if (grads[k].defined()) {
         out[k] = new at::Tensor(std::move(grads[k]));
         made.push_back(out[k]);
       }
     }
-    if (!ops.empty()) {
-      *fallback_ops = copy_string(ops);
-    }
+    *fallback_ops = tchj::fallback_ops(collector);
     return nullptr;
   } catch (const c10::Error& e) {
     for (auto* t : made) delete t;

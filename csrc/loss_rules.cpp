@@ -1,4 +1,5 @@
-// Batching rules for the backward ops of the usual losses and of mish, which libtorch's C++ has
+// Batching rules for the backward ops of the usual losses and of mish (and for nll_loss's forward,
+// which per-sample gradients run under vmap), which libtorch's C++ has
 // none for: PyTorch registers them from Python (torch/_functorch/predispatch.py registers
 // decompositions on a Library("aten", "IMPL", "FuncTorchBatched")), which a C++-only program
 // never loads, so in the crate they took libtorch's per-op vmap fallback — a loop over the
@@ -14,6 +15,7 @@
 
 #include <mutex>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -102,6 +104,53 @@ Tensor nll_loss_backward_rule(
   return grad_input * g;
 }
 
+// The forward of nll_loss (and nll_loss2d): −self[…, target, …] (× weight), 0 at ignore_index,
+// reduced; total_weight is the sum of the weights of the targets kept (their count without
+// weights), 0 for reduction = none.
+std::tuple<Tensor, Tensor> nll_loss_forward_rule(
+    const Tensor& self_in,
+    const Tensor& target,
+    const std::optional<Tensor>& weight,
+    int64_t reduction,
+    c10::SymInt ignore_index_sym) {
+  int64_t ignore_index = ignore_index_sym.expect_int();
+  int64_t n_dims = self_in.dim();
+  int64_t channel_dim = n_dims < 2 ? 0 : 1;
+  Tensor self = self_in;
+  Tensor w;
+  const bool weighted = weight.has_value() && weight->defined();
+  if (weighted) {
+    if (n_dims > 1) {
+      std::vector<int64_t> shape(n_dims, 1);
+      shape[channel_dim] = weight->size(0);
+      w = weight->view(shape);
+    } else {
+      w = *weight;
+    }
+    self = self * w;
+  }
+  auto keep = target != ignore_index;
+  auto safe = at::where(keep, target, at::zeros_like(target)).unsqueeze(channel_dim);
+  auto result = -at::gather(self, channel_dim, safe).squeeze(channel_dim);
+  result = at::where(keep, result, at::zeros_like(result));
+  if (reduction == 0 && n_dims > 1) {
+    return {result, at::zeros({}, self.options())};
+  }
+  Tensor total_weight;
+  if (weighted) {
+    auto wsum = at::gather(w.expand(self.sizes()), channel_dim, safe).squeeze(channel_dim);
+    total_weight = at::where(keep, wsum, at::zeros_like(wsum)).sum();
+  } else {
+    total_weight = keep.sum().to(self.scalar_type());
+  }
+  if (reduction == 2) {
+    result = result.sum();
+  } else if (reduction == kMean) {
+    result = result.sum() / total_weight;
+  }
+  return {result, total_weight};
+}
+
 }  // namespace
 
 // Installs the rules above on the FuncTorchBatched key, once per process (libtorch has no C++
@@ -118,5 +167,7 @@ void tchj_install_loss_rules() {
     lib->impl("mish_backward", TORCH_FN(mish_backward_rule));
     lib->impl("nll_loss_backward", TORCH_FN(nll_loss_backward_rule));
     lib->impl("nll_loss2d_backward", TORCH_FN(nll_loss_backward_rule));
+    lib->impl("nll_loss_forward", TORCH_FN(nll_loss_forward_rule));
+    lib->impl("nll_loss2d_forward", TORCH_FN(nll_loss_forward_rule));
   });
 }

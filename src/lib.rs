@@ -35,7 +35,8 @@
 //! | `torch._C._functorch._set_vmap_fallback_enabled(False)` | [`JacobianOptions::vmap_fallback(false)`](JacobianOptions::vmap_fallback); ops that fell back: [`native::take_vmap_fallbacks`] |
 //! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`batch_jacobian_of_aux`] |
 //! | `torch.autograd.functional.jacobian(f, (a, b))` with tuple outputs | [`jacobians(&[&y0, &y1], &[&a, &b], &opts)`](jacobians) |
-//! | `vmap(grad(lambda p: loss(functional_call(model, p, x))))` (per-sample gradients) | [`per_sample_gradients(&losses, &trainable_parameters(&vs), &opts)`](per_sample_gradients) |
+//! | `vmap(grad(lambda p, x: loss(functional_call(model, p, x))))` (per-sample gradients, O(B)) | [`per_sample_gradients_of(loss, &params, &[&x, &t], &opts)`](per_sample_gradients_of) |
+//! | the same from losses already computed over the batch | [`per_sample_gradients(&losses, &trainable_parameters(&vs), &opts)`](per_sample_gradients) |
 //! | `jacrev(lambda p: functional_call(model, p, x))(params)` | [`parameter_jacobian(&y, &params, &opts)`](parameter_jacobian) |
 //! | `torch.autograd.functional.vjp` / `grad(y, x, v)` | [`vjp(&y, &x, &v, &opts)`](vjp) |
 //! | `grad(y, x, V, is_grads_batched=True)` / `vmap(vjp_fn)(V)` | [`vjp_batched(&y, &x, &v, &opts)`](vjp_batched) |
@@ -83,7 +84,10 @@ pub use jacobian::{
     jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, FnOutput, WithValue,
 };
 pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
-pub use params::{parameter_jacobian, per_sample_gradients, trainable_parameters};
+pub use params::{
+    parameter_jacobian, per_sample_gradients, per_sample_gradients_of, trainable_parameters,
+    PerSample,
+};
 pub use penalty::{
     contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
 };

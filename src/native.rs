@@ -162,6 +162,147 @@ pub(crate) fn batched_vjp(
         .collect())
 }
 
+/// The loss closure of [`vmap_grad`]: wrapped parameters and one sample's inputs to a scalar.
+pub(crate) type LossFn<'a> = dyn Fn(&[Tensor], &[Tensor]) -> Result<Tensor> + 'a;
+
+/// Per-sample gradients by `vmap(grad(f))` through `csrc/vmap_grad.cpp`: for `inputs[k] =
+/// [B, *sample_k]`, `G_p[b] = ∂f(θ, x_b)/∂θ_p` (`[B, *θ_p]`, `None` where the loss does not reach
+/// `θ_p`) and the losses `[B]`. `f` runs once, on one logical sample, at the transforms' levels;
+/// its errors and panics come back as an [`Error`].
+#[cfg(tch_jacobian_native)]
+pub(crate) fn vmap_grad(
+    f: &LossFn<'_>,
+    params: &[&Tensor],
+    inputs: &[&Tensor],
+    batch: i64,
+    vmap_fallback: bool,
+) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use torch_sys::C_tensor;
+
+    type Callback = unsafe extern "C" fn(
+        *mut c_void,
+        *mut *mut C_tensor,
+        i64,
+        *mut *mut C_tensor,
+        i64,
+        *mut *mut C_tensor,
+    ) -> c_int;
+    extern "C" {
+        fn tchj_vmap_grad(
+            f: Callback,
+            ctx: *mut c_void,
+            params: *const *const C_tensor,
+            n_params: i64,
+            inputs: *const *const C_tensor,
+            n_inputs: i64,
+            batch: i64,
+            vmap_fallback: c_int,
+            grads: *mut *mut C_tensor,
+            losses: *mut *mut C_tensor,
+            fallback_ops: *mut *mut c_char,
+        ) -> *mut c_char;
+        fn tchj_free_string(s: *mut c_char);
+    }
+
+    struct Ctx<'a, 'b> {
+        f: &'a LossFn<'b>,
+        error: RefCell<Option<Error>>,
+    }
+
+    /// Called by the C++ side once, inside the transforms. Owns the tensors it receives; never
+    /// unwinds into C++.
+    unsafe extern "C" fn call(
+        ctx: *mut c_void,
+        params: *mut *mut C_tensor,
+        n_params: i64,
+        inputs: *mut *mut C_tensor,
+        n_inputs: i64,
+        loss: *mut *mut C_tensor,
+    ) -> c_int {
+        // SAFETY: `ctx` is the `Ctx` of the enclosing `vmap_grad` call, alive for its duration;
+        // the arrays hold `n_*` heap tensors handed over to us.
+        let ctx = &*(ctx as *const Ctx<'_, '_>);
+        let take = |ptrs: *mut *mut C_tensor, n: i64| -> Vec<Tensor> {
+            (0..n as usize)
+                .map(|i| Tensor::from_ptr(*ptrs.add(i)))
+                .collect()
+        };
+        let (ps, xs) = (take(params, n_params), take(inputs, n_inputs));
+        match catch_unwind(AssertUnwindSafe(|| (ctx.f)(&ps, &xs))) {
+            Ok(Ok(mut t)) => {
+                *loss = t.as_mut_ptr();
+                std::mem::forget(t); // owned by the C++ side now
+                0
+            }
+            Ok(Err(e)) => {
+                *ctx.error.borrow_mut() = Some(e);
+                1
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(no message)".into());
+                *ctx.error.borrow_mut() = Some(Error::Contract(format!(
+                    "the loss closure panicked: {}",
+                    msg.lines().next().unwrap_or("")
+                )));
+                1
+            }
+        }
+    }
+
+    let ctx = Ctx {
+        f,
+        error: RefCell::new(None),
+    };
+    let p_ptrs: Vec<*const C_tensor> = params.iter().map(|t| t.as_ptr()).collect();
+    let x_ptrs: Vec<*const C_tensor> = inputs.iter().map(|t| t.as_ptr()).collect();
+    let mut grads: Vec<*mut C_tensor> = vec![std::ptr::null_mut(); params.len()];
+    let mut losses: *mut C_tensor = std::ptr::null_mut();
+    let mut ops: *mut c_char = std::ptr::null_mut();
+    // SAFETY: every pointer is a live tensor borrowed for the call; `grads` has one slot per
+    // parameter; the C++ side catches every exception and `call` every panic.
+    let err = unsafe {
+        tchj_vmap_grad(
+            call,
+            &ctx as *const Ctx<'_, '_> as *mut c_void,
+            p_ptrs.as_ptr(),
+            params.len() as i64,
+            x_ptrs.as_ptr(),
+            inputs.len() as i64,
+            batch,
+            vmap_fallback as c_int,
+            grads.as_mut_ptr(),
+            &mut losses,
+            &mut ops,
+        )
+    };
+    // SAFETY: malloc'd strings from the C++ side, each freed once.
+    let take = |s: *mut c_char| -> Option<String> {
+        (!s.is_null()).then(|| {
+            let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
+            unsafe { tchj_free_string(s) };
+            text
+        })
+    };
+    if let Some(msg) = take(err) {
+        return Err(ctx.error.into_inner().unwrap_or_else(|| engine_error(msg)));
+    }
+    if let Some(ops) = take(ops) {
+        record_fallbacks(&ops);
+    }
+    // SAFETY: non-null slots are `new at::Tensor`s that nobody else owns.
+    let grads = grads
+        .into_iter()
+        .map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
+        .collect();
+    Ok((grads, unsafe { Tensor::from_ptr(losses) }))
+}
+
 /// Free bytes on CUDA device `device` (`cudaMemGetInfo`, through the C++ file), or `None` on the
 /// CPU, without CUDA, or without the engine. Memory cached by libtorch's allocator counts as used.
 ///

@@ -18,9 +18,10 @@
 
 use tch::{nn, Tensor};
 
+use crate::autograd::{check_float, check_same_device};
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_with;
-use crate::strategy::JacobianOptions;
+use crate::strategy::{JacobianOptions, Strategy};
 
 /// The trainable variables of a `VarStore` as `(name, tensor)` pairs, sorted by name (the
 /// tensors are shallow clones: gradients reach the variables).
@@ -113,6 +114,241 @@ pub fn per_sample_gradients(
         )));
     }
     parameter_jacobian(losses, params, opts)
+}
+
+/// What [`per_sample_gradients_of`] returns.
+#[derive(Debug)]
+pub struct PerSample {
+    /// `(name, G_p)` with `G_p = [B, *θ_p.shape]`, in `params`' order.
+    pub gradients: Vec<(String, Tensor)>,
+    /// The per-sample losses, `[B]`.
+    pub losses: Tensor,
+}
+
+/// Per-sample gradients of a loss written for **one sample**, in `O(B)` — PyTorch's
+/// `vmap(grad(lambda p, x: loss(functional_call(model, p, x))))`:
+///
+/// ```text
+/// G_p[b] = ∂ loss(θ, x_b) / ∂θ_p        [B, *θ_p.shape], x_b = (inputs[0][b], inputs[1][b], …)
+/// ```
+///
+/// `loss(params, sample)` gets the parameters (in `params`' order) and one sample of every input
+/// (without the batch dimension) and returns that sample's scalar loss; it must build the model
+/// from the tensors it is given (a `tch::nn` layer keeps its tensors in public fields, e.g.
+/// `nn::Linear { ws, bs }`, so a layer can be used as `x.matmul(&p[0].tr()) + &p[1]`). With the
+/// native engine it runs **once**, under functorch's vmap and grad transforms (`csrc/vmap_grad.cpp`):
+/// every weight gradient is formed per sample. [`per_sample_gradients`] instead takes losses that
+/// already exist, through the caller's batch graph, and forms each weight gradient over the whole
+/// batch per sample (`O(B²)`): it wins only for small batches where the model is cheap; this one
+/// for DP-SGD batches (B = 256 … 4096). Without the engine, or with [`Strategy::RowLoop`], the
+/// closure runs once per sample (a loop of `B` backward passes).
+///
+/// The results are plain tensors (`create_graph` is refused); the parameters need not require
+/// grad. Ops without a batching rule take libtorch's per-op vmap fallback, recorded by
+/// [`crate::native::take_vmap_fallbacks`] (an error with `vmap_fallback(false)`); the usual losses
+/// (cross-entropy / NLL, MSE, Huber, smooth L1) and norms have the crate's rules. A closure's error comes back as it is, a panic inside it as [`Error::Contract`], a
+/// non-scalar loss as [`Error::Shape`]. Inputs must share their first dimension `B` (`B = 0`
+/// gives empty gradients).
+///
+/// A clipped DP-SGD step (per-sample gradients clipped to norm `C`, summed, Gaussian noise):
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// use tch_jacobian::{per_sample_gradients_of, JacobianOptions, Result};
+/// let o = (Kind::Float, Device::Cpu);
+/// let (w, b) = (Tensor::randn([10, 784], o) * 0.03, Tensor::zeros([10], o));
+/// let params = vec![("fc.weight".to_string(), w.shallow_clone()), ("fc.bias".to_string(), b.shallow_clone())];
+/// let (x, t) = (Tensor::randn([256, 784], o), Tensor::randint(10, [256], (Kind::Int64, Device::Cpu)));
+/// // The loss of one sample: x [784], t [] (scalar class index).
+/// let loss = |p: &[Tensor], s: &[Tensor]| -> Result<Tensor> {
+///     let logits = s[0].matmul(&p[0].tr()) + &p[1];
+///     Ok(logits.log_softmax(0, Kind::Float).gather(0, &s[1].unsqueeze(0), false).neg().squeeze())
+/// };
+/// let out = per_sample_gradients_of(loss, &params, &[&x, &t], &JacobianOptions::default())?;
+/// assert_eq!(out.gradients[0].1.size(), [256, 10, 784]);
+/// let clip = 1.0;
+/// let norms = out.gradients.iter()
+///     .map(|(_, g)| g.flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Float))
+///     .fold(Tensor::zeros([256], o), |a, n| a + n)
+///     .sqrt(); // per-sample gradient norm over all parameters
+/// let scale = (clip / (norms + 1e-6)).clamp_max(1.0); // [256]
+/// let sigma = 1.0;
+/// for ((_, g), (_, p)) in out.gradients.iter().zip(&params) {
+///     let shape: Vec<i64> = std::iter::once(256).chain(vec![1; p.dim()]).collect();
+///     let clipped = (g * scale.view(shape.as_slice())).sum_dim_intlist(0, false, Kind::Float);
+///     let noisy = (clipped + Tensor::randn_like(p) * (sigma * clip)) / 256.0;
+///     tch::no_grad(|| p.shallow_clone().f_sub_(&(noisy * 0.1)))?; // SGD step, lr 0.1
+/// }
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn per_sample_gradients_of<F>(
+    loss: F,
+    params: &[(String, Tensor)],
+    inputs: &[&Tensor],
+    opts: &JacobianOptions,
+) -> Result<PerSample>
+where
+    F: Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
+{
+    if params.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no parameters: params is empty (a VarStore without trainable variables?)".into(),
+        ));
+    }
+    if inputs.is_empty() {
+        return Err(Error::InvalidArgument(
+            "per_sample_gradients_of needs at least one input [B, …]; inputs is empty".into(),
+        ));
+    }
+    if opts.create_graph {
+        return Err(Error::InvalidArgument(
+            "per_sample_gradients_of returns plain tensors; create_graph = true is not supported (use per_sample_gradients on losses you built)".into(),
+        ));
+    }
+    let device = params[0].1.device();
+    for (name, p) in params {
+        check_float(p, &format!("parameter {name}"))?;
+        check_same_device(
+            p,
+            &format!("parameter {name}"),
+            &params[0].1,
+            &format!("parameter {}", params[0].0),
+        )?;
+    }
+    let batch = match inputs[0].size().first() {
+        Some(&b) => b,
+        None => {
+            return Err(Error::Shape(format!(
+                "inputs need a leading batch dimension; input 0 is a scalar (shape {:?})",
+                inputs[0].size()
+            )))
+        }
+    };
+    for (k, x) in inputs.iter().enumerate() {
+        if x.device() != device {
+            return Err(Error::Device(format!(
+                "input {k} (shape {:?}) is on {:?} but the parameters are on {device:?}; move them to one device",
+                x.size(),
+                x.device()
+            )));
+        }
+        if x.size().first() != Some(&batch) {
+            return Err(Error::Shape(format!(
+                "every input needs the same leading batch dimension B = {batch} (input 0); input {k} has shape {:?}",
+                x.size()
+            )));
+        }
+    }
+    let names = || params.iter().map(|(n, _)| n.clone());
+    if batch == 0 {
+        let gradients = params
+            .iter()
+            .map(|(n, p)| {
+                let mut shape = vec![0];
+                shape.extend(p.size());
+                Ok((
+                    n.clone(),
+                    Tensor::f_zeros(shape.as_slice(), (p.kind(), device))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let losses = Tensor::f_zeros([0], (params[0].1.kind(), device))?;
+        return Ok(PerSample { gradients, losses });
+    }
+    let loop_over_samples = match opts.strategy.validate()? {
+        Strategy::Auto | Strategy::Batched { .. } => !crate::native::available(),
+        Strategy::RowLoop => true,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "per_sample_gradients_of runs vmap(grad) (auto, batched) or a loop over samples (row-loop), not {other}"
+            )))
+        }
+    };
+    let ps: Vec<&Tensor> = params.iter().map(|(_, p)| p).collect();
+    let (grads, losses) = if loop_over_samples {
+        sample_loop(&loss, &ps, inputs, batch)?
+    } else {
+        vmap_grad(&loss, &ps, inputs, batch, opts.vmap_fallback)?
+    };
+    let gradients = names()
+        .zip(grads.into_iter().zip(&ps))
+        .map(|(n, (g, p))| {
+            let g = match g {
+                Some(g) => crate::autograd::materialize(g)?,
+                None => {
+                    let mut shape = vec![batch];
+                    shape.extend(p.size());
+                    Tensor::f_zeros(shape.as_slice(), (p.kind(), device))?
+                }
+            };
+            Ok((n, g))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PerSample { gradients, losses })
+}
+
+#[cfg(tch_jacobian_native)]
+fn vmap_grad(
+    loss: &crate::native::LossFn<'_>,
+    ps: &[&Tensor],
+    inputs: &[&Tensor],
+    batch: i64,
+    vmap_fallback: bool,
+) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    crate::native::vmap_grad(loss, ps, inputs, batch, vmap_fallback)
+}
+
+#[cfg(not(tch_jacobian_native))]
+fn vmap_grad(
+    loss: &crate::native::LossFn<'_>,
+    ps: &[&Tensor],
+    inputs: &[&Tensor],
+    batch: i64,
+    _vmap_fallback: bool,
+) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    sample_loop(loss, ps, inputs, batch)
+}
+
+/// The loop over samples: one forward and one backward pass per sample.
+fn sample_loop(
+    loss: &crate::native::LossFn<'_>,
+    ps: &[&Tensor],
+    inputs: &[&Tensor],
+    batch: i64,
+) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    let mut per_param: Vec<Vec<Tensor>> = ps.iter().map(|_| Vec::new()).collect();
+    let mut losses = Vec::new();
+    for b in 0..batch {
+        let leaves: Vec<Tensor> = ps
+            .iter()
+            .map(|p| p.detach().set_requires_grad(true))
+            .collect();
+        let sample = inputs
+            .iter()
+            .map(|x| Ok(x.f_select(0, b)?))
+            .collect::<Result<Vec<_>>>()?;
+        let l = loss(&leaves, &sample)?;
+        if l.dim() != 0 {
+            return Err(Error::Shape(format!(
+                "the loss closure must return one scalar per sample; it returned shape {:?} for one sample",
+                l.size()
+            )));
+        }
+        let grads = if l.requires_grad() {
+            Tensor::f_run_backward(&[&l], &leaves, false, false)?
+        } else {
+            leaves.iter().map(|_| Tensor::new()).collect()
+        };
+        for ((acc, g), p) in per_param.iter_mut().zip(grads).zip(&leaves) {
+            acc.push(if g.defined() { g } else { p.f_zeros_like()? });
+        }
+        losses.push(l.f_detach()?);
+    }
+    let grads = per_param
+        .iter()
+        .map(|gs| Ok(Some(Tensor::f_stack(gs, 0)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((grads, Tensor::f_stack(&losses, 0)?))
 }
 
 /// `input k` in an error message becomes the parameter's name.

@@ -7,8 +7,8 @@ use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hessian_of, hvp, jacobian_of,
-    jacobian_of_aux, jacobian_with, jacobians, jvp, jvp_batched, per_sample_gradients, vjp,
-    vjp_batched, JacobianOptions, Result, Strategy,
+    jacobian_of_aux, jacobian_with, jacobians, jvp, jvp_batched, per_sample_gradients,
+    per_sample_gradients_of, vjp, vjp_batched, JacobianOptions, Result, Strategy,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {
@@ -440,10 +440,108 @@ fn per_sample_gradients_match(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// `per_sample_gradients_of` (the closure of one sample under vmap(grad), and the loop over
+/// samples) against `vmap(grad(functional_call(...)))`: the MLP and the conv net, with the vmap
+/// fallback off (cross_entropy's nll_loss_backward has the crate's rule); bad closures are errors.
+fn per_sample_gradients_of_match(device: Device) -> Result<()> {
+    let p = |case: &str, names: &[&str]| -> Vec<(String, Tensor)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), fx(case, n, device)))
+            .collect()
+    };
+    let ce = |logits: &Tensor, t: &Tensor| -> Result<Tensor> {
+        Ok(logits.f_unsqueeze(0)?.f_cross_entropy_loss::<Tensor>(
+            &t.f_unsqueeze(0)?,
+            None,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        )?)
+    };
+    // One sample: x [5], t [].
+    let mlp_loss = |p: &[Tensor], s: &[Tensor]| -> Result<Tensor> {
+        let h = (s[0].f_matmul(&p[0].tr())? + &p[1]).f_tanh()?;
+        ce(&(h.f_matmul(&p[2].tr())? + &p[3]), &s[1])
+    };
+    // One sample: x [1, 6, 6], t [].
+    let conv_loss = |p: &[Tensor], s: &[Tensor]| -> Result<Tensor> {
+        let h = s[0]
+            .f_unsqueeze(0)?
+            .f_conv2d(&p[0], Some(&p[1]), [1, 1], [0, 0], [1, 1], 1)?
+            .f_relu()?
+            .f_flatten(0, -1)?;
+        ce(&(h.f_matmul(&p[2].tr())? + &p[3]), &s[1])
+    };
+    let mlp = p("psg_mlp", &["w1", "b1", "w2", "b2"]);
+    let conv = p("psg_conv", &["wc", "bc", "wl", "bl"]);
+    let data = |case: &str| (fx(case, "x", device), fx(case, "t", device));
+    let strategies = [Strategy::Auto, Strategy::RowLoop];
+    for s in strategies {
+        for (case, params, loss) in [
+            (
+                "psg_mlp",
+                &mlp,
+                &mlp_loss as &dyn Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
+            ),
+            ("psg_conv", &conv, &conv_loss),
+        ] {
+            let (x, t) = data(case);
+            let out = per_sample_gradients_of(loss, params, &[&x, &t], &opts(s))?;
+            assert_eq!(out.losses.size(), [x.size()[0]]);
+            for (name, g) in &out.gradients {
+                f64_tol()
+                    .check(g, &fx(case, &format!("g_{name}"), device))
+                    .unwrap_or_else(|e| panic!("{case} {s} {name}: {e}"));
+            }
+        }
+    }
+    let (x, t) = data("psg_mlp");
+    let o = JacobianOptions::default();
+    if tch_jacobian::native::available() {
+        let panics = |_: &[Tensor], _: &[Tensor]| -> Result<Tensor> { panic!("boom") };
+        assert_err(
+            per_sample_gradients_of(panics, &mlp, &[&x, &t], &o),
+            &["panicked: boom"],
+        );
+    }
+    let vector = |p: &[Tensor], s: &[Tensor]| -> Result<Tensor> { Ok(s[0].f_matmul(&p[0].tr())?) };
+    assert_err(
+        per_sample_gradients_of(vector, &mlp, &[&x], &o),
+        &["one scalar per sample", "[8]"],
+    );
+    let failing = |_: &[Tensor], _: &[Tensor]| -> Result<Tensor> {
+        Err(tch_jacobian::Error::InvalidArgument(
+            "my model says no".into(),
+        ))
+    };
+    assert_err(
+        per_sample_gradients_of(failing, &mlp, &[&x], &o),
+        &["my model says no"],
+    );
+    assert_err(
+        per_sample_gradients_of(mlp_loss, &mlp, &[&x, &t.narrow(0, 0, 2)], &o),
+        &["same leading batch dimension", "B = 6"],
+    );
+    assert_err(
+        per_sample_gradients_of(mlp_loss, &mlp, &[&x, &t], &o.create_graph(true)),
+        &["create_graph"],
+    );
+    let empty = per_sample_gradients_of(
+        mlp_loss,
+        &mlp,
+        &[&x.narrow(0, 0, 0), &t.narrow(0, 0, 0)],
+        &o,
+    )?;
+    assert_eq!(empty.gradients[0].1.size(), [0, 8, 5]);
+    Ok(())
+}
+
 device_tests!(
     value_and_aux,
     many_products,
     several_outputs,
     hessian_of_closure,
     per_sample_gradients_match,
+    per_sample_gradients_of_match,
 );

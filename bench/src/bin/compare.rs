@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian, jacobian_of,
-    jacobian_with, jvp_batched, per_sample_gradients, sigmoid_linear_jacobian, vjp_batched,
-    Estimator, JacobianOptions, Strategy,
+    jacobian_with, jvp_batched, per_sample_gradients, per_sample_gradients_of,
+    sigmoid_linear_jacobian, vjp_batched, Estimator, JacobianOptions, Strategy,
 };
 use tch_jacobian_bench::{measure, Rule, Timing};
 
@@ -199,6 +199,27 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                     )?;
                     let opts = JacobianOptions::default();
                     Ok(per_sample_gradients(&losses, &params, &opts)?.remove(0).1)
+                },
+            )?;
+            // The loss of one sample under vmap(grad): O(B), like PyTorch's vmap(grad).
+            let params_of = vec![("w1".to_string(), w.shallow_clone())];
+            run(
+                "per_sample_gradients_of (cross_entropy, one sample)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let loss = |p: &[Tensor], s: &[Tensor]| -> tch_jacobian::Result<Tensor> {
+                        let logits = s[0].f_matmul(&p[0].tr())?.f_tanh()?.f_matmul(&w2.tr())?;
+                        Ok(logits.f_unsqueeze(0)?.f_cross_entropy_loss::<Tensor>(
+                            &s[1].f_unsqueeze(0)?,
+                            None,
+                            tch::Reduction::Mean,
+                            -100,
+                            0.0,
+                        )?)
+                    };
+                    let opts = JacobianOptions::default();
+                    let out = per_sample_gradients_of(loss, &params_of, &[&x, &t], &opts)?;
+                    Ok(out.gradients.into_iter().next().context("w1")?.1)
                 },
             )?;
             run(

@@ -1,0 +1,144 @@
+// What the crate's functorch transforms share (csrc/batched_vjp.cpp, csrc/vmap_grad.cpp): the
+// vmap fallback switch, RAII levels, the warning collector that names the ops which took the
+// vmap fallback, and the malloc'd strings handed to Rust. Header-only; `inline` functions keep
+// one instance of the process-wide mutex.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/functorch/BatchedFallback.h>
+#include <ATen/functorch/DynamicLayer.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+// csrc/norm_rules.cpp, csrc/loss_rules.cpp: batching rules, installed once per process.
+void tchj_install_norm_rules();
+void tchj_install_loss_rules();
+
+namespace tchj {
+
+inline char* copy_string(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, s.c_str(), s.size() + 1);
+  }
+  return out;
+}
+
+// The vmap fallback switch is process-wide in libtorch. Calls that keep it on (the default)
+// share the lock; a call that turns it off holds it alone and restores the previous value, so a
+// concurrent call never sees another call's setting.
+inline std::shared_mutex& fallback_mode_mutex() {
+  static std::shared_mutex mutex;
+  return mutex;
+}
+
+class FallbackMode {
+ public:
+  explicit FallbackMode(bool enabled) {
+    if (enabled) {
+      shared_ = std::shared_lock<std::shared_mutex>(fallback_mode_mutex());
+    } else {
+      unique_ = std::unique_lock<std::shared_mutex>(fallback_mode_mutex());
+      previous_ = at::functorch::isVmapFallbackEnabled();
+      at::functorch::setVmapFallbackEnabled(false);
+      changed_ = true;
+    }
+  }
+  ~FallbackMode() {
+    if (changed_) {
+      at::functorch::setVmapFallbackEnabled(previous_);
+    }
+  }
+  FallbackMode(const FallbackMode&) = delete;
+  FallbackMode& operator=(const FallbackMode&) = delete;
+
+ private:
+  std::shared_lock<std::shared_mutex> shared_;
+  std::unique_lock<std::shared_mutex> unique_;
+  bool previous_ = true;
+  bool changed_ = false;
+};
+
+// Pushes a vmap level of `batch` and pops it on every path out of the scope.
+class VmapLevel {
+ public:
+  explicit VmapLevel(int64_t batch)
+      : level_(at::functorch::initAndPushDynamicLayer(
+            at::functorch::TransformType::Vmap,
+            c10::SymInt(batch),
+            at::functorch::RandomnessType::Error)) {}
+  ~VmapLevel() {
+    at::functorch::popDynamicLayerAndDeleteMetadata();
+  }
+  VmapLevel(const VmapLevel&) = delete;
+  VmapLevel& operator=(const VmapLevel&) = delete;
+  int64_t level() const {
+    return level_;
+  }
+
+ private:
+  int64_t level_;
+};
+
+// Pushes a grad (reverse-mode) level and pops it on every path out of the scope; grad mode must
+// be on inside it, `prev_grad_mode` is the caller's.
+class GradLevel {
+ public:
+  explicit GradLevel(bool prev_grad_mode)
+      : level_(at::functorch::initAndPushDynamicLayer(
+            at::functorch::TransformType::Grad, std::nullopt, std::nullopt, prev_grad_mode)) {}
+  ~GradLevel() {
+    at::functorch::popDynamicLayerAndDeleteMetadata();
+  }
+  GradLevel(const GradLevel&) = delete;
+  GradLevel& operator=(const GradLevel&) = delete;
+  int64_t level() const {
+    return level_;
+  }
+
+ private:
+  int64_t level_;
+};
+
+// Collects libtorch's warnings during a call (on this thread, and those the autograd engine
+// replays to it) instead of printing them: the vmap fallback's warning names the op.
+class Collector : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& warning) override {
+    messages.push_back(warning.msg());
+  }
+  std::vector<std::string> messages;
+};
+
+// "…batching rule for aten::foo. Please file…" -> "aten::foo".
+inline std::string fallback_op(const std::string& msg) {
+  const std::string key = "batching rule for ";
+  auto at = msg.find(key);
+  if (at == std::string::npos) {
+    return "";
+  }
+  auto start = at + key.size();
+  auto end = msg.find_first_of(". ", start);
+  return msg.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
+// The distinct ops of the fallback warnings collected, '\n'-separated, as a malloc'd string
+// (nullptr when none).
+inline char* fallback_ops(const Collector& collector) {
+  std::string ops;
+  for (const auto& msg : collector.messages) {
+    auto op = fallback_op(msg);
+    if (!op.empty() && ops.find(op) == std::string::npos) {
+      ops += ops.empty() ? op : "\n" + op;
+    }
+  }
+  return ops.empty() ? nullptr : copy_string(ops);
+}
+
+}  // namespace tchj

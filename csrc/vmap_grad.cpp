@@ -1,0 +1,183 @@
+// Per-sample gradients by running a Rust closure under functorch's vmap and grad transforms —
+// torch.func's vmap(grad(f)) — which tch does not expose.
+//
+// For parameters θ_p, inputs X_k = [B, *sample_k] and a closure f(θ, x) -> scalar loss of one
+// sample, one call returns G_p = [B, *θ_p] with G_p[b] = ∂f(θ, X[b])/∂θ_p and the losses [B]:
+// every weight gradient is formed per sample, O(B) work (a backward pass over the batch graph
+// with B cotangents forms each weight gradient over the whole batch B times: O(B²)).
+//
+// Recipe (../shared/design/second-order-and-transforms.md, torch/_functorch/eager_transforms.py):
+// push a Vmap layer of size B and wrap each input with addBatchDim(·, 0, vmap level); push a
+// Grad layer with grad mode on and wrap each parameter with makeTensorWrapper(·, grad level) that
+// requires grad; run f; autograd::grad(loss, wrapped parameters, create_graph) as torch.func
+// does; unwrap each result at the grad level, pop the Grad layer; unwrap at the vmap level
+// (value moved to bdim 0, or expanded when a gradient does not depend on the sample), pop the
+// Vmap layer. RAII guards pop the layers on every path.
+//
+// Contract with Rust (src/native.rs): no C++ exception crosses the boundary, and no Rust panic
+// crosses into C++ (the Rust callback catches it and returns non-zero, after which this file
+// throws to unwind its own guards). The callback receives heap-allocated copies of the wrapped
+// tensors (owned by Rust from then on) and hands back a heap-allocated loss (owned here).
+#include <ATen/ATen.h>
+#include <ATen/functorch/BatchedTensorImpl.h>
+#include <ATen/functorch/DynamicLayer.h>
+#include <ATen/functorch/TensorWrapper.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "functorch_guards.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+// The value of `t` below a grad level (the tensor itself when it is not wrapped there).
+at::Tensor unwrap_grad(const at::Tensor& t, int64_t level) {
+  auto* w = at::functorch::maybeGetTensorWrapper(t);
+  if (w != nullptr && w->level().has_value() && *w->level() == level) {
+    return w->value();
+  }
+  return t;
+}
+
+// [B, *shape] from a tensor of the vmap level: its physical value with the batch dimension
+// first, or the same block for every sample when it does not depend on the sample.
+at::Tensor unwrap_vmap(const at::Tensor& t, int64_t level, int64_t batch) {
+  auto* b = at::functorch::maybeGetBatchedImpl(t);
+  if (b != nullptr && b->level() == level) {
+    return b->value().movedim(b->bdim(), 0);
+  }
+  std::vector<int64_t> shape{batch};
+  auto sizes = t.sizes();
+  shape.insert(shape.end(), sizes.begin(), sizes.end());
+  return t.unsqueeze(0).expand(shape);
+}
+
+}  // namespace
+
+extern "C" {
+
+// The Rust side of one call of f: receives `n_params` wrapped parameters and `n_inputs` batched
+// inputs (new heap tensors, now owned by the callee), writes the loss (a new heap tensor) into
+// `loss`, returns 0, or non-zero after keeping its own error.
+typedef int (*tchj_loss_fn)(
+    void* ctx,
+    at::Tensor** params,
+    int64_t n_params,
+    at::Tensor** inputs,
+    int64_t n_inputs,
+    at::Tensor** loss);
+
+// G_p = [B, *θ_p] per parameter into grads[p] (nullptr when the loss does not reach θ_p) and the
+// per-sample losses [B] into *losses; `fallback_ops` receives the ops that took libtorch's
+// per-op vmap fallback ('\n'-separated, or nullptr), which `vmap_fallback = 0` turns into an
+// error instead. Returns nullptr or a malloc'd message; the message "callback failed" means the
+// Rust callback failed and kept its own error.
+char* tchj_vmap_grad(
+    tchj_loss_fn f,
+    void* ctx,
+    const at::Tensor* const* params,
+    int64_t n_params,
+    const at::Tensor* const* inputs,
+    int64_t n_inputs,
+    int64_t batch,
+    int vmap_fallback,
+    at::Tensor** grads,
+    at::Tensor** losses,
+    char** fallback_ops) {
+  for (int64_t p = 0; p < n_params; ++p) {
+    grads[p] = nullptr;
+  }
+  *losses = nullptr;
+  *fallback_ops = nullptr;
+  try {
+    std::vector<at::Tensor> out(n_params);
+    at::Tensor loss_values;
+    tchj::Collector collector;
+    {
+      c10::WarningUtils::WarningHandlerGuard warnings(&collector);
+      // (libtorch warns that the rules override its own: collected here, not printed.)
+      tchj_install_norm_rules();
+      tchj_install_loss_rules();
+      tchj::FallbackMode mode(vmap_fallback != 0);
+      const bool prev_grad_mode = at::GradMode::is_enabled();
+      tchj::VmapLevel vmap(batch);
+      std::vector<at::Tensor> xs;
+      for (int64_t k = 0; k < n_inputs; ++k) {
+        xs.push_back(at::functorch::addBatchDim(*inputs[k], 0, vmap.level()));
+      }
+      std::vector<at::Tensor> grads_inner;
+      at::Tensor loss_inner;
+      {
+        at::AutoGradMode grad_mode(true);
+        tchj::GradLevel grad(prev_grad_mode);
+        std::vector<at::Tensor> wrapped;
+        for (int64_t p = 0; p < n_params; ++p) {
+          auto w = at::functorch::makeTensorWrapper(*params[p], grad.level());
+          w.requires_grad_(true);
+          wrapped.push_back(w);
+        }
+        std::vector<at::Tensor*> p_args;
+        std::vector<at::Tensor*> x_args;
+        for (auto& w : wrapped) p_args.push_back(new at::Tensor(w));
+        for (auto& x : xs) x_args.push_back(new at::Tensor(x));
+        at::Tensor* loss_ptr = nullptr;
+        int rc = f(ctx, p_args.data(), n_params, x_args.data(), n_inputs, &loss_ptr);
+        std::unique_ptr<at::Tensor> loss(loss_ptr);
+        if (rc != 0 || !loss) {
+          throw std::runtime_error("callback failed");
+        }
+        TORCH_CHECK(
+            loss->dim() == 0,
+            "the loss closure must return one scalar per sample; it returned shape ",
+            loss->sizes(), " for one sample");
+        std::vector<at::Tensor> inputs_for_grad(wrapped.begin(), wrapped.end());
+        auto raw = torch::autograd::grad(
+            {*loss}, inputs_for_grad, {}, /*retain_graph=*/true, /*create_graph=*/true,
+            /*allow_unused=*/true);
+        for (int64_t p = 0; p < n_params; ++p) {
+          grads_inner.push_back(raw[p].defined() ? unwrap_grad(raw[p], grad.level()) : raw[p]);
+        }
+        loss_inner = unwrap_grad(*loss, grad.level());
+      }
+      for (int64_t p = 0; p < n_params; ++p) {
+        if (grads_inner[p].defined()) {
+          out[p] = unwrap_vmap(grads_inner[p], vmap.level(), batch);
+        }
+      }
+      loss_values = unwrap_vmap(loss_inner, vmap.level(), batch);
+    }
+    for (int64_t p = 0; p < n_params; ++p) {
+      if (out[p].defined()) {
+        grads[p] = new at::Tensor(out[p].detach());
+      }
+    }
+    *losses = new at::Tensor(loss_values.detach());
+    *fallback_ops = tchj::fallback_ops(collector);
+    return nullptr;
+  } catch (const c10::Error& e) {
+    for (int64_t p = 0; p < n_params; ++p) {
+      delete grads[p];
+      grads[p] = nullptr;
+    }
+    return tchj::copy_string(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    for (int64_t p = 0; p < n_params; ++p) {
+      delete grads[p];
+      grads[p] = nullptr;
+    }
+    return tchj::copy_string(e.what());
+  } catch (...) {
+    for (int64_t p = 0; p < n_params; ++p) {
+      delete grads[p];
+      grads[p] = nullptr;
+    }
+    return tchj::copy_string("unknown C++ exception in the per-sample gradient transform");
+  }
+}
+
+}  // extern "C"
