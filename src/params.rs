@@ -15,6 +15,12 @@
 //!
 //! Per-sample gradients assume the samples do not interact in the forward pass (no batch norm in
 //! training mode), as `vmap` does.
+//!
+//! Two doors: [`per_sample_gradients`] takes losses the caller already computed over the batch
+//! (any model, no rewrite; `O(B²)` arithmetic, fine for small batches), and
+//! [`per_sample_gradients_of`] takes the loss of **one** sample as a closure of the parameters and
+//! runs it under vmap(grad) (`O(B)`, PyTorch's own speed; the model is written against the
+//! parameter tensors it is given). For DP-SGD batches use the second.
 
 use tch::{nn, Tensor};
 
@@ -82,10 +88,8 @@ pub fn parameter_jacobian(
 ///
 /// Cost: the pass runs the caller's batched graph once per sample row (`B` cotangents), so a
 /// weight's gradient is formed over the whole batch for every row — `B` times the arithmetic of
-/// `vmap(grad)`, which re-runs the model per sample. Measured (2-core CPU, f32, B = 64, a
-/// 784 → 64 → 10 MLP): 1.75 ms against 1.32 ms for `vmap(grad)` (1.33×); with
-/// `cross_entropy` 2.15 ms, since its `nll_loss_backward` has no batching rule (write the loss as
-/// `-log_softmax(logits).gather(t)` for the fast path).
+/// `vmap(grad)`, which re-runs the model per sample: 2× `vmap(grad)` at B = 64 and far more at
+/// DP-SGD sizes (docs/benchmarks.md). [`per_sample_gradients_of`] is the `O(B)` door.
 ///
 /// ```
 /// use tch::{nn, nn::Module, Device, Kind, Tensor};
@@ -171,7 +175,7 @@ pub struct PerSample {
 ///     .map(|(_, g)| g.flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Float))
 ///     .fold(Tensor::zeros([256], o), |a, n| a + n)
 ///     .sqrt(); // per-sample gradient norm over all parameters
-/// let scale = (clip / (norms + 1e-6)).clamp_max(1.0); // [256]
+/// let scale = ((norms + 1e-6).reciprocal() * clip).clamp_max(1.0); // [256]
 /// let sigma = 1.0;
 /// for ((_, g), (_, p)) in out.gradients.iter().zip(&params) {
 ///     let shape: Vec<i64> = std::iter::once(256).chain(vec![1; p.dim()]).collect();

@@ -498,6 +498,16 @@ fn per_sample_gradients_of_match(device: Device) -> Result<()> {
     }
     let (x, t) = data("psg_mlp");
     let o = JacobianOptions::default();
+    // Parameters that require grad (VarStore variables) give the same, and keep their graph.
+    let trainable: Vec<(String, Tensor)> = mlp
+        .iter()
+        .map(|(n, p)| (n.clone(), p.detach().set_requires_grad(true)))
+        .collect();
+    let out = per_sample_gradients_of(mlp_loss, &trainable, &[&x, &t], &o)?;
+    f64_tol()
+        .check(&out.gradients[0].1, &fx("psg_mlp", "g_w1", device))
+        .unwrap();
+    assert!(!out.gradients[0].1.requires_grad());
     if tch_jacobian::native::available() {
         let panics = |_: &[Tensor], _: &[Tensor]| -> Result<Tensor> { panic!("boom") };
         assert_err(
