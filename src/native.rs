@@ -94,6 +94,25 @@ fn record_fallbacks(ops: &str) {
     });
 }
 
+#[cfg(tch_jacobian_native)]
+extern "C" {
+    fn tchj_free_string(s: *mut std::ffi::c_char);
+}
+
+/// Takes ownership of a malloc'd C string from the C++ side (`None` for a null pointer).
+///
+/// # Safety
+/// `s` is null or a NUL-terminated string from `malloc` that nobody else frees.
+#[cfg(tch_jacobian_native)]
+unsafe fn take_string(s: *mut std::ffi::c_char) -> Option<String> {
+    if s.is_null() {
+        return None;
+    }
+    let text = std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned();
+    tchj_free_string(s);
+    Some(text)
+}
+
 /// `G_k = [c, *x_k.shape]` with `G_k[r] = V[r]ᵀ ∂y/∂x_k` for the cotangents `v = [c, *y.shape]`,
 /// in one backward pass with the graph kept; `None` for an input that `y` does not reach.
 #[cfg(tch_jacobian_native)]
@@ -104,7 +123,7 @@ pub(crate) fn batched_vjp(
     create_graph: bool,
     vmap_fallback: bool,
 ) -> Result<Vec<Option<Tensor>>> {
-    use std::ffi::{c_char, c_int, CStr};
+    use std::ffi::{c_char, c_int};
     use torch_sys::C_tensor;
 
     extern "C" {
@@ -118,17 +137,6 @@ pub(crate) fn batched_vjp(
             out: *mut *mut C_tensor,
             fallback_ops: *mut *mut c_char,
         ) -> *mut c_char;
-        fn tchj_free_string(s: *mut c_char);
-    }
-
-    /// Takes ownership of a malloc'd C string from the engine.
-    unsafe fn take_string(s: *mut c_char) -> Option<String> {
-        if s.is_null() {
-            return None;
-        }
-        let text = CStr::from_ptr(s).to_string_lossy().into_owned();
-        tchj_free_string(s);
-        Some(text)
     }
 
     let ptrs: Vec<*const C_tensor> = xs.iter().map(|x| x.as_ptr()).collect();
@@ -177,7 +185,7 @@ pub(crate) fn vmap_grad(
     batch: i64,
     vmap_fallback: bool,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
-    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::ffi::{c_char, c_int, c_void};
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use torch_sys::C_tensor;
 
@@ -203,7 +211,6 @@ pub(crate) fn vmap_grad(
             losses: *mut *mut C_tensor,
             fallback_ops: *mut *mut c_char,
         ) -> *mut c_char;
-        fn tchj_free_string(s: *mut c_char);
     }
 
     struct Ctx<'a, 'b> {
@@ -281,18 +288,11 @@ pub(crate) fn vmap_grad(
             &mut ops,
         )
     };
-    // SAFETY: malloc'd strings from the C++ side, each freed once.
-    let take = |s: *mut c_char| -> Option<String> {
-        (!s.is_null()).then(|| {
-            let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
-            unsafe { tchj_free_string(s) };
-            text
-        })
-    };
-    if let Some(msg) = take(err) {
+    // SAFETY: malloc'd strings from the C++ side, each taken once.
+    if let Some(msg) = unsafe { take_string(err) } {
         return Err(ctx.error.into_inner().unwrap_or_else(|| engine_error(msg)));
     }
-    if let Some(ops) = take(ops) {
+    if let Some(ops) = unsafe { take_string(ops) } {
         record_fallbacks(&ops);
     }
     // SAFETY: non-null slots are `new at::Tensor`s that nobody else owns.
@@ -378,7 +378,7 @@ fn engine_error(msg: String) -> Error {
 /// graph. Through the C++ file (tch does not expose `grad_fn`); `None` without the engine.
 #[cfg(tch_jacobian_native)]
 pub(crate) fn graph_node_names(y: &Tensor) -> Result<Option<(Vec<String>, usize)>> {
-    use std::ffi::{c_char, CStr};
+    use std::ffi::c_char;
     use torch_sys::C_tensor;
     extern "C" {
         fn tchj_graph_node_names(
@@ -386,17 +386,9 @@ pub(crate) fn graph_node_names(y: &Tensor) -> Result<Option<(Vec<String>, usize)
             names: *mut *mut c_char,
             visited: *mut i64,
         ) -> *mut c_char;
-        fn tchj_free_string(s: *mut c_char);
     }
-    let take = |s: *mut c_char| -> Option<String> {
-        if s.is_null() {
-            return None;
-        }
-        // SAFETY: a malloc'd, NUL-terminated string from the C++ side, freed once here.
-        let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
-        unsafe { tchj_free_string(s) };
-        Some(text)
-    };
+    // SAFETY: malloc'd strings from the C++ side, each taken once.
+    let take = |s: *mut c_char| unsafe { take_string(s) };
     let mut names: *mut c_char = std::ptr::null_mut();
     let mut visited = 0i64;
     // SAFETY: `y` is a live tensor; the C++ side catches every exception.
