@@ -88,12 +88,10 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         inputs: &names_v,
     };
     let y2 = engine::rows_view(y, Some(b))?;
-    let strategy = opts
-        .strategy
-        .validate()?
-        .resolve_for(&Work::of(y, m, n, b as usize, false));
+    let work = Work::of(y, m, n, b as usize, false);
+    let strategy = opts.strategy.validate()?.resolve_for(&work);
     let instead = "batch_jacobian_of(f, x, opts)";
-    let block = engine::run(strategy, &y2, &[x], None, opts, names, instead)?.remove(0);
+    let block = engine::run(strategy, &work, &y2, &[x], None, opts, names, instead)?.remove(0);
     unflatten(&block, &y.size(), &x.size())
 }
 

@@ -118,12 +118,10 @@ pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Resu
     let m = y.numel();
     let n: usize = xs.iter().map(|x| x.numel()).sum();
     let y2 = engine::rows_view(y, None)?;
-    let strategy = opts
-        .strategy
-        .validate()?
-        .resolve_for(&Work::of(y, m, n, 1, false));
+    let work = Work::of(y, m, n, 1, false);
+    let strategy = opts.strategy.validate()?.resolve_for(&work);
     let instead = "jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)";
-    let blocks = engine::run(strategy, &y2, xs, None, opts, names, instead)?;
+    let blocks = engine::run(strategy, &work, &y2, xs, None, opts, names, instead)?;
     blocks
         .iter()
         .zip(xs)
@@ -220,8 +218,9 @@ pub(crate) fn closure_jacobian(
         call,
         batched: batch.is_some(),
     });
-    let strategy = strat.resolve_for(&Work::of(&y, m, n, b as usize, true));
-    let block = engine::run(strategy, &y2, &[&xg], closure, opts, names, "")?.remove(0);
+    let work = Work::of(&y, m, n, b as usize, true);
+    let strategy = strat.resolve_for(&work);
+    let block = engine::run(strategy, &work, &y2, &[&xg], closure, opts, names, "")?.remove(0);
     Ok((xg, y, block))
 }
 

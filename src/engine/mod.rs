@@ -56,15 +56,18 @@ impl Run<'_> {
     }
 }
 
-/// Runs a resolved strategy on the rows view `y2`: one `[B, m, n_k]` block per input. The one
+/// Runs a resolved strategy on the rows view `y2` (`work` is what it was resolved for): one
+/// `[B, m, n_k]` block per input. The one
 /// dispatch shared by `jacobian_with`, `jacobian_of`, `batch_jacobian` and `batch_jacobian_of`;
 /// `instead` names the call to use when a replicated strategy is asked for without a closure.
 ///
 /// Under `create_graph` the strategy first passes [`second_order::guard`] (which may reroute it
 /// or refuse it where libtorch's second derivatives are wrong); under `Strategy::Auto` a pass
 /// that libtorch refuses is redone by the row loop.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     strategy: Strategy,
+    work: &Work,
     y2: &Tensor,
     xs: &[&Tensor],
     closure: Option<Closure<'_>>,
@@ -72,10 +75,7 @@ pub(crate) fn run(
     names: Names<'_>,
     instead: &str,
 ) -> Result<Vec<Tensor>> {
-    let (b, m) = dims(y2);
-    let n: i64 = xs.iter().map(|x| x.numel() as i64 / b.max(1)).sum();
-    let work = Work::of(y2, m as usize, n as usize, b as usize, closure.is_some());
-    let strategy = second_order::guard(opts.strategy, strategy, opts.create_graph, y2, &work)?;
+    let strategy = second_order::guard(opts.strategy, strategy, opts.create_graph, y2, work)?;
     let plain_closure = closure.as_ref().is_some_and(|c| !c.batched);
     let result = run_resolved(strategy, y2, xs, closure.as_ref(), opts, names, instead);
     let auto = opts.strategy == Strategy::Auto && strategy != Strategy::RowLoop;
