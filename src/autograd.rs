@@ -270,13 +270,20 @@ impl<'a> Linearized<'a> {
     /// `J u[r]` for a stack of tangents `u = [k, *x.shape]` of the one input, in one native
     /// batched backward pass: `[k, *y.shape]`.
     pub(crate) fn jvp_batched(&self, u: &Tensor) -> Result<Tensor> {
+        self.jvp_batched_of(&self.g[0], u)
+    }
+
+    /// `∂⟨root, u[r]⟩/∂w` for a stack `u = [k, *root.shape]`, in one native batched backward
+    /// pass, for a `root` built from [`Linearized::g`] (e.g. `g_k` itself: `u` = tangents of
+    /// input `k`): `[k, *y.shape]`.
+    pub(crate) fn jvp_batched_of(&self, root: &Tensor, u: &Tensor) -> Result<Tensor> {
         let w_names = [String::from("w")];
         let inner = Names {
             output: "Jᵀw",
             inputs: &w_names,
         };
         let pass = self.pass.strict(false).names(inner);
-        Ok(batched_vjp_into(&self.g[0], &[&self.w], u, pass)?.remove(0))
+        Ok(batched_vjp_into(root, &[&self.w], u, pass)?.remove(0))
     }
 
     /// `J u = Σ_k J_k u_k` for tangents `us` shaped like the inputs.

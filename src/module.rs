@@ -21,7 +21,8 @@
 //! These functions are [`jacobian_of`] and [`batch_jacobian_of`] with the closure
 //! `|x| module_output(module, x, output_index)`, so every [`Strategy`] and option applies. The
 //! vectorized strategies ([`Strategy::Vectorized`], [`Strategy::VectorizedForward`], which
-//! [`Strategy::Auto`] picks when given a closure) call the model on `c` stacked copies of the
+//! [`Strategy::Auto`] picks only when the native engine is not built) call the model on `c`
+//! stacked copies of the
 //! input (`[c, *in]`, or `[B·c, *in]` for a batch): models made of `nn.Linear`, `nn.Conv2d` on
 //! `[C, H, W]` inputs and other batch-aware layers accept them. For a model that does not,
 //! [`Strategy::Auto`] falls back to [`Strategy::RowLoop`] (see [`module_jacobian`]).

@@ -45,7 +45,7 @@ pub(super) fn batched(
 
 /// Rows `start..start + len` of the `m × m` identity as cotangents for the rows view `y2`:
 /// `[len, m]`, or `[len, B, m]` (expanded, no copy) when `y2` is `[B, m]`.
-fn identity_rows(y2: &Tensor, start: i64, len: i64) -> Result<Tensor> {
+pub(super) fn identity_rows(y2: &Tensor, start: i64, len: i64) -> Result<Tensor> {
     let (b, m) = dims(y2);
     let dev = y2.device();
     let rows = Tensor::f_arange_start(start, start + len, (Kind::Int64, dev))?.f_unsqueeze(1)?;

@@ -1,7 +1,9 @@
-//! `Forward`: one Jacobian-vector product per input element.
+//! `Forward`: one Jacobian-vector product per input element — all of them in one native batched
+//! pass when the engine is built.
 use tch::Tensor;
 
-use super::{dims, empty_blocks, flat, Run};
+use super::batched::identity_rows;
+use super::{chunk_len, dims, empty_blocks, flat, Run};
 use crate::autograd::Linearized;
 use crate::error::Result;
 
@@ -14,6 +16,9 @@ pub(super) fn columns(y2: &Tensor, xs: &[&Tensor], run: &Run<'_>) -> Result<Vec<
     }
     let lin = Linearized::new(y2, xs, run.pass)?;
     let total: i64 = lin.g.iter().map(|g| g.numel() as i64 / b).sum();
+    if crate::native::available() {
+        return batched_columns(&lin, b, m, total, run);
+    }
     let mut done = 0;
     lin.g
         .iter()
@@ -31,6 +36,48 @@ pub(super) fn columns(y2: &Tensor, xs: &[&Tensor], run: &Run<'_>) -> Result<Vec<
                 return Ok(Tensor::f_zeros([b, m, 0], (g2.kind(), g2.device()))?);
             }
             Ok(Tensor::f_stack(&cols, 2)?)
+        })
+        .collect()
+}
+
+/// With the native engine: the columns of every input `k` in batched backward passes of `g_k`
+/// over identity tangents (`[c, B, n_k]`, chunked so that `c · B · (m + n_k)` stays under
+/// [`crate::strategy::AUTO_BATCHED_BUDGET`]): `Jᵀw` once, then one pass per chunk instead of one
+/// per column.
+fn batched_columns(
+    lin: &Linearized<'_>,
+    b: i64,
+    m: i64,
+    total: i64,
+    run: &Run<'_>,
+) -> Result<Vec<Tensor>> {
+    let mut done = 0;
+    lin.g
+        .iter()
+        .map(|g| {
+            let g2 = flat(g, b)?;
+            let n = g2.size()[1];
+            if n == 0 {
+                return Ok(Tensor::f_zeros([b, m, 0], (g2.kind(), g2.device()))?);
+            }
+            let per_row = (b * (m + n)).max(1) as usize;
+            let chunk = chunk_len(Some(crate::strategy::AUTO_BATCHED_BUDGET / per_row), n);
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < n {
+                let len = chunk.min(n - start);
+                let u = identity_rows(&g2, start, len)?; // [len, B, n]
+                let cols = lin.jvp_batched_of(&g2, &u)?; // [len, *y2.shape]
+                parts.push(cols.f_reshape([len, b, m])?.f_permute([1, 2, 0])?);
+                start += len;
+                done += len;
+                run.report(done, total);
+            }
+            Ok(if parts.len() == 1 {
+                parts.remove(0)
+            } else {
+                Tensor::f_cat(&parts, 2)?
+            })
         })
         .collect()
 }
