@@ -188,7 +188,7 @@ pub(crate) fn guard(
         // Without the C++ part the graph cannot be scanned: Auto keeps away from the
         // forward-mode strategies under create_graph; an explicit one runs unchecked.
         return Ok(match (forward_mode, asked) {
-            (true, Strategy::Auto) => without_forward_mode(work),
+            (true, Strategy::Auto) => Strategy::resolve_reverse(work),
             _ => resolved,
         });
     }
@@ -224,30 +224,10 @@ pub(crate) fn guard(
                     ),
                 });
             }
-            return Ok(without_forward_mode(work));
+            return Ok(Strategy::resolve_reverse(work));
         }
     }
     Ok(resolved)
-}
-
-/// What `Auto` runs for `work` when the forward-mode strategies are out: `Batched` (chunked as
-/// `Auto` chunks it) when the native engine is built, else `Vectorized` with a row-wise closure
-/// or the row loop.
-fn without_forward_mode(work: &Work) -> Strategy {
-    match Strategy::Auto.resolve_for(&Work {
-        have_closure: false,
-        ..*work
-    }) {
-        s @ Strategy::Batched { .. } => s,
-        _ if work.have_closure && work.m > crate::strategy::AUTO_ROW_LOOP_MAX_ROWS => {
-            // Square-or-wide rule of Auto with a closure, chunked the same way.
-            match Strategy::Auto.resolve_for(&Work { n: work.m, ..*work }) {
-                s @ Strategy::Vectorized { .. } => s,
-                _ => Strategy::RowLoop,
-            }
-        }
-        _ => Strategy::RowLoop,
-    }
 }
 
 /// Under `create_graph`, the node of `y`'s graph through which a forward-mode product by the

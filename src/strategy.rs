@@ -321,54 +321,68 @@ impl Strategy {
         if self != Strategy::Auto {
             return self;
         }
-        let Work {
-            m,
-            n,
-            batch,
-            have_closure,
-            device,
-            kind,
-        } = *work;
-        let cuda = device.is_cuda();
-        let tall = n > 0 && m >= AUTO_TALL_RATIO * n;
-        let closure = have_closure && (cuda || batch < AUTO_BATCH_LOOP_MIN);
-        // Rows (or copies) per pass: from free memory on CUDA when it can be read, else the
-        // element budget.
-        let chunk = |rows: usize, budget: usize| -> Option<usize> {
-            let free = if cuda {
-                crate::native::cuda_free_memory(device)
-            } else {
-                None
-            };
-            match free {
-                Some(free) => chunk_for_memory(free, rows, m, n, batch, kind.elt_size_in_bytes()),
-                None => auto_chunk(rows, m + n, batch, budget),
-            }
-        };
-        if crate::native::available() {
-            return if tall && !cuda {
-                Strategy::Forward
-            } else {
-                Strategy::Batched {
-                    chunk_size: chunk(m, AUTO_BATCHED_BUDGET),
-                }
-            };
-        }
-        if m <= AUTO_ROW_LOOP_MAX_ROWS {
-            return Strategy::RowLoop;
-        }
-        match (closure, tall) {
-            (true, true) => Strategy::VectorizedForward {
-                chunk_size: chunk(n, AUTO_VECTORIZE_BUDGET),
-            },
-            (true, false) => Strategy::Vectorized {
-                chunk_size: chunk(m, AUTO_VECTORIZE_BUDGET),
-            },
-            (false, true) => Strategy::Forward,
-            (false, false) => Strategy::RowLoop,
-        }
+        auto_for(work, true)
     }
 
+    /// What `Auto` runs for `work` when the forward-mode strategies are out (see
+    /// [`crate::second_order`]): the same rules without `Forward` and `VectorizedForward`.
+    pub(crate) fn resolve_reverse(work: &Work) -> Strategy {
+        auto_for(work, false)
+    }
+}
+
+/// `Auto`'s rules ([`Strategy::resolve_for`]); `forward_mode` says whether `Forward` and
+/// `VectorizedForward` may be chosen.
+fn auto_for(work: &Work, forward_mode: bool) -> Strategy {
+    let Work {
+        m,
+        n,
+        batch,
+        have_closure,
+        device,
+        kind,
+    } = *work;
+    let cuda = device.is_cuda();
+    let tall = forward_mode && n > 0 && m >= AUTO_TALL_RATIO * n;
+    let closure = have_closure && (cuda || batch < AUTO_BATCH_LOOP_MIN);
+    // Rows (or copies) per pass: from free memory on CUDA when it can be read, else the
+    // element budget.
+    let chunk = |rows: usize, budget: usize| -> Option<usize> {
+        let free = if cuda {
+            crate::native::cuda_free_memory(device)
+        } else {
+            None
+        };
+        match free {
+            Some(free) => chunk_for_memory(free, rows, m, n, batch, kind.elt_size_in_bytes()),
+            None => auto_chunk(rows, m + n, batch, budget),
+        }
+    };
+    if crate::native::available() {
+        return if tall && !cuda {
+            Strategy::Forward
+        } else {
+            Strategy::Batched {
+                chunk_size: chunk(m, AUTO_BATCHED_BUDGET),
+            }
+        };
+    }
+    if m <= AUTO_ROW_LOOP_MAX_ROWS {
+        return Strategy::RowLoop;
+    }
+    match (closure, tall) {
+        (true, true) => Strategy::VectorizedForward {
+            chunk_size: chunk(n, AUTO_VECTORIZE_BUDGET),
+        },
+        (true, false) => Strategy::Vectorized {
+            chunk_size: chunk(m, AUTO_VECTORIZE_BUDGET),
+        },
+        (false, true) => Strategy::Forward,
+        (false, false) => Strategy::RowLoop,
+    }
+}
+
+impl Strategy {
     pub(crate) fn validate(self) -> Result<Self> {
         if let Strategy::Vectorized {
             chunk_size: Some(0),

@@ -270,6 +270,33 @@ fn norms_eager(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// A tall Jacobian through layer_norm under create_graph: `Auto` would pick `Forward` (tall),
+/// which is wrong there, and takes one batched pass instead — not the row loop.
+fn tall_through_norm_stays_batched(device: Device) -> Result<()> {
+    if !tch_jacobian::native::available() {
+        return Ok(());
+    }
+    let o = (Kind::Double, device);
+    let x = Tensor::randn([8, 32], o);
+    let gamma = Tensor::ones([32], o).set_requires_grad(true);
+    let y = x.f_layer_norm([32], Some(&gamma), None::<&Tensor>, 1e-5, false)?; // m = 256, n = 32
+    let seen = std::cell::Cell::new(None);
+    let report = |p: tch_jacobian::Progress| seen.set(Some(p.strategy));
+    let opts = cg(Strategy::Auto).progress(&report);
+    jacobian_with(&y, &[&gamma], &opts)?;
+    assert!(
+        matches!(seen.get(), Some(Strategy::Batched { .. })),
+        "{:?}",
+        seen.get()
+    );
+    let first_order = JacobianOptions::default().progress(&report);
+    jacobian_with(&y, &[&gamma], &first_order)?;
+    if device == Device::Cpu {
+        assert_eq!(seen.get(), Some(Strategy::Forward)); // right to first order
+    }
+    Ok(())
+}
+
 /// Results that libtorch makes ZeroTensors (the derivative of `sgn`, the second derivative of
 /// `abs`) are ordinary tensors: readable, writable and printable through tch.
 fn zero_tensors_are_materialized(device: Device) -> Result<()> {
@@ -334,6 +361,7 @@ fn pytorch_is_wrong_here(device: Device) -> Result<()> {
 device_tests!(
     opinfo_subset,
     norms_eager,
+    tall_through_norm_stays_batched,
     zero_tensors_are_materialized,
     pytorch_is_wrong_here
 );
