@@ -349,6 +349,18 @@ pub(crate) fn batched_vjp(
     Err(unavailable())
 }
 
+/// Without the C++ part: always an error naming the fix (callers loop over samples instead).
+#[cfg(not(tch_jacobian_native))]
+pub(crate) fn vmap_grad(
+    _f: &LossFn<'_>,
+    _params: &[&Tensor],
+    _inputs: &[&Tensor],
+    _batch: i64,
+    _vmap_fallback: bool,
+) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    Err(unavailable())
+}
+
 /// The error for `Strategy::Batched` in a build without the engine.
 pub(crate) fn unavailable() -> Error {
     Error::InvalidArgument(format!(

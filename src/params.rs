@@ -272,7 +272,7 @@ where
     let (grads, losses) = if loop_over_samples {
         sample_loop(&loss, &ps, inputs, batch)?
     } else {
-        vmap_grad(&loss, &ps, inputs, batch, opts.vmap_fallback)?
+        crate::native::vmap_grad(&loss, &ps, inputs, batch, opts.vmap_fallback)?
     };
     let gradients = names()
         .zip(grads.into_iter().zip(&ps))
@@ -289,28 +289,6 @@ where
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(PerSample { gradients, losses })
-}
-
-#[cfg(tch_jacobian_native)]
-fn vmap_grad(
-    loss: &crate::native::LossFn<'_>,
-    ps: &[&Tensor],
-    inputs: &[&Tensor],
-    batch: i64,
-    vmap_fallback: bool,
-) -> Result<(Vec<Option<Tensor>>, Tensor)> {
-    crate::native::vmap_grad(loss, ps, inputs, batch, vmap_fallback)
-}
-
-#[cfg(not(tch_jacobian_native))]
-fn vmap_grad(
-    loss: &crate::native::LossFn<'_>,
-    ps: &[&Tensor],
-    inputs: &[&Tensor],
-    batch: i64,
-    _vmap_fallback: bool,
-) -> Result<(Vec<Option<Tensor>>, Tensor)> {
-    sample_loop(loss, ps, inputs, batch)
 }
 
 /// The loop over samples: one forward and one backward pass per sample.
