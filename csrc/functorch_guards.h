@@ -65,14 +65,18 @@ class FallbackMode {
   bool changed_ = false;
 };
 
-// Pushes a vmap level of `batch` and pops it on every path out of the scope.
+// Pushes a vmap level of `batch` and pops it on every path out of the scope. `randomness` is
+// torch.func's vmap(randomness=...): random ops inside are an error (the default), or draw once
+// for the whole batch (Same).
 class VmapLevel {
  public:
-  explicit VmapLevel(int64_t batch)
+  explicit VmapLevel(
+      int64_t batch,
+      at::functorch::RandomnessType randomness = at::functorch::RandomnessType::Error)
       : level_(at::functorch::initAndPushDynamicLayer(
             at::functorch::TransformType::Vmap,
             c10::SymInt(batch),
-            at::functorch::RandomnessType::Error)) {}
+            randomness)) {}
   ~VmapLevel() {
     at::functorch::popDynamicLayerAndDeleteMetadata();
   }

@@ -75,7 +75,8 @@ typedef int (*tchj_loss_fn)(
 // G_p = [B, *θ_p] per parameter into grads[p] (nullptr when the loss does not reach θ_p) and the
 // per-sample losses [B] into *losses; `fallback_ops` receives the ops that took libtorch's
 // per-op vmap fallback ('\n'-separated, or nullptr), which `vmap_fallback = 0` turns into an
-// error instead. Returns nullptr or a malloc'd message; the message "callback failed" means the
+// error instead. `same_randomness` != 0 lets random ops inside the closure draw once for the
+// whole batch (vmap's randomness="same"; the default is an error). Returns nullptr or a malloc'd message; the message "callback failed" means the
 // Rust callback failed and kept its own error.
 char* tchj_vmap_grad(
     tchj_loss_fn f,
@@ -86,6 +87,7 @@ char* tchj_vmap_grad(
     int64_t n_inputs,
     int64_t batch,
     int vmap_fallback,
+    int same_randomness,
     at::Tensor** grads,
     at::Tensor** losses,
     char** fallback_ops) {
@@ -105,7 +107,10 @@ char* tchj_vmap_grad(
       tchj_install_loss_rules();
       tchj::FallbackMode mode(vmap_fallback != 0);
       const bool prev_grad_mode = at::GradMode::is_enabled();
-      tchj::VmapLevel vmap(batch);
+      tchj::VmapLevel vmap(
+          batch,
+          same_randomness != 0 ? at::functorch::RandomnessType::Same
+                               : at::functorch::RandomnessType::Error);
       std::vector<at::Tensor> xs;
       for (int64_t k = 0; k < n_inputs; ++k) {
         xs.push_back(at::functorch::addBatchDim(*inputs[k], 0, vmap.level()));

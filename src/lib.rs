@@ -59,6 +59,7 @@
 
 mod autograd;
 pub mod batch;
+pub mod batch_hessian;
 pub mod closed_form;
 pub mod derivatives;
 pub mod device;
@@ -76,6 +77,7 @@ pub mod tolerance;
 pub use batch::{
     batch_jacobian, batch_jacobian_of, batch_jacobian_of_aux, check_batch_independence,
 };
+pub use batch_hessian::{batch_hessian_of, laplacian_of};
 pub use closed_form::{sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian};
 pub use derivatives::{hessian, hessian_of, hvp, jvp, jvp_batched, vjp, vjp_batched};
 pub use device::parse_device;
@@ -85,8 +87,8 @@ pub use jacobian::{
 };
 pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
 pub use params::{
-    parameter_jacobian, per_sample_gradients, per_sample_gradients_of, trainable_parameters,
-    PerSample,
+    parameter_jacobian, per_sample_gradients, per_sample_gradients_of,
+    per_sample_gradients_of_module, trainable_parameters, PerSample,
 };
 pub use penalty::{
     contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,

@@ -176,7 +176,8 @@ pub(crate) type LossFn<'a> = dyn Fn(&[Tensor], &[Tensor]) -> Result<Tensor> + 'a
 /// Per-sample gradients by `vmap(grad(f))` through `csrc/vmap_grad.cpp`: for `inputs[k] =
 /// [B, *sample_k]`, `G_p[b] = ∂f(θ, x_b)/∂θ_p` (`[B, *θ_p]`, `None` where the loss does not reach
 /// `θ_p`) and the losses `[B]`. `f` runs once, on one logical sample, at the transforms' levels;
-/// its errors and panics come back as an [`Error`].
+/// its errors and panics come back as an [`Error`]. `same_randomness`: random ops inside `f` draw
+/// once for the batch (vmap's `randomness="same"`) instead of failing.
 #[cfg(tch_jacobian_native)]
 pub(crate) fn vmap_grad(
     f: &LossFn<'_>,
@@ -184,6 +185,7 @@ pub(crate) fn vmap_grad(
     inputs: &[&Tensor],
     batch: i64,
     vmap_fallback: bool,
+    same_randomness: bool,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     use std::ffi::{c_char, c_int, c_void};
     use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -207,6 +209,7 @@ pub(crate) fn vmap_grad(
             n_inputs: i64,
             batch: i64,
             vmap_fallback: c_int,
+            same_randomness: c_int,
             grads: *mut *mut C_tensor,
             losses: *mut *mut C_tensor,
             fallback_ops: *mut *mut c_char,
@@ -283,6 +286,7 @@ pub(crate) fn vmap_grad(
             inputs.len() as i64,
             batch,
             vmap_fallback as c_int,
+            same_randomness as c_int,
             grads.as_mut_ptr(),
             &mut losses,
             &mut ops,
@@ -357,6 +361,7 @@ pub(crate) fn vmap_grad(
     _inputs: &[&Tensor],
     _batch: i64,
     _vmap_fallback: bool,
+    _same_randomness: bool,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     Err(unavailable())
 }

@@ -16,11 +16,13 @@
 //! Per-sample gradients assume the samples do not interact in the forward pass (no batch norm in
 //! training mode), as `vmap` does.
 //!
-//! Two doors: [`per_sample_gradients`] takes losses the caller already computed over the batch
-//! (any model, no rewrite; `O(B²)` arithmetic, fine for small batches), and
+//! Three doors: [`per_sample_gradients`] takes losses the caller already computed over the batch
+//! (any model, no rewrite; `O(B²)` arithmetic, fine for small batches);
 //! [`per_sample_gradients_of`] takes the loss of **one** sample as a closure of the parameters and
 //! runs it under vmap(grad) (`O(B)`, PyTorch's own speed; the model is written against the
-//! parameter tensors it is given). For DP-SGD batches use the second.
+//! parameter tensors it is given); [`per_sample_gradients_of_module`] does the same for a
+//! `tch::nn` model as it is usually built, by a `fn(&nn::Path) -> impl Module` (no rewrite). For
+//! DP-SGD batches use one of the last two.
 
 use tch::{nn, Tensor};
 
@@ -194,6 +196,121 @@ pub fn per_sample_gradients_of<F>(
 where
     F: Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
 {
+    per_sample(&loss, params, inputs, opts, false)
+}
+
+/// [`per_sample_gradients_of`] for a `tch::nn` model as it is built, by a
+/// `build: fn(&nn::Path) -> M` (no functional rewrite): `G_p[b] = ∂ loss(model_θ, x_b)/∂θ_p` for
+/// every trainable variable `θ_p` of `vs` (in [`trainable_parameters`]' order), where `model_θ`
+/// is `build` on a fresh `VarStore` whose variables take `vs`' values.
+///
+/// `loss(&model, sample)` gets the model and one sample of every input (without the batch
+/// dimension) and returns that sample's scalar loss. Inside, `build` runs once per call under
+/// the vmap and grad transforms (once per sample without the native engine or with
+/// [`Strategy::RowLoop`]) and each variable is overwritten by the transformed parameter, so the
+/// gradients are formed per sample in `O(B)` like `vmap(grad(functional_call(model, ...)))`. The
+/// cost over [`per_sample_gradients_of`] is one model construction per call (its random
+/// initialization, then a copy per variable). Random ops inside run once for the whole batch
+/// (torch.func's `randomness="same"`): a dropout mask is shared by the samples of a call.
+///
+/// `build` must create the same variables (names and shapes) as the model behind `vs`: a
+/// mismatch is an [`Error::Contract`] naming the variable. The other rules (errors, vmap
+/// fallback, `create_graph`) are those of [`per_sample_gradients_of`].
+///
+/// ```
+/// use tch::nn::{self, Module};
+/// use tch::{Device, Kind, Tensor};
+/// use tch_jacobian::{per_sample_gradients_of_module, JacobianOptions};
+/// fn net(p: &nn::Path) -> impl Module {
+///     nn::seq()
+///         .add(nn::linear(p / "fc1", 784, 64, Default::default()))
+///         .add_fn(|x| x.relu())
+///         .add(nn::linear(p / "fc2", 64, 10, Default::default()))
+/// }
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let model = net(&vs.root()); // the model you train
+/// let x = Tensor::randn([32, 784], (Kind::Float, Device::Cpu));
+/// let t = Tensor::randint(10, [32], (Kind::Int64, Device::Cpu));
+/// let out = per_sample_gradients_of_module(
+///     &vs,
+///     net,
+///     |m, s| Ok(m.forward(&s[0].unsqueeze(0)).cross_entropy_for_logits(&s[1].unsqueeze(0))),
+///     &[&x, &t],
+///     &JacobianOptions::default(),
+/// )?;
+/// let names: Vec<&str> = out.gradients.iter().map(|(n, _)| n.as_str()).collect();
+/// assert_eq!(names, ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]);
+/// assert_eq!(out.gradients[1].1.size(), [32, 64, 784]);
+/// # let _ = model;
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn per_sample_gradients_of_module<M, B, L>(
+    vs: &nn::VarStore,
+    build: B,
+    loss: L,
+    inputs: &[&Tensor],
+    opts: &JacobianOptions,
+) -> Result<PerSample>
+where
+    B: Fn(&nn::Path) -> M,
+    L: Fn(&M, &[Tensor]) -> Result<Tensor>,
+{
+    let params = trainable_parameters(vs);
+    let device = vs.device();
+    let kind = params.first().map_or(vs.kind(), |(_, p)| p.kind());
+    let of_params = |p: &[Tensor], sample: &[Tensor]| -> Result<Tensor> {
+        let mut fresh = nn::VarStore::new(device);
+        // (vs.kind() stays Float after vs.double(): take the dtype from the variables.)
+        fresh.set_kind(kind);
+        let model = build(&fresh.root());
+        let mut vars = fresh.variables();
+        for ((name, _), value) in params.iter().zip(p) {
+            let var = vars.remove(name).ok_or_else(|| {
+                Error::Contract(format!(
+                    "build created no variable {name} (the VarStore has it, shape {:?}); build must make the model of vs",
+                    value.size()
+                ))
+            })?;
+            if var.size() != value.size() || var.kind() != value.kind() {
+                return Err(Error::Contract(format!(
+                    "build's variable {name} is {:?} {:?} but the VarStore's is {:?} {:?}; build must make the model of vs",
+                    var.size(),
+                    var.kind(),
+                    value.size(),
+                    value.kind()
+                )));
+            }
+            // The layers hold shallow clones of `var`: after the copy they read the transformed
+            // parameter, and gradients flow back to it through the copy.
+            let mut var = var.set_requires_grad(false);
+            var.f_copy_(value)?;
+        }
+        // Variables that vs does not train (frozen) take vs' values as constants.
+        if !vars.is_empty() {
+            let all = vs.variables();
+            for (name, var) in vars {
+                let value = all.get(&name).ok_or_else(|| {
+                    Error::Contract(format!(
+                        "build created a variable {name} (shape {:?}) that the VarStore does not have; build must make the model of vs",
+                        var.size()
+                    ))
+                })?;
+                tch::no_grad(|| var.shallow_clone().f_copy_(value))?;
+            }
+        }
+        loss(&model, sample)
+    };
+    per_sample(&of_params, &params, inputs, opts, true)
+}
+
+/// What the closure doors share: checks, then vmap(grad) or the loop over samples.
+fn per_sample(
+    loss: &crate::native::LossFn<'_>,
+    params: &[(String, Tensor)],
+    inputs: &[&Tensor],
+    opts: &JacobianOptions,
+    same_randomness: bool,
+) -> Result<PerSample> {
     if params.is_empty() {
         return Err(Error::InvalidArgument(
             "no parameters: params is empty (a VarStore without trainable variables?)".into(),
@@ -270,9 +387,16 @@ where
     };
     let ps: Vec<&Tensor> = params.iter().map(|(_, p)| p).collect();
     let (grads, losses) = if loop_over_samples {
-        sample_loop(&loss, &ps, inputs, batch)?
+        sample_loop(loss, &ps, inputs, batch)?
     } else {
-        crate::native::vmap_grad(&loss, &ps, inputs, batch, opts.vmap_fallback)?
+        crate::native::vmap_grad(
+            loss,
+            &ps,
+            inputs,
+            batch,
+            opts.vmap_fallback,
+            same_randomness,
+        )?
     };
     let gradients = names()
         .zip(grads.into_iter().zip(&ps))

@@ -251,4 +251,25 @@ est_ps = JQ.pow(2).sum((0, 2)) + P.pow(2).sum((1, 2)) * m / 3
 hW, hb = torch.autograd.grad(est_ps.mean(), (Wh, bh))
 save("hutchpp", w=Wh, b=bh, x=Xh, s=Sh, v=Vh, per_sample=est_ps, grad_w=hW, grad_b=hb)
 
+# Per-sample Hessians and the Laplacian of a PINN-style u: R^3 -> R (tanh MLP), and the gradient of
+# the Laplacian loss mean((Δu)²) with respect to W1 (third derivatives): torch.func's
+# vmap(hessian(u)) against an autograd loop (create_graph), which must agree.
+torch.manual_seed(5)
+pinn = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 6), torch.nn.Tanh(),
+                           torch.nn.Linear(6, 1)).double()
+Xp = randn(4, 3)
+pp = dict(pinn.named_parameters())
+u1 = lambda p, x: functional_call(pinn, p, (x,)).squeeze(-1)
+Hp = vmap(func_hessian(u1, argnums=1), in_dims=(None, 0))(pp, Xp)
+lap = Hp.diagonal(dim1=1, dim2=2).sum(-1)
+gW1_func = torch.autograd.grad(lap.pow(2).mean(), pp["0.weight"])[0]
+Xg = Xp.clone().requires_grad_(True)
+gp = torch.autograd.grad(pinn(Xg).sum(), Xg, create_graph=True)[0]
+lap_loop = sum(torch.autograd.grad(gp[:, i].sum(), Xg, create_graph=True)[0][:, i] for i in range(3))
+gW1 = torch.autograd.grad(lap_loop.pow(2).mean(), pp["0.weight"])[0]
+assert torch.allclose(lap, lap_loop) and torch.allclose(gW1, gW1_func)
+save("batch_hessian", w1=pinn[0].weight, b1=pinn[0].bias, w2=pinn[2].weight, b2=pinn[2].bias,
+     w3=pinn[4].weight, b3=pinn[4].bias, x=Xp, h=Hp, lap=lap, grad_w1=gW1)
+
+
 print(f"wrote fixtures to {OUT} with torch {torch.__version__}")

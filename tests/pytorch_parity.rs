@@ -6,9 +6,10 @@ mod common;
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hessian_of, hvp, jacobian_of,
-    jacobian_of_aux, jacobian_with, jacobians, jvp, jvp_batched, per_sample_gradients,
-    per_sample_gradients_of, vjp, vjp_batched, JacobianOptions, Result, Strategy,
+    batch_hessian_of, batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hessian_of,
+    hvp, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, jvp, jvp_batched, laplacian_of,
+    per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module, vjp,
+    vjp_batched, JacobianOptions, Result, Strategy,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {
@@ -378,6 +379,60 @@ fn hessian_of_closure(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// `batch_hessian_of` and `laplacian_of` against `vmap(hessian(u))` for a PINN-style tanh MLP
+/// u: ℝ³ → ℝ, and the gradient of the Laplacian loss `mean((Δu)²)` to `W1` (third derivatives)
+/// against PyTorch's, with every strategy.
+fn batch_hessian_matches(device: Device) -> Result<()> {
+    let c = "batch_hessian";
+    let w1 = fx_var(c, "w1", device);
+    let (b1, w2, b2, w3, b3) = (
+        fx(c, "b1", device),
+        fx(c, "w2", device),
+        fx(c, "b2", device),
+        fx(c, "w3", device),
+        fx(c, "b3", device),
+    );
+    let x = fx(c, "x", device);
+    let u1 = |x: &Tensor| {
+        x.linear(&w1, Some(&b1))
+            .tanh()
+            .linear(&w2, Some(&b2))
+            .tanh()
+            .linear(&w3, Some(&b3))
+    };
+    let u = |x: &Tensor| u1(x).squeeze_dim(-1);
+    let mut all = graph_strategies();
+    all.push(Strategy::Vectorized { chunk_size: None }); // falls back to Auto
+    for s in all {
+        f64_tol()
+            .check(&batch_hessian_of(u, &x, &opts(s))?, &fx(c, "h", device))
+            .unwrap_or_else(|e| panic!("batch_hessian_of {s:?}: {e}"));
+        f64_tol()
+            .check(&laplacian_of(u1, &x, &opts(s))?, &fx(c, "lap", device))
+            .unwrap_or_else(|e| panic!("laplacian_of {s:?}: {e}"));
+        let lap = laplacian_of(u, &x, &opts(s).create_graph(true))?;
+        let g = Tensor::run_backward(&[lap.square().mean(Kind::Double)], &[&w1], false, false);
+        f64_tol()
+            .check(&g[0], &fx(c, "grad_w1", device))
+            .unwrap_or_else(|e| panic!("d mean(Δu²)/dW1, {s:?}: {e}"));
+    }
+    // Bad input is an error: a closure with more than one value per sample, an empty batch.
+    let o = JacobianOptions::default();
+    assert_err(
+        batch_hessian_of(|x: &Tensor| x.tanh(), &x, &o),
+        &["one scalar per sample", "[4, 3]"],
+    );
+    assert_err(laplacian_of(u, &x.narrow(0, 0, 0), &o), &["empty batch"]);
+    // A linear u has H = 0 (its gradient does not depend on x).
+    let h = batch_hessian_of(
+        |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Double),
+        &x,
+        &o,
+    )?;
+    assert_eq!(h.abs().max().double_value(&[]), 0.0);
+    Ok(())
+}
+
 /// `per_sample_gradients` against `vmap(grad(functional_call(...)))`: an MLP and a conv net.
 fn per_sample_gradients_match(device: Device) -> Result<()> {
     let p = |case: &str, names: &[&str]| -> Vec<(String, Tensor)> {
@@ -547,11 +602,94 @@ fn per_sample_gradients_of_match(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// `per_sample_gradients_of_module` (a `tch::nn` model built by a function) against
+/// `vmap(grad(functional_call(...)))` on the conv net, with a frozen variable and a builder that
+/// does not match the VarStore.
+fn per_sample_gradients_of_module_match(device: Device) -> Result<()> {
+    use tch::nn::{self, Module};
+    let net = |p: &nn::Path| {
+        nn::seq()
+            .add(nn::conv2d(p / "conv", 1, 2, 3, Default::default()))
+            .add_fn(|x| x.relu().flatten(1, -1))
+            .add(nn::linear(p / "fc", 2 * 4 * 4, 3, Default::default()))
+    };
+    let mut vs = nn::VarStore::new(device);
+    let _model = net(&vs.root());
+    vs.double();
+    let c = "psg_conv";
+    for (name, f) in [
+        ("conv.weight", "wc"),
+        ("conv.bias", "bc"),
+        ("fc.weight", "wl"),
+        ("fc.bias", "bl"),
+    ] {
+        tch::no_grad(|| {
+            vs.variables()[name]
+                .shallow_clone()
+                .copy_(&fx(c, f, device))
+        });
+    }
+    let (x, t) = (fx(c, "x", device), fx(c, "t", device));
+    let loss = |m: &nn::Sequential, s: &[Tensor]| -> Result<Tensor> {
+        Ok(m.forward(&s[0].f_unsqueeze(0)?)
+            .f_cross_entropy_loss::<Tensor>(
+                &s[1].f_unsqueeze(0)?,
+                None,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            )?)
+    };
+    let expected = |name: &str| {
+        let f = match name {
+            "conv.weight" => "g_wc",
+            "conv.bias" => "g_bc",
+            "fc.weight" => "g_wl",
+            _ => "g_bl",
+        };
+        fx(c, f, device)
+    };
+    for s in [Strategy::Auto, Strategy::RowLoop] {
+        let out = per_sample_gradients_of_module(&vs, net, loss, &[&x, &t], &opts(s))?;
+        assert_eq!(out.gradients.len(), 4);
+        for (name, g) in &out.gradients {
+            f64_tol()
+                .check(g, &expected(name))
+                .unwrap_or_else(|e| panic!("{s} {name}: {e}"));
+        }
+    }
+    // A frozen variable is not differentiated but keeps the VarStore's value.
+    vs.variables()["fc.weight"].set_requires_grad(false);
+    let out =
+        per_sample_gradients_of_module(&vs, net, loss, &[&x, &t], &JacobianOptions::default())?;
+    let names: Vec<&str> = out.gradients.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["conv.bias", "conv.weight", "fc.bias"]);
+    for (name, g) in &out.gradients {
+        f64_tol()
+            .check(g, &expected(name))
+            .unwrap_or_else(|e| panic!("frozen fc.weight, {name}: {e}"));
+    }
+    // A builder that makes another model is refused by name.
+    let other = |p: &nn::Path| {
+        nn::seq()
+            .add(nn::conv2d(p / "conv", 1, 2, 3, Default::default()))
+            .add_fn(|x| x.relu().flatten(1, -1))
+            .add(nn::linear(p / "head", 2 * 4 * 4, 3, Default::default()))
+    };
+    assert_err(
+        per_sample_gradients_of_module(&vs, other, loss, &[&x, &t], &JacobianOptions::default()),
+        &["fc.bias"],
+    );
+    Ok(())
+}
+
 device_tests!(
     value_and_aux,
     many_products,
     several_outputs,
     hessian_of_closure,
+    batch_hessian_matches,
     per_sample_gradients_match,
     per_sample_gradients_of_match,
+    per_sample_gradients_of_module_match,
 );

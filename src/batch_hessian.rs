@@ -1,0 +1,180 @@
+//! Per-sample second derivatives: [`batch_hessian_of`] and the Laplacian [`laplacian_of`] — the
+//! physics-informed (PINN) losses' derivatives.
+//!
+//! For a closure `u` that maps `x = [B, *in]` to one scalar per sample (`[B]` or `[B, 1]`),
+//!
+//! ```text
+//! H[b, i..., j...] = ∂²u(x)[b] / ∂x[b, i...] ∂x[b, j...]     shape [B, *in, *in]
+//! Δu[b]            = Σ_i ∂²u(x)[b] / ∂x[b, i]²               shape [B]   (the trace of H[b])
+//! ```
+//!
+//! — PyTorch's `vmap(hessian(u))(x)` and its trace. Like [`crate::batch_jacobian`] it assumes that
+//! samples do not interact. Both are reverse over reverse: `g = ∇ₓ Σ_b u[b]` is built once with
+//! create_graph (because samples do not interact, `g[b] = ∇u[b]`), then the per-sample Jacobian of
+//! `g` — one batched backward pass over the `n` input directions ([`Strategy::Batched`]) or a
+//! loop of `n` backward passes over the whole batch ([`Strategy::RowLoop`]). With `create_graph`
+//! the result is differentiable, e.g. a PINN residual `(Δu − f)²` trained by its gradient to the
+//! weights (third derivatives).
+//!
+//! The Laplacian never forms `H` under [`Strategy::RowLoop`]: pass `i` keeps only
+//! `∂g[:, i]/∂x[:, i]` (memory `B·n` instead of `B·n²`).
+//!
+//! `Auto` picks from measurements of the PINN loss below (B = 1024, u: d → 64 → 64 → 1 tanh,
+//! Laplacian loss and its backward to the weights, 2-core CPU, f32; see docs/benchmarks.md):
+//! the batched pass for up to [`AUTO_HESSIAN_BATCHED_MAX_N`] inputs per sample, the row loop above.
+
+use tch::{Kind, Tensor};
+
+use crate::autograd::{check_float, input_names, vjp_into, Names, Pass};
+use crate::batch::batch_jacobian;
+use crate::error::{Error, Result};
+use crate::jacobian::{prepare_input, FnOutput};
+use crate::strategy::{JacobianOptions, Strategy};
+
+/// Up to this many input elements per sample `Auto` computes per-sample Hessians and Laplacians
+/// with one batched backward pass; above it, with a loop of backward passes over the batch.
+pub const AUTO_HESSIAN_BATCHED_MAX_N: usize = 8;
+
+/// `u(x)` prepared (`x` requiring grad), its gradient `g = ∇ₓ Σ_b u[b]` (with create_graph) and
+/// `B`, after the shape checks.
+fn gradient_of<F, O>(u: F, x: &Tensor, opts: &JacobianOptions) -> Result<(Tensor, Tensor, i64)>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    check_float(x, "x")?;
+    let xs = x.size();
+    if xs.len() < 2 {
+        return Err(Error::Shape(format!(
+            "per-sample Hessians need x: [B, *in] with at least one input dimension; got x {xs:?}"
+        )));
+    }
+    let b = xs[0];
+    if b == 0 {
+        return Err(Error::Shape(format!(
+            "empty batch: x has shape {xs:?}; per-sample Hessians of no samples are undefined"
+        )));
+    }
+    let xg = prepare_input(x, opts.create_graph)?;
+    let y = u(&xg).into_output()?;
+    check_float(&y, "u(x)")?;
+    let ys = y.size();
+    if ys.first() != Some(&b) || y.numel() as i64 != b {
+        return Err(Error::Shape(format!(
+            "u must return one scalar per sample, [B] or [B, 1] with B = {b}; it returned shape {ys:?} for x {xs:?}"
+        )));
+    }
+    let names_v = input_names(1);
+    let names = Names {
+        output: "u(x)",
+        inputs: &names_v,
+    };
+    let pass = Pass::new(true, false, names);
+    let root = y.f_sum(None::<Kind>)?;
+    let g = vjp_into(&root, &[&xg], pass)?.remove(0);
+    Ok((xg, g, b))
+}
+
+/// The strategy for the Jacobian of `g` (n inputs per sample): `Auto` resolved by
+/// [`AUTO_HESSIAN_BATCHED_MAX_N`]; the replicated strategies need the closure of `g`, which
+/// does not exist, so they fall back to `Auto` as in [`crate::hessian`].
+fn strategy_for(opts: &JacobianOptions, n: usize) -> Strategy {
+    match opts.strategy {
+        Strategy::Auto | Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => {
+            if crate::native::available() && n <= AUTO_HESSIAN_BATCHED_MAX_N {
+                Strategy::Batched { chunk_size: None }
+            } else {
+                Strategy::RowLoop
+            }
+        }
+        s => s,
+    }
+}
+
+/// Per-sample Hessians of a closure with one scalar per sample, shape `[B, *in, *in]`:
+/// `H[b] = ∂²u(x)[b]/∂x[b]²` — PyTorch's `vmap(hessian(u))(x)`.
+///
+/// `u` maps `x: [B, *in]` to `[B]` or `[B, 1]`, sample by sample (see the module docs).
+/// `x` need not require grad. With `opts.create_graph` the result is differentiable (also with
+/// respect to `x` when `x` requires grad). A closure of another shape or an empty batch is an
+/// [`Error::Shape`].
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{batch_hessian_of, JacobianOptions};
+/// // u(x) = Σ_i x_i³ per sample: H[b] = diag(6 x[b])
+/// let x = Tensor::from_slice(&[1.0f64, 2.0, -1.0, 0.5]).view([2, 2]);
+/// let h = batch_hessian_of(|x: &Tensor| x.pow_tensor_scalar(3).sum_dim_intlist(1, false, Kind::Double), &x, &JacobianOptions::default())?;
+/// assert_eq!(h.size(), [2, 2, 2]);
+/// assert_eq!(Vec::<f64>::try_from(h.flatten(0, -1)).unwrap(), [6.0, 0.0, 0.0, 12.0, -6.0, 0.0, 0.0, 3.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn batch_hessian_of<F, O>(u: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    let (xg, g, _) = gradient_of(u, x, opts)?;
+    let n = (x.numel() as i64 / x.size()[0]) as usize;
+    let inner = opts.strategy(strategy_for(opts, n)).strict(false);
+    batch_jacobian(&g, &xg, &inner)
+}
+
+/// The Laplacian of a closure per sample, shape `[B]`: `Δu[b] = Σ_i ∂²u(x)[b]/∂x[b, i]²`, the
+/// trace of [`batch_hessian_of`] — `vmap(hessian(u))(x).diagonal(...).sum(-1)` in PyTorch.
+///
+/// Under [`Strategy::RowLoop`] (and `Auto` above [`AUTO_HESSIAN_BATCHED_MAX_N`] inputs per
+/// sample) `H` is never formed: pass `i` keeps only its diagonal element. With
+/// `opts.create_graph` the result is differentiable: a PINN loss `‖Δu − f‖²` reaches the
+/// weights of `u`.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{laplacian_of, JacobianOptions};
+/// // u(x) = ‖x‖⁴ per sample in ℝ²: Δu = 16 ‖x‖²
+/// let x = Tensor::from_slice(&[1.0f64, 2.0, 0.5, 0.0]).view([2, 2]);
+/// let u = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double).square();
+/// let lap = laplacian_of(u, &x, &JacobianOptions::default())?;
+/// assert_eq!(Vec::<f64>::try_from(lap).unwrap(), [80.0, 4.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn laplacian_of<F, O>(u: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    let (xg, g, b) = gradient_of(u, x, opts)?;
+    let n = x.numel() as i64 / b;
+    let strategy = strategy_for(opts, n as usize);
+    if strategy != Strategy::RowLoop {
+        let inner = opts.strategy(strategy).strict(false);
+        let h = batch_jacobian(&g, &xg, &inner)?.f_reshape([b, n, n])?;
+        return Ok(h.f_diagonal(0, 1, 2)?.f_sum_dim_intlist(
+            [1i64].as_slice(),
+            false,
+            None::<Kind>,
+        )?);
+    }
+    // Diagonal only: pass i differentiates Σ_b g[b, i] and keeps column i.
+    let g2 = g.f_reshape([b, n])?;
+    let names_v = input_names(1);
+    let names = Names {
+        output: "∇u",
+        inputs: &names_v,
+    };
+    let pass = Pass::new(opts.create_graph, false, names);
+    let mut lap = Tensor::f_zeros([b], (g.kind(), g.device()))?;
+    for i in 0..n {
+        if let Some(progress) = opts.progress {
+            progress(crate::strategy::Progress {
+                strategy: Strategy::RowLoop,
+                done: i as usize,
+                total: n as usize,
+            });
+        }
+        let root = g2.f_select(1, i)?.f_sum(None::<Kind>)?;
+        let gi = vjp_into(&root, &[&xg], pass)?.remove(0);
+        lap = lap.f_add(&gi.f_reshape([b, n])?.f_select(1, i)?)?;
+    }
+    Ok(lap)
+}
