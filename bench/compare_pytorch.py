@@ -54,6 +54,13 @@ PRODUCTS = ("products", 64, 256)
 # rule of layer_norm's backward forms ∂h/∂γ from the saved statistics as constants); the truth
 # (J_ref) is PyTorch's autograd row loop.
 NORM2 = ("ln2", 8, 32, 32)
+# Per-sample gradients beyond the MLP with cross-entropy: the same MLP with MSE against one-hot
+# targets, and a small conv net (conv 1 -> 8, 5x5, stride 2, tanh, linear 1152 -> 10) with
+# cross-entropy, at DP-SGD batch sizes (j_ref: the per-sample gradients of W1 / of the conv weight).
+PSG_MORE = [(f"{k}{b}", k, b) for k in ("mse", "conv") for b in (64, 256, 1024)]
+# PINN: u = tanh(tanh(x W1ᵀ) W2ᵀ) W3ᵀ, d -> 64 -> 64 -> 1, B = 1024; the Laplacian loss mean((Δu)²)
+# or the Hessian loss Σ‖H_b‖²/B, and its gradient to W1 (j_ref).
+PINN = [(f"{op}{d}", op, 1024, d) for op in ("lap", "hess") for d in (2, 32)]
 LABEL = {
     "3": "n=m=3",
     "64": "n=m=64",
@@ -67,6 +74,10 @@ LABEL = {
     "psg1024": "per-sample gradients, B=1024, 784→64→10",
     "hessian": "Hessian, n=128",
     "products": "64 VJPs and 64 JVPs at once, n=m=256",
+    **{f"mse{b}": f"per-sample gradients, MSE, B={b}, 784→64→10" for b in (64, 256, 1024)},
+    **{f"conv{b}": f"per-sample gradients, conv net, B={b}, 28×28 → conv 8@5×5/2 → 10" for b in (64, 256, 1024)},
+    **{f"lap{d}": f"PINN Laplacian loss + backward, B=1024, {d}→64→64→1" for d in (2, 32)},
+    **{f"hess{d}": f"PINN per-sample Hessian loss + backward, B=1024, {d}→64→64→1" for d in (2, 32)},
     "ln2": "second order through layer_norm's weight: ‖∂h/∂γ‖² of h = layer_norm(x Wᵀ; γ, β), B=8, 32→32",
 }
 
@@ -171,6 +182,22 @@ def make_inputs(work):
     name, b, m, n = NORM2
     w, x = torch.randn(m, n) / math.sqrt(n), torch.randn(b, n)
     cases.append({"name": name, "kind": "norm2", "b": b, "m": m, "n": n, "w": w, "x": x})
+    for name, k, b in PSG_MORE:
+        t = torch.arange(b) % 10
+        if k == "mse":
+            w, x, w2 = torch.randn(64, 784) / 28, torch.randn(b, 784), torch.randn(10, 64) / 8
+            t = torch.nn.functional.one_hot(t, 10).float()  # (one_hot cannot run under vmap)
+            cases.append({"name": name, "kind": "psg_mse", "b": b, "m": 64, "n": 784, "w": w, "x": x,
+                          "extra": {"w2": w2, "t": t}})
+        else:
+            w, x, w2 = torch.randn(8, 1, 5, 5) / 5, torch.randn(b, 1, 28, 28), torch.randn(10, 1152) / 34
+            cases.append({"name": name, "kind": "psg_conv", "b": b, "m": 8, "n": 25, "w": w, "x": x,
+                          "extra": {"w2": w2, "t": t}})
+    for name, op, b, d in PINN:
+        w, x = torch.randn(64, d) / math.sqrt(d), torch.randn(b, d)
+        w2, w3 = torch.randn(64, 64) / 8, torch.randn(1, 64) / 8
+        cases.append({"name": name, "kind": "pinn", "op": op, "b": b, "m": 1, "n": d, "w": w, "x": x,
+                      "extra": {"w2": w2, "w3": w3}})
     manifest = []
     for c in cases:
         w, x = c.pop("w"), c.pop("x")
@@ -185,6 +212,10 @@ def make_inputs(work):
             j = torch.func.hessian(hessian_f(w))(x)
         elif c["kind"] == "norm2":  # the truth: PyTorch's row loop
             j = norm2_grad_rows(w, x)
+        elif c["kind"] in ("psg_mse", "psg_conv"):
+            j = psg_more(c["kind"], w, x, c["extra"]["w2"], c["extra"]["t"])
+        elif c["kind"] == "pinn":  # the autograd loop (agrees with vmap(hessian) to float32)
+            j = pinn_grad_loop(c["op"], w, x, c["extra"]["w2"], c["extra"]["w3"])
         elif c["kind"] == "products":  # both stacks of products, [2k, n]
             j = torch.cat(products(w, x, c["extra"]["v"], c["extra"]["u"]))
         else:  # the penalty's gradient with respect to W
@@ -242,6 +273,50 @@ def per_sample_grads(w1, x, w2, t):
     return vmap(grad(psg_loss), in_dims=(None, 0, 0, None))({"w1": w1}, x, t, w2)["w1"]
 
 
+def psg_more_loss(kind):
+    """The loss of one sample as a function of W1 (MLP, MSE) or of the conv weight (conv net, CE)."""
+    if kind == "psg_mse":
+        def loss(params, x, t, w2):
+            out = torch.tanh(x @ params["w"].T) @ w2.T
+            return torch.nn.functional.mse_loss(out, t)  # t: the one-hot target row
+    else:
+        def loss(params, x, t, w2):
+            h = torch.tanh(torch.nn.functional.conv2d(x.unsqueeze(0), params["w"], stride=2))
+            return torch.nn.functional.cross_entropy(h.flatten(1) @ w2.T, t.unsqueeze(0))
+    return loss
+
+
+def psg_more(kind, w, x, w2, t):
+    """vmap(grad(...)) per-sample gradients for the MSE MLP and the conv net."""
+    return vmap(grad(psg_more_loss(kind)), in_dims=(None, 0, 0, None))({"w": w}, x, t, w2)["w"]
+
+
+def pinn_u(w1, w2, w3):
+    return lambda v: (torch.tanh(torch.tanh(v @ w1.T) @ w2.T) @ w3.T).squeeze(-1)
+
+
+def pinn_loss(op, h_or_lap, b):
+    return h_or_lap.pow(2).mean() if op == "lap" else h_or_lap.pow(2).sum() / b
+
+
+def pinn_grad_func(op, w1, x, w2, w3):
+    """vmap(hessian(u)) per sample, the loss, and its gradient to W1."""
+    w1g = w1.detach().requires_grad_(True)
+    h = vmap(torch.func.hessian(pinn_u(w1g, w2, w3)))(x)
+    t = h.diagonal(dim1=1, dim2=2).sum(-1) if op == "lap" else h
+    return torch.autograd.grad(pinn_loss(op, t, x.shape[0]), w1g)[0]
+
+
+def pinn_grad_loop(op, w1, x, w2, w3):
+    """The PINN codes' autograd loop: ∇u with create_graph, then one pass per input dimension."""
+    w1g = w1.detach().requires_grad_(True)
+    xg = x.detach().requires_grad_(True)
+    g = torch.autograd.grad(pinn_u(w1g, w2, w3)(xg).sum(), xg, create_graph=True)[0]
+    rows = [torch.autograd.grad(g[:, i].sum(), xg, create_graph=True)[0] for i in range(x.shape[1])]
+    t = sum(r[:, i] for i, r in enumerate(rows)) if op == "lap" else torch.stack(rows, 1)
+    return torch.autograd.grad(pinn_loss(op, t, x.shape[0]), w1g)[0]
+
+
 def products(w, x, vs, us):
     """vmap(vjp_fn)(vs) and vmap(jvp)(us) for f(x) = sigmoid(W x)."""
     f = lambda v: torch.sigmoid(w @ v)  # noqa: E731
@@ -290,6 +365,15 @@ def python_methods(case, w, x):
     if case["kind"] == "psg":
         w2, t = (load(WORK, case["extra"][k]) for k in ("w2", "t"))
         return [("vmap(grad) per-sample gradients", lambda: per_sample_grads(w, x, w2, t))]
+    if case["kind"] in ("psg_mse", "psg_conv"):
+        w2, t = (load(WORK, case["extra"][k]) for k in ("w2", "t"))
+        return [("vmap(grad) per-sample gradients", lambda: psg_more(case["kind"], w, x, w2, t))]
+    if case["kind"] == "pinn":
+        w2, w3 = (load(WORK, case["extra"][k]) for k in ("w2", "w3"))
+        return [
+            ("vmap(hessian)", lambda: pinn_grad_func(case["op"], w, x, w2, w3)),
+            ("autograd loop (create_graph)", lambda: pinn_grad_loop(case["op"], w, x, w2, w3)),
+        ]
     if case["kind"] == "hessian":
         h = torch.func.hessian(hessian_f(w))
         return [("torch.func.hessian", lambda: h(x))]
@@ -379,6 +463,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds over all cells; the fastest round's median is kept")
     ap.add_argument("--min-reps", type=int, default=5)
     ap.add_argument("--max-reps", type=int, default=2000)
+    ap.add_argument("--only", default="", help="comma-separated case names: time just those, print a short report")
     ap.add_argument("--skip-over", type=float, default=2.0, help="skip a cell whose first call takes longer (s)")
     args = ap.parse_args()
 
@@ -395,6 +480,12 @@ def main():
         "skip_over_s": args.skip_over,
     }
     cases = make_inputs(args.work)
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = [w for w in wanted if w not in {c["name"] for c in cases}]
+        if unknown:
+            ap.error(f"unknown case(s) {unknown}; cases: {[c['name'] for c in cases]}")
+        cases = [c for c in cases if c["name"] in wanted]
     with open(os.path.join(args.work, "manifest.json"), "w") as fh:
         json.dump({"rule": rule, "cases": cases}, fh, indent=1)
     load_start = os.getloadavg()
@@ -445,6 +536,16 @@ def main():
                 merge(v["case"], ("rust", v.pop("method")), v)
     elapsed = time.time() - t_start
     load_end = os.getloadavg()
+
+    if args.only:
+        for c in cases:
+            res = results[c["name"]]
+            tb = best(res, "torch")[1]
+            print(f"### {LABEL[c['name']]}")
+            for (sd, k), r in res.items():
+                print(f"  {'PyTorch' if sd == 'torch' else 'ours'}: {k}: {fmt_ms(r)} ms, / best PyTorch "
+                      f"{fmt_ratio(r, tb)}, max|Δ| {r['max_abs_diff']:.1e}, {r.get('strategy', '')}")
+        return
 
     lines = []
     p = lines.append
@@ -549,6 +650,28 @@ def main():
         theirs = [r for (sd, k), r in res.items() if sd == "torch"][0]
         for (sd, k), r in res.items():
             p(f"| {'PyTorch' if sd == 'torch' else 'ours'}: {k} | {fmt_ms(r)} | {fmt_ratio(r, theirs)} |")
+        p("")
+
+    for name, _, _ in PSG_MORE:
+        res = results[name]
+        p(f"### {LABEL[name]}: median ms per call")
+        p("")
+        p("| method | median ms | ours / PyTorch |")
+        p("|---|---:|---:|")
+        theirs = res.get(("torch", "vmap(grad) per-sample gradients"))
+        for (sd, k), r in res.items():
+            p(f"| {'PyTorch' if sd == 'torch' else 'ours'}: {k} | {fmt_ms(r)} | {fmt_ratio(r, theirs)} |")
+        p("")
+
+    for name, _, _, _ in PINN:
+        res = results[name]
+        p(f"### {LABEL[name]}: forward + derivatives + loss + backward to W1, median ms per call")
+        p("")
+        p("| method | median ms | / best of PyTorch |")
+        p("|---|---:|---:|")
+        tb = best(res, "torch")[1]
+        for (sd, k), r in res.items():
+            p(f"| {'PyTorch' if sd == 'torch' else 'ours'}: {k} | {fmt_ms(r)} | {fmt_ratio(r, tb)} |")
         p("")
 
     nres = results[NORM2[0]]
@@ -662,6 +785,32 @@ def main():
             f"5. Exact CAE penalty (forward + penalty + backward to W, B = 128, 784 → 256) within 1.1× "
             f"PyTorch's vmap(jacrev) penalty: {verdict(rp <= 1.1)} — ratio {rp:.2f}."
         )
+    parts6, ok6 = [], True
+    for name in [PSG[0]] + [c[0] for c in PSG_LARGE] + [c[0] for c in PSG_MORE]:
+        ours_s = ms(name, "rust", "per_sample_gradients_of (cross_entropy, one sample)") or ms(name, "rust", "per_sample_gradients_of (one sample)")
+        theirs_s = ms(name, "torch", "vmap(grad) per-sample gradients")
+        if ours_s is None or theirs_s is None:
+            parts6.append(f"{name} not measured")
+            ok6 = False
+            continue
+        r = ours_s / theirs_s
+        ok6 &= r <= 1.0
+        parts6.append(f"{name} {r:.2f}")
+    p(f"6. Per-sample gradients (per_sample_gradients_of) ≤ 1.0× vmap(grad) for the MLP with "
+      f"cross-entropy and MSE and the conv net at B = 64, 256, 1024: {verdict(ok6)} — " + ", ".join(parts6) + ".")
+    parts7, ok7 = [], True
+    for name, _, _, _ in PINN:
+        ours_s = ms(name, "rust", "auto")
+        tb = best(results[name], "torch")[1].get("median_ms")
+        if ours_s is None or tb is None:
+            parts7.append(f"{name} not measured")
+            ok7 = False
+            continue
+        r = ours_s / tb
+        ok7 &= r <= 0.8
+        parts7.append(f"{name} {r:.2f}")
+    p(f"7. PINN per-sample Hessian and Laplacian (B = 1024, d = 2 and 32, loss + backward) ≤ 0.8× "
+      f"PyTorch's best (vmap(hessian), autograd loop): {verdict(ok7)} — " + ", ".join(parts7) + ".")
     p("")
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

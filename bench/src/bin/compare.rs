@@ -19,9 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian, jacobian_of,
-    jacobian_with, jvp_batched, per_sample_gradients, per_sample_gradients_of,
-    sigmoid_linear_jacobian, vjp_batched, Estimator, JacobianOptions, Strategy,
+    batch_hessian::AUTO_HESSIAN_BATCHED_MAX_N, batch_hessian_of, batch_jacobian, batch_jacobian_of,
+    contractive_penalty, hessian_of, jacobian, jacobian_of, jacobian_with, jvp_batched,
+    laplacian_of, per_sample_gradients, per_sample_gradients_of, sigmoid_linear_jacobian,
+    vjp_batched, Estimator, JacobianOptions, Strategy,
 };
 use tch_jacobian_bench::{measure, Rule, Timing};
 
@@ -284,6 +285,92 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                 "row-loop".into(),
                 &mut || grad_w(Strategy::RowLoop),
             )?;
+        }
+        "psg_mse" | "psg_conv" => {
+            // Per-sample gradients of one sample's loss under vmap(grad): the MLP with MSE against
+            // one-hot targets (w = W1), or the conv net with cross-entropy (w = the conv weight).
+            let extra = |k: &str| -> Result<Tensor> {
+                load(dir, case["extra"][k].as_str().context("extra")?, dev)
+            };
+            let (w2, t) = (extra("w2")?, extra("t")?);
+            let params = vec![("w".to_string(), w.shallow_clone())];
+            let conv = kind == "psg_conv";
+            let loss = |p: &[Tensor], s: &[Tensor]| -> tch_jacobian::Result<Tensor> {
+                if conv {
+                    let h = s[0]
+                        .f_unsqueeze(0)?
+                        .f_conv2d(&p[0], None::<Tensor>, [2, 2], [0, 0], [1, 1], 1)?
+                        .f_tanh()?;
+                    let logits = h.f_flatten(1, -1)?.f_matmul(&w2.tr())?;
+                    Ok(logits.f_cross_entropy_loss::<Tensor>(
+                        &s[1].f_unsqueeze(0)?,
+                        None,
+                        tch::Reduction::Mean,
+                        -100,
+                        0.0,
+                    )?)
+                } else {
+                    let out = s[0].f_matmul(&p[0].tr())?.f_tanh()?.f_matmul(&w2.tr())?;
+                    // s[1]: the one-hot target row.
+                    Ok(out.f_mse_loss(&s[1], tch::Reduction::Mean)?)
+                }
+            };
+            run(
+                "per_sample_gradients_of (one sample)",
+                resolved_graph(Strategy::Auto),
+                &mut || {
+                    let opts = JacobianOptions::default();
+                    let out = per_sample_gradients_of(loss, &params, &[&x, &t], &opts)?;
+                    Ok(out.gradients.into_iter().next().context("w")?.1)
+                },
+            )?;
+        }
+        "pinn" => {
+            // PINN: u = tanh(tanh(x W1ᵀ) W2ᵀ) W3ᵀ; the Laplacian loss mean((Δu)²) or the Hessian
+            // loss Σ‖H_b‖²/B, and its gradient to W1 (= w); J_ref is PyTorch's autograd loop.
+            let extra = |k: &str| -> Result<Tensor> {
+                load(dir, case["extra"][k].as_str().context("extra")?, dev)
+            };
+            let (w2, w3) = (extra("w2")?, extra("w3")?);
+            let lap = case["op"].as_str() == Some("lap");
+            let grad_w1 = |s: Strategy| -> Result<Tensor> {
+                let w1 = w.detach().set_requires_grad(true);
+                let u = |v: &Tensor| {
+                    v.matmul(&w1.tr())
+                        .tanh()
+                        .matmul(&w2.tr())
+                        .tanh()
+                        .matmul(&w3.tr())
+                        .squeeze_dim(-1)
+                };
+                let o = JacobianOptions::default().strategy(s).create_graph(true);
+                let loss = if lap {
+                    laplacian_of(u, &x, &o)?.f_square()?.f_mean(Kind::Float)?
+                } else {
+                    batch_hessian_of(u, &x, &o)?
+                        .f_square()?
+                        .f_sum(Kind::Float)?
+                        .f_div_scalar(b as f64)?
+                };
+                Ok(Tensor::f_run_backward(&[loss], &[&w1], false, false)?.remove(0))
+            };
+            let auto = if tch_jacobian::native::available() && n <= AUTO_HESSIAN_BATCHED_MAX_N {
+                "batched"
+            } else {
+                "row-loop"
+            };
+            run("auto", auto.into(), &mut || grad_w1(Strategy::Auto))?;
+            if tch_jacobian::native::available() {
+                run("batched", "batched".into(), &mut || {
+                    grad_w1(Strategy::Batched { chunk_size: None })
+                })?;
+            }
+            run("row-loop", "row-loop".into(), &mut || {
+                grad_w1(Strategy::RowLoop)
+            })?;
+            run("forward", "forward".into(), &mut || {
+                grad_w1(Strategy::Forward)
+            })?;
         }
         "hessian" => {
             let f = |v: &Tensor| w.matmul(v).tanh().square().sum(Kind::Float);
