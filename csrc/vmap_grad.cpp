@@ -185,4 +185,11 @@ char* tchj_vmap_grad(
   }
 }
 
+// 1 when a functorch transform (vmap, grad, …) is active on this thread — the crate's own, around
+// a closure — else 0. Engines that would write batched results into a plain preallocated tensor
+// (an in-place copy vmap refuses) concatenate instead.
+int tchj_in_transform() {
+  return at::functorch::getDynamicLayerStack().empty() ? 0 : 1;
+}
+
 }  // extern "C"

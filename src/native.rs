@@ -424,6 +424,21 @@ pub(crate) fn graph_node_names(_y: &Tensor) -> Result<Option<(Vec<String>, usize
     Ok(None)
 }
 
+/// Whether a functorch transform is active on this thread (inside the closure of
+/// [`crate::per_sample_gradients_of`]); always `false` without the engine.
+pub(crate) fn in_transform() -> bool {
+    #[cfg(tch_jacobian_native)]
+    {
+        extern "C" {
+            fn tchj_in_transform() -> std::ffi::c_int;
+        }
+        // SAFETY: reads functorch's thread-local layer stack.
+        unsafe { tchj_in_transform() != 0 }
+    }
+    #[cfg(not(tch_jacobian_native))]
+    false
+}
+
 /// Turns the TorchScript executor's graph optimization off on this thread while it lives, and
 /// restores the previous setting when dropped (libtorch's `GraphOptimizerEnabledGuard`). Without
 /// the engine it does nothing.

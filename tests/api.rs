@@ -6,7 +6,8 @@ use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     batch_jacobian, batch_jacobian_of, check_batch_independence, hessian, hvp, jacobian,
-    jacobian_of, jacobian_with, jvp, vjp, Error, JacobianOptions, Result, Strategy, Tolerance,
+    jacobian_of, jacobian_with, jvp, per_sample_gradients_of, vjp, Error, JacobianOptions, Result,
+    Strategy, Tolerance,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {
@@ -527,6 +528,53 @@ fn cuda_mixed_devices() {
     );
 }
 
+/// Nested use: a Jacobian (every strategy, create_graph) inside the one-sample loss of
+/// `per_sample_gradients_of`, i.e. inside functorch's vmap and grad levels — per-sample gradients
+/// of a Jacobian penalty `‖∂f(x_b)/∂x_b‖²`, against the closed form differentiated by autograd.
+fn nested_jacobian_inside_per_sample_closure(device: Device) -> Result<()> {
+    let k = (Kind::Double, device);
+    let w = Tensor::randn([3, 4], k);
+    let params = vec![("w".to_string(), w.shallow_clone())];
+    let x = Tensor::randn([5, 4], k);
+    // The truth per sample: J = diag(1 − tanh²(W x)) W, loss ‖J‖², its gradient to W.
+    let truth: Vec<Tensor> = (0..5)
+        .map(|b| {
+            let wg = w.detach().set_requires_grad(true);
+            let d: Tensor = 1.0 - x.get(b).matmul(&wg.tr()).tanh().square();
+            let j = d.unsqueeze(1) * &wg;
+            Tensor::run_backward(&[j.square().sum(Kind::Double)], &[&wg], false, false).remove(0)
+        })
+        .collect();
+    let truth = Tensor::stack(&truth, 0);
+    let mut inner = vec![Strategy::Auto, Strategy::RowLoop, Strategy::Forward];
+    inner.extend(batched());
+    for s in inner {
+        let loss = |p: &[Tensor], smp: &[Tensor]| -> Result<Tensor> {
+            let f = |v: &Tensor| v.matmul(&p[0].tr()).tanh();
+            let j = jacobian_of(
+                f,
+                &smp[0],
+                &JacobianOptions::default().strategy(s).create_graph(true),
+            )?;
+            Ok(j.square().sum(Kind::Double))
+        };
+        for outer in [Strategy::Auto, Strategy::RowLoop] {
+            let out = per_sample_gradients_of(
+                loss,
+                &params,
+                &[&x],
+                &JacobianOptions::default().strategy(outer),
+            )?;
+            f64_tol()
+                .check(&out.gradients[0].1, &truth)
+                .unwrap_or_else(|e| {
+                    panic!("jacobian_of {s} inside per_sample_gradients_of {outer}: {e}")
+                });
+        }
+    }
+    Ok(())
+}
+
 device_tests!(
     shapes_scalars_empty,
     strategies_agree,
@@ -534,7 +582,8 @@ device_tests!(
     bad_inputs,
     cross_sample_check,
     resnet_block_f32,
-    out_of_memory_then_smaller_calls_work
+    out_of_memory_then_smaller_calls_work,
+    nested_jacobian_inside_per_sample_closure
 );
 
 /// Parameter Jacobians name the parameter in their errors.

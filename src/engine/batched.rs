@@ -26,7 +26,7 @@ pub(super) fn batched(
         .iter()
         .map(|x| ([b, m, x.numel() as i64 / b], (x.kind(), x.device())))
         .collect();
-    let mut blocks = Blocks::new(&shapes, chunk < m)?;
+    let mut blocks = Blocks::new(&shapes, chunk < m, &run.pass)?;
     let mut start = 0;
     while start < m {
         let len = chunk.min(m - start);
@@ -40,7 +40,7 @@ pub(super) fn batched(
         start += len;
         run.report(start, m);
     }
-    Ok(blocks.finish())
+    blocks.finish()
 }
 
 /// Rows `start..start + len` of the `m × m` identity as cotangents for the rows view `y2`:

@@ -182,15 +182,19 @@ fn empty_blocks(b: i64, xs: &[&Tensor]) -> Result<Vec<Tensor>> {
 struct Blocks {
     /// One preallocated block per input when there are several chunks.
     full: Option<Vec<Tensor>>,
-    /// The only chunk, when there is one.
-    whole: Option<Vec<Tensor>>,
+    /// The chunks so far, when they are concatenated at the end instead.
+    parts: Vec<Vec<Tensor>>,
 }
 
 impl Blocks {
     /// `shapes[k]` is input `k`'s `[B, total, other_k]` and its (dtype, device); `chunked` says
-    /// whether several passes will fill it.
-    fn new(shapes: &[([i64; 3], (Kind, Device))], chunked: bool) -> Result<Self> {
-        let full = if chunked {
+    /// whether several passes will fill it. Chunks are copied into one preallocated block, except
+    /// under `create_graph` (the graph keeps every chunk alive anyway, and a copy into a plain
+    /// block would go through CopySlices) or inside a functorch transform (vmap refuses to copy a
+    /// batched chunk into an unbatched block): then they are concatenated.
+    fn new(shapes: &[([i64; 3], (Kind, Device))], chunked: bool, pass: &Pass<'_>) -> Result<Self> {
+        let preallocate = chunked && !pass.create_graph && !crate::native::in_transform();
+        let full = if preallocate {
             let js = shapes
                 .iter()
                 .map(|(shape, opts)| Ok(Tensor::f_zeros(shape.as_slice(), *opts)?))
@@ -199,13 +203,16 @@ impl Blocks {
         } else {
             None
         };
-        Ok(Blocks { full, whole: None })
+        Ok(Blocks {
+            full,
+            parts: Vec::new(),
+        })
     }
 
     /// Adds the chunk `[B, len, other_k]` (one per input) that starts at row `start`.
     fn put(&mut self, start: i64, chunk: Vec<Tensor>) -> Result<()> {
         match self.full.as_mut() {
-            None => self.whole = Some(chunk),
+            None => self.parts.push(chunk),
             Some(full) => {
                 for (j, block) in full.iter_mut().zip(&chunk) {
                     j.f_narrow(1, start, block.size()[1])?.f_copy_(block)?;
@@ -215,7 +222,19 @@ impl Blocks {
         Ok(())
     }
 
-    fn finish(self) -> Vec<Tensor> {
-        self.full.or(self.whole).unwrap_or_default()
+    fn finish(mut self) -> Result<Vec<Tensor>> {
+        if let Some(full) = self.full {
+            return Ok(full);
+        }
+        if self.parts.len() <= 1 {
+            return Ok(self.parts.pop().unwrap_or_default());
+        }
+        let inputs = self.parts[0].len();
+        (0..inputs)
+            .map(|k| {
+                let blocks: Vec<&Tensor> = self.parts.iter().map(|c| &c[k]).collect();
+                Ok(Tensor::f_cat(&blocks, 1)?)
+            })
+            .collect()
     }
 }

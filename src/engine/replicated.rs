@@ -44,7 +44,7 @@ pub(super) fn replicated(
     let (total, other) = if forward { (n, m) } else { (m, n) };
     let chunk = chunk_len(chunk_size, total);
     let shape = ([b, total, other], (x2.kind(), x2.device()));
-    let mut blocks = Blocks::new(&[shape], chunk < total)?;
+    let mut blocks = Blocks::new(&[shape], chunk < total, &run.pass)?;
     let mut start = 0;
     while start < total {
         let len = chunk.min(total - start);
@@ -103,7 +103,7 @@ pub(super) fn replicated(
         start += len;
         run.report(start, total);
     }
-    let j = blocks.finish().remove(0);
+    let j = blocks.finish()?.remove(0);
     Ok(if forward { j.f_transpose(1, 2)? } else { j })
 }
 
