@@ -73,9 +73,10 @@ fn main() {
 /// vmap(grad) of a Rust closure, the normalizations' batching
 /// rules that are right to second order, the losses' batching rules, the autograd graph scan and the TorchScript executor
 /// switch.
-const CSRC: [&str; 6] = [
+const CSRC: [&str; 7] = [
     "csrc/batched_vjp.cpp",
     "csrc/vmap_grad.cpp",
+    "csrc/forward_ad.cpp",
     "csrc/norm_rules.cpp",
     "csrc/loss_rules.cpp",
     "csrc/graph_scan.cpp",

@@ -173,6 +173,94 @@ pub(crate) fn batched_vjp(
 /// The loss closure of [`vmap_grad`]: wrapped parameters and one sample's inputs to a scalar.
 pub(crate) type LossFn<'a> = dyn Fn(&[Tensor], &[Tensor]) -> Result<Tensor> + 'a;
 
+/// The Rust side of a closure run by the C++ side under functorch's transforms
+/// (`csrc/vmap_grad.cpp`, `csrc/forward_ad.cpp`): the closure, and the error it returned.
+#[cfg(tch_jacobian_native)]
+struct Callback<'a, 'b> {
+    f: &'a LossFn<'b>,
+    error: RefCell<Option<Error>>,
+}
+
+/// The C callback type of both C++ files: `ctx` is a [`Callback`].
+#[cfg(tch_jacobian_native)]
+type CallbackFn = unsafe extern "C" fn(
+    *mut std::ffi::c_void,
+    *mut *mut torch_sys::C_tensor,
+    i64,
+    *mut *mut torch_sys::C_tensor,
+    i64,
+    *mut *mut torch_sys::C_tensor,
+) -> std::ffi::c_int;
+
+/// Called by the C++ side, inside the transforms. Owns the tensors it receives; never unwinds
+/// into C++: an error is kept in the [`Callback`], a panic becomes [`Error::Contract`], and
+/// either returns non-zero.
+///
+/// # Safety
+/// `ctx` is a live [`Callback`]; the arrays hold `n_*` heap tensors handed over to us.
+#[cfg(tch_jacobian_native)]
+unsafe extern "C" fn callback(
+    ctx: *mut std::ffi::c_void,
+    params: *mut *mut torch_sys::C_tensor,
+    n_params: i64,
+    inputs: *mut *mut torch_sys::C_tensor,
+    n_inputs: i64,
+    out: *mut *mut torch_sys::C_tensor,
+) -> std::ffi::c_int {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let ctx = &*(ctx as *const Callback<'_, '_>);
+    let take = |ptrs: *mut *mut torch_sys::C_tensor, n: i64| -> Vec<Tensor> {
+        (0..n as usize)
+            .map(|i| Tensor::from_ptr(*ptrs.add(i)))
+            .collect()
+    };
+    let (ps, xs) = (take(params, n_params), take(inputs, n_inputs));
+    match catch_unwind(AssertUnwindSafe(|| (ctx.f)(&ps, &xs))) {
+        Ok(Ok(mut t)) => {
+            *out = t.as_mut_ptr();
+            std::mem::forget(t); // owned by the C++ side now
+            0
+        }
+        Ok(Err(e)) => {
+            *ctx.error.borrow_mut() = Some(e);
+            1
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "(no message)".into());
+            *ctx.error.borrow_mut() = Some(Error::Contract(format!(
+                "the closure panicked: {}",
+                msg.lines().next().unwrap_or("")
+            )));
+            1
+        }
+    }
+}
+
+/// After a C++ call that ran a [`Callback`]: its error (the closure's own, else the C++ message)
+/// or `Ok`, and the ops that took the vmap fallback recorded.
+///
+/// # Safety
+/// `err` and `ops` are null or malloc'd strings from the C++ side, each taken once.
+#[cfg(tch_jacobian_native)]
+unsafe fn finish_call(
+    ctx: Callback<'_, '_>,
+    err: *mut std::ffi::c_char,
+    ops: *mut std::ffi::c_char,
+) -> Result<()> {
+    let ops = take_string(ops);
+    if let Some(msg) = take_string(err) {
+        return Err(ctx.error.into_inner().unwrap_or_else(|| engine_error(msg)));
+    }
+    if let Some(ops) = ops {
+        record_fallbacks(&ops);
+    }
+    Ok(())
+}
+
 /// Per-sample gradients by `vmap(grad(f))` through `csrc/vmap_grad.cpp`: for `inputs[k] =
 /// [B, *sample_k]`, `G_p[b] = ∂f(θ, x_b)/∂θ_p` (`[B, *θ_p]`, `None` where the loss does not reach
 /// `θ_p`) and the losses `[B]`. `f` runs once, on one logical sample, at the transforms' levels;
@@ -188,20 +276,10 @@ pub(crate) fn vmap_grad(
     same_randomness: bool,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     use std::ffi::{c_char, c_int, c_void};
-    use std::panic::{catch_unwind, AssertUnwindSafe};
     use torch_sys::C_tensor;
-
-    type Callback = unsafe extern "C" fn(
-        *mut c_void,
-        *mut *mut C_tensor,
-        i64,
-        *mut *mut C_tensor,
-        i64,
-        *mut *mut C_tensor,
-    ) -> c_int;
     extern "C" {
         fn tchj_vmap_grad(
-            f: Callback,
+            f: CallbackFn,
             ctx: *mut c_void,
             params: *const *const C_tensor,
             n_params: i64,
@@ -215,57 +293,7 @@ pub(crate) fn vmap_grad(
             fallback_ops: *mut *mut c_char,
         ) -> *mut c_char;
     }
-
-    struct Ctx<'a, 'b> {
-        f: &'a LossFn<'b>,
-        error: RefCell<Option<Error>>,
-    }
-
-    /// Called by the C++ side once, inside the transforms. Owns the tensors it receives; never
-    /// unwinds into C++.
-    unsafe extern "C" fn call(
-        ctx: *mut c_void,
-        params: *mut *mut C_tensor,
-        n_params: i64,
-        inputs: *mut *mut C_tensor,
-        n_inputs: i64,
-        loss: *mut *mut C_tensor,
-    ) -> c_int {
-        // SAFETY: `ctx` is the `Ctx` of the enclosing `vmap_grad` call, alive for its duration;
-        // the arrays hold `n_*` heap tensors handed over to us.
-        let ctx = &*(ctx as *const Ctx<'_, '_>);
-        let take = |ptrs: *mut *mut C_tensor, n: i64| -> Vec<Tensor> {
-            (0..n as usize)
-                .map(|i| Tensor::from_ptr(*ptrs.add(i)))
-                .collect()
-        };
-        let (ps, xs) = (take(params, n_params), take(inputs, n_inputs));
-        match catch_unwind(AssertUnwindSafe(|| (ctx.f)(&ps, &xs))) {
-            Ok(Ok(mut t)) => {
-                *loss = t.as_mut_ptr();
-                std::mem::forget(t); // owned by the C++ side now
-                0
-            }
-            Ok(Err(e)) => {
-                *ctx.error.borrow_mut() = Some(e);
-                1
-            }
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "(no message)".into());
-                *ctx.error.borrow_mut() = Some(Error::Contract(format!(
-                    "the loss closure panicked: {}",
-                    msg.lines().next().unwrap_or("")
-                )));
-                1
-            }
-        }
-    }
-
-    let ctx = Ctx {
+    let ctx = Callback {
         f,
         error: RefCell::new(None),
     };
@@ -274,12 +302,12 @@ pub(crate) fn vmap_grad(
     let mut grads: Vec<*mut C_tensor> = vec![std::ptr::null_mut(); params.len()];
     let mut losses: *mut C_tensor = std::ptr::null_mut();
     let mut ops: *mut c_char = std::ptr::null_mut();
-    // SAFETY: every pointer is a live tensor borrowed for the call; `grads` has one slot per
-    // parameter; the C++ side catches every exception and `call` every panic.
+    // SAFETY: every pointer is live for the call; the C++ side catches every exception and the
+    // callback every panic.
     let err = unsafe {
         tchj_vmap_grad(
-            call,
-            &ctx as *const Ctx<'_, '_> as *mut c_void,
+            callback,
+            &ctx as *const Callback<'_, '_> as *mut c_void,
             p_ptrs.as_ptr(),
             params.len() as i64,
             x_ptrs.as_ptr(),
@@ -292,19 +320,66 @@ pub(crate) fn vmap_grad(
             &mut ops,
         )
     };
-    // SAFETY: malloc'd strings from the C++ side, each taken once.
-    if let Some(msg) = unsafe { take_string(err) } {
-        return Err(ctx.error.into_inner().unwrap_or_else(|| engine_error(msg)));
-    }
-    if let Some(ops) = unsafe { take_string(ops) } {
-        record_fallbacks(&ops);
-    }
+    // SAFETY: the strings come from the call above.
+    unsafe { finish_call(ctx, err, ops) }?;
     // SAFETY: non-null slots are `new at::Tensor`s that nobody else owns.
     let grads = grads
         .into_iter()
         .map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
         .collect();
     Ok((grads, unsafe { Tensor::from_ptr(losses) }))
+}
+
+/// Forward-mode Jacobian columns of a closure through `csrc/forward_ad.cpp` (torch.func's jacfwd):
+/// for tangents `u = [k, *x.shape]`, `(J u, f(x))` with `J u = [k, *y.shape]` — dual tensors
+/// whose tangents are batched at one vmap level, one evaluation of `f`. `f` must not need `x` to
+/// require grad (it gets a dual tensor); its errors and panics come back as an [`Error`].
+#[cfg(tch_jacobian_native)]
+pub(crate) fn jacfwd(
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    u: &Tensor,
+    vmap_fallback: bool,
+) -> Result<(Tensor, Tensor)> {
+    use std::ffi::{c_char, c_int, c_void};
+    use torch_sys::C_tensor;
+    extern "C" {
+        fn tchj_jacfwd(
+            f: CallbackFn,
+            ctx: *mut c_void,
+            x: *const C_tensor,
+            tangents: *const C_tensor,
+            vmap_fallback: c_int,
+            columns: *mut *mut C_tensor,
+            value: *mut *mut C_tensor,
+            fallback_ops: *mut *mut c_char,
+        ) -> *mut c_char;
+    }
+    let of_input = |_: &[Tensor], xs: &[Tensor]| f(&xs[0]);
+    let ctx = Callback {
+        f: &of_input,
+        error: RefCell::new(None),
+    };
+    let mut columns: *mut C_tensor = std::ptr::null_mut();
+    let mut value: *mut C_tensor = std::ptr::null_mut();
+    let mut ops: *mut c_char = std::ptr::null_mut();
+    // SAFETY: as in `vmap_grad`.
+    let err = unsafe {
+        tchj_jacfwd(
+            callback,
+            &ctx as *const Callback<'_, '_> as *mut c_void,
+            x.as_ptr(),
+            u.as_ptr(),
+            vmap_fallback as c_int,
+            &mut columns,
+            &mut value,
+            &mut ops,
+        )
+    };
+    // SAFETY: the strings come from the call above.
+    unsafe { finish_call(ctx, err, ops) }?;
+    // SAFETY: on success both are `new at::Tensor`s that nobody else owns.
+    Ok(unsafe { (Tensor::from_ptr(columns), Tensor::from_ptr(value)) })
 }
 
 /// Free bytes on CUDA device `device` (`cudaMemGetInfo`, through the C++ file), or `None` on the
@@ -363,6 +438,17 @@ pub(crate) fn vmap_grad(
     _vmap_fallback: bool,
     _same_randomness: bool,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    Err(unavailable())
+}
+
+/// Without the C++ part: always an error (callers use the double-backward columns instead).
+#[cfg(not(tch_jacobian_native))]
+pub(crate) fn jacfwd(
+    _f: &dyn Fn(&Tensor) -> Result<Tensor>,
+    _x: &Tensor,
+    _u: &Tensor,
+    _vmap_fallback: bool,
+) -> Result<(Tensor, Tensor)> {
     Err(unavailable())
 }
 

@@ -575,6 +575,56 @@ fn nested_jacobian_inside_per_sample_closure(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// `Forward` on a closure runs forward-mode AD (dual tensors, one extra evaluation of the
+/// closure) with the engine; no row-wise requirement; per-sample closures too; an op without
+/// forward-mode derivatives is an error, and Auto's row loop. All equal to the row loop.
+fn forward_mode_closures(device: Device) -> Result<()> {
+    let k = (Kind::Double, device);
+    let w = Tensor::randn([24, 3], k);
+    let x = Tensor::randn([3], k);
+    let row = JacobianOptions::default().strategy(Strategy::RowLoop);
+    let fwd = JacobianOptions::default().strategy(Strategy::Forward);
+    let calls = std::cell::Cell::new(0);
+    let f = |v: &Tensor| {
+        calls.set(calls.get() + 1);
+        v.matmul(&w.tr()).tanh() * v.sum(Kind::Double) // not row-wise on stacked copies
+    };
+    let expected = jacobian_of(f, &x, &row)?;
+    calls.set(0);
+    let j = jacobian_of(f, &x, &fwd)?;
+    let dual = tch_jacobian::native::available();
+    assert_eq!(calls.get(), if dual { 2 } else { 1 }, "closure evaluations");
+    f64_tol()
+        .check(&j, &expected)
+        .unwrap_or_else(|e| panic!("forward: {e}"));
+    // Auto picks Forward for this tall Jacobian (24 → 3) and needs no row-wise closure.
+    f64_tol()
+        .check(&jacobian_of(f, &x, &JacobianOptions::default())?, &expected)
+        .unwrap_or_else(|e| panic!("auto: {e}"));
+    // cdist has neither a forward-mode formula nor a double backward: an explicit Forward is an
+    // error (not a panic), and Auto, which picks Forward for this tall Jacobian (16 → 3), redoes
+    // it with the row loop.
+    let pts = Tensor::randn([16, 3], k);
+    let g = |v: &Tensor| Tensor::cdist(&v.view([1, 3]), &pts, 2.0, None).view([16]);
+    assert_err(jacobian_of(g, &x, &fwd), &["_cdist_backward"]);
+    f64_tol()
+        .check(
+            &jacobian_of(g, &x, &JacobianOptions::default())?,
+            &jacobian_of(g, &x, &row)?,
+        )
+        .unwrap_or_else(|e| panic!("cdist, auto: {e}"));
+    // Per-sample: [B, 3] -> [B, 24].
+    let xb = Tensor::randn([4, 3], k);
+    let h = |v: &Tensor| v.matmul(&w.tr()).sin();
+    f64_tol()
+        .check(
+            &batch_jacobian_of(h, &xb, &fwd)?,
+            &batch_jacobian_of(h, &xb, &row)?,
+        )
+        .unwrap_or_else(|e| panic!("batch: {e}"));
+    Ok(())
+}
+
 device_tests!(
     shapes_scalars_empty,
     strategies_agree,
@@ -583,7 +633,8 @@ device_tests!(
     cross_sample_check,
     resnet_block_f32,
     out_of_memory_then_smaller_calls_work,
-    nested_jacobian_inside_per_sample_closure
+    nested_jacobian_inside_per_sample_closure,
+    forward_mode_closures
 );
 
 /// Parameter Jacobians name the parameter in their errors.

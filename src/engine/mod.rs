@@ -116,7 +116,20 @@ fn run_resolved(
     match strategy {
         Strategy::RowLoop => rows::rows(y2, xs, &run),
         Strategy::Batched { chunk_size } => batched::batched(y2, xs, chunk_size, &run),
-        Strategy::Forward => columns::columns(y2, xs, &run),
+        Strategy::Forward => {
+            // A closure without create_graph: forward-mode AD. The closure already ran once (for
+            // y), so a failure here is the transform's — an op without a forward-mode formula
+            // (`cdist`), whether returned or raised by a panicking tch method — and the
+            // double-backward columns take over.
+            if let Some(c) = closure
+                .filter(|_| crate::native::available() && !opts.create_graph && xs.len() == 1)
+            {
+                if let Ok(j) = columns::dual_columns(c, xs[0], y2, &run) {
+                    return Ok(vec![j]);
+                }
+            }
+            columns::columns(y2, xs, &run)
+        }
         Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size } => {
             let Some(c) = closure else {
                 return Err(Error::InvalidArgument(format!(
