@@ -30,18 +30,20 @@
 //! | `torch.autograd.functional.jacobian(f, (a, b), create_graph=…, strict=…)` | [`jacobian_with(&y, &[&a, &b], &opts)`](jacobian_with) or [`jacobian_of(f, &x, &opts)`](jacobian_of) |
 //! | `torch.func.jacrev(f, chunk_size=c)(x)` | [`jacobian_of`] or [`jacobian_with`] with [`Strategy::Batched { chunk_size: Some(c) }`](Strategy::Batched) (the native batched engine, [`native`]; what `Auto` picks) |
 //! | `torch.autograd.functional.jacobian(f, x, vectorize=True)` | [`jacobian_of`] with [`Strategy::Vectorized`] (replicated forward, no native engine needed) |
-//! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::VectorizedForward`], or [`Strategy::Forward`] (also in [`jacobian_with`]) |
+//! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::Forward`] (forward-mode AD on dual tensors with the engine; what `Auto` picks for tall Jacobians; also in [`jacobian_with`], by double-backward JVPs) or [`Strategy::VectorizedForward`] |
 //! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
 //! | `torch._C._functorch._set_vmap_fallback_enabled(False)` | [`JacobianOptions::vmap_fallback(false)`](JacobianOptions::vmap_fallback); ops that fell back: [`native::take_vmap_fallbacks`] |
 //! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`batch_jacobian_of_aux`] |
 //! | `torch.autograd.functional.jacobian(f, (a, b))` with tuple outputs | [`jacobians(&[&y0, &y1], &[&a, &b], &opts)`](jacobians) |
 //! | `vmap(grad(lambda p, x: loss(functional_call(model, p, x))))` (per-sample gradients, O(B)) | [`per_sample_gradients_of(loss, &params, &[&x, &t], &opts)`](per_sample_gradients_of) |
+//! | the same for a `tch::nn` model built by `fn(&nn::Path) -> M` | [`per_sample_gradients_of_module(&vs, build, loss, &[&x, &t], &opts)`](per_sample_gradients_of_module) |
 //! | the same from losses already computed over the batch | [`per_sample_gradients(&losses, &trainable_parameters(&vs), &opts)`](per_sample_gradients) |
 //! | `jacrev(lambda p: functional_call(model, p, x))(params)` | [`parameter_jacobian(&y, &params, &opts)`](parameter_jacobian) |
 //! | `torch.autograd.functional.vjp` / `grad(y, x, v)` | [`vjp(&y, &x, &v, &opts)`](vjp) |
 //! | `grad(y, x, V, is_grads_batched=True)` / `vmap(vjp_fn)(V)` | [`vjp_batched(&y, &x, &v, &opts)`](vjp_batched) |
 //! | `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(U)` | [`jvp_batched(&y, &x, &u, &opts)`](jvp_batched) |
 //! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
+//! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`batch_hessian_of(u, &x, &opts)`](batch_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
 //! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |

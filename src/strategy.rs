@@ -6,13 +6,13 @@
 //! | [`Strategy::RowLoop`] | `m` (one per output element) | no | the notebook; small `m`; any `f` |
 //! | [`Strategy::Batched`] | `⌈m / chunk⌉` batched passes, no extra forward pass | no | everything else (native engine, see [`crate::native`]) |
 //! | [`Strategy::Vectorized`] | `⌈m / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | square and wide Jacobians, GPUs |
-//! | [`Strategy::Forward`] | 1 + one batched pass over the `n` identity tangents (1 + `n` without the native engine), double-backward JVPs | no | tall Jacobians (`m ≫ n`): `Auto`'s choice there |
+//! | [`Strategy::Forward`] | a closure: none — one forward-mode evaluation on dual tensors (native engine); a built graph: 1 + one batched pass over the `n` identity tangents (1 + `n` without the native engine), double-backward JVPs | no | tall Jacobians (`m ≫ n`): `Auto`'s choice there |
 //! | [`Strategy::VectorizedForward`] | `2·⌈n / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | tall Jacobians with a closure |
 //! | [`Strategy::Auto`] | picks one of the above by shape, see [`Strategy::resolve`] | – | default |
 //!
 //! Here `m` is the number of output elements and `n` the number of input elements.
 //!
-//! The engines (in [`crate::engine`]'s modules, private), in a few lines each:
+//! The engines (in the private `engine` module), in a few lines each:
 //!
 //! * **row loop** (`RowLoop`, and `Forward` by columns): one ordinary backward pass per row
 //!   (column). Costs `m` passes through the graph, each one small; no assumption about `f`;
@@ -25,6 +25,11 @@
 //!   `c` identity cotangents at a functorch vmap level — what `torch.func.jacrev` does. No
 //!   closure, no extra forward; ops without a batching rule loop over that op only. Auto's
 //!   default whenever the engine is built.
+//! * **columns** (`Forward`, native): for a closure (without `create_graph`), forward-mode AD —
+//!   `f` evaluated once on dual tensors whose tangents are the `n` identity columns at one vmap
+//!   level, torch.func's `jacfwd`; for a built graph (and under `create_graph`), `Jᵀw` once, then
+//!   one batched backward pass of it over the identity tangents (double-backward JVPs). Auto's
+//!   choice for tall Jacobians on the CPU.
 
 use tch::{Device, Kind, Tensor};
 
@@ -76,13 +81,18 @@ pub enum Strategy {
         /// At most this many output rows per backward pass; `Some(0)` is an error.
         chunk_size: Option<usize>,
     },
-    /// Column by column, `J[:, j] = J e_j`, by forward-mode products computed with the
-    /// double-backward trick: `g(u) = Jᵀu` is built once with `create_graph`, then
-    /// `J e_j = ∂(g(u)·e_j)/∂u` for every input element `j` — all of them in one native batched
-    /// pass over the identity tangents (chunked like `Batched`), or one backward pass per input
-    /// element without the engine.
+    /// Column by column, `J[:, j] = J e_j`, by forward-mode products.
     ///
-    /// (True forward-mode dual numbers are not exposed by tch.) Needs twice-differentiable ops.
+    /// With a closure (`jacobian_of`, `batch_jacobian_of`), the native engine and no
+    /// `create_graph`: true forward-mode AD, `torch.func.jacfwd` — the closure is evaluated once
+    /// more on dual tensors whose tangents are all the identity columns at one vmap level
+    /// (`csrc/forward_ad.cpp`, chunked like `Batched`); no reverse graph, no row-wise
+    /// requirement. Otherwise (a built graph, `create_graph`, no engine, or an op without a
+    /// forward-mode formula) the double-backward trick: `g(u) = Jᵀu` is built once with
+    /// `create_graph`, then `J e_j = ∂(g(u)·e_j)/∂u` for every input element `j` — all of them
+    /// in one native batched pass over the identity tangents, or one backward pass per input
+    /// element without the engine; it needs twice-differentiable ops.
+    ///
     /// Under `create_graph` through layer or batch norm its values would be wrong one order
     /// higher (libtorch's fault, see [`crate::second_order`]): it returns
     /// [`Error::WrongDerivative`] there, and `Auto` does not pick it.
