@@ -21,8 +21,8 @@ use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     batch_hessian::AUTO_HESSIAN_BATCHED_MAX_N, batch_hessian_of, batch_jacobian, batch_jacobian_of,
     contractive_penalty, hessian_of, jacobian, jacobian_of, jacobian_with, jvp_batched,
-    laplacian_of, per_sample_gradients, per_sample_gradients_of, sigmoid_linear_jacobian,
-    vjp_batched, Estimator, JacobianOptions, Strategy,
+    laplacian_of, per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
+    sigmoid_linear_jacobian, vjp_batched, Estimator, JacobianOptions, Strategy,
 };
 use tch_jacobian_bench::{measure, Rule, Timing};
 
@@ -324,6 +324,58 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                     Ok(out.gradients.into_iter().next().context("w")?.1)
                 },
             )?;
+            if conv {
+                // The same conv net as tch::nn layers built by a function (the module door): what
+                // a tch user writes, at the cost of one construction per call.
+                use tch::nn::{self, Module};
+                let net = |p: &nn::Path| {
+                    let cfg = nn::ConvConfig {
+                        stride: 2,
+                        bias: false,
+                        ..Default::default()
+                    };
+                    let lin = nn::LinearConfig {
+                        bias: false,
+                        ..Default::default()
+                    };
+                    nn::seq()
+                        .add(nn::conv2d(p / "conv", 1, 8, 5, cfg))
+                        .add_fn(|h| h.tanh().flatten(1, -1))
+                        .add(nn::linear(p / "fc", 1152, 10, lin))
+                };
+                let vs = nn::VarStore::new(dev);
+                let _model = net(&vs.root());
+                tch::no_grad(|| {
+                    let vars = vs.variables();
+                    vars["conv.weight"].shallow_clone().copy_(&w);
+                    vars["fc.weight"].shallow_clone().copy_(&w2);
+                });
+                let mloss = |m: &nn::Sequential, s: &[Tensor]| -> tch_jacobian::Result<Tensor> {
+                    Ok(m.forward(&s[0].f_unsqueeze(0)?)
+                        .f_cross_entropy_loss::<Tensor>(
+                            &s[1].f_unsqueeze(0)?,
+                            None,
+                            tch::Reduction::Mean,
+                            -100,
+                            0.0,
+                        )?)
+                };
+                run(
+                    "per_sample_gradients_of_module (one sample, all weights)",
+                    resolved_graph(Strategy::Auto),
+                    &mut || {
+                        let opts = JacobianOptions::default();
+                        let out =
+                            per_sample_gradients_of_module(&vs, net, mloss, &[&x, &t], &opts)?;
+                        Ok(out
+                            .gradients
+                            .into_iter()
+                            .find(|(n, _)| n == "conv.weight")
+                            .context("conv.weight")?
+                            .1)
+                    },
+                )?;
+            }
         }
         "pinn" => {
             // PINN: u = tanh(tanh(x W1ᵀ) W2ᵀ) W3ᵀ; the Laplacian loss mean((Δu)²) or the Hessian
