@@ -33,7 +33,7 @@ use crate::batch::batch_jacobian;
 use crate::closed_form;
 use crate::derivatives::jvp_batched;
 use crate::error::{Error, Result};
-use crate::strategy::JacobianOptions;
+use crate::strategy::{JacobianOptions, Strategy};
 
 /// Squared Frobenius norm `‖J‖_F² = Σ J²` over all elements (the notebook's `J.pow(2).sum()`).
 ///
@@ -247,16 +247,34 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     let q = q.f_detach()?;
     // (The sketch's rank: fewer than s directions when the input has fewer than s elements.)
     let (n, s) = (q.size()[1], q.size()[2]);
-    // Exact part: ‖J q_j‖² for the s columns of Q, by batched JVPs.
-    let mut tangent_shape = vec![s];
-    tangent_shape.extend(x.size());
-    let tangents = q
-        .f_permute([2, 0, 1])?
-        .f_reshape(tangent_shape.as_slice())?;
-    let jq = jvp_batched(h, x, &tangents, &opts)?.f_reshape([s, b, -1])?;
-    let exact = jq
-        .f_square()?
-        .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?;
+    // Exact part: ‖J q_j‖² for the s columns of Q, by batched JVPs — or, where the
+    // double-backward trick is wrong one order higher (create_graph through layer or batch norm,
+    // see crate::second_order), from each sample's J (the m create_graph rows that `Exact`
+    // computes) times Q: per sample, never the whole batch's [B·m, B·n] Jacobian.
+    let exact = if let Some(node) = crate::second_order::double_backward_fault(h, true)? {
+        crate::second_order::record(crate::second_order::Reroute {
+            from: Strategy::Forward,
+            to: Strategy::Auto,
+            reason: format!(
+                "Hutch++'s JVPs with create_graph through {node}: the double-backward trick is wrong one order higher there, so J q comes from each sample's J"
+            ),
+        });
+        batch_jacobian(h, x, &opts)?
+            .f_reshape([b, m, n])?
+            .f_matmul(&q)?
+            .f_square()?
+            .f_sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>)?
+    } else {
+        let mut tangent_shape = vec![s];
+        tangent_shape.extend(x.size());
+        let tangents = q
+            .f_permute([2, 0, 1])?
+            .f_reshape(tangent_shape.as_slice())?;
+        jvp_batched(h, x, &tangents, &opts)?
+            .f_reshape([s, b, -1])?
+            .f_square()?
+            .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?
+    };
     // Remainder: projections of J with Q's directions removed.
     let vj = vjp_stack(h, x, v, pass)?
         .f_reshape([g, b, n])?

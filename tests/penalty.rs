@@ -300,11 +300,47 @@ fn hutch_plus_plus_unbiased_and_tighter(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// Hutch++ through layer norm under create_graph, where the double-backward JVPs are wrong one
+/// order higher: `J q` comes from each sample's `J` (not the whole batch's). With a sketch as wide
+/// as the input, `Q` spans it and the estimate is exact: value and gradient equal `Exact`'s, and
+/// the reroute is reported.
+fn hutch_plus_plus_through_layer_norm(device: Device) -> Result<()> {
+    let k = (Kind::Double, device);
+    let (batch, n, m) = (5, 3, 8);
+    let w = Tensor::randn([m, n], k).set_requires_grad(true);
+    let x = Tensor::randn([batch, n], k).set_requires_grad(true);
+    let h = x
+        .matmul(&w.tr())
+        .layer_norm([m], None::<Tensor>, None::<Tensor>, 1e-5, false);
+    let exact = contractive_penalty(&h, &x, &Estimator::Exact)?;
+    let _ = tch_jacobian::second_order::take_reroutes();
+    let est = Estimator::FixedHutchPlusPlus {
+        sketch: Tensor::randn([n, batch, m], k),
+        v: Tensor::randn([1, batch, m], k),
+    };
+    let hpp = contractive_penalty(&h, &x, &est)?;
+    if tch_jacobian::native::available() {
+        let reroutes = tch_jacobian::second_order::take_reroutes();
+        assert!(
+            reroutes
+                .iter()
+                .any(|r| r.reason.contains("each sample's J")),
+            "{reroutes:?}"
+        );
+    }
+    f64_tol().check(&hpp, &exact).unwrap();
+    let g_exact = Tensor::run_backward(&[&exact], &[&w], true, false).remove(0);
+    let g_hpp = Tensor::run_backward(&[&hpp], &[&w], false, false).remove(0);
+    f64_tol().check(&g_hpp, &g_exact).unwrap();
+    Ok(())
+}
+
 device_tests!(
     matches_pytorch,
     closed_form_equals_exact,
     projections_unbiased,
     bad_inputs,
     hutch_plus_plus_matches_pytorch,
-    hutch_plus_plus_unbiased_and_tighter
+    hutch_plus_plus_unbiased_and_tighter,
+    hutch_plus_plus_through_layer_norm
 );
