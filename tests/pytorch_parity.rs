@@ -659,7 +659,7 @@ fn per_sample_gradients_of_module_match(device: Device) -> Result<()> {
         }
     }
     // A frozen variable is not differentiated but keeps the VarStore's value.
-    vs.variables()["fc.weight"].set_requires_grad(false);
+    let _ = vs.variables()["fc.weight"].set_requires_grad(false);
     let out =
         per_sample_gradients_of_module(&vs, net, loss, &[&x, &t], &JacobianOptions::default())?;
     let names: Vec<&str> = out.gradients.iter().map(|(n, _)| n.as_str()).collect();
