@@ -20,8 +20,9 @@
 //! `∂g[:, i]/∂x[:, i]` (memory `B·n` instead of `B·n²`).
 //!
 //! `Auto` picks from measurements of the PINN loss below (B = 1024, u: d → 64 → 64 → 1 tanh,
-//! Laplacian loss and its backward to the weights, 2-core CPU, f32; see docs/benchmarks.md):
-//! the batched pass for up to [`AUTO_HESSIAN_BATCHED_MAX_N`] inputs per sample, the row loop above.
+//! Laplacian or Hessian loss and its backward to the weights, 2-core CPU, f32; docs/benchmarks.md):
+//! on the CPU the row loop (d = 2: 3.3–3.6 ms against 3.1–4.3 ms batched; d = 32: 35–36 ms
+//! against 39–45 ms), on CUDA the batched pass (a loop of small passes is launch-bound there).
 
 use tch::{Kind, Tensor};
 
@@ -30,10 +31,6 @@ use crate::batch::batch_jacobian;
 use crate::error::{Error, Result};
 use crate::jacobian::{prepare_input, FnOutput};
 use crate::strategy::{JacobianOptions, Strategy};
-
-/// Up to this many input elements per sample `Auto` computes per-sample Hessians and Laplacians
-/// with one batched backward pass; above it, with a loop of backward passes over the batch.
-pub const AUTO_HESSIAN_BATCHED_MAX_N: usize = 8;
 
 /// `u(x)` prepared (`x` requiring grad), its gradient `g = ∇ₓ Σ_b u[b]` (with create_graph) and
 /// `B`, after the shape checks.
@@ -75,13 +72,13 @@ where
     Ok((xg, g, b))
 }
 
-/// The strategy for the Jacobian of `g` (n inputs per sample): `Auto` resolved by
-/// [`AUTO_HESSIAN_BATCHED_MAX_N`]; the replicated strategies need the closure of `g`, which
-/// does not exist, so they fall back to `Auto` as in [`crate::hessian`].
-fn strategy_for(opts: &JacobianOptions, n: usize) -> Strategy {
+/// The strategy for the Jacobian of `g`: `Auto` is the row loop on the CPU and the batched pass
+/// on CUDA (see the module docs); the replicated strategies need the closure of `g`, which does
+/// not exist, so they fall back to `Auto` as in [`crate::hessian`].
+fn strategy_for(opts: &JacobianOptions, device: tch::Device) -> Strategy {
     match opts.strategy {
         Strategy::Auto | Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => {
-            if crate::native::available() && n <= AUTO_HESSIAN_BATCHED_MAX_N {
+            if crate::native::available() && device.is_cuda() {
                 Strategy::Batched { chunk_size: None }
             } else {
                 Strategy::RowLoop
@@ -115,16 +112,14 @@ where
     O: FnOutput,
 {
     let (xg, g, _) = gradient_of(u, x, opts)?;
-    let n = (x.numel() as i64 / x.size()[0]) as usize;
-    let inner = opts.strategy(strategy_for(opts, n)).strict(false);
+    let inner = opts.strategy(strategy_for(opts, x.device())).strict(false);
     batch_jacobian(&g, &xg, &inner)
 }
 
 /// The Laplacian of a closure per sample, shape `[B]`: `Δu[b] = Σ_i ∂²u(x)[b]/∂x[b, i]²`, the
 /// trace of [`batch_hessian_of`] — `vmap(hessian(u))(x).diagonal(...).sum(-1)` in PyTorch.
 ///
-/// Under [`Strategy::RowLoop`] (and `Auto` above [`AUTO_HESSIAN_BATCHED_MAX_N`] inputs per
-/// sample) `H` is never formed: pass `i` keeps only its diagonal element. With
+/// Under [`Strategy::RowLoop`] (and `Auto` on the CPU) `H` is never formed: pass `i` keeps only its diagonal element. With
 /// `opts.create_graph` the result is differentiable: a PINN loss `‖Δu − f‖²` reaches the
 /// weights of `u`.
 ///
@@ -145,7 +140,7 @@ where
 {
     let (xg, g, b) = gradient_of(u, x, opts)?;
     let n = x.numel() as i64 / b;
-    let strategy = strategy_for(opts, n as usize);
+    let strategy = strategy_for(opts, x.device());
     if strategy != Strategy::RowLoop {
         let inner = opts.strategy(strategy).strict(false);
         let h = batch_jacobian(&g, &xg, &inner)?.f_reshape([b, n, n])?;

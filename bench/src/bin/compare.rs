@@ -19,10 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian::AUTO_HESSIAN_BATCHED_MAX_N, batch_hessian_of, batch_jacobian, batch_jacobian_of,
-    contractive_penalty, hessian_of, jacobian, jacobian_of, jacobian_with, jvp_batched,
-    laplacian_of, per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
-    sigmoid_linear_jacobian, vjp_batched, Estimator, JacobianOptions, Strategy,
+    batch_hessian_of, batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian,
+    jacobian_of, jacobian_with, jvp_batched, laplacian_of, per_sample_gradients,
+    per_sample_gradients_of, per_sample_gradients_of_module, sigmoid_linear_jacobian, vjp_batched,
+    Estimator, JacobianOptions, Strategy,
 };
 use tch_jacobian_bench::{measure, Rule, Timing};
 
@@ -406,7 +406,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                 };
                 Ok(Tensor::f_run_backward(&[loss], &[&w1], false, false)?.remove(0))
             };
-            let auto = if tch_jacobian::native::available() && n <= AUTO_HESSIAN_BATCHED_MAX_N {
+            let auto = if tch_jacobian::native::available() && dev.is_cuda() {
                 "batched"
             } else {
                 "row-loop"
