@@ -1,4 +1,4 @@
-//! The data: a curved 2-D sheet in 64-D, or MNIST's IDX files.
+//! The data: a curved 2-D sheet in 64-D, the 8x8 digits of `data/digits/`, or MNIST's IDX files.
 use super::*;
 
 /// Training and held-out points, `[N, n]` f32 on the training device.
@@ -33,6 +33,19 @@ pub(crate) fn curved_sheet(n_train: i64, n_test: i64, noise: f64, device: Device
         train: x.f_narrow(0, 0, n_train)?,
         test: x.f_narrow(0, n_train, n_test)?,
         intrinsic_dim: Some(2),
+    })
+}
+
+/// The 8x8 digits of `dir` (the `jacobian_reg` example's reader), flattened: 1437 training and
+/// 360 held-out images, `[N, 64]` in `[0, 1]`; the labels are not used.
+pub(crate) fn digits(dir: &Path, device: Device) -> Result<Data> {
+    let [(train, _), (test, _)] = digits::load_digits(dir).context("--digits")?;
+    let flat = |t: Tensor| -> Result<Tensor> { Ok(t.f_reshape([-1, 64])?.f_to_device(device)?) };
+    Ok(Data {
+        name: format!("8x8 digits (64 pixels) from {}", digits::shown(dir)),
+        train: flat(train)?,
+        test: flat(test)?,
+        intrinsic_dim: None,
     })
 }
 

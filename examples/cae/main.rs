@@ -3,7 +3,8 @@
 //! Both have a one-layer sigmoid encoder `h = σ(W x + b)` and a linear decoder; the CAE adds
 //! `λ·‖J_h(x)‖_F²` ([`contractive_penalty`]) to the reconstruction loss `‖x − x̂‖²`. The data are,
 //! by default, points on a 2-D manifold (a curved sheet) embedded in 64-D by a fixed smooth random
-//! map, plus a little noise, generated from `--seed`; `--mnist DIR` trains on MNIST instead.
+//! map, plus a little noise, generated from `--seed`; `--digits` trains on the 8x8 digits of
+//! `data/digits/` (64-D, in `[0, 1]`) and `--mnist DIR` on MNIST instead.
 //!
 //! At the end it compares both on held-out points: reconstruction error, mean `‖J‖_F` (exact,
 //! by [`batch_jacobian`]) and the singular values of `J` averaged over the points — the CAE
@@ -27,6 +28,8 @@ use plotters::prelude::*;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 mod data;
+#[path = "../jacobian_reg/digits.rs"]
+mod digits;
 mod eval;
 mod model;
 mod plot;
@@ -53,12 +56,14 @@ usage: cargo run --release --example cae -- [OPTIONS]
                     backward pass), projections (unbiased, noisy), hutchpp (Hutch++: unbiased,
                     a sketch of J's top directions exact, projections for the rest)
   --k K             products per step for --estimator projections or hutchpp (default 1)
-  --lambda L        penalty weight of the CAE (default 4; MNIST: 0.1)
+  --lambda L        penalty weight of the CAE (default 4; digits: 0.1; MNIST: 0.1)
   --hidden M        hidden units (default 32; MNIST: 256)
   --epochs N        training epochs (default 300; MNIST: 5)
   --batch-size B    mini-batch size (default 128)
   --lr R            Adam learning rate (default 0.003; MNIST: 0.001)
   --seed S          seed of the data and of torch's generator (default 0)
+  --digits          train on the 8x8 digits of data/digits (1437 training, 360 held-out
+                    images, 64 pixels in [0, 1]) instead of the curved sheet
   --mnist DIR       train on MNIST: DIR holds train-images-idx3-ubyte, train-labels-idx1-ubyte,
                     t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (uncompressed)
   --device D        cpu, cuda or cuda:N (default: CUDA when available)
@@ -85,6 +90,7 @@ struct Args {
     batch_size: i64,
     lr: Option<f64>,
     seed: i64,
+    digits: bool,
     mnist: Option<PathBuf>,
     device: Option<Device>,
     threads: Option<i32>,
@@ -110,6 +116,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
         batch_size: 128,
         lr: None,
         seed: 0,
+        digits: false,
         mnist: None,
         device: None,
         threads: None,
@@ -148,12 +155,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
             "--batch-size" => a.batch_size = number(&flag, &value()?)?,
             "--lr" => a.lr = Some(number(&flag, &value()?)?),
             "--seed" => a.seed = number(&flag, &value()?)?,
+            "--digits" => a.digits = true,
             "--mnist" => a.mnist = Some(PathBuf::from(value()?)),
             "--device" => a.device = Some(parse_device(&value()?)?),
             "--threads" => a.threads = Some(number(&flag, &value()?)?),
             "--plot" => a.plot = PathBuf::from(value()?),
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if a.digits && a.mnist.is_some() {
+        bail!("--digits and --mnist: give one of them");
     }
     if a.k == 0 {
         bail!("--k: needs at least 1 projection");
@@ -192,6 +203,7 @@ fn run(args: Args) -> Result<()> {
     let is_mnist = args.mnist.is_some();
     let data = match &args.mnist {
         Some(dir) => mnist(dir, 1000, device)?,
+        None if args.digits => digits(Path::new(digits::DIGITS_DIR), device)?,
         None => curved_sheet(4000, 1000, 0.02, device)?,
     };
     let cfg = Config {
@@ -202,7 +214,9 @@ fn run(args: Args) -> Result<()> {
         batch_size: args.batch_size,
         lr: args.lr.unwrap_or(if is_mnist { 1e-3 } else { 3e-3 }),
     };
-    let lambda = args.lambda.unwrap_or(if is_mnist { 0.1 } else { 4.0 });
+    let lambda = args
+        .lambda
+        .unwrap_or(if is_mnist || args.digits { 0.1 } else { 4.0 });
     let (n_train, n) = (data.train.size()[0], data.train.size()[1]);
     let estimator = match cfg.estimator {
         EstimatorArg::ClosedForm => "closed form".to_string(),
@@ -312,6 +326,8 @@ fn run(args: Args) -> Result<()> {
 
     let caption = if is_mnist {
         "Encoder Jacobian J = ∂h/∂x on held-out MNIST images, averaged over the points".to_string()
+    } else if args.digits {
+        "Encoder Jacobian J = ∂h/∂x on held-out 8x8 digits, averaged over the points".to_string()
     } else {
         "Encoder Jacobian J = ∂h/∂x on held-out points of a curved 2-D sheet in 64-D".to_string()
     };
