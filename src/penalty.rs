@@ -237,48 +237,66 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     let opts = JacobianOptions::default().create_graph(true).strict(true);
     let names_v = input_names(1);
     let pass = Pass::new(true, true, h_names(&names_v));
+    // Where the double-backward JVPs are wrong one order higher (create_graph through layer or
+    // batch norm, see crate::second_order), every product comes from each sample's J instead
+    // (the m create_graph rows that `Exact` computes): per sample, never the whole batch's
+    // [B·m, B·n] Jacobian, and no further backward pass.
+    let per_sample_j = match crate::second_order::double_backward_fault(h, true)? {
+        Some(node) => {
+            crate::second_order::record(crate::second_order::Reroute {
+                from: Strategy::Forward,
+                to: Strategy::Auto,
+                reason: format!(
+                    "Hutch++'s JVPs with create_graph through {node}: the double-backward trick is wrong one order higher there, so J q comes from each sample's J"
+                ),
+            });
+            Some(batch_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?) // [B, m, n]
+        }
+        None => None,
+    };
     // Q: [B, n, s], an orthonormal basis of the sketched row space of each sample's J.
     // (No tch::no_grad here: without the native engine the cotangent products are new graph
     // nodes; create_graph = false already leaves the sketch out of the penalty's graph.)
-    let sketched = vjp_stack(h, x, sketch, pass.create_graph(false))?
-        .f_reshape([s, b, -1])?
-        .f_permute([1, 2, 0])?;
+    let sketched = match &per_sample_j {
+        // Jᵀ S per sample: [B, n, m] @ [B, m, s].
+        Some(j) => j
+            .f_detach()?
+            .f_transpose(1, 2)?
+            .f_matmul(&sketch.f_reshape([s, b, m])?.f_permute([1, 2, 0])?)?,
+        None => vjp_stack(h, x, sketch, pass.create_graph(false))?
+            .f_reshape([s, b, -1])?
+            .f_permute([1, 2, 0])?,
+    };
     let (q, _) = Tensor::f_linalg_qr(&sketched, "reduced")?;
     let q = q.f_detach()?;
     // (The sketch's rank: fewer than s directions when the input has fewer than s elements.)
     let (n, s) = (q.size()[1], q.size()[2]);
-    // Exact part: ‖J q_j‖² for the s columns of Q, by batched JVPs — or, where the
-    // double-backward trick is wrong one order higher (create_graph through layer or batch norm,
-    // see crate::second_order), from each sample's J (the m create_graph rows that `Exact`
-    // computes) times Q: per sample, never the whole batch's [B·m, B·n] Jacobian.
-    let exact = if let Some(node) = crate::second_order::double_backward_fault(h, true)? {
-        crate::second_order::record(crate::second_order::Reroute {
-            from: Strategy::Forward,
-            to: Strategy::Auto,
-            reason: format!(
-                "Hutch++'s JVPs with create_graph through {node}: the double-backward trick is wrong one order higher there, so J q comes from each sample's J"
-            ),
-        });
-        batch_jacobian(h, x, &opts)?
-            .f_reshape([b, m, n])?
-            .f_matmul(&q)?
-            .f_square()?
-            .f_sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>)?
-    } else {
-        let mut tangent_shape = vec![s];
-        tangent_shape.extend(x.size());
-        let tangents = q
-            .f_permute([2, 0, 1])?
-            .f_reshape(tangent_shape.as_slice())?;
-        jvp_batched(h, x, &tangents, &opts)?
-            .f_reshape([s, b, -1])?
-            .f_square()?
-            .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?
+    // Exact part: ‖J q_j‖² for the s columns of Q, by batched JVPs (or J Q).
+    let exact = match &per_sample_j {
+        Some(j) => j.f_matmul(&q)?.f_square()?.f_sum_dim_intlist(
+            [1i64, 2].as_slice(),
+            false,
+            None::<Kind>,
+        )?,
+        None => {
+            let mut tangent_shape = vec![s];
+            tangent_shape.extend(x.size());
+            let tangents = q
+                .f_permute([2, 0, 1])?
+                .f_reshape(tangent_shape.as_slice())?;
+            jvp_batched(h, x, &tangents, &opts)?
+                .f_reshape([s, b, -1])?
+                .f_square()?
+                .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?
+        }
     };
-    // Remainder: projections of J with Q's directions removed.
-    let vj = vjp_stack(h, x, v, pass)?
-        .f_reshape([g, b, n])?
-        .f_permute([1, 0, 2])?; // [B, g, n]
+    // Remainder: projections of J with Q's directions removed; vᵀJ: [B, g, n].
+    let vj = match &per_sample_j {
+        Some(j) => v.f_reshape([g, b, m])?.f_permute([1, 0, 2])?.f_matmul(j)?,
+        None => vjp_stack(h, x, v, pass)?
+            .f_reshape([g, b, n])?
+            .f_permute([1, 0, 2])?,
+    };
     let inside = vj.f_matmul(&q)?.f_matmul(&q.f_transpose(1, 2)?)?;
     let rest = vj
         .f_sub(&inside)?
