@@ -81,39 +81,54 @@ pub(crate) struct Net {
 }
 
 impl Net {
-    /// The network with tch's default initialization (seed torch's generator first).
+    /// The network with PyTorch's default initialization, as the twin has it (seed torch's
+    /// generator first): weights and biases `U(−1/√fan_in, 1/√fan_in)` (`nn.Linear`,
+    /// `nn.Conv2d`), LayerNorm 1 and 0. (tch's own defaults differ: Kaiming uniform with the ReLU
+    /// gain, √6 times wider, and zero conv biases.)
     pub(crate) fn new(kind: ModelKind, side: i64, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let p = vs.root();
+        let torch_uniform = |fan_in: i64| {
+            let b = 1.0 / (fan_in as f64).sqrt();
+            nn::Init::Uniform { lo: -b, up: b }
+        };
+        let linear = |name: &str, i: i64, o: i64| {
+            let cfg = nn::LinearConfig {
+                ws_init: torch_uniform(i),
+                bs_init: Some(torch_uniform(i)),
+                bias: true,
+            };
+            nn::linear(&p / name, i, o, cfg)
+        };
+        let conv = |name: &str, i: i64, o: i64| {
+            let cfg = nn::ConvConfig {
+                padding: 1,
+                ws_init: torch_uniform(i * 9),
+                bs_init: torch_uniform(i * 9),
+                ..Default::default()
+            };
+            nn::conv2d(&p / name, i, o, 3, cfg)
+        };
         let seq = match kind {
             ModelKind::Mlp => nn::seq()
-                .add(nn::linear(&p / "fc1", side * side, 128, Default::default()))
+                .add(linear("fc1", side * side, 128))
                 .add_fn(|x| x.relu())
-                .add(nn::linear(&p / "fc2", 128, 128, Default::default()))
+                .add(linear("fc2", 128, 128))
                 .add_fn(|x| x.relu())
-                .add(nn::linear(&p / "fc3", 128, 10, Default::default())),
+                .add(linear("fc3", 128, 10)),
             ModelKind::Cnn => {
-                let pad = nn::ConvConfig {
-                    padding: 1,
-                    ..Default::default()
-                };
                 let pooled = side / 4;
                 nn::seq()
-                    .add(nn::conv2d(&p / "conv1", 1, 16, 3, pad))
+                    .add(conv("conv1", 1, 16))
                     .add(nn::layer_norm(
                         &p / "norm1",
                         vec![16, side, side],
                         Default::default(),
                     ))
                     .add_fn(|x| x.relu().max_pool2d_default(2))
-                    .add(nn::conv2d(&p / "conv2", 16, 32, 3, pad))
+                    .add(conv("conv2", 16, 32))
                     .add_fn(|x| x.relu().max_pool2d_default(2).flatten(1, -1))
-                    .add(nn::linear(
-                        &p / "fc",
-                        32 * pooled * pooled,
-                        10,
-                        Default::default(),
-                    ))
+                    .add(linear("fc", 32 * pooled * pooled, 10))
             }
         };
         Net {
