@@ -208,9 +208,12 @@ pub(crate) fn batched_vjp_into(
 }
 
 /// `v[r]ᵀ ∂y/∂x` for a stack of cotangents `v = [k, *y.shape]`, shape `[k, *x.shape]`: one
-/// native batched pass ([`batched_vjp_into`]), or a loop of [`vjp_into`] without the engine.
+/// native batched pass ([`batched_vjp_into`]), or a loop of [`vjp_into`] without the engine or
+/// for `k = 1`.
 pub(crate) fn vjp_stack(y: &Tensor, x: &Tensor, v: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
-    if crate::native::available() {
+    // One cotangent (Hoffman's one projection per step): a plain backward pass, without a vmap
+    // level around it.
+    if crate::native::available() && v.size().first() != Some(&1) {
         return Ok(batched_vjp_into(y, &[x], v, pass)?.remove(0));
     }
     let rows = (0..v.size()[0])
