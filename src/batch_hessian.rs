@@ -41,10 +41,11 @@ where
 {
     check_float(x, "x")?;
     let xs = x.size();
-    if xs.len() < 2 {
-        return Err(Error::Shape(format!(
-            "per-sample Hessians need x: [B, *in] with at least one input dimension; got x {xs:?}"
-        )));
+    if xs.is_empty() {
+        return Err(Error::Shape(
+            "per-sample Hessians need x: [B, *in] with a leading batch dimension; got a scalar x"
+                .into(),
+        ));
     }
     let b = xs[0];
     if b == 0 {

@@ -12,7 +12,8 @@ use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian, batch_jacobian_of, jacobian_of, jacobian_with, Strategy, Tolerance,
+    batch_hessian_of, batch_jacobian, batch_jacobian_of, jacobian_of, jacobian_with, laplacian_of,
+    Strategy, Tolerance,
 };
 
 /// A strategy with its chunk size set to `chunk` where it has one.
@@ -176,6 +177,31 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
                 }
                 let got = vec![batch_jacobian_of(g, &xs[0], &base.strategy(*s))?];
                 compare(&format!("batch_jacobian_of {s:?}"), &got, &reference);
+            }
+            // Per-sample Hessians and Laplacians of u(x) = ‖f(x)_b‖² against the row loop.
+            let b = xs[0].size()[0];
+            if b > 0 {
+                let u = |x: &Tensor| {
+                    f(&[x])
+                        .reshape([b, -1])
+                        .square()
+                        .sum_dim_intlist(1, false, kind)
+                };
+                let h_ref = vec![batch_hessian_of(u, &xs[0], &base)?];
+                let l_ref = vec![laplacian_of(u, &xs[0], &base)?];
+                for s in strategies.iter().filter(|s| !needs_closure(**s)) {
+                    let o = base.strategy(*s);
+                    compare(
+                        &format!("batch_hessian_of {s:?}"),
+                        &[batch_hessian_of(u, &xs[0], &o)?],
+                        &h_ref,
+                    );
+                    compare(
+                        &format!("laplacian_of {s:?}"),
+                        &[laplacian_of(u, &xs[0], &o)?],
+                        &l_ref,
+                    );
+                }
             }
         }
     }
