@@ -86,40 +86,9 @@ class JvpLevel {
   int64_t level_;
 };
 
-// The value of `t` below a Jvp level (the tensor itself when it is not wrapped there).
-at::Tensor unwrap_level(const at::Tensor& t, int64_t level) {
-  auto* w = at::functorch::maybeGetTensorWrapper(t);
-  if (w != nullptr && w->level().has_value() && *w->level() == level) {
-    return w->value();
-  }
-  return t;
-}
-
-// [k, *shape] from a tensor of the vmap level (bdim moved first), or expanded when it does not
-// depend on the tangent.
-at::Tensor unwrap_columns(const at::Tensor& t, int64_t level, int64_t k) {
-  auto* b = at::functorch::maybeGetBatchedImpl(t);
-  if (b != nullptr && b->level() == level) {
-    return b->value().movedim(b->bdim(), 0);
-  }
-  std::vector<int64_t> shape{k};
-  auto sizes = t.sizes();
-  shape.insert(shape.end(), sizes.begin(), sizes.end());
-  return t.unsqueeze(0).expand(shape);
-}
-
 }  // namespace
 
 extern "C" {
-
-// The callback type of csrc/vmap_grad.cpp.
-typedef int (*tchj_loss_fn)(
-    void* ctx,
-    at::Tensor** params,
-    int64_t n_params,
-    at::Tensor** inputs,
-    int64_t n_inputs,
-    at::Tensor** loss);
 
 // J U into *columns ([k, *y.shape]) and y into *value for the closure f at x; `fallback_ops` and
 // the return value as in tchj_vmap_grad.
@@ -162,10 +131,10 @@ char* tchj_jacfwd(
           throw std::runtime_error("callback failed");
         }
         auto unpacked = at::_unpack_dual(*out, dual.idx());
-        primal = unwrap_level(std::get<0>(unpacked), jvp.level());
+        primal = tchj::unwrap_level(std::get<0>(unpacked), jvp.level());
         tangent = std::get<1>(unpacked);
         if (tangent.defined()) {
-          tangent = unwrap_level(tangent, jvp.level());
+          tangent = tchj::unwrap_level(tangent, jvp.level());
         }
       }
       // The primal does not depend on the tangents: unbatched, or the same for every column.
@@ -173,7 +142,7 @@ char* tchj_jacfwd(
       y = (pb != nullptr && pb->level() == vmap.level()) ? pb->value().select(pb->bdim(), 0)
                                                           : primal;
       if (tangent.defined()) {
-        cols = unwrap_columns(tangent, vmap.level(), k);
+        cols = tchj::unwrap_batch(tangent, vmap.level(), k);
       } else {
         std::vector<int64_t> shape{k};
         auto sizes = y.sizes();

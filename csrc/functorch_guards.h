@@ -6,7 +6,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/functorch/BatchedFallback.h>
+#include <ATen/functorch/BatchedTensorImpl.h>
 #include <ATen/functorch/DynamicLayer.h>
+#include <ATen/functorch/TensorWrapper.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -15,6 +17,18 @@
 #include <shared_mutex>
 #include <string>
 #include <vector>
+
+// The Rust side of a closure run under the transforms (csrc/vmap_grad.cpp, csrc/forward_ad.cpp):
+// receives `n_params` parameters and `n_inputs` inputs (new heap tensors, now owned by the
+// callee), writes its result (a new heap tensor) into `out`, returns 0, or non-zero after keeping
+// its own error.
+extern "C" typedef int (*tchj_loss_fn)(
+    void* ctx,
+    at::Tensor** params,
+    int64_t n_params,
+    at::Tensor** inputs,
+    int64_t n_inputs,
+    at::Tensor** out);
 
 // csrc/norm_rules.cpp, csrc/loss_rules.cpp: batching rules, installed once per process.
 void tchj_install_norm_rules();
@@ -109,6 +123,28 @@ class GradLevel {
  private:
   int64_t level_;
 };
+
+// The value of `t` below a grad or Jvp level (the tensor itself when it is not wrapped there).
+inline at::Tensor unwrap_level(const at::Tensor& t, int64_t level) {
+  auto* w = at::functorch::maybeGetTensorWrapper(t);
+  if (w != nullptr && w->level().has_value() && *w->level() == level) {
+    return w->value();
+  }
+  return t;
+}
+
+// [n, *shape] from a tensor of the vmap level of size n: its physical value with the batch
+// dimension first, or the same block n times when it does not depend on the batch.
+inline at::Tensor unwrap_batch(const at::Tensor& t, int64_t level, int64_t n) {
+  auto* b = at::functorch::maybeGetBatchedImpl(t);
+  if (b != nullptr && b->level() == level) {
+    return b->value().movedim(b->bdim(), 0);
+  }
+  std::vector<int64_t> shape{n};
+  auto sizes = t.sizes();
+  shape.insert(shape.end(), sizes.begin(), sizes.end());
+  return t.unsqueeze(0).expand(shape);
+}
 
 // Collects libtorch's warnings during a call (on this thread, and those the autograd engine
 // replays to it) instead of printing them: the vmap fallback's warning names the op.

@@ -33,51 +33,15 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-// The value of `t` below a grad level (the tensor itself when it is not wrapped there).
-at::Tensor unwrap_grad(const at::Tensor& t, int64_t level) {
-  auto* w = at::functorch::maybeGetTensorWrapper(t);
-  if (w != nullptr && w->level().has_value() && *w->level() == level) {
-    return w->value();
-  }
-  return t;
-}
-
-// [B, *shape] from a tensor of the vmap level: its physical value with the batch dimension
-// first, or the same block for every sample when it does not depend on the sample.
-at::Tensor unwrap_vmap(const at::Tensor& t, int64_t level, int64_t batch) {
-  auto* b = at::functorch::maybeGetBatchedImpl(t);
-  if (b != nullptr && b->level() == level) {
-    return b->value().movedim(b->bdim(), 0);
-  }
-  std::vector<int64_t> shape{batch};
-  auto sizes = t.sizes();
-  shape.insert(shape.end(), sizes.begin(), sizes.end());
-  return t.unsqueeze(0).expand(shape);
-}
-
-}  // namespace
-
 extern "C" {
-
-// The Rust side of one call of f: receives `n_params` wrapped parameters and `n_inputs` batched
-// inputs (new heap tensors, now owned by the callee), writes the loss (a new heap tensor) into
-// `loss`, returns 0, or non-zero after keeping its own error.
-typedef int (*tchj_loss_fn)(
-    void* ctx,
-    at::Tensor** params,
-    int64_t n_params,
-    at::Tensor** inputs,
-    int64_t n_inputs,
-    at::Tensor** loss);
 
 // G_p = [B, *θ_p] per parameter into grads[p] (nullptr when the loss does not reach θ_p) and the
 // per-sample losses [B] into *losses; `fallback_ops` receives the ops that took libtorch's
 // per-op vmap fallback ('\n'-separated, or nullptr), which `vmap_fallback = 0` turns into an
 // error instead. `same_randomness` != 0 lets random ops inside the closure draw once for the
-// whole batch (vmap's randomness="same"; the default is an error). Returns nullptr or a malloc'd message; the message "callback failed" means the
-// Rust callback failed and kept its own error.
+// whole batch (vmap's randomness="same"; the default is an error). `f` is the Rust closure
+// (tchj_loss_fn, functorch_guards.h). Returns nullptr or a malloc'd message; the message
+// "callback failed" means the Rust callback failed and kept its own error.
 char* tchj_vmap_grad(
     tchj_loss_fn f,
     void* ctx,
@@ -145,16 +109,17 @@ char* tchj_vmap_grad(
             {*loss}, inputs_for_grad, {}, /*retain_graph=*/true, /*create_graph=*/true,
             /*allow_unused=*/true);
         for (int64_t p = 0; p < n_params; ++p) {
-          grads_inner.push_back(raw[p].defined() ? unwrap_grad(raw[p], grad.level()) : raw[p]);
+          grads_inner.push_back(
+              raw[p].defined() ? tchj::unwrap_level(raw[p], grad.level()) : raw[p]);
         }
-        loss_inner = unwrap_grad(*loss, grad.level());
+        loss_inner = tchj::unwrap_level(*loss, grad.level());
       }
       for (int64_t p = 0; p < n_params; ++p) {
         if (grads_inner[p].defined()) {
-          out[p] = unwrap_vmap(grads_inner[p], vmap.level(), batch);
+          out[p] = tchj::unwrap_batch(grads_inner[p], vmap.level(), batch);
         }
       }
-      loss_values = unwrap_vmap(loss_inner, vmap.level(), batch);
+      loss_values = tchj::unwrap_batch(loss_inner, vmap.level(), batch);
     }
     for (int64_t p = 0; p < n_params; ++p) {
       if (out[p].defined()) {
