@@ -45,33 +45,10 @@ pub(crate) fn digits(dir: &Path, device: Device) -> Result<Data> {
     })
 }
 
-pub(crate) const MNIST_FILES: [&str; 4] = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-];
-
 /// MNIST's 60 000 training images and the first `n_test` test images, `[N, 1, 28, 28]` in `[0, 1]`
 /// (tch's IDX reader, as in the `cae` example).
 pub(crate) fn mnist(dir: &Path, n_test: i64, device: Device) -> Result<Data> {
-    if !dir.is_dir() {
-        bail!("--mnist {}: no such directory", dir.display());
-    }
-    let missing: Vec<&str> = MNIST_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "--mnist {}: missing {} (the four uncompressed MNIST files are needed; gunzip the .gz downloads)",
-            dir.display(),
-            missing.join(", ")
-        );
-    }
-    let ds = tch::vision::mnist::load_dir(dir)
-        .with_context(|| format!("--mnist {}: cannot read the MNIST files", dir.display()))?;
+    let ds = load_mnist(dir)?;
     let n_test = n_test.min(ds.test_images.size()[0]);
     let images = |t: &Tensor| -> Result<Tensor> {
         Ok(t.f_reshape([-1, 1, 28, 28])?

@@ -1,6 +1,6 @@
 //! The 8x8 digits of `data/digits/` (scikit-learn's copy of the UCI optical digits, written by
-//! `data/digits/gen-digits.py`): four `.npy` files, read by `npyz`. Shared by the `jacobian_reg`
-//! and `cae` examples (`#[path]`).
+//! `data/digits/gen-digits.py`): four `.npy` files, read by `npyz`; and MNIST's IDX files. Shared
+//! by the `jacobian_reg` and `cae` examples (`#[path]`).
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -78,6 +78,36 @@ pub(crate) fn load_digits(dir: &Path) -> Result<[(Tensor, Tensor); 2]> {
     let train_y = labels(DIGITS_FILES[1], train_x.size()[0])?;
     let test_y = labels(DIGITS_FILES[3], test_x.size()[0])?;
     Ok([(train_x, train_y), (test_x, test_y)])
+}
+
+/// MNIST's four uncompressed IDX files.
+pub(crate) const MNIST_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// MNIST from `dir` by tch's IDX reader (`[N, 784]` images in `[0, 1]`, labels), after checking
+/// that the four files are there; errors name `--mnist DIR` and what is missing.
+pub(crate) fn load_mnist(dir: &Path) -> Result<tch::vision::dataset::Dataset> {
+    if !dir.is_dir() {
+        bail!("--mnist {}: no such directory", dir.display());
+    }
+    let missing: Vec<&str> = MNIST_FILES
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "--mnist {}: missing {} (the four uncompressed MNIST files are needed; gunzip the .gz downloads)",
+            dir.display(),
+            missing.join(", ")
+        );
+    }
+    tch::vision::mnist::load_dir(dir)
+        .with_context(|| format!("--mnist {}: cannot read the MNIST files", dir.display()))
 }
 
 /// One `.npy` file of the expected element type (`u8` or `i64`) and shape (`None`: any size), read
