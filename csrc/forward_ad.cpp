@@ -8,9 +8,9 @@
 // x_dual = _make_dual(x, addBatchDim(U, 0, vmap level), dual level) — the Jvp layer lifts both
 // into wrappers at its level, so the dual is made by the wrapper's autograd (there is no vmap
 // batching rule for _make_dual); y_dual = f(x_dual); (y, T) = _unpack_dual(y_dual); unwrap T at
-// the Jvp level, then at the vmap level (zeros when y does not depend on x); leave the levels in
-// reverse order. Unlike the crate's double-backward columns it builds no reverse graph, and unlike
-// the replicated VectorizedForward it needs no row-wise closure.
+// the Jvp level, then at the vmap level; leave the levels in reverse order. An output without a
+// tangent is an error (see below). Unlike the crate's double-backward columns it builds no
+// reverse graph, and unlike the replicated VectorizedForward it needs no row-wise closure.
 //
 // libtorch allows one dual level per process ("Nested forward mode AD is not supported"): calls
 // are serialized by a process-wide recursive mutex, so another thread waits, and a nested call on
@@ -141,14 +141,14 @@ char* tchj_jacfwd(
       auto* pb = at::functorch::maybeGetBatchedImpl(primal);
       y = (pb != nullptr && pb->level() == vmap.level()) ? pb->value().select(pb->bdim(), 0)
                                                           : primal;
-      if (tangent.defined()) {
-        cols = tchj::unwrap_batch(tangent, vmap.level(), k);
-      } else {
-        std::vector<int64_t> shape{k};
-        auto sizes = y.sizes();
-        shape.insert(shape.end(), sizes.begin(), sizes.end());
-        cols = at::zeros(shape, y.options());
-      }
+      // No tangent: y does not depend on x — or the closure lost it (a TorchScript module's
+      // optimized graph runs without forward AD). The caller cannot tell, so it says so and
+      // the caller takes the reverse-mode route.
+      TORCH_CHECK(
+          tangent.defined(),
+          "forward-mode AD: the closure's output carries no tangent (it does not depend on x, or "
+          "an op dropped the forward-mode derivative)");
+      cols = tchj::unwrap_batch(tangent, vmap.level(), k);
       // Plain tensors, not views of the transformed ones, before the levels go.
       y = y.clone();
       cols = cols.contiguous();

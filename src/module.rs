@@ -52,6 +52,7 @@ use std::path::Path;
 use tch::{CModule, Device, IValue, TchError, Tensor};
 
 use crate::batch::{batch_jacobian_of, check_batch_independence};
+use crate::engine::WithoutForwardAd;
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_of;
 use crate::native::PlainTorchScript;
@@ -297,6 +298,7 @@ pub fn module_jacobian(
 ) -> Result<Tensor> {
     let f = |x: &Tensor| module_output(module, x, output_index);
     let _plain = opts.create_graph.then(PlainTorchScript::new);
+    let _reverse = WithoutForwardAd::new();
     with_row_loop_fallback(opts, |o| jacobian_of(f, x, o), || Ok(()))
 }
 
@@ -358,5 +360,6 @@ pub fn module_batch_jacobian(
         Ok(())
     };
     let _plain = opts.create_graph.then(PlainTorchScript::new);
+    let _reverse = WithoutForwardAd::new();
     with_row_loop_fallback(opts, |o| batch_jacobian_of(f, x, o), check_independence)
 }

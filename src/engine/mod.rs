@@ -98,6 +98,31 @@ pub(crate) fn run(
     }
 }
 
+thread_local! {
+    static FORWARD_AD_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While it lives, `Forward` on a closure skips forward-mode AD on this thread and takes the
+/// double-backward columns: for TorchScript modules, whose optimized graphs run without
+/// forward-mode derivatives (their tangents are lost).
+pub(crate) struct WithoutForwardAd {
+    previous: bool,
+}
+
+impl WithoutForwardAd {
+    pub(crate) fn new() -> Self {
+        WithoutForwardAd {
+            previous: FORWARD_AD_OFF.with(|f| f.replace(true)),
+        }
+    }
+}
+
+impl Drop for WithoutForwardAd {
+    fn drop(&mut self) {
+        FORWARD_AD_OFF.with(|f| f.set(self.previous));
+    }
+}
+
 /// Runs a strategy as it is (see [`run`]).
 fn run_resolved(
     strategy: Strategy,
@@ -119,11 +144,13 @@ fn run_resolved(
         Strategy::Forward => {
             // A closure without create_graph: forward-mode AD. The closure already ran once (for
             // y), so a failure here is the transform's — an op without a forward-mode formula
-            // (`cdist`), whether returned or raised by a panicking tch method — and the
-            // double-backward columns take over.
-            if let Some(c) = closure
-                .filter(|_| crate::native::available() && !opts.create_graph && xs.len() == 1)
-            {
+            // (`cdist`), whether returned or raised by a panicking tch method, or an output that
+            // lost its tangent — and the double-backward columns take over.
+            let forward_ad = crate::native::available()
+                && !opts.create_graph
+                && xs.len() == 1
+                && !FORWARD_AD_OFF.with(|f| f.get());
+            if let Some(c) = closure.filter(|_| forward_ad) {
                 if let Ok(j) = columns::dual_columns(c, xs[0], y2, &run) {
                     return Ok(vec![j]);
                 }
