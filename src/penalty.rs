@@ -241,18 +241,26 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     // batch norm, see crate::second_order), every product comes from each sample's J instead
     // (the m create_graph rows that `Exact` computes): per sample, never the whole batch's
     // [B·m, B·n] Jacobian, and no further backward pass.
-    let per_sample_j = match crate::second_order::double_backward_fault(h, true)? {
-        Some(node) => {
-            crate::second_order::record(crate::second_order::Reroute {
-                from: Strategy::Forward,
-                to: Strategy::Auto,
-                reason: format!(
-                    "Hutch++'s JVPs with create_graph through {node}: the double-backward trick is wrong one order higher there, so J q comes from each sample's J"
-                ),
-            });
-            Some(batch_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?) // [B, m, n]
-        }
-        None => None,
+    // Without the native engine the graph cannot be scanned for them, so the products always
+    // come from J there (correct, at the cost of `Exact`).
+    let from_j = if !crate::native::available() {
+        true
+    } else if let Some(node) = crate::second_order::double_backward_fault(h, true)? {
+        crate::second_order::record(crate::second_order::Reroute {
+            from: Strategy::Forward,
+            to: Strategy::Auto,
+            reason: format!(
+                "Hutch++'s JVPs with create_graph through {node}: the double-backward trick is wrong one order higher there, so J q comes from each sample's J"
+            ),
+        });
+        true
+    } else {
+        false
+    };
+    let per_sample_j = if from_j {
+        Some(batch_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?) // [B, m, n]
+    } else {
+        None
     };
     // Q: [B, n, s], an orthonormal basis of the sketched row space of each sample's J.
     // (No tch::no_grad here: without the native engine the cotangent products are new graph
