@@ -625,6 +625,24 @@ fn forward_mode_closures(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// A closure that panics on the stacked copies of the replicated strategies (here `view([3])`)
+/// is an error naming the contract, not a panic through the caller; `Auto` still answers.
+fn closure_panicking_on_stacked_copies(device: Device) -> Result<()> {
+    let x = Tensor::randn([3], (Kind::Double, device));
+    let f = |v: &Tensor| v.view([3]).sin();
+    let vectorized = JacobianOptions::default().strategy(Strategy::Vectorized { chunk_size: None });
+    assert_err(jacobian_of(f, &x, &vectorized), &["panicked", "row-wise"]);
+    let expected = jacobian_of(
+        f,
+        &x,
+        &JacobianOptions::default().strategy(Strategy::RowLoop),
+    )?;
+    f64_tol()
+        .check(&jacobian_of(f, &x, &JacobianOptions::default())?, &expected)
+        .unwrap_or_else(|e| panic!("auto: {e}"));
+    Ok(())
+}
+
 device_tests!(
     shapes_scalars_empty,
     strategies_agree,
@@ -634,7 +652,8 @@ device_tests!(
     resnet_block_f32,
     out_of_memory_then_smaller_calls_work,
     nested_jacobian_inside_per_sample_closure,
-    forward_mode_closures
+    forward_mode_closures,
+    closure_panicking_on_stacked_copies
 );
 
 /// Parameter Jacobians name the parameter in their errors.

@@ -56,7 +56,23 @@ pub(super) fn replicated(
             .f_unsqueeze(1)?
             .f_expand(rep.as_slice(), false)?
             .f_reshape(flat_shape.as_slice())?;
-        let yr = (closure.call)(&xr)?;
+        // A closure written for one input shape may panic on the stacked copies (a tch method
+        // that unwraps, e.g. `view([1, 3])`): that is the same broken contract as a wrong shape,
+        // an error, not a panic through the caller.
+        let yr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (closure.call)(&xr)))
+            .map_err(|panic| {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(no message)".into());
+                Error::Contract(format!(
+                    "Vectorized strategy: f panicked on {} stacked copies of the input (shape {:?}): {}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
+                    b * len,
+                    xr.size(),
+                    msg.lines().next().unwrap_or("")
+                ))
+            })??;
         if yr.size().first() != Some(&(b * len)) || yr.numel() as i64 != b * len * m {
             return Err(Error::Contract(format!(
                 "Vectorized strategy: f was given {} stacked copies of the input (shape {:?}) and must return {} rows of {} elements, but returned shape {:?}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
