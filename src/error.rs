@@ -134,6 +134,17 @@ impl Error {
     }
 }
 
+/// The first line of a caught panic's message (`"(no message)"` when it carries none), for the
+/// [`Error::Contract`] a user closure's panic becomes.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into());
+    msg.lines().next().unwrap_or("").to_string()
+}
+
 /// Collapses a (libtorch) message to one line: drops C++ backtraces and TorchScript
 /// tracebacks, keeping the error's own line(s). The crate's one trimming helper.
 pub(crate) fn one_line(msg: &str) -> String {

@@ -226,14 +226,9 @@ unsafe extern "C" fn callback(
             1
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "(no message)".into());
             *ctx.error.borrow_mut() = Some(Error::Contract(format!(
                 "the closure panicked: {}",
-                msg.lines().next().unwrap_or("")
+                crate::error::panic_message(panic.as_ref())
             )));
             1
         }

@@ -30,11 +30,7 @@ pub(crate) fn shown(dir: &Path) -> String {
 /// images `[N, 8, 8]` f32, `pixels / 16` in `[0, 1]` (the files hold u8 pixels 0..=16), the labels
 /// `[N]` i64 in `0..=9`. Errors name the file.
 pub(crate) fn load_digits(dir: &Path) -> Result<[(Tensor, Tensor); 2]> {
-    let missing: Vec<&str> = DIGITS_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
+    let missing = missing_files(dir, &DIGITS_FILES);
     if !missing.is_empty() {
         bail!(
             "{}: missing {} (data/digits/gen-digits.py writes them)",
@@ -94,11 +90,7 @@ pub(crate) fn load_mnist(dir: &Path) -> Result<tch::vision::dataset::Dataset> {
     if !dir.is_dir() {
         bail!("--mnist {}: no such directory", dir.display());
     }
-    let missing: Vec<&str> = MNIST_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
+    let missing = missing_files(dir, &MNIST_FILES);
     if !missing.is_empty() {
         bail!(
             "--mnist {}: missing {} (the four uncompressed MNIST files are needed; gunzip the .gz downloads)",
@@ -108,6 +100,15 @@ pub(crate) fn load_mnist(dir: &Path) -> Result<tch::vision::dataset::Dataset> {
     }
     tch::vision::mnist::load_dir(dir)
         .with_context(|| format!("--mnist {}: cannot read the MNIST files", dir.display()))
+}
+
+/// Those of `files` that are not files in `dir`.
+fn missing_files<'a>(dir: &Path, files: &[&'a str]) -> Vec<&'a str> {
+    files
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).is_file())
+        .collect()
 }
 
 /// One `.npy` file of the expected element type (`u8` or `i64`) and shape (`None`: any size), read

@@ -61,16 +61,11 @@ pub(super) fn replicated(
         // an error, not a panic through the caller.
         let yr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (closure.call)(&xr)))
             .map_err(|panic| {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "(no message)".into());
                 Error::Contract(format!(
                     "Vectorized strategy: f panicked on {} stacked copies of the input (shape {:?}): {}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
                     b * len,
                     xr.size(),
-                    msg.lines().next().unwrap_or("")
+                    crate::error::panic_message(panic.as_ref())
                 ))
             })??;
         if yr.size().first() != Some(&(b * len)) || yr.numel() as i64 != b * len * m {

@@ -83,6 +83,9 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
     let w = load(dir, case["w"].as_str().context("w")?, dev)?;
     let x = load(dir, case["x"].as_str().context("x")?, dev)?;
     let j_ref = load(dir, case["j_ref"].as_str().context("j_ref")?, dev)?;
+    // A case's extra inputs (`w2`, `t`, `v`, …), by name.
+    let extra =
+        |k: &str| -> Result<Tensor> { load(dir, case["extra"][k].as_str().context("extra")?, dev) };
     // Row-wise on a leading batch dimension: [n] -> [m], [c, n] -> [c, m].
     let f = |x: &Tensor| x.matmul(&w.tr()).sigmoid();
     let (m, n) = (
@@ -180,9 +183,6 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         "psg" => {
             // Per-sample gradients of a tanh MLP's cross-entropy with respect to W1 (= w):
             // J_ref is PyTorch's vmap(grad(...)).
-            let extra = |k: &str| -> Result<Tensor> {
-                load(dir, case["extra"][k].as_str().context("extra")?, dev)
-            };
             let (w2, t) = (extra("w2")?, extra("t")?);
             let w1 = w.detach().set_requires_grad(true);
             let params = vec![("w1".to_string(), w1.shallow_clone())];
@@ -239,9 +239,6 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         }
         "products" => {
             // k VJPs and k JVPs of sigmoid(W x) in one call each; J_ref is both stacks.
-            let extra = |k: &str| -> Result<Tensor> {
-                load(dir, case["extra"][k].as_str().context("extra")?, dev)
-            };
             let (vs, us) = (extra("v")?, extra("u")?);
             run(
                 "vjp_batched + jvp_batched",
@@ -289,9 +286,6 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         "psg_mse" | "psg_conv" => {
             // Per-sample gradients of one sample's loss under vmap(grad): the MLP with MSE against
             // one-hot targets (w = W1), or the conv net with cross-entropy (w = the conv weight).
-            let extra = |k: &str| -> Result<Tensor> {
-                load(dir, case["extra"][k].as_str().context("extra")?, dev)
-            };
             let (w2, t) = (extra("w2")?, extra("t")?);
             let params = vec![("w".to_string(), w.shallow_clone())];
             let conv = kind == "psg_conv";
@@ -380,9 +374,6 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
         "pinn" => {
             // PINN: u = tanh(tanh(x W1ᵀ) W2ᵀ) W3ᵀ; the Laplacian loss mean((Δu)²) or the Hessian
             // loss Σ‖H_b‖²/B, and its gradient to W1 (= w); J_ref is PyTorch's autograd loop.
-            let extra = |k: &str| -> Result<Tensor> {
-                load(dir, case["extra"][k].as_str().context("extra")?, dev)
-            };
             let (w2, w3) = (extra("w2")?, extra("w3")?);
             let lap = case["op"].as_str() == Some("lap");
             let grad_w1 = |s: Strategy| -> Result<Tensor> {
