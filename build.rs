@@ -28,9 +28,13 @@
 //! 3. libtorch's own `include/`, `/usr/include` and `/usr/local/include` (Debian:
 //!    `nlohmann-json3-dev`).
 //!
-//! Without it, or with `TCH_JACOBIAN_NATIVE=off`, the crate builds without the engine (a cargo
-//! warning names the fix) and `Strategy::Auto` never picks `Strategy::Batched`. The outcome is
-//! compiled into the crate as `TCH_JACOBIAN_NATIVE_STATUS` (see `native::build_status`).
+//! The engine is the default cargo feature `native`. When it cannot be built (no header, a
+//! libtorch without functorch's headers, a compiler error) the build **fails** with the reason and
+//! the fix: a dependent crate never sees a build script's warnings, so a silently missing engine
+//! would give it a slower crate. `default-features = false` builds the crate without the engine
+//! (the documented way); `doc-only` (docs.rs) builds neither libtorch's link lines nor the engine.
+//! The outcome is compiled into the crate as `TCH_JACOBIAN_NATIVE_STATUS` (see
+//! `native::build_status`).
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -39,18 +43,39 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo::rustc-check-cfg=cfg(tch_jacobian_native)");
+    let native = env::var_os("CARGO_FEATURE_NATIVE").is_some();
+    let doc_only = env::var_os("CARGO_FEATURE_DOC_ONLY").is_some();
+    if doc_only {
+        // docs.rs: no libtorch, so neither link lines nor the engine.
+        println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS=not built: documentation build (feature doc-only)");
+        return;
+    }
     let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!(
             "cargo:warning=DEP_TCH_LIBTORCH_LIB not set by torch-sys; no rpath added \
              (binaries will need LD_LIBRARY_PATH). See build-notes.md."
         );
+        if native {
+            panic!(
+                "tch-jacobian: the native engine (default feature `native`) needs libtorch's folder, \
+                 which torch-sys did not export (DEP_TCH_LIBTORCH_LIB). Set LIBTORCH to libtorch 2.11, \
+                 or build without the engine: tch-jacobian = {{ version = \"0.1\", default-features = false }}"
+            );
+        }
         println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS=not built: libtorch's folder unknown");
         return;
     };
-    let status = build_native(Path::new(&lib));
-    if status != "built" {
-        println!(
-            "cargo:warning=tch-jacobian: native batched engine {status}; Strategy::Batched is unavailable and Auto uses the slower engines. See build-notes.md."
+    let status = if native {
+        build_native(Path::new(&lib))
+    } else {
+        "not built: the `native` feature is off (default-features = false)".into()
+    };
+    if native && status != "built" {
+        panic!(
+            "tch-jacobian: the native engine (default feature `native`) was {status}.\n\
+             Fix the cause above, or build without the engine (slower, and it refuses or reroutes what it \
+             cannot check): tch-jacobian = {{ version = \"0.1\", default-features = false }} in Cargo.toml, \
+             or `cargo build --no-default-features` in this repository."
         );
     }
     println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS={status}");
@@ -86,18 +111,11 @@ const CSRC: [&str; 7] = [
 /// Compiles csrc/ and sets `cfg(tch_jacobian_native)`; returns "built" or why not.
 fn build_native(lib: &Path) -> String {
     for var in [
-        "TCH_JACOBIAN_NATIVE",
         "TCH_JACOBIAN_NLOHMANN_INCLUDE",
         "LIBTORCH_INCLUDE",
         "LIBTORCH_CXX11_ABI",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
-    }
-    if matches!(
-        env::var("TCH_JACOBIAN_NATIVE").as_deref(),
-        Ok("0" | "off" | "false")
-    ) {
-        return "not built: disabled by TCH_JACOBIAN_NATIVE".into();
     }
     // The folder holding include/ and lib/ (torch-sys: LIBTORCH_INCLUDE, else LIBTORCH).
     let root = env::var("LIBTORCH_INCLUDE")

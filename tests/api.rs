@@ -362,23 +362,17 @@ fn out_of_memory_then_smaller_calls_work(device: Device) -> Result<()> {
     Ok(())
 }
 
-/// The engine is built whenever the headers are there (scripts/setup-libtorch installs them);
-/// a build without it (`TCH_JACOBIAN_NATIVE=off`) answers `Strategy::Batched` with the fix.
+/// With the default feature `native` the engine is built (else the build fails); a build
+/// without it (`--no-default-features`) answers `Strategy::Batched` with the fix.
 #[test]
 fn native_engine_build() -> Result<()> {
     let status = tch_jacobian::native::build_status();
-    let disabled = matches!(
-        std::env::var("TCH_JACOBIAN_NATIVE").as_deref(),
-        Ok("0" | "off" | "false")
-    );
-    assert!(
-        !status.contains("compiling csrc/batched_vjp.cpp failed"),
+    assert_eq!(tch_jacobian::native::available(), status == "built");
+    assert_eq!(
+        tch_jacobian::native::available(),
+        cfg!(feature = "native"),
         "{status}"
     );
-    assert_eq!(tch_jacobian::native::available(), status == "built");
-    if disabled {
-        assert!(!tch_jacobian::native::available(), "{status}");
-    }
     let x = Tensor::randn([4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     let y = x.tanh();
     let batched = opts(Strategy::Batched { chunk_size: None });

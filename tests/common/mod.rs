@@ -27,7 +27,7 @@ pub fn fx_var(case: &str, name: &str, device: Device) -> Tensor {
 }
 
 /// Every strategy, with chunk sizes that split the small fixtures into several passes; the
-/// batched ones only when the native engine is built (`TCH_JACOBIAN_NATIVE=off` builds run the
+/// batched ones only when the native engine is built (`--no-default-features` builds run the
 /// rest).
 pub fn strategies() -> Vec<Strategy> {
     let mut all = vec![
