@@ -1,0 +1,406 @@
+//! The full third-order sweep: every route of the crate on every case that
+//! bench/third_order_sweep.py wrote (PyTorch's OpInfo samples and the normalizations;
+//! scripts/third-order-sweep runs both), in the eager, cold and warm modes of the traced module
+//! and, for the normalizations, as Rust closures; see tests/common/third_sweep.rs for what a
+//! case, a quantity and a route are.
+//!
+//!     cargo run --release -p tch-jacobian-bench --bin third_order_sweep -- DIR \
+//!         [--modes eager,cold,warm,rust] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda]
+//!
+//! Cases run in worker processes (this binary with `--worker-from I`), so a crash is counted
+//! against its case and the sweep goes on. Prints the markdown report (and writes `--report`).
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use tch::Device;
+
+#[path = "../../../tests/common/sweep.rs"]
+mod sweep;
+#[path = "../../../tests/common/third_sweep.rs"]
+mod third_sweep;
+
+use third_sweep::{Case, Mode};
+
+struct Args {
+    dir: PathBuf,
+    modes: Vec<Mode>,
+    ops: Option<Vec<String>>,
+    report: Option<PathBuf>,
+    device: Device,
+    worker_from: Option<usize>,
+    passthrough: Vec<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let usage = "usage: third_order_sweep DIR [--modes eager,cold,warm,rust] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda]";
+    let mut it = std::env::args().skip(1);
+    let mut args = Args {
+        dir: PathBuf::new(),
+        modes: Mode::ALL.to_vec(),
+        ops: None,
+        report: None,
+        device: Device::Cpu,
+        worker_from: None,
+        passthrough: Vec::new(),
+    };
+    let mut dir = None;
+    while let Some(a) = it.next() {
+        let mut value = |what: &str| {
+            it.next()
+                .with_context(|| format!("{what} needs a value; {usage}"))
+        };
+        match a.as_str() {
+            "--modes" => {
+                let v = value("--modes")?;
+                args.passthrough.extend(["--modes".into(), v.clone()]);
+                args.modes = v
+                    .split(',')
+                    .map(|m| {
+                        Mode::parse(m).with_context(|| {
+                            format!("unknown mode {m:?}; eager, cold, warm or rust")
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--ops" => {
+                let v = value("--ops")?;
+                args.passthrough.extend(["--ops".into(), v.clone()]);
+                args.ops = Some(v.split(',').map(str::to_string).collect());
+            }
+            "--report" => args.report = Some(value("--report")?.into()),
+            "--device" => {
+                let v = value("--device")?;
+                args.passthrough.extend(["--device".into(), v.clone()]);
+                args.device = tch_jacobian::parse_device(&v)?;
+            }
+            "--worker-from" => args.worker_from = Some(value("--worker-from")?.parse()?),
+            "-h" | "--help" => {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            d if dir.is_none() && !d.starts_with('-') => dir = Some(PathBuf::from(d)),
+            other => bail!("unexpected argument {other:?}; {usage}"),
+        }
+    }
+    args.dir = dir.context(usage)?;
+    Ok(args)
+}
+
+fn cases(args: &Args) -> Vec<Case> {
+    let all = third_sweep::read_manifest(&args.dir);
+    match &args.ops {
+        None => all,
+        Some(ops) => all.into_iter().filter(|c| ops.contains(&c.op)).collect(),
+    }
+}
+
+/// Worker: runs cases from `from` on, one `BEGIN`, its `ROW`s and one `END` line each.
+fn worker(args: &Args, from: usize) -> Result<()> {
+    let cases = cases(args);
+    let mut out = std::io::stdout().lock();
+    for (i, case) in cases.iter().enumerate().skip(from) {
+        writeln!(out, "BEGIN\t{i}")?;
+        out.flush()?;
+        for row in third_sweep::run_case(&args.dir, case, &args.modes, args.device) {
+            writeln!(
+                out,
+                "ROW\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                row.case,
+                row.op,
+                row.mode.name(),
+                row.set.name(),
+                row.k,
+                row.route,
+                row.outcome.label(),
+                row.outcome.detail().replace(['\t', '\n'], " ")
+            )?;
+        }
+        writeln!(out, "END\t{i}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// One parsed result line (or a crash).
+struct Line {
+    case: String,
+    op: String,
+    mode: String,
+    set: String,
+    k: usize,
+    route: String,
+    label: String,
+    detail: String,
+}
+
+fn drive(args: &Args) -> Result<Vec<Line>> {
+    let cases = cases(args);
+    let exe = std::env::current_exe()?;
+    let mut lines = Vec::new();
+    let mut from = 0;
+    let started = std::time::Instant::now();
+    while from < cases.len() {
+        let mut child = Command::new(&exe)
+            .arg(&args.dir)
+            .args(&args.passthrough)
+            .args(["--worker-from", &from.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let mut current: Option<usize> = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            let f: Vec<&str> = line.split('\t').collect();
+            match f.first().copied() {
+                Some("BEGIN") => current = Some(f[1].parse()?),
+                Some("END") => {
+                    let done: usize = f[1].parse()?;
+                    current = None;
+                    from = done + 1;
+                    if done % 50 == 0 {
+                        eprintln!(
+                            "third_order_sweep: {}/{} cases, {:.0} s",
+                            done + 1,
+                            cases.len(),
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                Some("ROW") if f.len() >= 9 => lines.push(Line {
+                    case: f[1].into(),
+                    op: f[2].into(),
+                    mode: f[3].into(),
+                    set: f[4].into(),
+                    k: f[5].parse()?,
+                    route: f[6].into(),
+                    label: f[7].into(),
+                    detail: f[8].into(),
+                }),
+                _ => {}
+            }
+        }
+        let status = child.wait()?;
+        if let Some(i) = current {
+            let case = &cases[i];
+            lines.push(Line {
+                case: case.id.clone(),
+                op: case.op.clone(),
+                mode: "-".into(),
+                set: "-".into(),
+                k: 0,
+                route: "-".into(),
+                label: "crash".into(),
+                detail: format!("the worker died ({status})"),
+            });
+            from = i + 1;
+        } else if !status.success() {
+            bail!("worker failed outside a case ({status})");
+        }
+    }
+    eprintln!(
+        "third_order_sweep: {} cases, {:.0} s",
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(lines)
+}
+
+fn report(args: &Args, lines: &[Line]) -> String {
+    let cases = cases(args);
+    let mut s = String::new();
+    let n_ops = cases.iter().map(|c| c.op.as_str()).collect::<BTreeSet<_>>();
+    let n_opinfo = n_ops.iter().filter(|o| !o.starts_with("norm.")).count();
+    let n_q: usize = cases.iter().map(|c| c.quantities.len()).sum();
+    let mut per_set: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &cases {
+        for q in &c.quantities {
+            *per_set.entry(q.set.name()).or_default() += 1;
+        }
+    }
+    s += &format!(
+        "{} cases ({} OpInfo ops and {} normalizations), {n_q} (case, quantity) pairs ({}); modes {}; device {:?}.\n\n",
+        cases.len(),
+        n_opinfo,
+        n_ops.len() - n_opinfo,
+        per_set
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+        args.device
+    );
+
+    // Where libtorch is wrong, from the manifest.
+    s += "### Where libtorch is wrong (against central differences)\n\n";
+    let mut ag_bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut tf_bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut counts = BTreeMap::<(&str, &str), usize>::new();
+    for c in &cases {
+        for q in &c.quantities {
+            *counts.entry(("autograd", q.autograd.as_str())).or_default() += 1;
+            *counts.entry(("torch.func", q.tf.as_str())).or_default() += 1;
+            let what = format!("{} k={}", q.set.name(), q.k);
+            if q.autograd != "ok" {
+                ag_bad
+                    .entry(c.op.clone())
+                    .or_default()
+                    .push(format!("{what} ({})", q.autograd));
+            }
+            if q.tf != "ok" {
+                tf_bad
+                    .entry(c.op.clone())
+                    .or_default()
+                    .push(format!("{what} ({})", q.tf));
+            }
+        }
+    }
+    for tool in ["autograd", "torch.func"] {
+        let c: Vec<String> = counts
+            .iter()
+            .filter(|((t, _), _)| *t == tool)
+            .map(|((_, st), n)| format!("{st} {n}"))
+            .collect();
+        s += &format!("- {tool}: {}\n", c.join(", "));
+    }
+    s += "\n| op | PyTorch autograd (backward of the row loop's Φ) | torch.func |\n|---|---|---|\n";
+    let ops: BTreeSet<&String> = ag_bad.keys().chain(tf_bad.keys()).collect();
+    for op in ops {
+        let cell = |m: &BTreeMap<String, Vec<String>>| {
+            let mut v = m.get(op).cloned().unwrap_or_default();
+            v.dedup();
+            if v.is_empty() {
+                "ok".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        s += &format!("| {op} | {} | {} |\n", cell(&ag_bad), cell(&tf_bad));
+    }
+
+    // The crate, per route and mode.
+    s += "\n### The crate, per route and mode\n\nEach cell: wrong / error+panic of ok+wrong+error+panic (refused: the crate said no on purpose; n/a: libtorch fails to warm the module up; neither counted).\n\n| route |";
+    let modes: Vec<String> = args
+        .modes
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let mut table: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+    let mut route_order: Vec<String> = Vec::new();
+    for l in lines.iter().filter(|l| l.label != "crash") {
+        if !route_order.contains(&l.route) {
+            route_order.push(l.route.clone());
+        }
+        *table
+            .entry((l.route.clone(), l.mode.clone()))
+            .or_default()
+            .entry(l.label.clone())
+            .or_default() += 1;
+    }
+    for m in &modes {
+        s += &format!(" {m} |");
+    }
+    s += "\n|---|";
+    for _ in &modes {
+        s += "---|";
+    }
+    s += "\n";
+    for route in &route_order {
+        s += &format!("| {route} |");
+        for m in &modes {
+            let c = table.get(&(route.clone(), m.clone()));
+            let get = |k: &str| c.and_then(|c| c.get(k)).copied().unwrap_or(0);
+            let total = get("ok") + get("wrong") + get("error") + get("panic");
+            let notes: Vec<String> = [("refused", get("refused")), ("n/a", get("n/a"))]
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(what, n)| format!("{n} {what}"))
+                .collect();
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            if total + get("refused") + get("n/a") == 0 {
+                s += " – |";
+            } else {
+                s += &format!(
+                    " {} / {} of {total}{notes} |",
+                    get("wrong"),
+                    get("error") + get("panic")
+                );
+            }
+        }
+        s += "\n";
+    }
+    let crashes = lines.iter().filter(|l| l.label == "crash").count();
+    s += &format!("\nCrashes (a worker process died): {crashes}.\n");
+
+    // The crate wrong: (route, op) pairs.
+    let mut wrong: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.label == "wrong") {
+        wrong
+            .entry((l.op.clone(), l.route.clone()))
+            .or_default()
+            .insert(format!("{} {} k={}", l.mode, l.set, l.k));
+    }
+    s += &format!(
+        "\nThe crate wrong on {} (op, route) pairs{}\n",
+        wrong.len(),
+        if wrong.is_empty() { "." } else { ":" }
+    );
+    for ((op, route), what) in &wrong {
+        s += &format!(
+            "- {op}, {route}: {}\n",
+            what.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+
+    // Every bad line.
+    let bad: Vec<&Line> = lines
+        .iter()
+        .filter(|l| !matches!(l.label.as_str(), "ok" | "refused" | "n/a"))
+        .collect();
+    if !bad.is_empty() {
+        s += "\n| op | case | mode | quantity | route | outcome | detail |\n|---|---|---|---|---|---|---|\n";
+        for l in bad {
+            s += &format!(
+                "| {} | {} | {} | {} k={} | {} | {} | {} |\n",
+                l.op,
+                l.case,
+                l.mode,
+                l.set,
+                l.k,
+                l.route,
+                l.label,
+                l.detail.replace('|', "\\|")
+            );
+        }
+    }
+    s
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    if !Path::new(&args.dir).join("manifest.tsv").exists() {
+        bail!(
+            "{} has no manifest.tsv; write the cases with bench/third_order_sweep.py --out {}",
+            args.dir.display(),
+            args.dir.display()
+        );
+    }
+    if let Some(from) = args.worker_from {
+        return worker(&args, from);
+    }
+    let lines = drive(&args)?;
+    let text = report(&args, &lines);
+    println!("{text}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
