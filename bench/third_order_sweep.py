@@ -512,7 +512,7 @@ def parse_args(argv):
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--ops", help="comma-separated OpInfo names (name or name.variant)")
     p.add_argument("--samples-per-op", type=int, default=1, metavar="K")
-    p.add_argument("--max-numel", type=int, default=16, metavar="N")
+    p.add_argument("--max-numel", type=int, default=25, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="J")
     p.add_argument("--no-opinfo", action="store_true", help="only the norm cases")

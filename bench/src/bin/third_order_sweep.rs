@@ -284,11 +284,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
 
     // The crate, per route and mode.
     s += "\n### The crate, per route and mode\n\nEach cell: wrong / error+panic of ok+wrong+error+panic (refused: the crate said no on purpose; n/a: libtorch fails to warm the module up; neither counted).\n\n| route |";
-    let modes: Vec<String> = args
-        .modes
-        .iter()
-        .map(|m| m.name().to_string())
-        .collect();
+    let modes: Vec<String> = args.modes.iter().map(|m| m.name().to_string()).collect();
     let mut table: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
     let mut route_order: Vec<String> = Vec::new();
     for l in lines.iter().filter(|l| l.label != "crash") {
@@ -340,22 +336,23 @@ fn report(args: &Args, lines: &[Line]) -> String {
     let crashes = lines.iter().filter(|l| l.label == "crash").count();
     s += &format!("\nCrashes (a worker process died): {crashes}.\n");
 
-    // The crate wrong: (route, op) pairs.
-    let mut wrong: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    // The crate wrong: (op, route) pairs, one line per op.
+    let mut wrong: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
     for l in lines.iter().filter(|l| l.label == "wrong") {
-        wrong
-            .entry((l.op.clone(), l.route.clone()))
-            .or_default()
-            .insert(format!("{} {} k={}", l.mode, l.set, l.k));
+        let e = wrong.entry(l.op.clone()).or_default();
+        e.0.insert(l.route.clone());
+        e.1.insert(format!("{} {}{}", l.mode, l.set, l.k));
     }
+    let pairs: usize = wrong.values().map(|(r, _)| r.len()).sum();
     s += &format!(
-        "\nThe crate wrong on {} (op, route) pairs{}\n",
+        "\nThe crate wrong on {pairs} (op, route) pairs, {} ops{}\n",
         wrong.len(),
         if wrong.is_empty() { "." } else { ":" }
     );
-    for ((op, route), what) in &wrong {
+    for (op, (routes, what)) in &wrong {
         s += &format!(
-            "- {op}, {route}: {}\n",
+            "- {op}: {} ({})\n",
+            routes.iter().cloned().collect::<Vec<_>>().join(", "),
             what.iter().cloned().collect::<Vec<_>>().join(", ")
         );
     }
