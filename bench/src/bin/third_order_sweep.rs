@@ -213,7 +213,10 @@ fn report(args: &Args, lines: &[Line]) -> String {
     let cases = cases(args);
     let mut s = String::new();
     let n_ops = cases.iter().map(|c| c.op.as_str()).collect::<BTreeSet<_>>();
-    let n_opinfo = n_ops.iter().filter(|o| !o.starts_with("norm.")).count();
+    let n_opinfo = n_ops
+        .iter()
+        .filter(|o| third_sweep::rust_closure(o).is_none())
+        .count();
     let n_q: usize = cases.iter().map(|c| c.quantities.len()).sum();
     let mut per_set: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &cases {
