@@ -15,11 +15,14 @@
 //! own build.rs (build-notes.md shows it); the `as-needed` link modifier that would propagate by
 //! itself is still unstable (rust-lang/rust#99424).
 //!
-//! It also compiles the crate's C++ files in `csrc/` (the native batched backward pass, the
-//! normalizations' batching rules and the autograd graph scan, see `src/native.rs`), with the `cc` crate against the same libtorch, the way
-//! torch-sys compiles its own C++: libtorch's `include/` folders, `-std=c++17` and the cxx11 ABI
-//! flag. functorch's headers include `nlohmann/json.hpp`, which libtorch does not ship; it is
-//! looked for in
+//! It also compiles the crate's C++ files in `csrc/` with the `cc` crate against the same
+//! libtorch, the way torch-sys compiles its own C++ (libtorch's `include/` folders, `-std=c++17`
+//! and the cxx11 ABI flag), in two parts:
+//!
+//! * the core ([`CORE`]: the autograd graph scan and the normalizations' autograd kernels that
+//!   are right at every order), which needs only libtorch's headers and is part of every build;
+//! * the engine ([`CSRC`], see `src/native.rs`), which needs functorch's headers. Those include
+//!   `nlohmann/json.hpp`, which libtorch does not ship; it is looked for in
 //!
 //! 1. `TCH_JACOBIAN_NLOHMANN_INCLUDE` (the folder that holds `nlohmann/json.hpp`), for a user's
 //!    own libtorch;
@@ -43,6 +46,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo::rustc-check-cfg=cfg(tch_jacobian_native)");
+    println!("cargo::rustc-check-cfg=cfg(tch_jacobian_core)");
     let native = env::var_os("CARGO_FEATURE_NATIVE").is_some();
     let doc_only = env::var_os("CARGO_FEATURE_DOC_ONLY").is_some();
     if doc_only {
@@ -65,6 +69,7 @@ fn main() {
         println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS=not built: libtorch's folder unknown");
         return;
     };
+    build_core(Path::new(&lib));
     let status = if native {
         build_native(Path::new(&lib))
     } else {
@@ -94,22 +99,28 @@ fn main() {
     println!("cargo:libtorch_lib={lib}");
 }
 
-/// The C++ files, one per capability: the batched backward pass, per-sample gradients by
-/// vmap(grad) of a Rust closure, the normalizations' batching
-/// rules that are right to second order, the losses' batching rules, the autograd graph scan and the TorchScript executor
-/// switch.
-const CSRC: [&str; 7] = [
+/// The C++ files every build with libtorch compiles (they need only libtorch's own headers, so
+/// values never depend on the optional engine): the autograd graph scan and the normalizations'
+/// autograd kernels that are right at every order.
+const CORE: [&str; 2] = ["csrc/graph_scan.cpp", "csrc/norm_autograd.cpp"];
+
+/// The engine's C++ files (feature `native`; functorch's headers), one per capability: the
+/// batched backward pass, per-sample gradients by vmap(grad) of a Rust closure, forward-mode AD,
+/// the normalizations' batching rules that are right to second order, the losses' batching
+/// rules and the TorchScript executor switch.
+const CSRC: [&str; 6] = [
     "csrc/batched_vjp.cpp",
     "csrc/vmap_grad.cpp",
     "csrc/forward_ad.cpp",
     "csrc/norm_rules.cpp",
     "csrc/loss_rules.cpp",
-    "csrc/graph_scan.cpp",
     "csrc/jit_executor.cpp",
 ];
 
 /// Compiles csrc/ and sets `cfg(tch_jacobian_native)`; returns "built" or why not.
-fn build_native(lib: &Path) -> String {
+/// The folder holding libtorch's `include/` (torch-sys: `LIBTORCH_INCLUDE`, else the parent of
+/// its lib folder).
+fn libtorch_root(lib: &Path) -> PathBuf {
     for var in [
         "TCH_JACOBIAN_NLOHMANN_INCLUDE",
         "LIBTORCH_INCLUDE",
@@ -117,10 +128,53 @@ fn build_native(lib: &Path) -> String {
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    // The folder holding include/ and lib/ (torch-sys: LIBTORCH_INCLUDE, else LIBTORCH).
-    let root = env::var("LIBTORCH_INCLUDE")
+    env::var("LIBTORCH_INCLUDE")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| lib.parent().unwrap_or(lib).to_path_buf());
+        .unwrap_or_else(|_| lib.parent().unwrap_or(lib).to_path_buf())
+}
+
+/// A `cc` build of `files` against libtorch's headers (and `extra` include folders), the way
+/// torch-sys compiles its own C++: `-std=c++17` and the cxx11 ABI flag.
+fn compile(root: &Path, files: &[&str], extra: &[&Path], name: &str) -> Result<(), String> {
+    let include = root.join("include");
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .files(files)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"));
+    for dir in extra {
+        build.include(dir);
+    }
+    build
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        // libtorch's headers are not warning-clean.
+        .warnings(false)
+        .flag_if_supported("-w")
+        .try_compile(name)
+        .map_err(|e| e.to_string().replace('\n', " "))
+}
+
+/// Compiles the core C++ files (always; the build fails without them) and sets
+/// `cfg(tch_jacobian_core)`.
+fn build_core(lib: &Path) {
+    let root = libtorch_root(lib);
+    if let Err(e) = compile(&root, &CORE, &[], "tch_jacobian_core") {
+        panic!(
+            "tch-jacobian: compiling {CORE:?} against libtorch's headers in {} failed: {e}",
+            root.join("include").display()
+        );
+    }
+    println!("cargo:rustc-cfg=tch_jacobian_core");
+}
+
+/// Compiles the engine's C++ files and sets `cfg(tch_jacobian_native)`; returns "built" or why
+/// not.
+fn build_native(lib: &Path) -> String {
+    let root = libtorch_root(lib);
     let include = root.join("include");
     if !include.join("ATen/functorch/DynamicLayer.h").exists() {
         return format!(
@@ -146,28 +200,11 @@ fn build_native(lib: &Path) -> String {
                 `pip install nlohmann-json` beside torch, or set TCH_JACOBIAN_NLOHMANN_INCLUDE)"
             .into();
     };
-    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    let result = cc::Build::new()
-        .cpp(true)
-        .files(CSRC)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .include(nlohmann)
-        .flag("-std=c++17")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        // libtorch's headers are not warning-clean; our file is small.
-        .warnings(false)
-        .flag_if_supported("-w")
-        .try_compile("tch_jacobian_native");
-    match result {
+    match compile(&root, &CSRC, &[nlohmann], "tch_jacobian_native") {
         Ok(()) => {
             println!("cargo:rustc-cfg=tch_jacobian_native");
             "built".into()
         }
-        Err(e) => format!(
-            "not built: compiling csrc/ failed: {}",
-            e.to_string().replace('\n', " ")
-        ),
+        Err(e) => format!("not built: compiling csrc/ failed: {e}"),
     }
 }

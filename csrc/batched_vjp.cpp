@@ -11,7 +11,7 @@
 // retain_graph, unwrap each result at that level, pop the level (RAII: on every path).
 //
 // Contract with Rust (src/native.rs): no C++ exception crosses the boundary. Every function
-// returns nullptr on success or a malloc'd message (freed with tchj_free_string).
+// returns nullptr on success or a malloc'd message (freed with tchj_free_string, csrc/graph_scan.cpp).
 #include <ATen/ATen.h>
 #include <ATen/functorch/BatchedFallback.h>
 #include <ATen/functorch/BatchedTensorImpl.h>
@@ -152,10 +152,6 @@ int tchj_cuda_mem_get_info(int device, uint64_t* free_bytes, uint64_t* total_byt
   *free_bytes = free_b;
   *total_bytes = total_b;
   return 0;
-}
-
-void tchj_free_string(char* s) {
-  std::free(s);
 }
 
 }  // extern "C"

@@ -34,6 +34,11 @@ char* scan_copy(const std::string& s) {
 
 extern "C" {
 
+// Frees a message or name list that a C++ function of the crate malloc'd (every csrc/ file).
+void tchj_free_string(char* s) {
+  std::free(s);
+}
+
 char* tchj_graph_node_names(const at::Tensor* y, char** names, int64_t* visited) {
   *names = nullptr;
   *visited = 0;

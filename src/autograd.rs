@@ -173,6 +173,7 @@ impl<'a> Pass<'a> {
 /// with `strict`, a [`Error::NotConnected`] — PyTorch's `strict=True` rule, including its
 /// create_graph variant (a derivative that is constant in the inputs is refused).
 pub(crate) fn vjp_into(root: &Tensor, inputs: &[&Tensor], pass: Pass<'_>) -> Result<Vec<Tensor>> {
+    crate::native::ensure_norm_autograd()?;
     let grads: Vec<Option<Tensor>> = if root.requires_grad() {
         Tensor::f_run_backward(&[root], inputs, true, pass.create_graph)?
             .into_iter()
@@ -195,6 +196,7 @@ pub(crate) fn batched_vjp_into(
     pass: Pass<'_>,
 ) -> Result<Vec<Tensor>> {
     let c = v.size().first().copied().unwrap_or(0);
+    crate::native::ensure_norm_autograd()?;
     let grads: Vec<Option<Tensor>> = if root.requires_grad() {
         crate::native::batched_vjp(root, inputs, v, pass.create_graph, pass.vmap_fallback)?
     } else {

@@ -56,9 +56,13 @@ fn empty(y: &[i64], x: &Tensor) -> Result<Tensor> {
 /// Per-sample Jacobians of `y: [B, *out]` with respect to `x: [B, *in]`, shape
 /// `[B, *out, *in]`: `J[b] = ∂y[b]/∂x[b]`.
 ///
-/// Strategies: [`Strategy::RowLoop`] (one backward pass per output element of a sample, over the
-/// whole batch), [`Strategy::Forward`] (one per input element of a sample) or
-/// [`Strategy::Auto`]; [`Strategy::Vectorized`] needs the function ([`batch_jacobian_of`]).
+/// Strategies: [`Strategy::Batched`] (one batched backward pass over all rows of every sample;
+/// needs the native engine), [`Strategy::RowLoop`] (one backward pass per output element of a
+/// sample, over the whole batch), [`Strategy::Forward`] (column by column, one per input element
+/// of a sample without the engine) or [`Strategy::Auto`], which picks `Batched` when the engine
+/// is built (`Forward` for tall Jacobians on the CPU) and `RowLoop` or `Forward` without it — the
+/// rules are in [`Strategy::resolve`]. [`Strategy::Vectorized`] and
+/// [`Strategy::VectorizedForward`] need the function ([`batch_jacobian_of`]).
 /// See the module docs for the no-interaction assumption.
 ///
 /// ```
@@ -98,9 +102,10 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
 /// Per-sample Jacobians of a closure over a batch, `J[b] = ∂f(x)[b]/∂x[b]`, shape
 /// `[B, *out, *in]` — PyTorch's `torch.func.vmap(torch.func.jacrev(f))(x)`.
 ///
-/// `f` maps `[B, *in]` to `[B, *out]` sample by sample. With [`Strategy::Vectorized`] it is
-/// also called on `[B·c, *in]` (each sample repeated `c` times) and must return `[B·c, *out]`;
-/// a different leading size is an [`Error::Contract`].
+/// `f` maps `[B, *in]` to `[B, *out]` sample by sample. With [`Strategy::Vectorized`] (or
+/// [`Strategy::VectorizedForward`]) it is also called on `[B·c, *in]` (each sample repeated
+/// `c` times) and must return `[B·c, *out]`; a different leading size is an
+/// [`Error::Contract`].
 ///
 /// ```
 /// use tch::{Kind, Tensor};

@@ -22,7 +22,8 @@
 //! `Auto` picks from measurements of the PINN loss below (B = 1024, u: d → 64 → 64 → 1 tanh,
 //! Laplacian or Hessian loss and its backward to the weights, 2-core CPU, f32; docs/benchmarks.md):
 //! on the CPU the row loop (d = 2: 3.3–3.6 ms against 3.1–4.3 ms batched; d = 32: 35–36 ms
-//! against 39–45 ms), on CUDA the batched pass (a loop of small passes is launch-bound there).
+//! against 39–45 ms), on CUDA the batched pass (a loop of small passes is launch-bound there) —
+//! when the native engine is built; without it, the row loop on every device.
 
 use tch::{Kind, Tensor};
 
@@ -120,7 +121,8 @@ where
 /// The Laplacian of a closure per sample, shape `[B]`: `Δu[b] = Σ_i ∂²u(x)[b]/∂x[b, i]²`, the
 /// trace of [`batch_hessian_of`] — `vmap(hessian(u))(x).diagonal(...).sum(-1)` in PyTorch.
 ///
-/// Under [`Strategy::RowLoop`] (and `Auto` on the CPU) `H` is never formed: pass `i` keeps only its diagonal element. With
+/// Under [`Strategy::RowLoop`] (and `Auto` on the CPU, or on any device without the native
+/// engine) `H` is never formed: pass `i` keeps only its diagonal element. With
 /// `opts.create_graph` the result is differentiable: a PINN loss `‖Δu − f‖²` reaches the
 /// weights of `u`.
 ///

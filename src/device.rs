@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 /// `cpu`, `cuda` (`Cuda(0)`), `cuda:N` or `auto` (CUDA when available, else the CPU) as a
 /// [`Device`]; a CUDA device that is not there is an [`Error::Device`] saying why.
 ///
+/// A command-line helper, not part of the Jacobian API: the crate's CLI, its examples and its
+/// measuring tools parse `--device` with it, and it is public so that a user's own tools accept
+/// the same spellings.
+///
 /// ```
 /// use tch::Device;
 /// use tch_jacobian::parse_device;

@@ -76,9 +76,12 @@ pub fn jacobian(y: &Tensor, x: &Tensor) -> Result<Tensor> {
 /// Jacobians of `y` with respect to several inputs, one block `[*out, *in_k]` per input, in
 /// order, with [`JacobianOptions`] (`create_graph`, `strict`, strategy).
 ///
-/// `J_k[i..., j...] = ∂y[i...]/∂xs[k][j...]`. Strategies: [`Strategy::RowLoop`],
-/// [`Strategy::Forward`] or [`Strategy::Auto`] (which picks between them by shape);
-/// [`Strategy::Vectorized`] needs the function and is only offered by [`jacobian_of`].
+/// `J_k[i..., j...] = ∂y[i...]/∂xs[k][j...]`. Strategies: [`Strategy::Batched`] (one batched
+/// backward pass through `y`'s graph; needs the native engine), [`Strategy::RowLoop`],
+/// [`Strategy::Forward`] or [`Strategy::Auto`], which picks `Batched` when the engine is built
+/// (`Forward` for tall Jacobians on the CPU) and `RowLoop` or `Forward` without it — the rules
+/// are in [`Strategy::resolve`]. [`Strategy::Vectorized`] and [`Strategy::VectorizedForward`]
+/// need the function and are only offered by [`jacobian_of`].
 ///
 /// Non-strict (PyTorch's default): an input that `y` does not reach gets a zero block; strict:
 /// an [`Error::NotConnected`] naming the input.

@@ -28,9 +28,10 @@
 //! |---|---|
 //! | `for i: J[i] = grad(y[i], x, retain_graph=True)[0]` | [`jacobian(&y, &x)`](jacobian()) |
 //! | `torch.autograd.functional.jacobian(f, (a, b), create_graph=…, strict=…)` | [`jacobian_with(&y, &[&a, &b], &opts)`](jacobian_with) or [`jacobian_of(f, &x, &opts)`](jacobian_of) |
-//! | `torch.func.jacrev(f, chunk_size=c)(x)` | [`jacobian_of`] or [`jacobian_with`] with [`Strategy::Batched { chunk_size: Some(c) }`](Strategy::Batched) (the native batched engine, [`native`]; what `Auto` picks) |
-//! | `torch.autograd.functional.jacobian(f, x, vectorize=True)` | [`jacobian_of`] with [`Strategy::Vectorized`] (replicated forward, no native engine needed) |
-//! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::Forward`] (forward-mode AD on dual tensors with the engine; what `Auto` picks for tall Jacobians; also in [`jacobian_with`], by double-backward JVPs) or [`Strategy::VectorizedForward`] |
+//! | `torch.func.jacrev(f, chunk_size=c)(x)` | [`jacobian_of`] or [`jacobian_with`] with [`Strategy::Batched { chunk_size: Some(c) }`](Strategy::Batched) (the native batched engine, [`native`]; what `Auto` picks when it is built, except for tall Jacobians on the CPU) |
+//! | `torch.autograd.functional.jacobian(f, x, vectorize=True)` | [`jacobian_of`] or [`jacobian_with`] with [`Strategy::Batched`]: PyTorch's `vectorize=True` is also one vmapped backward pass (`is_grads_batched=True`), not a replicated forward |
+//! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::Forward`] (forward-mode AD on dual tensors with the engine; what `Auto` picks for tall Jacobians on the CPU; also in [`jacobian_with`], by double-backward JVPs) |
+//! | (no PyTorch twin; the closest is running `f` on stacked copies of `x` yourself) | [`jacobian_of`] with [`Strategy::Vectorized`] (replicated forward: `f` on stacked copies, one backward pass) or [`Strategy::VectorizedForward`] (double backward over stacked copies, column by column) — no native engine needed; what `Auto` picks for closures without it |
 //! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
 //! | `torch._C._functorch._set_vmap_fallback_enabled(False)` | [`JacobianOptions::vmap_fallback(false)`](JacobianOptions::vmap_fallback); ops that fell back: [`native::take_vmap_fallbacks`] |
 //! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`batch_jacobian_of_aux`] |
@@ -54,9 +55,13 @@
 //! | `torch.allclose` in tests | [`Tolerance`], [`assert_allclose`] |
 //!
 //! Options ([`JacobianOptions`]) carry PyTorch's `create_graph` and `strict` and the
-//! [`Strategy`]. The engines behind the strategies — the row loop, the replicated forward and
-//! the native batched backward pass — and when `Auto` uses each are described in [`strategy`]. Every function returns [`Result`]: bad input (no `requires_grad`, integer
-//! dtypes, mixed devices, mismatched shapes, `chunk_size = 0`, …) is an [`Error`], never a panic.
+//! [`Strategy`]. The engines behind the strategies — the row loop, the replicated forward, the
+//! native batched backward pass and the forward-mode columns — and when `Auto` uses each are
+//! described in [`strategy`]. Every function that differentiates, loads or compares returns
+//! [`Result`]: bad input (no `requires_grad`, integer dtypes, mixed devices, mismatched shapes,
+//! `chunk_size = 0`, …) is an [`Error`], not a panic. Helpers that cannot fail
+//! ([`trainable_parameters`], [`Strategy::resolve`], [`Estimator::sigmoid_closed_form`], …)
+//! return plain values, and [`assert_allclose`] panics by design: it is a test assertion.
 //! Results live on the inputs' device: CUDA tensors give CUDA Jacobians.
 
 mod autograd;

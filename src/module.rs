@@ -46,6 +46,9 @@
 //! model that rejects the input (the model's own message is passed on in [`Error::Torch`]),
 //! integer inputs ([`Error::Kind`]), a model with no tensor output ([`Error::Contract`]) and an
 //! `output_index` out of range ([`Error::InvalidArgument`]).
+//!
+//! A TorchScript file is a program: loading a model runs its code, so loading an untrusted model
+//! is running untrusted code (PyTorch's security policy). Only load models from sources you trust.
 
 use std::path::Path;
 
@@ -61,6 +64,9 @@ use crate::strategy::{JacobianOptions, Strategy};
 /// Loads a TorchScript model saved with `torch.jit.save` onto `device`, in evaluation mode
 /// (`model.eval()`: dropout off, batch norm on its running statistics — what a Jacobian of a
 /// trained model means).
+///
+/// The file is a program that runs when loaded and called: only load models from sources you
+/// trust, as loading an untrusted model is running untrusted code (PyTorch's security policy).
 ///
 /// `device` may be [`Device::Cpu`] or `Device::Cuda(i)`; a CUDA device when CUDA is not
 /// available is an [`Error::Device`].

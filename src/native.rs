@@ -4,16 +4,32 @@
 //! pass per output row or a forward pass over replicated inputs. libtorch itself can do better:
 //! functorch's vmap level (what `torch.func.jacrev` and `vmap(jacrev)` use) runs one backward pass
 //! whose cotangent is a batch `V = [c, *y.shape]`, giving `G_k[r] = V[r]ᵀ ∂y/∂x_k` for all `c` rows
-//! at once. The crate's one C++ file, `csrc/batched_vjp.cpp`, reaches it; `build.rs` compiles it
-//! against the libtorch that torch-sys links (see build-notes.md). With `V` = rows of the identity
-//! this gives rows of `J` — [`Strategy::Batched`](crate::Strategy::Batched).
+//! at once. `csrc/batched_vjp.cpp` reaches it. With `V` = rows of the identity this gives rows of
+//! `J` — [`Strategy::Batched`](crate::Strategy::Batched).
+//!
+//! The crate's C++ files, in `csrc/`, are compiled by `build.rs` against the libtorch that
+//! torch-sys links (see build-notes.md):
+//!
+//! * the core, part of every build with libtorch: `csrc/graph_scan.cpp` (the autograd graph
+//!   scan of [`crate::second_order`]) and `csrc/norm_autograd.cpp` (autograd kernels for the
+//!   normalizations whose derivatives are right at every order);
+//! * the engine, the default feature `native`: `csrc/batched_vjp.cpp` (the batched backward
+//!   pass), `csrc/vmap_grad.cpp` (per-sample gradients by vmap(grad) of a Rust closure),
+//!   `csrc/forward_ad.cpp` (forward-mode Jacobian columns), `csrc/norm_rules.cpp` and
+//!   `csrc/loss_rules.cpp` (batching rules for the normalizations and the losses) and
+//!   `csrc/jit_executor.cpp` (the TorchScript executor switch), with the header
+//!   `csrc/functorch_guards.h`.
 //!
 //! Ops without a batching rule go through libtorch's *vmap fallback*, which loops over that one
 //! op (still far cheaper than a loop over whole backward passes). The crate keeps it on and
 //! records which ops used it: [`take_vmap_fallbacks`]. `JacobianOptions::vmap_fallback(false)`
-//! turns it off for a call, so such an op is an [`Error::NoBatchingRule`] instead.
+//! turns it off for a call, so such an op is an [`Error::NoBatchingRule`] instead. Each such op
+//! is also reported once per process through the `log` facade at warn level, and so is a build
+//! without the engine, the first time `Strategy::Auto` would have used it (install `env_logger`
+//! or `tracing-log` to see them).
 //!
-//! When the C++ part could not be built (no `nlohmann/json.hpp`, or `TCH_JACOBIAN_NATIVE=off`),
+//! With the default feature `native`, a build that cannot compile the engine fails, naming the
+//! fix. Built without it (`default-features = false`, or the `doc-only` documentation build),
 //! [`available`] is false, [`Strategy::Auto`](crate::Strategy::Auto) never picks `Batched`, and
 //! asking for it is an error naming the fix ([`build_status`]).
 //!
@@ -83,10 +99,14 @@ pub fn take_vmap_fallbacks() -> Vec<String> {
 }
 
 #[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
+#[track_caller]
 fn record_fallbacks(ops: &str) {
     FALLBACKS.with(|f| {
         let mut f = f.borrow_mut();
         for op in ops.lines() {
+            warn_once(&format!(
+                "{op} has no vmap batching rule: libtorch looped over this op (exact, slower)"
+            ));
             if !f.iter().any(|o| o == op) {
                 f.push(op.to_string());
             }
@@ -94,7 +114,36 @@ fn record_fallbacks(ops: &str) {
     });
 }
 
-#[cfg(tch_jacobian_native)]
+/// Logs `message` at warn level (the `log` facade) the first time this process sees it from
+/// this call site (the caller of a `#[track_caller]` chain); later calls log nothing.
+#[track_caller]
+pub(crate) fn warn_once(message: &str) {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let at = std::panic::Location::caller();
+    let key = format!("{}:{}: {message}", at.file(), at.line());
+    let first = SEEN.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    if first {
+        log::warn!("{message}");
+    }
+}
+
+/// Logs, once per process, that the engine is not built, the first time `Strategy::Auto` would
+/// have used it.
+#[cfg_attr(tch_jacobian_native, allow(dead_code))]
+pub(crate) fn warn_missing_engine() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::warn!(
+            "the native engine is not in this build ({}): Strategy::Auto runs the row loop or the \
+             replicated strategies instead of one batched pass (slower); build with the default \
+             feature `native` for it",
+            build_status()
+        )
+    });
+}
+
+#[cfg(tch_jacobian_core)]
 extern "C" {
     fn tchj_free_string(s: *mut std::ffi::c_char);
 }
@@ -103,7 +152,7 @@ extern "C" {
 ///
 /// # Safety
 /// `s` is null or a NUL-terminated string from `malloc` that nobody else frees.
-#[cfg(tch_jacobian_native)]
+#[cfg(tch_jacobian_core)]
 unsafe fn take_string(s: *mut std::ffi::c_char) -> Option<String> {
     if s.is_null() {
         return None;
@@ -181,7 +230,8 @@ struct Callback<'a, 'b> {
     error: RefCell<Option<Error>>,
 }
 
-/// The C callback type of both C++ files: `ctx` is a [`Callback`].
+/// The C callback type of `csrc/vmap_grad.cpp` and `csrc/forward_ad.cpp`: `ctx` is a
+/// [`Callback`].
 #[cfg(tch_jacobian_native)]
 type CallbackFn = unsafe extern "C" fn(
     *mut std::ffi::c_void,
@@ -270,6 +320,7 @@ pub(crate) fn vmap_grad(
     vmap_fallback: bool,
     same_randomness: bool,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    ensure_norm_autograd()?;
     use std::ffi::{c_char, c_int, c_void};
     use torch_sys::C_tensor;
     extern "C" {
@@ -336,6 +387,7 @@ pub(crate) fn jacfwd(
     u: &Tensor,
     vmap_fallback: bool,
 ) -> Result<(Tensor, Tensor)> {
+    ensure_norm_autograd()?;
     use std::ffi::{c_char, c_int, c_void};
     use torch_sys::C_tensor;
     extern "C" {
@@ -377,7 +429,7 @@ pub(crate) fn jacfwd(
     Ok(unsafe { (Tensor::from_ptr(columns), Tensor::from_ptr(value)) })
 }
 
-/// Free bytes on CUDA device `device` (`cudaMemGetInfo`, through the C++ file), or `None` on the
+/// Free bytes on CUDA device `device` (`cudaMemGetInfo`, through `csrc/batched_vjp.cpp`), or `None` on the
 /// CPU, without CUDA, or without the engine. Memory cached by libtorch's allocator counts as used.
 ///
 /// ```
@@ -473,8 +525,9 @@ fn engine_error(msg: String) -> Error {
 
 /// The distinct names of the autograd nodes reachable from `y`'s `grad_fn` (e.g.
 /// `NativeLayerNormBackward0`), and how many nodes were visited; empty for a tensor without a
-/// graph. Through the C++ file (tch does not expose `grad_fn`); `None` without the engine.
-#[cfg(tch_jacobian_native)]
+/// graph. Through csrc/graph_scan.cpp (tch does not expose `grad_fn`), part of every build with
+/// libtorch; `None` only in a documentation build (`doc-only`).
+#[cfg(tch_jacobian_core)]
 pub(crate) fn graph_node_names(y: &Tensor) -> Result<Option<(Vec<String>, usize)>> {
     use std::ffi::c_char;
     use torch_sys::C_tensor;
@@ -500,9 +553,38 @@ pub(crate) fn graph_node_names(y: &Tensor) -> Result<Option<(Vec<String>, usize)
     Ok(Some((names, visited as usize)))
 }
 
-#[cfg(not(tch_jacobian_native))]
+#[cfg(not(tch_jacobian_core))]
 pub(crate) fn graph_node_names(_y: &Tensor) -> Result<Option<(Vec<String>, usize)>> {
     Ok(None)
+}
+
+/// Installs the normalizations' autograd kernels that are right at every order
+/// (csrc/norm_autograd.cpp: libtorch's double-backward formulas for `layer_norm`, `batch_norm`
+/// and `instance_norm` record a graph that is wrong one order higher, pytorch#175754 and
+/// #186256), once per process. Called before every backward pass the crate runs, so that a
+/// `create_graph` pass records the right graph whichever strategy, build or thread runs it.
+pub(crate) fn ensure_norm_autograd() -> Result<()> {
+    #[cfg(tch_jacobian_core)]
+    {
+        static INSTALLED: std::sync::OnceLock<std::result::Result<(), String>> =
+            std::sync::OnceLock::new();
+        extern "C" {
+            fn tchj_install_norm_autograd() -> *mut std::ffi::c_char;
+        }
+        let outcome = INSTALLED.get_or_init(|| {
+            // SAFETY: the C++ side catches every exception; a message is malloc'd, taken once.
+            match unsafe { take_string(tchj_install_norm_autograd()) } {
+                None => Ok(()),
+                Some(msg) => Err(msg),
+            }
+        });
+        if let Err(msg) = outcome {
+            return Err(Error::from(tch::TchError::Torch(format!(
+                "installing the normalizations' autograd kernels failed: {msg}"
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a functorch transform is active on this thread (inside the closure of
@@ -574,5 +656,50 @@ mod tests {
         record_fallbacks("aten::a");
         assert_eq!(take_vmap_fallbacks(), ["aten::a", "aten::b"]);
         assert!(take_vmap_fallbacks().is_empty());
+    }
+
+    /// The `csrc/…` file names in `text`, sorted, each once.
+    fn csrc_names(text: &str) -> Vec<String> {
+        let mut names: Vec<String> = text
+            .match_indices("csrc/")
+            .map(|(i, _)| {
+                let rest = &text[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || "_./".contains(c)))
+                    .unwrap_or(rest.len());
+                rest[..end].trim_end_matches('.').to_string()
+            })
+            .filter(|n| n.ends_with(".cpp") || n.ends_with(".h"))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The module docs list every C++ file of csrc/ (no more, no fewer), and build.rs compiles
+    /// every `.cpp` of it.
+    #[test]
+    fn module_docs_list_the_cpp_files() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut on_disk: Vec<String> = std::fs::read_dir(root.join("csrc"))
+            .unwrap()
+            .map(|e| format!("csrc/{}", e.unwrap().file_name().to_string_lossy()))
+            .filter(|n| n.ends_with(".cpp") || n.ends_with(".h"))
+            .collect();
+        on_disk.sort();
+        let source = std::fs::read_to_string(root.join("src/native.rs")).unwrap();
+        let docs: String = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(csrc_names(&docs), on_disk, "src/native.rs's module docs");
+        let build = std::fs::read_to_string(root.join("build.rs")).unwrap();
+        for cpp in on_disk.iter().filter(|n| n.ends_with(".cpp")) {
+            assert!(
+                build.contains(&format!("\"{cpp}\"")),
+                "build.rs does not compile {cpp}"
+            );
+        }
     }
 }

@@ -122,8 +122,10 @@ pub fn per_sample_gradients(
     parameter_jacobian(losses, params, opts)
 }
 
-/// What [`per_sample_gradients_of`] returns.
+/// What [`per_sample_gradients_of`] returns (`#[non_exhaustive]`: fields may be added, so
+/// destructure it with `..`).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct PerSample {
     /// `(name, G_p)` with `G_p = [B, *θ_p.shape]`, in `params`' order.
     pub gradients: Vec<(String, Tensor)>,

@@ -1,15 +1,19 @@
-//! Second derivatives where libtorch (and `torch.func`) are silently wrong, and how the crate
+//! Higher derivatives where libtorch (and `torch.func`) are silently wrong, and how the crate
 //! stays right.
 //!
 //! With `create_graph`, a Jacobian `J` is itself differentiable, and a loss built from it
 //! (`‖J‖_F²`, `⟨R, J⟩`) is back-propagated: `g = ∂⟨R, J⟩/∂x`. A plain autograd row loop and
-//! central finite differences agree on `g`; some of libtorch's rules do not:
+//! central finite differences agree on `g`; some of libtorch's rules do not. Precisely:
 //!
 //! | where | what libtorch does | upstream | what the crate does |
 //! |---|---|---|---|
-//! | batched passes through `layer_norm`, `batch_norm`, `instance_norm` | the vmap batching rule of the backward op computes `x̂` from the saved mean and `1/σ` as constants: `∂J/∂x` misses their terms | pytorch/functorch#534 | its own rules (csrc/norm_rules.cpp) call the unbatched backward op once with the vmap dimension folded in, keeping its correct double-backward formula |
-//! | forward-mode strategies (`Forward`, `VectorizedForward`, [`jvp`](crate::jvp)) under `create_graph` through the same norms | the derivative of their double-backward formula is wrong | pytorch#196700 | `Auto` never picks them there; asked for explicitly, they return [`Error::WrongDerivative`] naming the op |
+//! | second derivatives through `layer_norm`, `batch_norm`, `instance_norm` *under vmap* — measured: with respect to the norm's weight (a loss on `∂y/∂w`, differentiated again), where `torch.func.jacrev` / `vmap(jacrev)` are off by 10⁵× | the vmap batching rule of the backward op computes `x̂` from the saved mean and `1/σ` as constants, so the batched pass's own derivative misses their terms | pytorch/functorch#534 | its own batching rules (csrc/norm_rules.cpp) call the unbatched backward op once with the vmap dimension folded in, keeping its correct double-backward formula |
+//! | third derivatives through the same norms (batch norm: in training mode) in *plain autograd*: a second derivative differentiated again, e.g. forward-mode products by the double-backward trick under `create_graph` (`torch.autograd.functional.jvp(create_graph=True)`) in a loss | libtorch's double-backward formula takes the saved mean and `1/σ` as constants, so differentiating it once more misses their terms (nested `torch.func.jvp` through `layer_norm` is wrong too, pytorch#196700) | pytorch#175754 (layer norm), pytorch#186256 (batch norm) | the crate records its own differentiable backward for these ops during its create_graph passes; the forward-mode strategies (`Forward`, `VectorizedForward`, [`jvp`](crate::jvp)) are also guarded there: `Auto` never picks them, asked for explicitly they return [`Error::WrongDerivative`] naming the op, and `jvp`/`jvp_batched` take `J u` from `J` |
 //! | batched passes through a TorchScript module after its first calls | the profiling executor's optimized graph (`DifferentiableGraphBackward`) loses terms or fails under vmap | – | the crate's module functions run the model with the executor's optimization off under `create_graph`; a built graph that holds such a node is differentiated by the row loop, reported by [`take_reroutes`] |
+//!
+//! Not every second derivative through a norm is wrong: the exact Jacobian penalty
+//! `‖∂h/∂x‖²` through a CNN's LayerNorm, differentiated to the weights, is right in `torch.func`
+//! too (docs/jacobian-regularization.md).
 //!
 //! First-order values are right in every case, and no scan runs without `create_graph`. With it,
 //! one walk over the autograd graph from `y` ([`scan`]) reads the node names; it costs a few
@@ -18,6 +22,9 @@
 //! Separately, `Strategy::Auto` recovers from a batched pass that libtorch refuses (e.g.
 //! `masked_select` with a broadcast mask: its batching rule fails where the row loop works) by
 //! running the row loop, also reported by [`take_reroutes`].
+//!
+//! Every reroute is also reported once per process (per reason and call site) through the `log`
+//! facade at warn level; install `env_logger` or `tracing-log` to see it.
 //!
 //! ```
 //! use tch::{Device, Kind, Tensor};
@@ -43,7 +50,7 @@ use crate::strategy::{Strategy, Work};
 
 /// Autograd nodes whose double-backward formula is wrong one order higher, with the op and the
 /// upstream issue: forward-mode strategies under `create_graph` are wrong through them.
-pub const WRONG_TRIPLE_BACKWARD: [(&str, &str); 8] = [
+pub(crate) const WRONG_TRIPLE_BACKWARD: [(&str, &str); 8] = [
     ("NativeLayerNormBackward0", "layer_norm (pytorch#196700)"),
     (
         "NativeBatchNormBackward0",
@@ -79,10 +86,12 @@ pub const WRONG_TRIPLE_BACKWARD: [(&str, &str); 8] = [
 /// name is `torch::jit::(anonymous namespace)::DifferentiableGraphBackward`).
 pub const JIT_SUBGRAPH_NODE: &str = "DifferentiableGraphBackward";
 
-/// What a scan of the autograd graph from `y` found.
+/// What a scan of the autograd graph from `y` found (`#[non_exhaustive]`: facts may be added).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GraphFacts {
-    /// Nodes of [`WRONG_TRIPLE_BACKWARD`] in the graph.
+    /// The nodes in the graph whose double-backward formula is wrong one order higher (the
+    /// normalizations' backward nodes, e.g. `NativeLayerNormBackward0`; see the module docs).
     pub wrong_triple_backward: Vec<String>,
     /// Whether a TorchScript optimized subgraph ([`JIT_SUBGRAPH_NODE`]) is in the graph.
     pub jit_subgraph: bool,
@@ -119,8 +128,10 @@ pub fn scan(y: &Tensor) -> Result<GraphFacts> {
     })
 }
 
-/// A strategy the crate ran instead of the one resolved or asked for, and why.
+/// A strategy the crate ran instead of the one resolved or asked for, and why
+/// (`#[non_exhaustive]`: fields may be added).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reroute {
     /// The strategy that would have run.
     pub from: Strategy,
@@ -140,7 +151,9 @@ thread_local! {
     static REROUTES: RefCell<Vec<Reroute>> = const { RefCell::new(Vec::new()) };
 }
 
+#[track_caller]
 pub(crate) fn record(reroute: Reroute) {
+    crate::native::warn_once(&reroute.to_string());
     REROUTES.with(|r| {
         let mut r = r.borrow_mut();
         if !r.contains(&reroute) {

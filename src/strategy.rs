@@ -4,11 +4,11 @@
 //! | strategy | backward passes | needs a closure | best for |
 //! |---|---|---|---|
 //! | [`Strategy::RowLoop`] | `m` (one per output element) | no | the notebook; small `m`; any `f` |
-//! | [`Strategy::Batched`] | `⌈m / chunk⌉` batched passes, no extra forward pass | no | everything else (native engine, see [`crate::native`]) |
-//! | [`Strategy::Vectorized`] | `⌈m / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | square and wide Jacobians, GPUs |
-//! | [`Strategy::Forward`] | a closure: none — one forward-mode evaluation on dual tensors (native engine); a built graph: 1 + one batched pass over the `n` identity tangents (1 + `n` without the native engine), double-backward JVPs | no | tall Jacobians (`m ≫ n`): `Auto`'s choice there |
-//! | [`Strategy::VectorizedForward`] | `2·⌈n / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | tall Jacobians with a closure |
-//! | [`Strategy::Auto`] | picks one of the above by shape, see [`Strategy::resolve`] | – | default |
+//! | [`Strategy::Batched`] | `⌈m / chunk⌉` batched passes, no extra forward pass | no | everything else (native engine, see [`crate::native`]): `Auto`'s choice whenever the engine is built, except tall Jacobians on the CPU |
+//! | [`Strategy::Vectorized`] | `⌈m / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | square and wide Jacobians with a closure, without the native engine |
+//! | [`Strategy::Forward`] | a closure: none — one forward-mode evaluation on dual tensors (native engine); a built graph: 1 + one batched pass over the `n` identity tangents (1 + `n` without the native engine), double-backward JVPs | no | tall Jacobians (`m ≫ n`): `Auto`'s choice there on the CPU with the engine |
+//! | [`Strategy::VectorizedForward`] | `2·⌈n / chunk⌉`, over `f` applied to `chunk` copies of `x` | yes, row-wise | tall Jacobians with a closure, without the native engine |
+//! | [`Strategy::Auto`] | picks one of the above by shape, device and build, see [`Strategy::resolve`] | – | default |
 //!
 //! Here `m` is the number of output elements and `n` the number of input elements.
 //!
@@ -16,7 +16,10 @@
 //!
 //! * **row loop** (`RowLoop`, and `Forward` by columns): one ordinary backward pass per row
 //!   (column). Costs `m` passes through the graph, each one small; no assumption about `f`;
-//!   what the notebook does. Auto uses it for at most [`AUTO_ROW_LOOP_MAX_ROWS`] outputs.
+//!   what the notebook does. Auto uses it only without the native engine (for at most 4
+//!   outputs, and where the replicated strategies are out and the Jacobian is not tall), or
+//!   when a batched pass is refused or its second derivatives would be wrong
+//!   ([`crate::second_order::take_reroutes`] reports it).
 //! * **replicated** (`Vectorized`, `VectorizedForward`): `f` evaluated again on `c` stacked copies
 //!   of `x`, one backward pass of the stack. Costs one extra forward over `c` copies (twice the
 //!   arithmetic of a batched pass), needs a row-wise closure. Auto uses it only when the native
@@ -24,12 +27,14 @@
 //! * **batched** (`Batched`, native): one backward pass of the caller's own graph over a batch of
 //!   `c` identity cotangents at a functorch vmap level — what `torch.func.jacrev` does. No
 //!   closure, no extra forward; ops without a batching rule loop over that op only. Auto's
-//!   default whenever the engine is built.
+//!   default whenever the engine is built (on every device; on the CPU except for tall
+//!   Jacobians).
 //! * **columns** (`Forward`, native): for a closure (without `create_graph`), forward-mode AD —
 //!   `f` evaluated once on dual tensors whose tangents are the `n` identity columns at one vmap
 //!   level, torch.func's `jacfwd`; for a built graph (and under `create_graph`), `Jᵀw` once, then
 //!   one batched backward pass of it over the identity tangents (double-backward JVPs). Auto's
-//!   choice for tall Jacobians on the CPU.
+//!   choice for tall Jacobians on the CPU with the engine, and without it for tall Jacobians
+//!   where the replicated strategies are out (no closure, or 16 samples or more on the CPU).
 
 use tch::{Device, Kind, Tensor};
 
@@ -39,7 +44,11 @@ use crate::error::{Error, Result};
 /// A way of computing `J[i, j] = ∂y_i/∂x_j`.
 ///
 /// All strategies produce the same `J` (up to floating-point summation order); they differ in
-/// speed and memory. They all go through the crate's one VJP primitive.
+/// speed and memory.
+///
+/// The enum is `#[non_exhaustive]`: strategies may be added, so a `match` on it outside this
+/// crate needs a `_` arm. Its variants are built as usual
+/// (`Strategy::Batched { chunk_size: Some(64) }`).
 ///
 /// ```
 /// use tch_jacobian::{native, Strategy};
@@ -51,8 +60,10 @@ use crate::error::{Error, Result};
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Strategy {
-    /// Choose by shape; see [`Strategy::resolve`].
+    /// Choose by shape, device and whether the native engine is built; the rules are in
+    /// [`Strategy::resolve`].
     #[default]
     Auto,
     /// The notebook's loop: for each output element `i`, one `run_backward(y_i)` with the graph
@@ -97,34 +108,47 @@ pub enum Strategy {
     /// higher (libtorch's fault, see [`crate::second_order`]): it returns
     /// [`Error::WrongDerivative`] there, and `Auto` does not pick it.
     Forward,
-    /// [`Strategy::Forward`] batched like [`Strategy::Vectorized`] (PyTorch's `jacfwd`): `x` is
-    /// stacked once per input element `j` (in chunks of `chunk_size`), `Y = f(X)`, and the
-    /// double-backward trick with a zero cotangent `U` shaped like `Y` gives all columns of the
-    /// chunk, `Y[r] ↦ J e_{j_r}`, in two backward passes. Same row-wise contract as `Vectorized`;
-    /// the cheapest choice for tall Jacobians (`m ≫ n`) when `f` is available.
+    /// Column by column by the double-backward trick over stacked copies of `x`, as
+    /// [`Strategy::Vectorized`] stacks them for rows: `x` is stacked once per input element `j`
+    /// (in chunks of `chunk_size`), `Y = f(X)`, and the double-backward trick with a zero
+    /// cotangent `U` shaped like `Y` gives all columns of the chunk, `Y[r] ↦ J e_{j_r}`, in two
+    /// backward passes. Same row-wise contract as `Vectorized`.
+    ///
+    /// Not PyTorch's `jacfwd`, which is forward-mode AD under vmap — that is
+    /// [`Strategy::Forward`] with a closure and the native engine. `Auto` picks this one for
+    /// tall Jacobians (`m ≫ n`) with a closure only when the native engine is not built.
     VectorizedForward {
         /// At most this many input elements (columns) per pass; `Some(0)` is an error.
         chunk_size: Option<usize>,
     },
 }
 
-/// Output-to-input ratio above which [`Strategy::Auto`] goes column by column.
+// The tuning constants of `Auto` and the memory rule below are `#[doc(hidden)]`: public only so
+// that doctests (which pin the numbers the docs quote) and bench/ can read them, not part of
+// the stable API. Their values are stated in `Strategy::resolve`'s docs.
+
+/// Output-to-input ratio from which [`Strategy::Auto`] calls a Jacobian tall (`m ≥ 4·n`).
+#[doc(hidden)]
 pub const AUTO_TALL_RATIO: usize = 4;
 
 /// Without the native engine, up to this many output elements [`Strategy::Auto`] keeps the
 /// plain row loop: the vectorized strategies' fixed costs (an extra forward pass and the
 /// row-wise checks) outweigh a few backward passes (n = m = 3: RowLoop 0.17 ms, Vectorized
 /// 0.27 ms on a 2-core CPU).
+#[doc(hidden)]
 pub const AUTO_ROW_LOOP_MAX_ROWS: usize = 4;
 
 /// Without the native engine, from this batch size on, [`Strategy::resolve_batched`]'s `Auto`
 /// loops over rows (or columns) instead of stacking copies, on the CPU: each pass is then a
 /// batched matrix product that keeps the CPU busy, and the loop does half the arithmetic of the
 /// stacked forward + backward (B = 128, 784 → 64: RowLoop 16 ms, Vectorized 25 ms).
+#[doc(hidden)]
 pub const AUTO_BATCH_LOOP_MIN: usize = 16;
 
-/// Element budget (`copies × (n + m)`) under which [`Strategy::Auto`] vectorizes all rows at once;
-/// above it, it chunks to stay near this many elements per pass.
+/// Without the native engine, the element budget (`copies × batch × (n + m)`, 2²⁴) under which
+/// [`Strategy::Auto`] replicates all rows (or columns) at once; above it, it chunks to stay near
+/// this many elements per pass.
+#[doc(hidden)]
 pub const AUTO_VECTORIZE_BUDGET: usize = 1 << 24;
 
 /// Element budget (`rows × batch × (m + n)`) under which [`Strategy::Auto`] runs a
@@ -132,12 +156,15 @@ pub const AUTO_VECTORIZE_BUDGET: usize = 1 << 24;
 /// chunks. Higher than [`AUTO_VECTORIZE_BUDGET`] because a batched pass replicates no forward
 /// and `J` itself (`rows × batch × n`) must fit anyway, while each extra pass costs time: the exact
 /// CAE penalty (B = 128, 784 → 256, create_graph) took 338 ms in one pass and 455 ms in four
-/// chunks of 64 rows on a 2-core CPU (PyTorch's vmap(jacrev): 342 ms).
+/// chunks of 64 rows on a 2-core CPU (PyTorch's vmap(jacrev): 342 ms). On CUDA the chunk comes
+/// from the device's free memory instead ([`chunk_for_memory`]), when it can be read.
+#[doc(hidden)]
 pub const AUTO_BATCHED_BUDGET: usize = 1 << 28;
 
 /// Safety factor of [`chunk_for_memory`]: a pass's working memory per row, in units of one
 /// row's input and output (`batch · (m + n)` elements) — the cotangent row, the gradient row and
 /// the intermediates of the backward pass.
+#[doc(hidden)]
 pub const MEMORY_ROW_FACTOR: u64 = 4;
 
 /// The rows (or stacked copies) per pass that fit `free_bytes` of device memory: `None` when all
@@ -162,6 +189,7 @@ pub const MEMORY_ROW_FACTOR: u64 = 4;
 /// assert_eq!(chunk_for_memory(gib, 65_536, 65_536, 65_536, 1, 4), Some(1));
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
+#[doc(hidden)]
 pub fn chunk_for_memory(
     free_bytes: u64,
     rows: usize,
@@ -183,6 +211,9 @@ pub fn chunk_for_memory(
 /// input elements per sample, `batch` samples (1 for a plain Jacobian), whether the function is
 /// available as a closure, and the device and dtype it runs in.
 ///
+/// `#[doc(hidden)]`, with [`Strategy::resolve_for`]: public for bench/ (which prints what `Auto`
+/// resolved to on a device), not part of the stable API.
+///
 /// ```
 /// use tch::{Device, Kind};
 /// use tch_jacobian::{strategy::Work, Strategy};
@@ -191,6 +222,7 @@ pub fn chunk_for_memory(
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[doc(hidden)]
 pub struct Work {
     /// Output elements per sample.
     pub m: usize,
@@ -228,27 +260,39 @@ fn auto_chunk(copies: usize, per_copy: usize, batch: usize, budget: usize) -> Op
 }
 
 impl Strategy {
-    /// The concrete strategy used for a Jacobian with `m` output and `n` input elements;
-    /// `have_closure` says whether the replicated strategies ([`Strategy::Vectorized`],
-    /// [`Strategy::VectorizedForward`]) are possible.
+    /// The concrete strategy used for a Jacobian with `m` output and `n` input elements on the
+    /// CPU; `have_closure` says whether the replicated strategies ([`Strategy::Vectorized`],
+    /// [`Strategy::VectorizedForward`]) are possible (a `*_of` call). These are the rules every
+    /// call of the crate applies, on its tensors' device; other strategies are returned
+    /// unchanged. A Jacobian is *tall* when `m ≥ 4·n`.
     ///
     /// `Auto` resolves, when the native engine is built ([`crate::native::available`]), to
-    /// * `Forward` for a tall Jacobian, `m ≥ 4·n` ([`AUTO_TALL_RATIO`]), with or without a
-    ///   closure: `Jᵀw` once, then one batched pass over the `n` identity tangents beats one
-    ///   batched pass over `m` rows (16 → 1024 on a 2-core CPU: 0.17–0.30 ms against 1.6–1.8 ms
-    ///   for `Batched` and 0.33–0.58 ms for `VectorizedForward`; PyTorch's jacfwd 0.36 ms);
-    /// * `Batched` otherwise, with or without a closure and at every size (n = m = 3: 0.049 ms
-    ///   against 0.095 ms for the row loop; n = m = 64 … 1024: 3.5× … 16× faster than the row
-    ///   loop, 2× faster than `Vectorized`). `chunk_size = None` when `m · (m + n)` elements fit
-    ///   [`AUTO_BATCHED_BUDGET`] (2²⁸), else a power-of-two chunk that keeps each pass under it.
+    /// * `Forward` for a tall Jacobian on the CPU, with or without a closure: `Jᵀw` once, then
+    ///   one batched pass over the `n` identity tangents (forward-mode AD for a closure) beats
+    ///   one batched pass over `m` rows (16 → 1024 on a 2-core CPU: 0.17–0.30 ms against
+    ///   1.6–1.8 ms for `Batched` and 0.33–0.58 ms for `VectorizedForward`; PyTorch's jacfwd
+    ///   0.36 ms);
+    /// * `Batched` otherwise — on a CUDA device at every shape, tall or not — with or without a
+    ///   closure and at every size (n = m = 3: 0.049 ms against 0.095 ms for the row loop;
+    ///   n = m = 64 … 1024: 3.5× … 16× faster than the row loop, 2× faster than `Vectorized`).
+    ///   On the CPU `chunk_size = None` when `m · (m + n)` elements (times the batch, see
+    ///   [`Strategy::resolve_batched`]) fit a budget of 2²⁸ (1 GiB of float32), else the
+    ///   power-of-two chunk that keeps each pass under it; on CUDA the chunk comes from the
+    ///   device's free memory (`J` set aside, 10 % left to the allocator), so a `J` that fits is
+    ///   computed in as few passes as memory allows.
     ///
     /// Without the engine, to
-    /// * `RowLoop` for at most [`AUTO_ROW_LOOP_MAX_ROWS`] outputs;
-    /// * with a closure `VectorizedForward` when tall, else `Vectorized`, chunked by
-    ///   [`AUTO_VECTORIZE_BUDGET`] (2²⁴) in the same way;
-    /// * without one `Forward` when tall, else `RowLoop`.
+    /// * `RowLoop` for at most 4 outputs, on any device;
+    /// * where a closure is usable (a `*_of` call on CUDA, or on the CPU with fewer than 16
+    ///   samples): `VectorizedForward` when tall, else `Vectorized`, chunked the same way by a
+    ///   budget of 2²⁴ elements (on CUDA too: without the engine the free memory is not read);
+    /// * otherwise `Forward` when tall, else `RowLoop` — on CUDA as well, although a loop of
+    ///   small backward passes is launch-bound there (H100, B = 128, 784 → 64: row loop 7.4 ms,
+    ///   replicated forward 0.73 ms).
     ///
-    /// Other strategies are returned unchanged.
+    /// Under `create_graph` the crate may still run another strategy than the one resolved, where
+    /// libtorch's second derivatives would be wrong or a batched pass is refused
+    /// ([`crate::second_order`]; [`crate::second_order::take_reroutes`] reports it).
     ///
     /// ```
     /// use tch_jacobian::{native, Strategy};
@@ -263,18 +307,23 @@ impl Strategy {
     ///     assert_eq!(Strategy::Auto.resolve(1024, 16, false), Strategy::Forward);
     ///     assert_eq!(Strategy::Auto.resolve(256, 256, true), Strategy::Vectorized { chunk_size: None });
     /// }
+    /// # use tch_jacobian::strategy as s;
+    /// # // The numbers quoted above.
+    /// # assert_eq!((s::AUTO_TALL_RATIO, s::AUTO_ROW_LOOP_MAX_ROWS, s::AUTO_BATCH_LOOP_MIN), (4, 4, 16));
+    /// # assert_eq!((s::AUTO_BATCHED_BUDGET, s::AUTO_VECTORIZE_BUDGET), (1 << 28, 1 << 24));
     /// # Ok::<(), tch_jacobian::Error>(())
     /// ```
     pub fn resolve(self, m: usize, n: usize, have_closure: bool) -> Strategy {
         self.resolve_batched(m, n, 1, have_closure)
     }
 
-    /// [`Strategy::resolve`] for `batch` samples evaluated together (per-sample Jacobians): the
-    /// same rules, with the element budget shared by the batch (`chunk · batch · (m + n) ≤ 2²⁴`).
-    /// Without the native engine, from [`AUTO_BATCH_LOOP_MIN`] samples on `Auto` loops over rows
-    /// (or columns) instead of stacking copies: each pass is then a batched matrix product, and
-    /// the loop does half the arithmetic of the stacked forward + backward (B = 128, 784 → 64:
-    /// RowLoop 16 ms, Vectorized 25 ms on a 2-core CPU).
+    /// [`Strategy::resolve`] for `batch` samples evaluated together (per-sample Jacobians), on
+    /// the CPU: the same rules, with the element budget shared by the batch
+    /// (`chunk · batch · (m + n) ≤ 2²⁸` for `Batched` with the native engine, `≤ 2²⁴` for the
+    /// replicated strategies without it). Without the native engine, from 16 samples on `Auto`
+    /// loops over rows (or columns) instead of stacking copies: each pass is then a batched
+    /// matrix product, and the loop does half the arithmetic of the stacked forward + backward
+    /// (B = 128, 784 → 64: RowLoop 16 ms, Vectorized 25 ms on a 2-core CPU).
     ///
     /// ```
     /// use tch_jacobian::{native, Strategy};
@@ -298,21 +347,11 @@ impl Strategy {
         })
     }
 
-    /// The concrete strategy for `work` on its device — what every call of the crate uses.
-    /// [`Strategy::resolve`] and [`Strategy::resolve_batched`] are this on the CPU.
+    /// The concrete strategy for `work` on its device — what every call of the crate uses;
+    /// the rules, on the CPU and on CUDA, are in [`Strategy::resolve`], which (with
+    /// [`Strategy::resolve_batched`]) is this on the CPU.
     ///
-    /// On the CPU the rules are those of [`Strategy::resolve`] (batches share the element
-    /// budget). On a CUDA device a loop of small backward passes is launch-bound — the worst
-    /// choice (H100, B = 128, 784 → 64: row loop 7.4 ms, replicated forward 0.73 ms; n = 1024: row
-    /// loop 117 ms, replicated 0.74 ms) — so `Auto` resolves to
-    /// * `Batched` at every size when the native engine is built (one pass; a probe of it on the
-    ///   H100 beat PyTorch's best at n = 64 … 4096, the batch and the exact penalty), with the
-    ///   chunk taken from the device's free memory ([`chunk_for_memory`]);
-    /// * without the engine, with a closure `Vectorized` (`VectorizedForward` when tall) at every
-    ///   batch size, chunked the same way; without one `Forward` when tall, else `RowLoop` (the
-    ///   only strategies that need no closure).
-    ///
-    /// When the free memory cannot be read (no engine), CUDA chunks by the element budgets.
+    /// `#[doc(hidden)]` with [`Work`]: public for bench/, not part of the stable API.
     ///
     /// ```
     /// use tch::{Device, Kind};
@@ -323,10 +362,16 @@ impl Strategy {
     /// if !native::available() {
     ///     assert_eq!(on_cpu, Strategy::RowLoop); // loops over rows from 16 samples on
     ///     let on_gpu = Strategy::Auto.resolve_for(&Work { device: Device::Cuda(0), ..batch });
-    ///     assert!(matches!(on_gpu, Strategy::Vectorized { .. })); // never a loop on a GPU
+    ///     assert!(matches!(on_gpu, Strategy::Vectorized { .. })); // the closure is used on a GPU
+    ///     let tiny = Work { m: 4, device: Device::Cuda(0), ..batch };
+    ///     assert_eq!(Strategy::Auto.resolve_for(&tiny), Strategy::RowLoop); // at most 4 outputs
+    /// } else {
+    ///     let on_gpu = Strategy::Auto.resolve_for(&Work { m: 1024, n: 16, device: Device::Cuda(0), ..batch });
+    ///     assert!(matches!(on_gpu, Strategy::Batched { .. })); // tall, but not Forward on CUDA
     /// }
     /// # Ok::<(), tch_jacobian::Error>(())
     /// ```
+    #[doc(hidden)]
     pub fn resolve_for(self, work: &Work) -> Strategy {
         if self != Strategy::Auto {
             return self;
@@ -377,6 +422,7 @@ fn auto_for(work: &Work, forward_mode: bool) -> Strategy {
             }
         };
     }
+    crate::native::warn_missing_engine(); // once per process
     if m <= AUTO_ROW_LOOP_MAX_ROWS {
         return Strategy::RowLoop;
     }
@@ -444,7 +490,12 @@ impl Strategy {
 /// assert_eq!(seen.get(), (4, 4)); // 4 of 4 rows
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
+///
+/// `#[non_exhaustive]`: options may be added, so outside this crate it is built from
+/// [`JacobianOptions::default`] and the setters, not by a struct literal; its fields stay
+/// readable.
 #[derive(Clone, Copy)]
+#[non_exhaustive]
 pub struct JacobianOptions<'a> {
     /// Keep the result differentiable (PyTorch's `create_graph`).
     pub create_graph: bool,
@@ -461,8 +512,10 @@ pub struct JacobianOptions<'a> {
 /// How far a Jacobian computation is, handed to [`JacobianOptions::progress`] after each pass:
 /// `done` of `total` rows of `J` (columns for [`Strategy::Forward`] and
 /// [`Strategy::VectorizedForward`]), computed by `strategy` (the concrete one: what `Auto`
-/// resolved to, or `RowLoop` when a model's Jacobian falls back to it).
+/// resolved to, or `RowLoop` when a model's Jacobian falls back to it). `#[non_exhaustive]`:
+/// fields may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// The strategy running.
     pub strategy: Strategy,
@@ -584,8 +637,8 @@ impl std::fmt::Display for Strategy {
 
 impl Strategy {
     /// Every strategy's name, as [`Display`](std::fmt::Display) writes it and
-    /// [`FromStr`](std::str::FromStr) reads it.
-    pub const NAMES: [&'static str; 6] = [
+    /// [`FromStr`](std::str::FromStr) reads it. A slice, not an array: it grows with the enum.
+    pub const NAMES: &[&str] = &[
         "auto",
         "row-loop",
         "batched",

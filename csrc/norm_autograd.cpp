@@ -1,0 +1,453 @@
+// Autograd kernels for the normalizations' backward ops that are right at every order.
+//
+// libtorch 2.11's double-backward formulas for native_layer_norm_backward and the batch-norm
+// backward ops (derivatives.yaml: layer_norm_double_backward, batchnorm_double_backward) take
+// the saved mean and 1/σ (non-differentiable outputs of the forward op) as constants. The
+// second derivatives they compute are right (the formula holds the statistics' terms
+// analytically), but the graph they record under create_graph misses ∂mean/∂input and
+// ∂rstd/∂input: third and higher derivatives through layer_norm, batch_norm (training) and
+// instance_norm are wrong in plain autograd (pytorch#175754 for layer norm, #186256 for batch
+// norm), and so is every PINN or Hessian penalty trained through a norm layer.
+//
+// The kernels here replace those ops' kernels on the Autograd key:
+//   * nothing to record (grad mode off — a plain backward pass — or no input requires grad):
+//     the op below autograd, exactly as libtorch runs it;
+//   * recording (a create_graph pass): the same fused op gives the values, under a node
+//     (NormBackward) whose backward differentiates a composite of the same formula, with the
+//     statistics recomputed from `input` (values kept equal to the saved ones), by a nested
+//     autograd::grad — with create_graph when that backward is itself recorded. The recorded
+//     graph is then made of ordinary ops, whose derivatives are right at every order.
+// The nested grad differentiates fresh views of gO, input and weight, so that it computes
+// partial derivatives even when gO itself depends on input (as it does in a Hessian).
+//
+// Needs no functorch header: it is part of every build with libtorch (not of the optional
+// engine), so values do not depend on an optional part. Installed once per process at the
+// first create_graph pass (tchj_install_norm_autograd), replacing libtorch's kernels for every
+// create_graph pass in the process, which only makes those values right.
+//
+// Contract with Rust (src/native.rs): no C++ exception crosses the boundary.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using Grads = std::tuple<Tensor, Tensor, Tensor>;
+using OptTensor = std::optional<Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool defined(const OptTensor& t) {
+  return t.has_value() && t->defined();
+}
+
+bool requires_grad(const OptTensor& t) {
+  return defined(t) && t->requires_grad();
+}
+
+// `saved` with the derivatives of `recomputed` (equal values): saved + (r − r.detach()).
+Tensor with_grad_of(const Tensor& saved, const Tensor& recomputed) {
+  return saved + (recomputed - recomputed.detach());
+}
+
+// What a NormBackward node needs besides gO, input and weight.
+struct Spec {
+  bool layer = true;               // layer norm (else batch norm)
+  std::vector<int64_t> norm_dims;  // layer norm: the normalized (last) dims
+  bool train = true;               // batch norm: batch statistics (else running ones)
+  double eps = 0.0;                // batch norm
+  Tensor mean, rstd;               // saved statistics (batch norm: [C]; layer norm: keepdim shape)
+  Tensor running_mean, running_var;
+  std::array<bool, 3> mask{true, true, true};
+  bool has_weight = false;
+};
+
+std::vector<int64_t> complement(int64_t dim, const std::vector<int64_t>& dims) {
+  std::vector<int64_t> out;
+  for (int64_t d = 0; d < dim; ++d) {
+    bool in = false;
+    for (auto k : dims) in = in || k == d;
+    if (!in) out.push_back(d);
+  }
+  return out;
+}
+
+// The backward formula as ordinary ops of (gO, x, w), with the statistics recomputed from x:
+// x̂ = (x − μ)·r, gI = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = gO·w (batch statistics),
+// gI = ĝ·r (running statistics), gW = Σ gO·x̂, gB = Σ gO.
+Grads composite(const Spec& s, const Tensor& go, const Tensor& x, const Tensor& w) {
+  Tensor xhat, r, gx;
+  std::vector<int64_t> dims;  // the dims the statistics reduce over
+  std::vector<int64_t> rest;  // the dims gW and gB sum over
+  std::vector<int64_t> bshape(x.dim(), 1);
+  if (s.layer) {
+    dims = s.norm_dims;
+    rest = complement(x.dim(), dims);
+    auto mu = x.mean(dims, /*keepdim=*/true);
+    auto var = (x - mu).square().mean(dims, /*keepdim=*/true);
+    auto mean = s.mean.to(x.scalar_type()).reshape(mu.sizes());
+    auto rstd = s.rstd.to(x.scalar_type()).reshape(mu.sizes());
+    // rstd = (var + eps)^(-1/2) exactly; eps recovered from the saved rstd.
+    auto eps = (rstd.pow(-2) - var).detach();
+    r = with_grad_of(rstd, (var + eps).rsqrt());
+    xhat = (x - with_grad_of(mean, mu)) * r;
+    gx = s.has_weight ? go * w : go;
+  } else {
+    bshape[1] = x.size(1);
+    rest = complement(x.dim(), {1});
+    dims = rest;
+    if (s.train) {
+      auto mu = x.mean(dims, /*keepdim=*/true);
+      auto var = (x - mu).square().mean(dims, /*keepdim=*/true);
+      auto mean = s.mean.to(x.scalar_type()).reshape(bshape);
+      auto rstd = s.rstd.to(x.scalar_type()).reshape(bshape);
+      r = with_grad_of(rstd, (var + s.eps).rsqrt());
+      xhat = (x - with_grad_of(mean, mu)) * r;
+    } else {
+      r = (s.running_var.to(x.scalar_type()) + s.eps).rsqrt().reshape(bshape);
+      xhat = (x - s.running_mean.to(x.scalar_type()).reshape(bshape)) * r;
+    }
+    gx = s.has_weight ? go * w.reshape(bshape) : go;
+  }
+  Tensor gi, gw, gb;
+  if (s.mask[0]) {
+    if (s.layer || s.train) {
+      gi = r * (gx - gx.mean(dims, /*keepdim=*/true) -
+                xhat * (gx * xhat).mean(dims, /*keepdim=*/true));
+    } else {
+      gi = gx * r;
+    }
+  }
+  if (s.mask[1] && s.has_weight) {
+    auto prod = go * xhat;
+    gw = rest.empty() ? prod : prod.sum(rest);
+  }
+  if (s.mask[2]) {
+    gb = rest.empty() ? go.clone() : go.sum(rest);
+  }
+  return {gi, gw, gb};
+}
+
+// The node recorded for a create_graph pass: values from the fused op, derivatives from the
+// composite above.
+struct NormBackward : public torch::autograd::Function<NormBackward> {
+  static variable_list forward(
+      AutogradContext* ctx,
+      const Tensor& go,
+      const Tensor& x,
+      const OptTensor& w,
+      const Spec& spec,
+      const std::function<Grads()>& values) {
+    ctx->save_for_backward({go, x, w.value_or(Tensor())});
+    ctx->saved_data["layer"] = spec.layer;
+    ctx->saved_data["norm_dims"] = spec.norm_dims;
+    ctx->saved_data["train"] = spec.train;
+    ctx->saved_data["eps"] = spec.eps;
+    ctx->saved_data["mean"] = spec.mean;
+    ctx->saved_data["rstd"] = spec.rstd;
+    ctx->saved_data["running_mean"] = spec.running_mean;
+    ctx->saved_data["running_var"] = spec.running_var;
+    ctx->saved_data["mask"] = std::vector<bool>{spec.mask[0], spec.mask[1], spec.mask[2]};
+    ctx->saved_data["has_weight"] = spec.has_weight;
+    // Only the defined outputs become the node's outputs (autograd cannot wrap an undefined
+    // one); which ones is kept for the backward and for as_grads.
+    auto [gi, gw, gb] = values();
+    variable_list outs;
+    std::vector<bool> present;
+    for (const auto& t : {gi, gw, gb}) {
+      present.push_back(t.defined());
+      if (t.defined()) outs.push_back(t);
+    }
+    ctx->saved_data["present"] = present;
+    return outs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Spec s;
+    s.layer = ctx->saved_data["layer"].toBool();
+    s.norm_dims = ctx->saved_data["norm_dims"].toIntVector();
+    s.train = ctx->saved_data["train"].toBool();
+    s.eps = ctx->saved_data["eps"].toDouble();
+    s.mean = ctx->saved_data["mean"].toTensor();
+    s.rstd = ctx->saved_data["rstd"].toTensor();
+    s.running_mean = ctx->saved_data["running_mean"].toTensor();
+    s.running_var = ctx->saved_data["running_var"].toTensor();
+    auto mask = ctx->saved_data["mask"].toBoolList();
+    s.mask = {mask[0], mask[1], mask[2]};
+    s.has_weight = ctx->saved_data["has_weight"].toBool();
+
+    // Recorded when this backward is itself recorded (a create_graph pass one order up).
+    const bool create = at::GradMode::is_enabled();
+    at::AutoGradMode enable(true);
+    // Fresh differentiable stand-ins: views (connected to gO, input, weight) when recording,
+    // detached leaves otherwise.
+    auto stand_in = [&](const Tensor& t) -> Tensor {
+      if (!t.defined()) return t;
+      if (create && t.requires_grad()) return t.view_as(t);
+      return t.detach().requires_grad_(true);
+    };
+    Tensor go = stand_in(saved[0]);
+    Tensor x = stand_in(saved[1]);
+    Tensor w = stand_in(saved[2]);
+    auto [gi, gw, gb] = composite(s, go, x, w);
+
+    variable_list outs, gouts;
+    std::array<Tensor, 3> computed{gi, gw, gb};
+    auto present = ctx->saved_data["present"].toBoolList();
+    size_t slot = 0;  // index into `grads`, one per present output
+    for (size_t k = 0; k < 3; ++k) {
+      if (!present[k]) continue;
+      const Tensor& grad = grads[slot++];
+      if (computed[k].defined() && grad.defined()) {
+        outs.push_back(computed[k]);
+        gouts.push_back(grad);
+      }
+    }
+    variable_list ins{go, x};
+    if (w.defined()) ins.push_back(w);
+    variable_list result(5);  // gO, input, weight, spec, values
+    if (outs.empty()) {
+      return result;
+    }
+    auto g = torch::autograd::grad(
+        outs, ins, gouts, /*retain_graph=*/create, /*create_graph=*/create, /*allow_unused=*/true);
+    result[0] = g[0];
+    result[1] = g[1];
+    if (w.defined()) result[2] = g[2];
+    return result;
+  }
+};
+
+// Whether a backward op's call records a graph: grad mode on and an input requiring grad.
+bool recording(const Tensor& go, const Tensor& x, const OptTensor& w) {
+  return at::GradMode::is_enabled() &&
+         (go.requires_grad() || x.requires_grad() || requires_grad(w));
+}
+
+variable_list as_list(const Grads& g) {
+  return {std::get<0>(g), std::get<1>(g), std::get<2>(g)};
+}
+
+// The node's outputs (the defined ones of the fused op's three, see NormBackward::forward) in
+// their three places.
+Grads as_grads(const variable_list& v, const Grads& shape_of) {
+  std::array<Tensor, 3> out;
+  std::array<bool, 3> present{std::get<0>(shape_of).defined(), std::get<1>(shape_of).defined(),
+                              std::get<2>(shape_of).defined()};
+  size_t slot = 0;
+  for (size_t k = 0; k < 3; ++k) {
+    if (present[k]) out[k] = v[slot++];
+  }
+  return {out[0], out[1], out[2]};
+}
+
+// A recorded call: the fused op's values as the outputs of a NormBackward node.
+Grads record(
+    const Tensor& go,
+    const Tensor& x,
+    const OptTensor& w,
+    const Spec& s,
+    const std::function<Grads()>& below) {
+  Grads fused;
+  std::function<Grads()> values = [&] {
+    fused = below();
+    return fused;
+  };
+  auto outs = NormBackward::apply(go, x, w, s, values);
+  return as_grads(outs, fused);
+}
+
+// ---- the kernels ----------------------------------------------------------------------------
+
+Grads layer_norm_backward(
+    const Tensor& grad_out,
+    const Tensor& input,
+    c10::SymIntArrayRef normalized_shape,
+    const Tensor& mean,
+    const Tensor& rstd,
+    const OptTensor& weight,
+    const OptTensor& bias,
+    std::array<bool, 3> mask) {
+  auto below = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return at::native_layer_norm_backward_symint(
+        grad_out, input, normalized_shape, mean, rstd, weight, bias, mask);
+  };
+  if (!recording(grad_out, input, weight)) {
+    return below();
+  }
+  Spec s;
+  s.layer = true;
+  for (int64_t d = input.dim() - static_cast<int64_t>(normalized_shape.size()); d < input.dim();
+       ++d) {
+    s.norm_dims.push_back(d);
+  }
+  s.mean = mean.detach();
+  s.rstd = rstd.detach();
+  s.mask = {mask[0], mask[1] && defined(weight), mask[2] && defined(bias)};
+  s.has_weight = defined(weight);
+  return record(grad_out, input, weight, s, below);
+}
+
+Spec batch_spec(
+    const OptTensor& weight,
+    const OptTensor& running_mean,
+    const OptTensor& running_var,
+    const OptTensor& save_mean,
+    const OptTensor& save_invstd,
+    bool train,
+    double eps,
+    std::array<bool, 3> mask) {
+  Spec s;
+  s.layer = false;
+  s.train = train;
+  s.eps = eps;
+  if (defined(save_mean)) s.mean = save_mean->detach();
+  if (defined(save_invstd)) s.rstd = save_invstd->detach();
+  if (defined(running_mean)) s.running_mean = running_mean->detach();
+  if (defined(running_var)) s.running_var = running_var->detach();
+  s.mask = {mask[0], mask[1] && defined(weight), mask[2]};
+  s.has_weight = defined(weight);
+  return s;
+}
+
+// Training mode differentiates through the saved batch statistics, evaluation mode through the
+// running ones; a recorded call without them is an error (libtorch never makes one).
+void check_composable(const Spec& s, const char* op) {
+  TORCH_CHECK(
+      s.train ? (s.mean.defined() && s.rstd.defined())
+              : (s.running_mean.defined() && s.running_var.defined()),
+      "tch-jacobian: ", op, " under create_graph without the ",
+      s.train ? "saved batch statistics" : "running statistics", " it needs");
+}
+
+Grads native_batch_norm_backward(
+    const Tensor& grad_out,
+    const Tensor& input,
+    const OptTensor& weight,
+    const OptTensor& running_mean,
+    const OptTensor& running_var,
+    const OptTensor& save_mean,
+    const OptTensor& save_invstd,
+    bool train,
+    double eps,
+    std::array<bool, 3> mask) {
+  auto below = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return at::native_batch_norm_backward(
+        grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train, eps,
+        mask);
+  };
+  if (!recording(grad_out, input, weight)) {
+    return below();
+  }
+  auto s = batch_spec(weight, running_mean, running_var, save_mean, save_invstd, train, eps, mask);
+  check_composable(s, "native_batch_norm_backward");
+  return record(grad_out, input, weight, s, below);
+}
+
+// The backward of _batch_norm_with_update / _batch_norm_no_update: `update` is training mode,
+// `save_var` holds the inverse standard deviation.
+Grads batch_norm_backward(
+    const Tensor& grad_out,
+    const Tensor& input,
+    const Tensor& weight,
+    const OptTensor& running_mean,
+    const OptTensor& running_var,
+    const OptTensor& save_mean,
+    const OptTensor& save_var,
+    bool update,
+    double eps,
+    std::array<bool, 3> mask,
+    const Tensor& reserve) {
+  auto below = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return at::batch_norm_backward(
+        grad_out, input, weight, running_mean, running_var, save_mean, save_var, update, eps,
+        mask, reserve);
+  };
+  OptTensor w = weight.defined() ? OptTensor(weight) : OptTensor();
+  if (!recording(grad_out, input, w)) {
+    return below();
+  }
+  auto s = batch_spec(w, running_mean, running_var, save_mean, save_var, update, eps, mask);
+  check_composable(s, "batch_norm_backward");
+  return record(grad_out, input, w, s, below);
+}
+
+// cuDNN's backward is the training-mode one (`save_var` holds 1/σ; derivatives.yaml
+// differentiates it as batch norm with train = true).
+Grads cudnn_batch_norm_backward(
+    const Tensor& input,
+    const Tensor& grad_output,
+    const Tensor& weight,
+    const OptTensor& running_mean,
+    const OptTensor& running_var,
+    const OptTensor& save_mean,
+    const OptTensor& save_var,
+    double epsilon,
+    const Tensor& reserve_space) {
+  auto below = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return at::cudnn_batch_norm_backward(
+        input, grad_output, weight, running_mean, running_var, save_mean, save_var, epsilon,
+        reserve_space);
+  };
+  OptTensor w = weight.defined() ? OptTensor(weight) : OptTensor();
+  if (!recording(grad_output, input, w)) {
+    return below();
+  }
+  auto s = batch_spec(w, running_mean, running_var, save_mean, save_var, true, epsilon,
+                      {true, true, true});
+  check_composable(s, "cudnn_batch_norm_backward");
+  return record(grad_output, input, w, s, below);
+}
+
+char* copy_message(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, s.c_str(), s.size() + 1);
+  }
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Installs the kernels above on the Autograd key, once per process. Returns nullptr or a
+// malloc'd message.
+char* tchj_install_norm_autograd() {
+  static std::once_flag once;
+  try {
+    std::call_once(once, [] {
+      // Leaked on purpose: the registration lasts as long as the library object.
+      auto* lib = new torch::Library(
+          torch::Library::IMPL, "aten", c10::DispatchKey::Autograd, __FILE__, __LINE__);
+      lib->impl("native_layer_norm_backward", TORCH_FN(layer_norm_backward));
+      lib->impl("native_batch_norm_backward", TORCH_FN(native_batch_norm_backward));
+      lib->impl("batch_norm_backward", TORCH_FN(batch_norm_backward));
+      lib->impl("cudnn_batch_norm_backward", TORCH_FN(cudnn_batch_norm_backward));
+    });
+    return nullptr;
+  } catch (const std::exception& e) {
+    return copy_message(e.what());
+  } catch (...) {
+    return copy_message("unknown C++ exception installing the normalizations' autograd kernels");
+  }
+}
+
+}  // extern "C"
