@@ -11,6 +11,9 @@
 //! per-sample `J[b, i..., j...] = ∂f(x)[b, i...]/∂x[b, j...]` (shape `[B, *out, *in]`). Every
 //! failure is one line on stderr, `tch-jacobian: error: …`, and exit status 1.
 //!
+//! A TorchScript file is a program: loading an untrusted model is running untrusted code
+//! (PyTorch's security policy), so only give `--model` files from sources you trust.
+//!
 //! Install: `cargo install --path cli` (from a checkout where `scripts/setup-libtorch` ran).
 mod npy;
 
@@ -52,11 +55,14 @@ errors to stderr as one line, with exit status 1.";
     long_about = "Jacobian of a TorchScript model by reverse-mode autograd (libtorch), written as .npy.\n\n\
         J[i..., j...] = ∂f(x)[i...]/∂x[j...] has shape [*out, *in] — PyTorch's \
         torch.autograd.functional.jacobian(model, x); with --batch, J[b] = ∂f(x)[b]/∂x[b] has \
-        shape [B, *out, *in] — torch.func.vmap(torch.func.jacrev(model))(x).",
+        shape [B, *out, *in] — torch.func.vmap(torch.func.jacrev(model))(x).\n\n\
+        A TorchScript file is a program: loading an untrusted model is running untrusted code \
+        (PyTorch's security policy). Only load models from sources you trust.",
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// TorchScript model (torch.jit.save) whose forward takes one tensor
+    /// TorchScript model (torch.jit.save) whose forward takes one tensor. It is a program that
+    /// runs when loaded: only load models from sources you trust
     #[arg(short, long, value_name = "MODEL.pt")]
     model: PathBuf,
     /// Input tensor x, a .npy file (np.save; C or Fortran order, any shape)
@@ -242,6 +248,8 @@ fn run(args: &Args) -> Result<(), String> {
         .and_then(|s| s.f_double_value(&[]))
         .map_err(|e| e.to_string())?
         .sqrt();
+    // tch's writer: its header, `(4,5,)`, is one that both NumPy and tch's `Tensor::read_npy`
+    // read (npyz writes `(4, 5, )`, which tch's reader rejects).
     j_cpu.write_npy(&args.output).map_err(|e| {
         format!(
             "cannot write J to {}: {}",

@@ -284,6 +284,10 @@ fn help_has_an_example() {
         stdout.contains("tch-jacobian --model m.pt --input x.npy"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("only load models from sources you trust"),
+        "{stdout}"
+    );
     for flag in [
         "--batch",
         "--strategy",
