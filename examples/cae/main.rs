@@ -16,13 +16,13 @@
 //! The parts: [`data`] (the points), [`model`] (the auto-encoder and its training), [`eval`]
 //! (held-out statistics) and [`plot`] (the SVG).
 //!
-//! Runs on CUDA when available (`--device cpu|cuda|cuda:N` to choose).
+//! Runs on CUDA when available (`--device cpu|cuda|cuda:N|auto` to choose).
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use tch::nn::{self, Module, OptimizerConfig};
@@ -31,167 +31,97 @@ mod data;
 #[path = "../jacobian_reg/digits.rs"]
 mod digits;
 mod eval;
+#[path = "../jacobian_reg/flags.rs"]
+mod flags;
 mod model;
 mod plot;
 
 use data::*;
 use eval::*;
+use flags::*;
 use model::*;
 use plot::*;
 use tch_jacobian::{
-    batch_jacobian, contractive_penalty, parse_device, sigmoid_linear_frobenius_sq, Estimator,
-    JacobianOptions,
+    batch_jacobian, contractive_penalty, sigmoid_linear_frobenius_sq, Estimator, JacobianOptions,
 };
 
 /// Draws per cell of the estimator-noise table.
 const NOISE_DRAWS: u64 = 100;
 
-const USAGE: &str = "\
+const ABOUT: &str = "\
 cae: a plain and a contractive auto-encoder (sigmoid encoder, linear decoder), compared on
-held-out points: reconstruction error, mean |J|_F and the singular values of J.
-
-usage: cargo run --release --example cae -- [OPTIONS]
-
-  --estimator E     penalty estimator while training: closed-form (default), exact (one batched
-                    backward pass), projections (unbiased, noisy), hutchpp (Hutch++: unbiased,
-                    a sketch of J's top directions exact, projections for the rest)
-  --k K             products per step for --estimator projections or hutchpp (default 1)
-  --lambda L        penalty weight of the CAE (default 4; digits: 0.1; MNIST: 0.1)
-  --hidden M        hidden units (default 32; MNIST: 256)
-  --epochs N        training epochs (default 300; MNIST: 5)
-  --batch-size B    mini-batch size (default 128)
-  --lr R            Adam learning rate (default 0.003; MNIST: 0.001)
-  --seed S          seed of the data and of torch's generator (default 0)
-  --digits          train on the 8x8 digits of data/digits (1437 training, 360 held-out
-                    images, 64 pixels in [0, 1]) instead of the curved sheet
-  --mnist DIR       train on MNIST: DIR holds train-images-idx3-ubyte, train-labels-idx1-ubyte,
-                    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (uncompressed)
-  --device D        cpu, cuda or cuda:N (default: CUDA when available)
-  --threads T       libtorch CPU threads (default: libtorch's choice)
-  --plot PATH       SVG plot of both spectra (default target/cae-spectrum.svg)
-  -h, --help        this help";
+held-out points: reconstruction error, mean |J|_F and the singular values of J.";
 
 /// Which [`Estimator`] the CAE trains with.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum EstimatorArg {
+    /// Exact, in closed form from the sigmoid layer's weights (no backward pass)
     ClosedForm,
+    /// One batched backward pass over J's rows
     Exact,
+    /// Unbiased, noisy: k random projections
     Projections,
+    /// Hutch++: unbiased, a sketch of J's top directions exact, projections for the rest
+    #[value(name = "hutchpp")]
     HutchPlusPlus,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "cae",
+    about = ABOUT,
+    override_usage = "cargo run --release --example cae -- [OPTIONS]"
+)]
 struct Args {
+    /// Penalty estimator while training
+    #[arg(long, value_enum, value_name = "E", default_value = "closed-form")]
     estimator: EstimatorArg,
+    /// Products per step for --estimator projections or hutchpp
+    #[arg(long, value_name = "K", allow_negative_numbers = true,
+        value_parser = at_least_one::<usize>, default_value = "1")]
     k: usize,
+    /// Penalty weight of the CAE [default: 4; digits: 0.1; MNIST: 0.1]
+    #[arg(long, value_name = "L", allow_negative_numbers = true,
+        value_parser = non_negative)]
     lambda: Option<f64>,
+    /// Hidden units [default: 32; MNIST: 256]
+    #[arg(long, value_name = "M", allow_negative_numbers = true,
+        value_parser = at_least_one::<i64>)]
     hidden: Option<i64>,
+    /// Training epochs [default: 300; MNIST: 5]
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+        value_parser = at_least_one::<usize>)]
     epochs: Option<usize>,
+    /// Mini-batch size
+    #[arg(long, value_name = "B", allow_negative_numbers = true,
+        value_parser = at_least_one::<i64>, default_value = "128")]
     batch_size: i64,
+    /// Adam learning rate [default: 0.003; MNIST: 0.001]
+    #[arg(long, value_name = "R", allow_negative_numbers = true,
+        value_parser = positive)]
     lr: Option<f64>,
+    /// Seed of the data and of torch's generator
+    #[arg(long, value_name = "S", allow_negative_numbers = true,
+        value_parser = number::<i64>, default_value = "0")]
     seed: i64,
+    /// Train on the 8x8 digits of data/digits (1437 training, 360 held-out images, 64 pixels in
+    /// [0, 1]) instead of the curved sheet
+    #[arg(long)]
     digits: bool,
+    /// Train on MNIST: DIR holds train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (uncompressed)
+    #[arg(long, value_name = "DIR", conflicts_with = "digits")]
     mnist: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto [default: auto, CUDA when available]
+    #[arg(long, value_name = "D", value_parser = device)]
     device: Option<Device>,
+    /// libtorch CPU threads [default: libtorch's choice]
+    #[arg(long, value_name = "T", allow_negative_numbers = true,
+        value_parser = at_least_one::<i32>)]
     threads: Option<i32>,
+    /// SVG plot of both spectra
+    #[arg(long, value_name = "PATH", default_value = "target/cae-spectrum.svg")]
     plot: PathBuf,
-    help: bool,
-}
-
-fn number<T: FromStr>(flag: &str, s: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse()
-        .map_err(|e| anyhow!("{flag}: cannot read {s:?} as a number: {e}"))
-}
-
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
-    let mut a = Args {
-        estimator: EstimatorArg::ClosedForm,
-        k: 1,
-        lambda: None,
-        hidden: None,
-        epochs: None,
-        batch_size: 128,
-        lr: None,
-        seed: 0,
-        digits: false,
-        mnist: None,
-        device: None,
-        threads: None,
-        plot: PathBuf::from("target/cae-spectrum.svg"),
-        help: false,
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| anyhow!("{flag} needs a value (try --help)"))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => a.help = true,
-            "--estimator" => {
-                a.estimator = match value()?.as_str() {
-                    "closed-form" => EstimatorArg::ClosedForm,
-                    "exact" => EstimatorArg::Exact,
-                    "projections" => EstimatorArg::Projections,
-                    "hutchpp" => EstimatorArg::HutchPlusPlus,
-                    other => bail!(
-                        "--estimator: expected exact, closed-form, projections or hutchpp, got {other:?}"
-                    ),
-                }
-            }
-            "--k" => a.k = number(&flag, &value()?)?,
-            "--lambda" => a.lambda = Some(number(&flag, &value()?)?),
-            "--hidden" => a.hidden = Some(number(&flag, &value()?)?),
-            "--epochs" => a.epochs = Some(number(&flag, &value()?)?),
-            "--batch-size" => a.batch_size = number(&flag, &value()?)?,
-            "--lr" => a.lr = Some(number(&flag, &value()?)?),
-            "--seed" => a.seed = number(&flag, &value()?)?,
-            "--digits" => a.digits = true,
-            "--mnist" => a.mnist = Some(PathBuf::from(value()?)),
-            "--device" => a.device = Some(parse_device(&value()?)?),
-            "--threads" => a.threads = Some(number(&flag, &value()?)?),
-            "--plot" => a.plot = PathBuf::from(value()?),
-            other => bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
-    if a.digits && a.mnist.is_some() {
-        bail!("--digits and --mnist: give one of them");
-    }
-    if a.k == 0 {
-        bail!("--k: needs at least 1 projection");
-    }
-    if let Some(l) = a.lambda {
-        if !(l.is_finite() && l >= 0.0) {
-            bail!("--lambda: needs a finite value ≥ 0, got {l}");
-        }
-    }
-    if a.hidden.is_some_and(|m| m < 1) {
-        bail!("--hidden: needs at least 1 unit");
-    }
-    if a.epochs == Some(0) {
-        bail!("--epochs: needs at least 1 epoch");
-    }
-    if a.threads.is_some_and(|t| t < 1) {
-        bail!("--threads: needs at least 1");
-    }
-    if a.batch_size < 1 {
-        bail!("--batch-size: needs at least 1");
-    }
-    if let Some(lr) = a.lr {
-        if !(lr.is_finite() && lr > 0.0) {
-            bail!("--lr: needs a finite value > 0, got {lr}");
-        }
-    }
-    Ok(a)
 }
 
 fn run(args: Args) -> Result<()> {
@@ -343,15 +273,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let result = parse_args(std::env::args().skip(1)).and_then(|args| {
-        if args.help {
-            println!("{USAGE}");
-            Ok(())
-        } else {
-            run(args)
-        }
-    });
-    match result {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -17,15 +17,15 @@
 //! training loop), [`attack`] (the evaluation), [`report`] (tables and JSON) and [`plot`] (the
 //! SVG).
 //!
-//! Runs on CUDA when available (`--device cpu|cuda|cuda:N` to choose).
+//! Runs on CUDA when available (`--device cpu|cuda|cuda:N|auto` to choose).
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use tch::nn::{self, Module, OptimizerConfig};
@@ -33,6 +33,7 @@ use tch::{Device, Kind, Tensor};
 mod attack;
 mod data;
 mod digits;
+mod flags;
 mod model;
 mod plot;
 mod report;
@@ -42,211 +43,137 @@ mod tests;
 use attack::*;
 use data::*;
 use digits::*;
+use flags::*;
 use model::*;
 use plot::*;
 use report::*;
-use tch_jacobian::{
-    batch_jacobian, contractive_penalty, parse_device, vjp, Estimator, JacobianOptions,
-};
+use tch_jacobian::{batch_jacobian, contractive_penalty, vjp, Estimator, JacobianOptions};
 
 /// MNIST test images evaluated (the first ones).
 const MNIST_TEST: i64 = 1000;
 
-const USAGE: &str = "\
-jacobian_reg: Jacobian regularization (Hoffman, Roberts & Yaida, 2019) of an MLP and a CNN on
-the 8x8 digits: cross-entropy alone, and cross-entropy + λ·mean_b |d logits_b / d x_b|_F^2 with
-the penalty by each estimator. Prints the training time per epoch and, on the test images, the
-clean accuracy, the mean exact |J|_F and the accuracy under Gaussian noise, FGSM and PGD.
+const ABOUT: &str = "\
+Jacobian regularization (Hoffman, Roberts & Yaida, 2019) of an MLP and a CNN on the 8x8 digits:
+cross-entropy alone, and cross-entropy + λ·mean_b |d logits_b / d x_b|_F^2 with the penalty by
+each estimator. Prints the training time per epoch and, on the test images, the clean accuracy,
+the mean exact |J|_F and the accuracy under Gaussian noise, FGSM and PGD.";
 
-usage: cargo run --release --example jacobian_reg -- [OPTIONS]
+/// Which networks to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModelArg {
+    Mlp,
+    Cnn,
+    Both,
+}
 
-  --model M          mlp, cnn or both (default both)
-  --estimators LIST  comma list of: none (cross-entropy alone), exact (all 10 rows of J),
-                     projections (one random direction per sample and step, k = 1),
-                     hutchpp (Hutch++, k = 3 products) (default none,exact,projections,hutchpp)
-  --seeds LIST       comma list of seeds (default 0); a seed drives the initialization, the
-                     shuffling, the estimators' draws and the test noise
-  --epochs N         training epochs (default 30)
-  --batch-size B     mini-batch size, the last partial batch kept (default 64)
-  --lr R             Adam learning rate (default 0.001)
-  --lambda L         penalty weight λ (default 0.01)
-  --threads T        libtorch CPU threads (default 2)
-  --sigmas LIST      Gaussian noise s.d. on the test images, clipped to [0, 1]
-                     (default 0,0.1,0.2,0.3,0.4,0.5)
-  --eps LIST         L-inf budgets of FGSM and PGD (default 0,0.02,0.05,0.1,0.15,0.2)
-  --pgd-steps N      PGD steps of size 2.5 eps / N, no random start (default 10)
-  --json PATH        write PATH (replaced if there): one JSON object per line per
-                     (model, estimator, seed)
-  --plot PATH        SVG of accuracy vs eps under FGSM and PGD per model, means over the seeds
-                     (default target/jacobian-reg.svg)
-  --digits DIR       the digits' train-images.npy, train-labels.npy, test-images.npy,
-                     test-labels.npy (default: data/digits of this checkout)
-  --mnist DIR        MNIST instead of the digits: DIR holds train-images-idx3-ubyte,
-                     train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte
-                     (uncompressed); all 60000 training images, the first 1000 test images;
-                     the CNN's LayerNorm and linear sizes follow the 28x28 input
-  --device D         cpu, cuda or cuda:N (default: CUDA when available)
-  -h, --help         this help";
-
-#[derive(Debug)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "jacobian_reg",
+    about = ABOUT,
+    override_usage = "cargo run --release --example jacobian_reg -- [OPTIONS]"
+)]
 struct Args {
-    models: Vec<ModelKind>,
+    /// Which networks: mlp, cnn or both
+    #[arg(long, value_enum, value_name = "M", default_value = "both")]
+    model: ModelArg,
+    /// Comma list of: none (cross-entropy alone), exact (all 10 rows of J), projections (one
+    /// random direction per sample and step, k = 1), hutchpp (Hutch++, k = 3 products)
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = estimator,
+        default_value = "none,exact,projections,hutchpp"
+    )]
     estimators: Vec<EstimatorArg>,
+    /// Comma list of seeds; a seed drives the initialization, the shuffling, the estimators'
+    /// draws and the test noise
+    #[arg(long, value_name = "LIST", value_delimiter = ',', allow_hyphen_values = true,
+        value_parser = number::<i64>, default_value = "0")]
     seeds: Vec<i64>,
+    /// Training epochs
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+        value_parser = at_least_one::<usize>, default_value = "30")]
     epochs: usize,
+    /// Mini-batch size, the last partial batch kept
+    #[arg(long, value_name = "B", allow_negative_numbers = true,
+        value_parser = at_least_one::<i64>, default_value = "64")]
     batch_size: i64,
+    /// Adam learning rate
+    #[arg(long, value_name = "R", allow_negative_numbers = true,
+        value_parser = positive, default_value = "0.001")]
     lr: f64,
+    /// Penalty weight λ
+    #[arg(long, value_name = "L", allow_negative_numbers = true,
+        value_parser = non_negative, default_value = "0.01")]
     lambda: f64,
+    /// libtorch CPU threads
+    #[arg(long, value_name = "T", allow_negative_numbers = true,
+        value_parser = at_least_one::<i32>, default_value = "2")]
     threads: i32,
+    /// Comma list of Gaussian noise s.d. on the test images, clipped to [0, 1]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', allow_hyphen_values = true,
+        value_parser = non_negative, default_value = "0,0.1,0.2,0.3,0.4,0.5")]
     sigmas: Vec<f64>,
+    /// Comma list of L-inf budgets of FGSM and PGD
+    #[arg(long, value_name = "LIST", value_delimiter = ',', allow_hyphen_values = true,
+        value_parser = non_negative, default_value = "0,0.02,0.05,0.1,0.15,0.2")]
     eps: Vec<f64>,
+    /// PGD steps of size 2.5 eps / N, no random start
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+        value_parser = at_least_one::<usize>, default_value = "10")]
     pgd_steps: usize,
+    /// Write PATH (replaced if there): one JSON object per line per (model, estimator, seed)
+    #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// SVG of accuracy vs eps under FGSM and PGD per model, means over the seeds
+    #[arg(long, value_name = "PATH", default_value = "target/jacobian-reg.svg")]
     plot: PathBuf,
+    /// The digits' train-images.npy, train-labels.npy, test-images.npy, test-labels.npy
+    /// [default: data/digits of this checkout]
+    #[arg(long, value_name = "DIR")]
     digits: Option<PathBuf>,
+    /// MNIST instead of the digits: DIR holds train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (uncompressed); all 60000 training images,
+    /// the first 1000 test images; the CNN's LayerNorm and linear sizes follow the 28x28 input
+    #[arg(long, value_name = "DIR", conflicts_with = "digits")]
     mnist: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto [default: auto, CUDA when available]
+    #[arg(long, value_name = "D", value_parser = device)]
     device: Option<Device>,
-    help: bool,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Args {
-            models: vec![ModelKind::Mlp, ModelKind::Cnn],
-            estimators: EstimatorArg::ALL.to_vec(),
-            seeds: vec![0],
-            epochs: 30,
-            batch_size: 64,
-            lr: 1e-3,
-            lambda: 0.01,
-            threads: 2,
-            sigmas: vec![0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
-            eps: vec![0.0, 0.02, 0.05, 0.1, 0.15, 0.2],
-            pgd_steps: 10,
-            json: None,
-            plot: PathBuf::from("target/jacobian-reg.svg"),
-            digits: None,
-            mnist: None,
-            device: None,
-            help: false,
+impl Args {
+    /// The networks `--model` names.
+    fn models(&self) -> Vec<ModelKind> {
+        match self.model {
+            ModelArg::Mlp => vec![ModelKind::Mlp],
+            ModelArg::Cnn => vec![ModelKind::Cnn],
+            ModelArg::Both => vec![ModelKind::Mlp, ModelKind::Cnn],
         }
     }
 }
 
-fn number<T: FromStr>(flag: &str, s: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    s.trim()
-        .parse()
-        .map_err(|e| anyhow!("{flag}: cannot read {s:?} as a number: {e}"))
-}
-
-/// A comma list of items, none empty, at least one.
-fn list<T>(flag: &str, s: &str, item: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
-    let items = s
-        .split(',')
-        .map(|v| {
-            if v.trim().is_empty() {
-                bail!("{flag}: empty item in {s:?}");
-            }
-            item(v.trim())
-        })
-        .collect::<Result<Vec<T>>>()?;
-    if items.is_empty() {
-        bail!("{flag}: needs at least one value");
-    }
-    Ok(items)
-}
-
-/// A comma list of finite numbers ≥ 0.
-fn grid(flag: &str, s: &str) -> Result<Vec<f64>> {
-    list(flag, s, |v| {
-        let x: f64 = number(flag, v)?;
-        if !(x.is_finite() && x >= 0.0) {
-            bail!("{flag}: needs finite values ≥ 0, got {v}");
-        }
-        Ok(x)
+/// One of `--estimators`.
+fn estimator(s: &str) -> Result<EstimatorArg, String> {
+    EstimatorArg::parse(s.trim()).ok_or_else(|| {
+        format!(
+            "expected none, exact, projections or hutchpp, got {:?}",
+            s.trim()
+        )
     })
 }
 
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
-    let mut a = Args::default();
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| anyhow!("{flag} needs a value (try --help)"))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => a.help = true,
-            "--model" => {
-                a.models = match value()?.as_str() {
-                    "mlp" => vec![ModelKind::Mlp],
-                    "cnn" => vec![ModelKind::Cnn],
-                    "both" => vec![ModelKind::Mlp, ModelKind::Cnn],
-                    other => bail!("--model: expected mlp, cnn or both, got {other:?}"),
-                }
-            }
-            "--estimators" => {
-                a.estimators = list(&flag, &value()?, |v| {
-                    EstimatorArg::parse(v).ok_or_else(|| {
-                        anyhow!(
-                            "--estimators: expected none, exact, projections or hutchpp, got {v:?}"
-                        )
-                    })
-                })?;
-                for (i, e) in a.estimators.iter().enumerate() {
-                    if a.estimators[..i].contains(e) {
-                        bail!("--estimators: {} given twice", e.name());
-                    }
-                }
-            }
-            "--seeds" => a.seeds = list(&flag, &value()?, |v| number(&flag, v))?,
-            "--epochs" => a.epochs = number(&flag, &value()?)?,
-            "--batch-size" => a.batch_size = number(&flag, &value()?)?,
-            "--lr" => a.lr = number(&flag, &value()?)?,
-            "--lambda" => a.lambda = number(&flag, &value()?)?,
-            "--threads" => a.threads = number(&flag, &value()?)?,
-            "--sigmas" => a.sigmas = grid(&flag, &value()?)?,
-            "--eps" => a.eps = grid(&flag, &value()?)?,
-            "--pgd-steps" => a.pgd_steps = number(&flag, &value()?)?,
-            "--json" => a.json = Some(PathBuf::from(value()?)),
-            "--plot" => a.plot = PathBuf::from(value()?),
-            "--digits" => a.digits = Some(PathBuf::from(value()?)),
-            "--mnist" => a.mnist = Some(PathBuf::from(value()?)),
-            "--device" => {
-                a.device = Some(parse_device(&value()?).map_err(|e| anyhow!("--device: {e}"))?)
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
+/// The flags after the program's name; an error (or `--help`) is clap's, to print or `exit()`.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, clap::Error> {
+    let a = Args::try_parse_from(std::iter::once("jacobian_reg".to_string()).chain(args))?;
+    for (i, e) in a.estimators.iter().enumerate() {
+        if a.estimators[..i].contains(e) {
+            return Err(Args::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--estimators: {} given twice", e.name()),
+            ));
         }
-    }
-    if a.epochs == 0 {
-        bail!("--epochs: needs at least 1 epoch");
-    }
-    if a.batch_size < 1 {
-        bail!("--batch-size: needs at least 1");
-    }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
-        bail!("--lr: needs a finite value > 0, got {}", a.lr);
-    }
-    if !(a.lambda.is_finite() && a.lambda >= 0.0) {
-        bail!("--lambda: needs a finite value ≥ 0, got {}", a.lambda);
-    }
-    if a.threads < 1 {
-        bail!("--threads: needs at least 1");
-    }
-    if a.pgd_steps == 0 {
-        bail!("--pgd-steps: needs at least 1 step");
-    }
-    if a.digits.is_some() && a.mnist.is_some() {
-        bail!("--digits and --mnist: give one of them");
     }
     Ok(a)
 }
@@ -279,7 +206,7 @@ fn train_all(
         pgd_steps: args.pgd_steps,
     };
     let mut records = Vec::new();
-    for &model in &args.models {
+    for model in args.models() {
         for &estimator in &args.estimators {
             for &seed in &args.seeds {
                 let trained = train(data, model, estimator, seed, &cfg, quiet)?;
@@ -353,7 +280,7 @@ fn run(args: Args) -> Result<()> {
         tch::get_num_threads(),
         args.seeds
     );
-    for m in &args.models {
+    for m in args.models() {
         println!("{}: {}", m.name(), m.describe(data.side));
     }
     println!(
@@ -378,7 +305,7 @@ fn run(args: Args) -> Result<()> {
         Ok(())
     })?;
 
-    for &m in &args.models {
+    for m in args.models() {
         print_tables(
             &records,
             m,
@@ -392,9 +319,9 @@ fn run(args: Args) -> Result<()> {
         println!("json: {}", path.display());
     }
     let curves: Vec<ModelCurves> = args
-        .models
-        .iter()
-        .map(|&m| {
+        .models()
+        .into_iter()
+        .map(|m| {
             let per = |pick: Pick| -> Vec<Curve> {
                 args.estimators
                     .iter()
@@ -424,15 +351,8 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let result = parse_args(std::env::args().skip(1)).and_then(|args| {
-        if args.help {
-            println!("{USAGE}");
-            Ok(())
-        } else {
-            run(args)
-        }
-    });
-    match result {
+    let args = parse_args(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -27,47 +27,55 @@ pub(crate) fn device_name(device: Device) -> String {
     }
 }
 
-/// A JSON number (`null` for NaN or ±∞, which JSON has no spelling for).
-fn num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".to_string()
+/// `{"0.1": acc, ...}`: keys the grid values formatted with `{}`, in grid order.
+struct Grid<'a>(&'a [(f64, f64)]);
+
+impl serde::Serialize for Grid<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k.to_string(), v)))
     }
 }
 
-/// `{"0.1": acc, ...}`, keys the grid values formatted with `{}`.
-fn grid(points: &[(f64, f64)]) -> String {
-    let items: Vec<String> = points
-        .iter()
-        .map(|(k, v)| format!("\"{k}\": {}", num(*v)))
-        .collect();
-    format!("{{{}}}", items.join(", "))
+/// One JSON line (the spec's schema, keys in this order); NaN and ±∞, which JSON has no
+/// spelling for, are written as `null` by serde_json.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    #[serde(rename = "impl")]
+    implementation: &'a str,
+    model: &'a str,
+    estimator: &'a str,
+    seed: i64,
+    epochs: usize,
+    threads: i32,
+    device: &'a str,
+    ms_per_epoch_mean: f64,
+    ms_per_epoch_min: f64,
+    clean_acc: f64,
+    mean_jf: f64,
+    noise: Grid<'a>,
+    fgsm: Grid<'a>,
+    pgd: Grid<'a>,
 }
 
 /// The record as one line of JSON (the spec's schema).
 pub(crate) fn json_line(r: &Record, info: &RunInfo) -> String {
-    format!(
-        concat!(
-            "{{\"impl\": \"tch-jacobian\", \"model\": \"{}\", \"estimator\": \"{}\", \"seed\": {}, ",
-            "\"epochs\": {}, \"threads\": {}, \"device\": \"{}\", \"ms_per_epoch_mean\": {}, ",
-            "\"ms_per_epoch_min\": {}, \"clean_acc\": {}, \"mean_jf\": {}, \"noise\": {}, ",
-            "\"fgsm\": {}, \"pgd\": {}}}"
-        ),
-        r.model.name(),
-        r.estimator.name(),
-        r.seed,
-        info.epochs,
-        info.threads,
-        info.device,
-        num(r.ms_per_epoch_mean),
-        num(r.ms_per_epoch_min),
-        num(r.eval.clean_acc),
-        num(r.eval.mean_jf),
-        grid(&r.eval.noise),
-        grid(&r.eval.fgsm),
-        grid(&r.eval.pgd),
-    )
+    let line = Line {
+        implementation: "tch-jacobian",
+        model: r.model.name(),
+        estimator: r.estimator.name(),
+        seed: r.seed,
+        epochs: info.epochs,
+        threads: info.threads,
+        device: &info.device,
+        ms_per_epoch_mean: r.ms_per_epoch_mean,
+        ms_per_epoch_min: r.ms_per_epoch_min,
+        clean_acc: r.eval.clean_acc,
+        mean_jf: r.eval.mean_jf,
+        noise: Grid(&r.eval.noise),
+        fgsm: Grid(&r.eval.fgsm),
+        pgd: Grid(&r.eval.pgd),
+    };
+    serde_json::to_string(&line).expect("a struct of strings and numbers serializes")
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {

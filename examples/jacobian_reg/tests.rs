@@ -9,7 +9,7 @@ fn digits_cpu() -> Data {
 }
 
 fn args(list: &[&str]) -> Result<Args> {
-    parse_args(list.iter().map(|s| s.to_string()))
+    Ok(parse_args(list.iter().map(|s| s.to_string()))?)
 }
 
 #[test]
@@ -22,17 +22,66 @@ fn bad_flags_are_errors_naming_the_flag() {
     assert!(err(&["--epochs", "0"]).contains("--epochs"));
     assert!(err(&["--eps", "0.1,-1"]).contains("--eps"));
     assert!(err(&["--sigmas", "0.1,,0.2"]).contains("--sigmas"));
-    assert!(err(&["--lr"]).contains("needs a value"));
+    assert!(err(&["--lr"]).contains("--lr"));
+    assert!(err(&["--lr", "0"]).contains("> 0"));
+    assert!(err(&["--lambda", "-1"]).contains("≥ 0"));
+    assert_eq!(args(&["--seeds", "-1,2"]).unwrap().seeds, [-1, 2]);
     assert!(err(&["--frobnicate"]).contains("--frobnicate"));
-    let a = args(&["--model=cnn", "--seeds", "0,1,2", "--eps", "0,0.1"]).unwrap();
-    assert_eq!(a.models, [ModelKind::Cnn]);
+    assert!(err(&["--digits", "a", "--mnist", "b"]).contains("cannot be used with"));
+    let a = args(&["--model=cnn", "--seeds", "0,1,2", "--eps", "0, 0.1"]).unwrap();
+    assert_eq!(a.models(), [ModelKind::Cnn]);
     assert_eq!(a.seeds, [0, 1, 2]);
     assert_eq!(a.eps, [0.0, 0.1]);
-    let d = Args::default();
+    let d = args(&[]).unwrap();
+    assert_eq!(d.models(), [ModelKind::Mlp, ModelKind::Cnn]);
     assert_eq!(d.estimators, EstimatorArg::ALL);
     assert_eq!(
-        (d.batch_size, d.lr, d.lambda, d.threads),
-        (64, 1e-3, 0.01, 2)
+        (
+            d.batch_size,
+            d.lr,
+            d.lambda,
+            d.threads,
+            d.epochs,
+            d.pgd_steps
+        ),
+        (64, 1e-3, 0.01, 2, 30, 10)
+    );
+    assert_eq!(d.sigmas, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]);
+    assert_eq!(d.eps, [0.0, 0.02, 0.05, 0.1, 0.15, 0.2]);
+    assert_eq!(d.seeds, [0]);
+    assert_eq!(d.plot, Path::new("target/jacobian-reg.svg"));
+    assert!(d.json.is_none() && d.digits.is_none() && d.mnist.is_none() && d.device.is_none());
+}
+
+#[test]
+fn help_documents_every_flag() {
+    Args::command().debug_assert();
+    let help = Args::command().render_long_help().to_string();
+    for flag in [
+        "--model",
+        "--estimators",
+        "--seeds",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--lambda",
+        "--threads",
+        "--sigmas",
+        "--eps",
+        "--pgd-steps",
+        "--json",
+        "--plot",
+        "--digits",
+        "--mnist",
+        "--device",
+        "--help",
+    ] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
+    assert!(help.contains("cuda:N or auto"), "{help}");
+    assert!(
+        help.contains("[default: none,exact,projections,hutchpp]"),
+        "{help}"
     );
 }
 
@@ -168,25 +217,24 @@ fn short_run_of_every_model_and_estimator() {
             assert!((0.0..=1.0).contains(acc), "{what}");
         }
 
-        let json = Json::parse(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        let json: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
         let get = |k: &str| json.get(k).unwrap_or_else(|| panic!("no {k}: {line}"));
-        assert_eq!(get("impl").str(), Some("tch-jacobian"));
-        assert_eq!(get("model").str(), Some(r.model.name()));
-        assert_eq!(get("estimator").str(), Some(r.estimator.name()));
-        assert_eq!(get("seed").num(), Some(5.0));
-        assert_eq!(get("epochs").num(), Some(2.0));
-        assert_eq!(get("threads").num(), Some(2.0));
-        assert_eq!(get("device").str(), Some("cpu"));
-        assert_eq!(get("ms_per_epoch_mean").num(), Some(r.ms_per_epoch_mean));
-        assert_eq!(get("ms_per_epoch_min").num(), Some(r.ms_per_epoch_min));
-        assert_eq!(get("clean_acc").num(), Some(e.clean_acc));
-        assert_eq!(get("mean_jf").num(), Some(e.mean_jf));
-        assert_eq!(
-            get("noise").get("0.3").and_then(Json::num),
-            Some(e.noise[1].1)
-        );
-        assert_eq!(get("fgsm").get("0").and_then(Json::num), Some(e.clean_acc));
-        assert_eq!(get("pgd").get("0.1").and_then(Json::num), Some(e.pgd[1].1));
+        assert_eq!(get("impl").as_str(), Some("tch-jacobian"));
+        assert_eq!(get("model").as_str(), Some(r.model.name()));
+        assert_eq!(get("estimator").as_str(), Some(r.estimator.name()));
+        assert_eq!(get("seed").as_f64(), Some(5.0));
+        assert_eq!(get("epochs").as_f64(), Some(2.0));
+        assert_eq!(get("threads").as_f64(), Some(2.0));
+        assert_eq!(get("device").as_str(), Some("cpu"));
+        assert_eq!(get("ms_per_epoch_mean").as_f64(), Some(r.ms_per_epoch_mean));
+        assert_eq!(get("ms_per_epoch_min").as_f64(), Some(r.ms_per_epoch_min));
+        assert_eq!(get("clean_acc").as_f64(), Some(e.clean_acc));
+        assert_eq!(get("mean_jf").as_f64(), Some(e.mean_jf));
+        let at = |grid: &str, key: &str| get(grid).get(key).and_then(|v| v.as_f64());
+        assert_eq!(at("noise", "0.3"), Some(e.noise[1].1));
+        assert_eq!(at("fgsm", "0"), Some(e.clean_acc));
+        assert_eq!(at("pgd", "0.1"), Some(e.pgd[1].1));
         let keys = [
             "impl",
             "model",
@@ -203,162 +251,19 @@ fn short_run_of_every_model_and_estimator() {
             "fgsm",
             "pgd",
         ];
-        assert_eq!(json.keys(), keys, "{line}");
-    }
-}
-
-/// Just enough JSON to read the lines back.
-#[derive(Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(s: &str) -> Result<Json> {
-        let mut p = Parser {
-            s: s.as_bytes(),
-            at: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.at != p.s.len() {
-            bail!("trailing text at byte {}", p.at);
-        }
-        Ok(v)
-    }
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(kv) => kv.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-    fn keys(&self) -> Vec<&str> {
-        match self {
-            Json::Obj(kv) => kv.iter().map(|(k, _)| k.as_str()).collect(),
-            _ => Vec::new(),
-        }
-    }
-    fn str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-    fn num(&self) -> Option<f64> {
-        match self {
-            Json::Num(v) => Some(*v),
-            _ => None,
-        }
-    }
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    at: usize,
-}
-
-impl Parser<'_> {
-    fn ws(&mut self) {
-        while self.s.get(self.at).is_some_and(u8::is_ascii_whitespace) {
-            self.at += 1;
-        }
-    }
-    fn eat(&mut self, c: u8) -> Result<()> {
-        self.ws();
-        if self.s.get(self.at) != Some(&c) {
-            bail!("expected {:?} at byte {}", c as char, self.at);
-        }
-        self.at += 1;
-        Ok(())
-    }
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.s.get(self.at).copied()
-    }
-    fn string(&mut self) -> Result<String> {
-        self.eat(b'"')?;
-        let start = self.at;
-        while let Some(&c) = self.s.get(self.at) {
-            match c {
-                b'"' => {
-                    self.at += 1;
-                    return Ok(std::str::from_utf8(&self.s[start..self.at - 1])?.to_string());
-                }
-                b'\\' => bail!("escapes are not expected in these lines"),
-                _ => self.at += 1,
-            }
-        }
-        bail!("unterminated string")
-    }
-    fn value(&mut self) -> Result<Json> {
-        match self.peek() {
-            Some(b'{') => {
-                self.eat(b'{')?;
-                let mut kv = Vec::new();
-                if self.peek() == Some(b'}') {
-                    self.at += 1;
-                    return Ok(Json::Obj(kv));
-                }
-                loop {
-                    let k = self.string()?;
-                    self.eat(b':')?;
-                    kv.push((k, self.value()?));
-                    match self.peek() {
-                        Some(b',') => self.at += 1,
-                        Some(b'}') => {
-                            self.at += 1;
-                            return Ok(Json::Obj(kv));
-                        }
-                        _ => bail!("expected , or }} at byte {}", self.at),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.eat(b'[')?;
-                let mut items = Vec::new();
-                if self.peek() == Some(b']') {
-                    self.at += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    match self.peek() {
-                        Some(b',') => self.at += 1,
-                        Some(b']') => {
-                            self.at += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => bail!("expected , or ] at byte {}", self.at),
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(_) => {
-                let start = self.at;
-                while self
-                    .s
-                    .get(self.at)
-                    .is_some_and(|c| !b",}] \t\r\n".contains(c))
-                {
-                    self.at += 1;
-                }
-                let word = std::str::from_utf8(&self.s[start..self.at])?;
-                Ok(match word {
-                    "null" => Json::Null,
-                    "true" => Json::Bool(true),
-                    "false" => Json::Bool(false),
-                    _ if word.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
-                        Json::Num(word.parse().map_err(|_| anyhow!("bad number {word:?}"))?)
-                    }
-                    _ => bail!("unexpected {word:?} at byte {start}"),
-                })
-            }
-            None => bail!("unexpected end"),
-        }
+        // The keys, in the spec's order (serde_json's map sorts them: read their places).
+        assert_eq!(
+            json.as_object().map(|o| o.len()),
+            Some(keys.len()),
+            "{line}"
+        );
+        let places: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                line.find(&format!("\"{k}\":"))
+                    .unwrap_or_else(|| panic!("no {k}: {line}"))
+            })
+            .collect();
+        assert!(places.windows(2).all(|w| w[0] < w[1]), "{line}");
     }
 }
