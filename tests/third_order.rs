@@ -156,7 +156,11 @@ fn libtorch_is_wrong_through_the_norms() {
             case.op.as_str(),
             "norm.layer_norm" | "norm.batch_norm" | "norm.instance_norm"
         );
-        for q in case.quantities.iter().filter(|q| q.set == third_sweep::Set::Jac && q.k < 2) {
+        for q in case
+            .quantities
+            .iter()
+            .filter(|q| q.set == third_sweep::Set::Jac && q.k < 2)
+        {
             assert_eq!(
                 q.autograd == "wrong",
                 wrong,

@@ -376,11 +376,9 @@ fn jac_phi(j: &Tensor, r1: &Tensor, a: &Arrays, xs: &[Tensor]) -> tch_jacobian::
 /// `u(x)_b = ⟨c_b, f(x)_b⟩`, shape `[B]`.
 fn per_sample(c: &Tensor, y: &Tensor) -> tch_jacobian::Result<Tensor> {
     let b = y.size()[0];
-    Ok(c.f_mul(y)?.f_reshape([b, -1])?.f_sum_dim_intlist(
-        [1i64].as_slice(),
-        false,
-        Kind::Double,
-    )?)
+    Ok(c.f_mul(y)?
+        .f_reshape([b, -1])?
+        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?)
 }
 
 /// `T` by one route.
@@ -431,11 +429,10 @@ pub fn evaluate(
             let h = batch_hessian_of(|x: &Tensor| per_sample(&c, &at(x)?), &xs[k], &opts)?;
             let b = xs[k].size()[0];
             let n = xs[k].numel() as i64 / b;
-            let traces = h.f_reshape([b, n, n])?.f_diagonal(0, 1, 2)?.f_sum_dim_intlist(
-                [1i64].as_slice(),
-                false,
-                Kind::Double,
-            )?;
+            let traces = h
+                .f_reshape([b, n, n])?
+                .f_diagonal(0, 1, 2)?
+                .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?;
             dot(&a.get("w"), &traces)?
         }
         Route::Laplacian(_) => {
@@ -569,7 +566,9 @@ pub fn run_case(dir: &Path, case: &Case, modes: &[Mode], device: Device) -> Vec<
                 map: &arrays,
                 prefix: q.prefix(),
             };
-            let truth: Vec<Tensor> = (0..case.n_inputs).map(|m| a.get(&format!("T{m}"))).collect();
+            let truth: Vec<Tensor> = (0..case.n_inputs)
+                .map(|m| a.get(&format!("T{m}")))
+                .collect();
             for route in routes(q.set) {
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
                     let fresh;
