@@ -38,8 +38,8 @@ extern "C" {
 // G_p = [B, *θ_p] per parameter into grads[p] (nullptr when the loss does not reach θ_p) and the
 // per-sample losses [B] into *losses; `fallback_ops` receives the ops that took libtorch's
 // per-op vmap fallback ('\n'-separated, or nullptr), which `vmap_fallback = 0` turns into an
-// error instead. `same_randomness` != 0 lets random ops inside the closure draw once for the
-// whole batch (vmap's randomness="same"; the default is an error). `f` is the Rust closure
+// error instead. `randomness` is vmap's for random ops inside the closure: 0 = an error,
+// 1 = one draw for the whole batch ("same"), 2 = one draw per sample ("different"). `f` is the Rust closure
 // (tchj_loss_fn, functorch_guards.h). Returns nullptr or a malloc'd message; the message
 // "callback failed" means the Rust callback failed and kept its own error.
 char* tchj_vmap_grad(
@@ -51,7 +51,7 @@ char* tchj_vmap_grad(
     int64_t n_inputs,
     int64_t batch,
     int vmap_fallback,
-    int same_randomness,
+    int randomness,
     at::Tensor** grads,
     at::Tensor** losses,
     char** fallback_ops) {
@@ -73,8 +73,9 @@ char* tchj_vmap_grad(
       const bool prev_grad_mode = at::GradMode::is_enabled();
       tchj::VmapLevel vmap(
           batch,
-          same_randomness != 0 ? at::functorch::RandomnessType::Same
-                               : at::functorch::RandomnessType::Error);
+          randomness == 2   ? at::functorch::RandomnessType::Different
+          : randomness == 1 ? at::functorch::RandomnessType::Same
+                            : at::functorch::RandomnessType::Error);
       std::vector<at::Tensor> xs;
       for (int64_t k = 0; k < n_inputs; ++k) {
         xs.push_back(at::functorch::addBatchDim(*inputs[k], 0, vmap.level()));
@@ -155,6 +156,24 @@ char* tchj_vmap_grad(
 // (an in-place copy vmap refuses) concatenate instead.
 int tchj_in_transform() {
   return at::functorch::getDynamicLayerStack().empty() ? 0 : 1;
+}
+
+// Sets the randomness of the innermost vmap level on this thread (0 = error, 1 = same,
+// 2 = different) and returns the previous one, or -1 outside vmap. The module door runs the
+// model's construction (its initial draws, on unbatched tensors, which "different" refuses)
+// under "same" and the loss under the caller's choice. libtorch has no setter: the level's
+// metadata is written in place (the layer stack is this thread's own).
+int tchj_set_vmap_randomness(int randomness) {
+  const auto& stack = at::functorch::getDynamicLayerStack();
+  for (auto it = stack.rbegin(); it != stack.rend(); ++it) {
+    if (it->key() != at::functorch::TransformType::Vmap) continue;
+    auto& meta = const_cast<at::functorch::InterpreterMeta&>(it->interpreter().meta());
+    auto& vmap = std::get<at::functorch::VmapInterpreterMeta>(meta);
+    int previous = static_cast<int>(vmap.randomness_);
+    vmap.randomness_ = static_cast<at::functorch::RandomnessType>(randomness);
+    return previous;
+  }
+  return -1;
 }
 
 }  // extern "C"

@@ -11,6 +11,14 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
+/// Runs `f` with grad mode on, whatever the caller set, and restores the caller's mode: every
+/// public function that runs a closure or a backward pass goes through it, so that values inside
+/// `tch::no_grad` equal those outside (as with `torch.autograd.functional`, which enables grad
+/// itself, and torch.func's transforms, which ignore an outer `no_grad`).
+pub(crate) fn grad_mode_on<T>(f: impl FnOnce() -> T) -> T {
+    tch::with_grad(f)
+}
+
 /// Is `kind` a dtype autograd can differentiate?
 pub(crate) fn is_differentiable_kind(kind: Kind) -> bool {
     matches!(

@@ -78,25 +78,27 @@ fn empty(y: &[i64], x: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
-    check_float(y, "y")?;
-    check_input(x, "x")?;
-    check_same_device(y, "y", x, "x")?;
-    let b = check_batch(y, x, "y")?;
-    if b == 0 || y.numel() == 0 {
-        return empty(&y.size(), x);
-    }
-    let (m, n) = (y.numel() / b as usize, x.numel() / b as usize);
-    let names_v = input_names(1);
-    let names = Names {
-        output: "y",
-        inputs: &names_v,
-    };
-    let y2 = engine::rows_view(y, Some(b))?;
-    let work = Work::of(y, m, n, b as usize, false);
-    let strategy = opts.strategy.validate()?.resolve_for(&work);
-    let instead = "batch_jacobian_of(f, x, opts)";
-    let block = engine::run(strategy, &work, &y2, &[x], None, opts, names, instead)?.remove(0);
-    unflatten(&block, &y.size(), &x.size())
+    crate::autograd::grad_mode_on(|| {
+        check_float(y, "y")?;
+        check_input(x, "x")?;
+        check_same_device(y, "y", x, "x")?;
+        let b = check_batch(y, x, "y")?;
+        if b == 0 || y.numel() == 0 {
+            return empty(&y.size(), x);
+        }
+        let (m, n) = (y.numel() / b as usize, x.numel() / b as usize);
+        let names_v = input_names(1);
+        let names = Names {
+            output: "y",
+            inputs: &names_v,
+        };
+        let y2 = engine::rows_view(y, Some(b))?;
+        let work = Work::of(y, m, n, b as usize, false);
+        let strategy = opts.strategy.validate()?.resolve_for(&work);
+        let instead = "batch_jacobian_of(f, x, opts)";
+        let block = engine::run(strategy, &work, &y2, &[x], None, opts, names, instead)?.remove(0);
+        unflatten(&block, &y.size(), &x.size())
+    })
 }
 
 /// Per-sample Jacobians of a closure over a batch, `J[b] = ∂f(x)[b]/∂x[b]`, shape
@@ -126,10 +128,12 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    let call = |xr: &Tensor| f(xr).into_output();
-    let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
-    let (_, y, block) = closure_jacobian(&call, x, opts, samples)?;
-    unflatten(&block, &y.size(), &x.size())
+    crate::autograd::grad_mode_on(|| {
+        let call = |xr: &Tensor| f(xr).into_output();
+        let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
+        let (_, y, block) = closure_jacobian(&call, x, opts, samples)?;
+        unflatten(&block, &y.size(), &x.size())
+    })
 }
 
 /// Per-sample Jacobians of a closure with its value and auxiliary output — [`batch_jacobian_of`]
@@ -155,11 +159,13 @@ where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
 {
-    with_aux(f, opts, |call| {
-        let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
-        let (_, y, block) = closure_jacobian(call, x, opts, samples)?;
-        let j = unflatten(&block, &y.size(), &x.size())?;
-        Ok((j, y))
+    crate::autograd::grad_mode_on(|| {
+        with_aux(f, opts, |call| {
+            let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
+            let (_, y, block) = closure_jacobian(call, x, opts, samples)?;
+            let j = unflatten(&block, &y.size(), &x.size())?;
+            Ok((j, y))
+        })
     })
 }
 
@@ -180,35 +186,37 @@ where
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn check_batch_independence(y: &Tensor, x: &Tensor) -> Result<()> {
-    check_float(y, "y")?;
-    check_input(x, "x")?;
-    check_same_device(y, "y", x, "x")?;
-    let b = check_batch(y, x, "y")?;
-    if b < 2 || !y.requires_grad() {
-        return Ok(());
-    }
-    let y0 = y.f_select(0, 0)?;
-    let v = y0.f_randn_like()?;
-    let root = y0.f_mul(&v)?.f_sum(None::<Kind>)?;
-    let names_v = input_names(1);
-    let names = Names {
-        output: "y[0]",
-        inputs: &names_v,
-    };
-    let g = crate::autograd::vjp_into(&root, &[x], Pass::new(false, false, names))?;
-    let leak = g[0]
-        .f_narrow(0, 1, b - 1)?
-        .f_reshape([b - 1, -1])?
-        .f_abs()?
-        .f_amax([1i64].as_slice(), false)?;
-    let leaks: Vec<f64> = Vec::<f64>::try_from(leak.f_to_kind(Kind::Double)?)?;
-    if let Some((s, mag)) = leaks.iter().enumerate().find(|(_, &v)| v != 0.0) {
-        return Err(Error::Contract(format!(
+    crate::autograd::grad_mode_on(|| {
+        check_float(y, "y")?;
+        check_input(x, "x")?;
+        check_same_device(y, "y", x, "x")?;
+        let b = check_batch(y, x, "y")?;
+        if b < 2 || !y.requires_grad() {
+            return Ok(());
+        }
+        let y0 = y.f_select(0, 0)?;
+        let v = y0.f_randn_like()?;
+        let root = y0.f_mul(&v)?.f_sum(None::<Kind>)?;
+        let names_v = input_names(1);
+        let names = Names {
+            output: "y[0]",
+            inputs: &names_v,
+        };
+        let g = crate::autograd::vjp_into(&root, &[x], Pass::new(false, false, names))?;
+        let leak = g[0]
+            .f_narrow(0, 1, b - 1)?
+            .f_reshape([b - 1, -1])?
+            .f_abs()?
+            .f_amax([1i64].as_slice(), false)?;
+        let leaks: Vec<f64> = Vec::<f64>::try_from(leak.f_to_kind(Kind::Double)?)?;
+        if let Some((s, mag)) = leaks.iter().enumerate().find(|(_, &v)| v != 0.0) {
+            return Err(Error::Contract(format!(
             "samples interact: the outputs of sample 0 depend on the inputs of sample {} (|gradient| up to {mag:.3e}); per-sample Jacobians of y {:?} w.r.t. x {:?} would be wrong (batch norm in training mode? a reduction over dimension 0?)",
             s + 1,
             y.size(),
             x.size()
         )));
-    }
-    Ok(())
+        }
+        Ok(())
+    })
 }

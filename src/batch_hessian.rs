@@ -113,9 +113,11 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    let (xg, g, _) = gradient_of(u, x, opts)?;
-    let inner = opts.strategy(strategy_for(opts, x.device())).strict(false);
-    batch_jacobian(&g, &xg, &inner)
+    crate::autograd::grad_mode_on(|| {
+        let (xg, g, _) = gradient_of(u, x, opts)?;
+        let inner = opts.strategy(strategy_for(opts, x.device())).strict(false);
+        batch_jacobian(&g, &xg, &inner)
+    })
 }
 
 /// The Laplacian of a closure per sample, shape `[B]`: `Δu[b] = Σ_i ∂²u(x)[b]/∂x[b, i]²`, the
@@ -141,38 +143,40 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    let (xg, g, b) = gradient_of(u, x, opts)?;
-    let n = x.numel() as i64 / b;
-    let strategy = strategy_for(opts, x.device());
-    if strategy != Strategy::RowLoop {
-        let inner = opts.strategy(strategy).strict(false);
-        let h = batch_jacobian(&g, &xg, &inner)?.f_reshape([b, n, n])?;
-        return Ok(h.f_diagonal(0, 1, 2)?.f_sum_dim_intlist(
-            [1i64].as_slice(),
-            false,
-            None::<Kind>,
-        )?);
-    }
-    // Diagonal only: pass i differentiates Σ_b g[b, i] and keeps column i.
-    let g2 = g.f_reshape([b, n])?;
-    let names_v = input_names(1);
-    let names = Names {
-        output: "∇u",
-        inputs: &names_v,
-    };
-    let pass = Pass::new(opts.create_graph, false, names);
-    let mut lap = Tensor::f_zeros([b], (g.kind(), g.device()))?;
-    for i in 0..n {
-        if let Some(progress) = opts.progress {
-            progress(crate::strategy::Progress {
-                strategy: Strategy::RowLoop,
-                done: i as usize,
-                total: n as usize,
-            });
+    crate::autograd::grad_mode_on(|| {
+        let (xg, g, b) = gradient_of(u, x, opts)?;
+        let n = x.numel() as i64 / b;
+        let strategy = strategy_for(opts, x.device());
+        if strategy != Strategy::RowLoop {
+            let inner = opts.strategy(strategy).strict(false);
+            let h = batch_jacobian(&g, &xg, &inner)?.f_reshape([b, n, n])?;
+            return Ok(h.f_diagonal(0, 1, 2)?.f_sum_dim_intlist(
+                [1i64].as_slice(),
+                false,
+                None::<Kind>,
+            )?);
         }
-        let root = g2.f_select(1, i)?.f_sum(None::<Kind>)?;
-        let gi = vjp_into(&root, &[&xg], pass)?.remove(0);
-        lap = lap.f_add(&gi.f_reshape([b, n])?.f_select(1, i)?)?;
-    }
-    Ok(lap)
+        // Diagonal only: pass i differentiates Σ_b g[b, i] and keeps column i.
+        let g2 = g.f_reshape([b, n])?;
+        let names_v = input_names(1);
+        let names = Names {
+            output: "∇u",
+            inputs: &names_v,
+        };
+        let pass = Pass::new(opts.create_graph, false, names);
+        let mut lap = Tensor::f_zeros([b], (g.kind(), g.device()))?;
+        for i in 0..n {
+            if let Some(progress) = opts.progress {
+                progress(crate::strategy::Progress {
+                    strategy: Strategy::RowLoop,
+                    done: i as usize,
+                    total: n as usize,
+                });
+            }
+            let root = g2.f_select(1, i)?.f_sum(None::<Kind>)?;
+            let gi = vjp_into(&root, &[&xg], pass)?.remove(0);
+            lap = lap.f_add(&gi.f_reshape([b, n])?.f_select(1, i)?)?;
+        }
+        Ok(lap)
+    })
 }

@@ -60,11 +60,13 @@ fn check_scalar(y: &Tensor) -> Result<()> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn vjp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
-    check_pair(y, x)?;
-    check_vector(v, "v", y, "y")?;
-    let names_v = input_names(1);
-    let root = y.f_mul(v)?.f_sum(None::<Kind>)?;
-    Ok(vjp_into(&root, &[x], opts.pass(y_names(&names_v)))?.remove(0))
+    crate::autograd::grad_mode_on(|| {
+        check_pair(y, x)?;
+        check_vector(v, "v", y, "y")?;
+        let names_v = input_names(1);
+        let root = y.f_mul(v)?.f_sum(None::<Kind>)?;
+        Ok(vjp_into(&root, &[x], opts.pass(y_names(&names_v)))?.remove(0))
+    })
 }
 
 /// The names of a call with output `y` and the one input `x`.
@@ -91,14 +93,16 @@ fn y_names(inputs: &[String]) -> Names<'_> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jvp(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
-    check_pair(y, x)?;
-    check_vector(u, "u", x, "x")?;
-    if let Some(j) = jacobian_instead(y, x, opts, "jvp")? {
-        let ju = j.f_matmul(&u.f_reshape([-1])?)?;
-        return Ok(ju.f_reshape(y.size().as_slice())?);
-    }
-    let names_v = input_names(1);
-    Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?.jvp(&[u])
+    crate::autograd::grad_mode_on(|| {
+        check_pair(y, x)?;
+        check_vector(u, "u", x, "x")?;
+        if let Some(j) = jacobian_instead(y, x, opts, "jvp")? {
+            let ju = j.f_matmul(&u.f_reshape([-1])?)?;
+            return Ok(ju.f_reshape(y.size().as_slice())?);
+        }
+        let names_v = input_names(1);
+        Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?.jvp(&[u])
+    })
 }
 
 /// Under `create_graph` through a node whose double backward is wrong one order higher (see
@@ -138,18 +142,20 @@ fn jacobian_instead(
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
-    check_pair(y, x)?;
-    check_scalar(y)?;
-    check_vector(v, "v", x, "x")?;
-    let names_v = input_names(1);
-    let pass = opts.pass(y_names(&names_v));
-    let g = vjp_into(y, &[x], pass.create_graph(true))?.remove(0);
-    let root = g.f_mul(v)?.f_sum(None::<Kind>)?;
-    let grad_names = Names {
-        output: "∇y",
-        inputs: &names_v,
-    };
-    Ok(vjp_into(&root, &[x], pass.names(grad_names))?.remove(0))
+    crate::autograd::grad_mode_on(|| {
+        check_pair(y, x)?;
+        check_scalar(y)?;
+        check_vector(v, "v", x, "x")?;
+        let names_v = input_names(1);
+        let pass = opts.pass(y_names(&names_v));
+        let g = vjp_into(y, &[x], pass.create_graph(true))?.remove(0);
+        let root = g.f_mul(v)?.f_sum(None::<Kind>)?;
+        let grad_names = Names {
+            output: "∇y",
+            inputs: &names_v,
+        };
+        Ok(vjp_into(&root, &[x], pass.names(grad_names))?.remove(0))
+    })
 }
 
 /// Hessian of a scalar `y`: `H[i..., j...] = ∂²y/∂x[i...]∂x[j...]`, shape `[*in, *in]`
@@ -170,17 +176,19 @@ pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
-    check_pair(y, x)?;
-    check_scalar(y)?;
-    let names_v = input_names(1);
-    let pass = opts.pass(y_names(&names_v)).create_graph(true);
-    let g = vjp_into(&y.f_reshape([])?, &[x], pass)?.remove(0);
-    let strategy = match opts.strategy {
-        Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => Strategy::Auto,
-        s => s,
-    };
-    let inner = opts.strategy(strategy).strict(false);
-    Ok(jacobian_with(&g, &[x], &inner)?.remove(0))
+    crate::autograd::grad_mode_on(|| {
+        check_pair(y, x)?;
+        check_scalar(y)?;
+        let names_v = input_names(1);
+        let pass = opts.pass(y_names(&names_v)).create_graph(true);
+        let g = vjp_into(&y.f_reshape([])?, &[x], pass)?.remove(0);
+        let strategy = match opts.strategy {
+            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => Strategy::Auto,
+            s => s,
+        };
+        let inner = opts.strategy(strategy).strict(false);
+        Ok(jacobian_with(&g, &[x], &inner)?.remove(0))
+    })
 }
 
 /// Many vector-Jacobian products at once: for a stack of cotangents `v = [k, *y.shape]`,
@@ -200,10 +208,12 @@ pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
-    check_pair(y, x)?;
-    check_stack(v, "v", y, "y", 0, "vjp_batched")?;
-    let names_v = input_names(1);
-    vjp_stack(y, x, v, opts.pass(y_names(&names_v)))
+    crate::autograd::grad_mode_on(|| {
+        check_pair(y, x)?;
+        check_stack(v, "v", y, "y", 0, "vjp_batched")?;
+        let names_v = input_names(1);
+        vjp_stack(y, x, v, opts.pass(y_names(&names_v)))
+    })
 }
 
 /// Many Jacobian-vector products at once: for a stack of tangents `u = [k, *x.shape]`,
@@ -224,24 +234,26 @@ pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jvp_batched(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
-    check_pair(y, x)?;
-    check_stack(u, "u", x, "x", 0, "jvp_batched")?;
-    if let Some(j) = jacobian_instead(y, x, opts, "jvp_batched")? {
-        let k = u.size()[0];
-        let ju = u.f_reshape([k, -1])?.f_matmul(&j.f_tr()?)?; // [k, m]
-        let mut shape = vec![k];
-        shape.extend(y.size());
-        return Ok(ju.f_reshape(shape.as_slice())?);
-    }
-    let names_v = input_names(1);
-    let lin = Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?;
-    if crate::native::available() {
-        return lin.jvp_batched(u);
-    }
-    let rows = (0..u.size()[0])
-        .map(|r| lin.jvp(&[&u.f_select(0, r)?]))
-        .collect::<Result<Vec<_>>>()?;
-    stack_or_empty(&rows, y, u.size()[0])
+    crate::autograd::grad_mode_on(|| {
+        check_pair(y, x)?;
+        check_stack(u, "u", x, "x", 0, "jvp_batched")?;
+        if let Some(j) = jacobian_instead(y, x, opts, "jvp_batched")? {
+            let k = u.size()[0];
+            let ju = u.f_reshape([k, -1])?.f_matmul(&j.f_tr()?)?; // [k, m]
+            let mut shape = vec![k];
+            shape.extend(y.size());
+            return Ok(ju.f_reshape(shape.as_slice())?);
+        }
+        let names_v = input_names(1);
+        let lin = Linearized::new(y, &[x], opts.pass(y_names(&names_v)))?;
+        if crate::native::available() {
+            return lin.jvp_batched(u);
+        }
+        let rows = (0..u.size()[0])
+            .map(|r| lin.jvp(&[&u.f_select(0, r)?]))
+            .collect::<Result<Vec<_>>>()?;
+        stack_or_empty(&rows, y, u.size()[0])
+    })
 }
 
 /// Hessian of a closure, `H[i..., j...] = ∂²f(x)/∂x[i...]∂x[j...]`, shape `[*in, *in]` —
@@ -266,8 +278,10 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    check_float(x, "x")?;
-    let xg = crate::jacobian::prepare_input(x, opts.create_graph)?;
-    let y = f(&xg).into_output()?;
-    hessian(&y, &xg, opts)
+    crate::autograd::grad_mode_on(|| {
+        check_float(x, "x")?;
+        let xg = crate::jacobian::prepare_input(x, opts.create_graph)?;
+        let y = f(&xg).into_output()?;
+        hessian(&y, &xg, opts)
+    })
 }

@@ -67,10 +67,12 @@ impl<E: Into<Error>> FnOutput for std::result::Result<Tensor, E> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jacobian(y: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let opts = JacobianOptions::default()
-        .strict(true)
-        .strategy(Strategy::RowLoop);
-    Ok(jacobian_with(y, &[x], &opts)?.remove(0))
+    crate::autograd::grad_mode_on(|| {
+        let opts = JacobianOptions::default()
+            .strict(true)
+            .strategy(Strategy::RowLoop);
+        Ok(jacobian_with(y, &[x], &opts)?.remove(0))
+    })
 }
 
 /// Jacobians of `y` with respect to several inputs, one block `[*out, *in_k]` per input, in
@@ -103,33 +105,35 @@ pub fn jacobian(y: &Tensor, x: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Result<Vec<Tensor>> {
-    let names_v = input_names(xs.len());
-    let names = Names {
-        output: "y",
-        inputs: &names_v,
-    };
-    check_float(y, "y")?;
-    if xs.is_empty() {
-        return Err(Error::InvalidArgument(
-            "jacobian_with needs at least one input; xs is empty".into(),
-        ));
-    }
-    for (x, name) in xs.iter().zip(&names_v) {
-        check_input(x, name)?;
-        check_same_device(y, "y", x, name)?;
-    }
-    let m = y.numel();
-    let n: usize = xs.iter().map(|x| x.numel()).sum();
-    let y2 = engine::rows_view(y, None)?;
-    let work = Work::of(y, m, n, 1, false);
-    let strategy = opts.strategy.validate()?.resolve_for(&work);
-    let instead = "jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)";
-    let blocks = engine::run(strategy, &work, &y2, xs, None, opts, names, instead)?;
-    blocks
-        .iter()
-        .zip(xs)
-        .map(|(blk, x)| unflatten(blk, &y.size(), &x.size()))
-        .collect()
+    crate::autograd::grad_mode_on(|| {
+        let names_v = input_names(xs.len());
+        let names = Names {
+            output: "y",
+            inputs: &names_v,
+        };
+        check_float(y, "y")?;
+        if xs.is_empty() {
+            return Err(Error::InvalidArgument(
+                "jacobian_with needs at least one input; xs is empty".into(),
+            ));
+        }
+        for (x, name) in xs.iter().zip(&names_v) {
+            check_input(x, name)?;
+            check_same_device(y, "y", x, name)?;
+        }
+        let m = y.numel();
+        let n: usize = xs.iter().map(|x| x.numel()).sum();
+        let y2 = engine::rows_view(y, None)?;
+        let work = Work::of(y, m, n, 1, false);
+        let strategy = opts.strategy.validate()?.resolve_for(&work);
+        let instead = "jacobian_of(f, x, opts) instead of jacobian_with(y, xs, opts)";
+        let blocks = engine::run(strategy, &work, &y2, xs, None, opts, names, instead)?;
+        blocks
+            .iter()
+            .zip(xs)
+            .map(|(blk, x)| unflatten(blk, &y.size(), &x.size()))
+            .collect()
+    })
 }
 
 /// Reshapes a `[B = 1, m, n]` block to `[*out, *in]`.
@@ -176,9 +180,11 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    let call = |xr: &Tensor| f(xr).into_output();
-    let (_, y, block) = closure_jacobian(&call, x, opts, |_| Ok(None))?;
-    unflatten(&block, &y.size(), &x.size())
+    crate::autograd::grad_mode_on(|| {
+        let call = |xr: &Tensor| f(xr).into_output();
+        let (_, y, block) = closure_jacobian(&call, x, opts, |_| Ok(None))?;
+        unflatten(&block, &y.size(), &x.size())
+    })
 }
 
 /// What `jacobian_of` and `batch_jacobian_of` share: prepares `x`, evaluates `f` once, checks
@@ -281,10 +287,12 @@ where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
 {
-    with_aux(f, opts, |call| {
-        let (_, y, block) = closure_jacobian(call, x, opts, |_| Ok(None))?;
-        let j = unflatten(&block, &y.size(), &x.size())?;
-        Ok((j, y))
+    crate::autograd::grad_mode_on(|| {
+        with_aux(f, opts, |call| {
+            let (_, y, block) = closure_jacobian(call, x, opts, |_| Ok(None))?;
+            let j = unflatten(&block, &y.size(), &x.size())?;
+            Ok((j, y))
+        })
     })
 }
 

@@ -100,7 +100,7 @@ pub use params::{
 pub use penalty::{
     contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
 };
-pub use strategy::{JacobianOptions, Progress, Strategy};
+pub use strategy::{JacobianOptions, Progress, Randomness, Strategy};
 pub use tolerance::{assert_allclose, Tolerance};
 
 /// The README's Rust snippets, compiled by `cargo test --doc`.

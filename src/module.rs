@@ -250,18 +250,20 @@ fn select_output(out: IValue, output_index: Option<usize>) -> Result<Tensor> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn module_output(module: &CModule, x: &Tensor, output_index: Option<usize>) -> Result<Tensor> {
-    let out = module
-        .forward_is(&[IValue::Tensor(x.shallow_clone())])
-        .map_err(|e| match e {
-            TchError::Torch(msg) => Error::Torch(TchError::Torch(format!(
-                "the model rejected an input of shape {:?} ({:?}, {:?}): {msg}",
-                x.size(),
-                x.kind(),
-                x.device()
-            ))),
-            other => Error::Torch(other),
-        })?;
-    select_output(out, output_index)
+    crate::autograd::grad_mode_on(|| {
+        let out = module
+            .forward_is(&[IValue::Tensor(x.shallow_clone())])
+            .map_err(|e| match e {
+                TchError::Torch(msg) => Error::Torch(TchError::Torch(format!(
+                    "the model rejected an input of shape {:?} ({:?}, {:?}): {msg}",
+                    x.size(),
+                    x.kind(),
+                    x.device()
+                ))),
+                other => Error::Torch(other),
+            })?;
+        select_output(out, output_index)
+    })
 }
 
 /// Jacobian of a TorchScript model at `x`: `J[i..., j...] = ∂f(x)[i...]/∂x[j...]`, shape
@@ -302,10 +304,12 @@ pub fn module_jacobian(
     output_index: Option<usize>,
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
-    let f = |x: &Tensor| module_output(module, x, output_index);
-    let _plain = opts.create_graph.then(PlainTorchScript::new);
-    let _reverse = WithoutForwardAd::new();
-    with_row_loop_fallback(opts, |o| jacobian_of(f, x, o), || Ok(()))
+    crate::autograd::grad_mode_on(|| {
+        let f = |x: &Tensor| module_output(module, x, output_index);
+        let _plain = opts.create_graph.then(PlainTorchScript::new);
+        let _reverse = WithoutForwardAd::new();
+        with_row_loop_fallback(opts, |o| jacobian_of(f, x, o), || Ok(()))
+    })
 }
 
 /// `run(opts)`; when that fails under [`Strategy::Auto`], `before_retry()` and then
@@ -357,15 +361,17 @@ pub fn module_batch_jacobian(
     output_index: Option<usize>,
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
-    let f = |x: &Tensor| module_output(module, x, output_index);
-    let check_independence = || {
-        if x.is_floating_point() {
-            let xg = x.f_detach()?.set_requires_grad(true);
-            check_batch_independence(&f(&xg)?, &xg)?;
-        }
-        Ok(())
-    };
-    let _plain = opts.create_graph.then(PlainTorchScript::new);
-    let _reverse = WithoutForwardAd::new();
-    with_row_loop_fallback(opts, |o| batch_jacobian_of(f, x, o), check_independence)
+    crate::autograd::grad_mode_on(|| {
+        let f = |x: &Tensor| module_output(module, x, output_index);
+        let check_independence = || {
+            if x.is_floating_point() {
+                let xg = x.f_detach()?.set_requires_grad(true);
+                check_batch_independence(&f(&xg)?, &xg)?;
+            }
+            Ok(())
+        };
+        let _plain = opts.create_graph.then(PlainTorchScript::new);
+        let _reverse = WithoutForwardAd::new();
+        with_row_loop_fallback(opts, |o| batch_jacobian_of(f, x, o), check_independence)
+    })
 }

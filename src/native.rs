@@ -276,10 +276,13 @@ unsafe extern "C" fn callback(
             1
         }
         Err(panic) => {
-            *ctx.error.borrow_mut() = Some(Error::Contract(format!(
-                "the closure panicked: {}",
-                crate::error::panic_message(panic.as_ref())
-            )));
+            let message = crate::error::panic_message(panic.as_ref());
+            // tch's panicking methods unwrap libtorch's error: an op without a batching rule
+            // (fallback off) is the same NoBatchingRule as anywhere else.
+            *ctx.error.borrow_mut() = Some(match message.find(FALLBACK_DISABLED) {
+                Some(_) => engine_error(message),
+                None => Error::Contract(format!("the closure panicked: {message}")),
+            });
             1
         }
     }
@@ -298,7 +301,15 @@ unsafe fn finish_call(
 ) -> Result<()> {
     let ops = take_string(ops);
     if let Some(msg) = take_string(err) {
-        return Err(ctx.error.into_inner().unwrap_or_else(|| engine_error(msg)));
+        return Err(match ctx.error.into_inner() {
+            // An op of the closure without a batching rule, the fallback off: the closure's
+            // own error says so in libtorch's words; it is the same NoBatchingRule as anywhere.
+            Some(Error::Torch(t)) if t.to_string().contains(FALLBACK_DISABLED) => {
+                engine_error(t.to_string())
+            }
+            Some(e) => e,
+            None => engine_error(msg),
+        });
     }
     if let Some(ops) = ops {
         record_fallbacks(&ops);
@@ -309,8 +320,8 @@ unsafe fn finish_call(
 /// Per-sample gradients by `vmap(grad(f))` through `csrc/vmap_grad.cpp`: for `inputs[k] =
 /// [B, *sample_k]`, `G_p[b] = ∂f(θ, x_b)/∂θ_p` (`[B, *θ_p]`, `None` where the loss does not reach
 /// `θ_p`) and the losses `[B]`. `f` runs once, on one logical sample, at the transforms' levels;
-/// its errors and panics come back as an [`Error`]. `same_randomness`: random ops inside `f` draw
-/// once for the batch (vmap's `randomness="same"`) instead of failing.
+/// its errors and panics come back as an [`Error`]. `randomness`: vmap's rule for random ops
+/// inside `f` ([`crate::Randomness`]).
 #[cfg(tch_jacobian_native)]
 pub(crate) fn vmap_grad(
     f: &LossFn<'_>,
@@ -318,7 +329,7 @@ pub(crate) fn vmap_grad(
     inputs: &[&Tensor],
     batch: i64,
     vmap_fallback: bool,
-    same_randomness: bool,
+    randomness: crate::Randomness,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     ensure_norm_autograd()?;
     use std::ffi::{c_char, c_int, c_void};
@@ -333,7 +344,7 @@ pub(crate) fn vmap_grad(
             n_inputs: i64,
             batch: i64,
             vmap_fallback: c_int,
-            same_randomness: c_int,
+            randomness: c_int,
             grads: *mut *mut C_tensor,
             losses: *mut *mut C_tensor,
             fallback_ops: *mut *mut c_char,
@@ -360,7 +371,11 @@ pub(crate) fn vmap_grad(
             inputs.len() as i64,
             batch,
             vmap_fallback as c_int,
-            same_randomness as c_int,
+            match randomness {
+                crate::Randomness::Error => 0,
+                crate::Randomness::Same => 1,
+                crate::Randomness::Different => 2,
+            },
             grads.as_mut_ptr(),
             &mut losses,
             &mut ops,
@@ -483,7 +498,7 @@ pub(crate) fn vmap_grad(
     _inputs: &[&Tensor],
     _batch: i64,
     _vmap_fallback: bool,
-    _same_randomness: bool,
+    _randomness: crate::Randomness,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     Err(unavailable())
 }
@@ -509,12 +524,15 @@ pub(crate) fn unavailable() -> Error {
 
 /// libtorch's message, with the disabled-fallback case turned into [`Error::NoBatchingRule`].
 #[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
+/// libtorch's words for an op without a batching rule when the vmap fallback is off.
+const FALLBACK_DISABLED: &str = " hit the vmap fallback which is currently disabled";
+
+#[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
 fn engine_error(msg: String) -> Error {
-    const DISABLED: &str = " hit the vmap fallback which is currently disabled";
-    match msg.find(DISABLED) {
+    match msg.find(FALLBACK_DISABLED) {
         Some(end) => Error::NoBatchingRule {
             op: msg[..end]
-                .rsplit(|c: char| c.is_whitespace())
+                .rsplit(|c: char| c.is_whitespace() || c == '"' || c == '(')
                 .next()
                 .unwrap_or("")
                 .to_string(),
@@ -585,6 +603,43 @@ pub(crate) fn ensure_norm_autograd() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// While it lives, random ops at the innermost vmap level draw once for the batch
+/// (`randomness="same"`); the level's own setting comes back when it is dropped. Outside vmap, or
+/// without the engine, it does nothing. For the module door: building the model draws its
+/// initial values on unbatched tensors, which `Randomness::Different` refuses.
+pub(crate) struct SameRandomness {
+    #[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
+    previous: std::ffi::c_int,
+}
+
+#[cfg(tch_jacobian_native)]
+extern "C" {
+    fn tchj_set_vmap_randomness(randomness: std::ffi::c_int) -> std::ffi::c_int;
+}
+
+impl SameRandomness {
+    pub(crate) fn new() -> Self {
+        #[cfg(tch_jacobian_native)]
+        // SAFETY: writes this thread's innermost vmap level's setting; no exception.
+        let previous = unsafe { tchj_set_vmap_randomness(1) };
+        #[cfg(not(tch_jacobian_native))]
+        let previous = -1;
+        SameRandomness { previous }
+    }
+}
+
+impl Drop for SameRandomness {
+    fn drop(&mut self) {
+        #[cfg(tch_jacobian_native)]
+        if self.previous >= 0 {
+            // SAFETY: as in `new`.
+            unsafe {
+                tchj_set_vmap_randomness(self.previous);
+            }
+        }
+    }
 }
 
 /// Whether a functorch transform is active on this thread (inside the closure of

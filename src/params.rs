@@ -26,7 +26,7 @@
 
 use tch::{nn, Tensor};
 
-use crate::autograd::{check_float, check_same_device};
+use crate::autograd::{check_float, check_same_device, input_names, vjp_into, Names, Pass};
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_with;
 use crate::strategy::{JacobianOptions, Strategy};
@@ -73,14 +73,16 @@ pub fn parameter_jacobian(
     params: &[(String, Tensor)],
     opts: &JacobianOptions,
 ) -> Result<Vec<(String, Tensor)>> {
-    if params.is_empty() {
-        return Err(Error::InvalidArgument(
-            "no parameters: params is empty (a VarStore without trainable variables?)".into(),
-        ));
-    }
-    let xs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
-    let blocks = jacobian_with(y, &xs, opts).map_err(|e| name_inputs(e, params))?;
-    Ok(params.iter().map(|(n, _)| n.clone()).zip(blocks).collect())
+    crate::autograd::grad_mode_on(|| {
+        if params.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no parameters: params is empty (a VarStore without trainable variables?)".into(),
+            ));
+        }
+        let xs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+        let blocks = jacobian_with(y, &xs, opts).map_err(|e| name_inputs(e, params))?;
+        Ok(params.iter().map(|(n, _)| n.clone()).zip(blocks).collect())
+    })
 }
 
 /// Per-sample gradients: for per-sample losses `ℓ = [B]` (e.g. a loss with `reduction = none`),
@@ -113,13 +115,15 @@ pub fn per_sample_gradients(
     params: &[(String, Tensor)],
     opts: &JacobianOptions,
 ) -> Result<Vec<(String, Tensor)>> {
-    if losses.dim() != 1 {
-        return Err(Error::Shape(format!(
+    crate::autograd::grad_mode_on(|| {
+        if losses.dim() != 1 {
+            return Err(Error::Shape(format!(
             "per-sample gradients need one loss per sample, a vector [B]; got losses of shape {:?} (use reduction = none)",
             losses.size()
         )));
-    }
-    parameter_jacobian(losses, params, opts)
+        }
+        parameter_jacobian(losses, params, opts)
+    })
 }
 
 /// What [`per_sample_gradients_of`] returns (`#[non_exhaustive]`: fields may be added, so
@@ -198,7 +202,7 @@ pub fn per_sample_gradients_of<F>(
 where
     F: Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
 {
-    per_sample(&loss, params, inputs, opts, false)
+    crate::autograd::grad_mode_on(|| per_sample(&loss, params, inputs, opts))
 }
 
 /// [`per_sample_gradients_of`] for a `tch::nn` model as it is built, by a
@@ -212,8 +216,11 @@ where
 /// [`Strategy::RowLoop`]) and each variable is overwritten by the transformed parameter, so the
 /// gradients are formed per sample in `O(B)` like `vmap(grad(functional_call(model, ...)))`. The
 /// cost over [`per_sample_gradients_of`] is one model construction per call (its random
-/// initialization, then a copy per variable). Random ops inside run once for the whole batch
-/// (torch.func's `randomness="same"`): a dropout mask is shared by the samples of a call.
+/// initialization, then a copy per variable). Random ops inside follow
+/// [`JacobianOptions::randomness`]: by default each sample draws its own dropout mask
+/// ([`Randomness::Different`](crate::Randomness::Different)); `Same` shares one mask across
+/// the call; `Error` makes a random op of the loss an error. The model's construction always
+/// draws its (overwritten) initial values once for the batch.
 ///
 /// `build` must create the same variables (names and shapes) as the model behind `vs`: a
 /// mismatch is an [`Error::Contract`] naming the variable. The other rules (errors, vmap
@@ -257,52 +264,59 @@ where
     B: Fn(&nn::Path) -> M,
     L: Fn(&M, &[Tensor]) -> Result<Tensor>,
 {
-    let params = trainable_parameters(vs);
-    let device = vs.device();
-    let kind = params.first().map_or(vs.kind(), |(_, p)| p.kind());
-    let of_params = |p: &[Tensor], sample: &[Tensor]| -> Result<Tensor> {
-        let mut fresh = nn::VarStore::new(device);
-        // (vs.kind() stays Float after vs.double(): take the dtype from the variables.)
-        fresh.set_kind(kind);
-        let model = build(&fresh.root());
-        let mut vars = fresh.variables();
-        for ((name, _), value) in params.iter().zip(p) {
-            let var = vars.remove(name).ok_or_else(|| {
+    crate::autograd::grad_mode_on(|| {
+        let params = trainable_parameters(vs);
+        let device = vs.device();
+        let kind = params.first().map_or(vs.kind(), |(_, p)| p.kind());
+        let of_params = |p: &[Tensor], sample: &[Tensor]| -> Result<Tensor> {
+            let mut fresh = nn::VarStore::new(device);
+            // (vs.kind() stays Float after vs.double(): take the dtype from the variables.)
+            fresh.set_kind(kind);
+            // The construction's initial draws once for the batch, whatever `randomness` says
+            // for the loss (they are overwritten below).
+            let model = {
+                let _same = crate::native::SameRandomness::new();
+                build(&fresh.root())
+            };
+            let mut vars = fresh.variables();
+            for ((name, _), value) in params.iter().zip(p) {
+                let var = vars.remove(name).ok_or_else(|| {
                 Error::Contract(format!(
                     "build created no variable {name} (the VarStore has it, shape {:?}); build must make the model of vs",
                     value.size()
                 ))
             })?;
-            if var.size() != value.size() || var.kind() != value.kind() {
-                return Err(Error::Contract(format!(
+                if var.size() != value.size() || var.kind() != value.kind() {
+                    return Err(Error::Contract(format!(
                     "build's variable {name} is {:?} {:?} but the VarStore's is {:?} {:?}; build must make the model of vs",
                     var.size(),
                     var.kind(),
                     value.size(),
                     value.kind()
                 )));
+                }
+                // The layers hold shallow clones of `var`: after the copy they read the transformed
+                // parameter, and gradients flow back to it through the copy.
+                let mut var = var.set_requires_grad(false);
+                var.f_copy_(value)?;
             }
-            // The layers hold shallow clones of `var`: after the copy they read the transformed
-            // parameter, and gradients flow back to it through the copy.
-            let mut var = var.set_requires_grad(false);
-            var.f_copy_(value)?;
-        }
-        // Variables that vs does not train (frozen) take vs' values as constants.
-        if !vars.is_empty() {
-            let all = vs.variables();
-            for (name, var) in vars {
-                let value = all.get(&name).ok_or_else(|| {
+            // Variables that vs does not train (frozen) take vs' values as constants.
+            if !vars.is_empty() {
+                let all = vs.variables();
+                for (name, var) in vars {
+                    let value = all.get(&name).ok_or_else(|| {
                     Error::Contract(format!(
                         "build created a variable {name} (shape {:?}) that the VarStore does not have; build must make the model of vs",
                         var.size()
                     ))
                 })?;
-                tch::no_grad(|| var.shallow_clone().f_copy_(value))?;
+                    tch::no_grad(|| var.shallow_clone().f_copy_(value))?;
+                }
             }
-        }
-        loss(&model, sample)
-    };
-    per_sample(&of_params, &params, inputs, opts, true)
+            loss(&model, sample)
+        };
+        per_sample(&of_params, &params, inputs, opts)
+    })
 }
 
 /// What the closure doors share: checks, then vmap(grad) or the loop over samples.
@@ -311,8 +325,8 @@ fn per_sample(
     params: &[(String, Tensor)],
     inputs: &[&Tensor],
     opts: &JacobianOptions,
-    same_randomness: bool,
 ) -> Result<PerSample> {
+    let randomness = opts.randomness;
     if params.is_empty() {
         return Err(Error::InvalidArgument(
             "no parameters: params is empty (a VarStore without trainable variables?)".into(),
@@ -389,16 +403,22 @@ fn per_sample(
     };
     let ps: Vec<&Tensor> = params.iter().map(|(_, p)| p).collect();
     let (grads, losses) = if loop_over_samples {
-        sample_loop(loss, &ps, inputs, batch)?
+        sample_loop(loss, &ps, inputs, batch, randomness)?
     } else {
-        crate::native::vmap_grad(
-            loss,
-            &ps,
-            inputs,
-            batch,
-            opts.vmap_fallback,
-            same_randomness,
-        )?
+        match crate::native::vmap_grad(loss, &ps, inputs, batch, opts.vmap_fallback, randomness) {
+            // Auto never fails where the loop over samples works (the engine's one recovery
+            // rule, as in `engine::run`): e.g. a loss that does not reach the parameters, which
+            // autograd.grad refuses at the grad level. Reported by take_reroutes.
+            Err(e @ Error::Torch(_)) if opts.strategy == Strategy::Auto => {
+                crate::second_order::record(crate::second_order::Reroute {
+                    from: Strategy::Batched { chunk_size: None },
+                    to: Strategy::RowLoop,
+                    reason: format!("vmap(grad) failed: {}", e.one_line()),
+                });
+                sample_loop(loss, &ps, inputs, batch, randomness)?
+            }
+            r => r?,
+        }
     };
     let gradients = names()
         .zip(grads.into_iter().zip(&ps))
@@ -423,9 +443,19 @@ fn sample_loop(
     ps: &[&Tensor],
     inputs: &[&Tensor],
     batch: i64,
+    randomness: crate::Randomness,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+    // `Same`: every sample starts from one seed drawn here, so it sees the same numbers.
+    let seed = match randomness {
+        crate::Randomness::Same => Some(
+            Tensor::f_randint(i64::MAX, [1], (tch::Kind::Int64, tch::Device::Cpu))?
+                .int64_value(&[0]),
+        ),
+        _ => None,
+    };
     let mut per_param: Vec<Vec<Tensor>> = ps.iter().map(|_| Vec::new()).collect();
     let mut losses = Vec::new();
+    let param_names = input_names(ps.len());
     for b in 0..batch {
         let leaves: Vec<Tensor> = ps
             .iter()
@@ -435,6 +465,9 @@ fn sample_loop(
             .iter()
             .map(|x| Ok(x.f_select(0, b)?))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(seed) = seed {
+            tch::manual_seed(seed);
+        }
         let l = loss(&leaves, &sample)?;
         if l.dim() != 0 {
             return Err(Error::Shape(format!(
@@ -442,13 +475,16 @@ fn sample_loop(
                 l.size()
             )));
         }
-        let grads = if l.requires_grad() {
-            Tensor::f_run_backward(&[&l], &leaves, false, false)?
-        } else {
-            leaves.iter().map(|_| Tensor::new()).collect()
+        // Through the one room for backward passes (zeros where the loss does not reach a
+        // parameter, ZeroTensors settled).
+        let leaf_refs: Vec<&Tensor> = leaves.iter().collect();
+        let names = Names {
+            output: "the loss",
+            inputs: &param_names,
         };
-        for ((acc, g), p) in per_param.iter_mut().zip(grads).zip(&leaves) {
-            acc.push(if g.defined() { g } else { p.f_zeros_like()? });
+        let grads = vjp_into(&l, &leaf_refs, Pass::new(false, false, names))?;
+        for (acc, g) in per_param.iter_mut().zip(grads) {
+            acc.push(g);
         }
         losses.push(l.f_detach()?);
     }

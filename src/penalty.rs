@@ -168,81 +168,83 @@ pub fn contractive_penalty_per_sample(
     x: &Tensor,
     estimator: &Estimator,
 ) -> Result<Tensor> {
-    check_float(h, "h")?;
-    check_float(x, "x")?;
-    check_same_device(h, "h", x, "x")?;
-    let (hs, xs) = (h.size(), x.size());
-    if hs.len() < 2 || xs.len() < 2 || hs[0] != xs[0] {
-        return Err(Error::Shape(format!(
+    crate::autograd::grad_mode_on(|| {
+        check_float(h, "h")?;
+        check_float(x, "x")?;
+        check_same_device(h, "h", x, "x")?;
+        let (hs, xs) = (h.size(), x.size());
+        if hs.len() < 2 || xs.len() < 2 || hs[0] != xs[0] {
+            return Err(Error::Shape(format!(
             "contractive penalty needs h: [B, *out] and x: [B, *in] with the same batch size B; got h {hs:?} and x {xs:?}"
         )));
-    }
-    let b = hs[0];
-    if b == 0 {
-        return Err(Error::Shape(format!(
-            "empty batch: h has shape {hs:?}; the penalty of no samples is undefined"
-        )));
-    }
-    match estimator {
-        Estimator::Exact => {
-            check_input(x, "x")?;
-            let opts = JacobianOptions::default().create_graph(true).strict(true);
-            let j = batch_jacobian(h, x, &opts)?;
-            // Summed in place over every per-sample dimension: J may be a strided view
-            // (Batched's [B, rows, n] block), which a reshape to [B, -1] would copy.
-            let dims: Vec<i64> = (1..j.dim() as i64).collect();
-            Ok(j.f_square()?
-                .f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?)
         }
-        Estimator::SigmoidClosedForm { w } => {
-            if hs.len() != 2 || xs.len() != 2 || w.dim() != 2 || w.size()[1] != xs[1] {
-                return Err(Error::Shape(format!(
+        let b = hs[0];
+        if b == 0 {
+            return Err(Error::Shape(format!(
+                "empty batch: h has shape {hs:?}; the penalty of no samples is undefined"
+            )));
+        }
+        match estimator {
+            Estimator::Exact => {
+                check_input(x, "x")?;
+                let opts = JacobianOptions::default().create_graph(true).strict(true);
+                let j = batch_jacobian(h, x, &opts)?;
+                // Summed in place over every per-sample dimension: J may be a strided view
+                // (Batched's [B, rows, n] block), which a reshape to [B, -1] would copy.
+                let dims: Vec<i64> = (1..j.dim() as i64).collect();
+                Ok(j.f_square()?
+                    .f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?)
+            }
+            Estimator::SigmoidClosedForm { w } => {
+                if hs.len() != 2 || xs.len() != 2 || w.dim() != 2 || w.size()[1] != xs[1] {
+                    return Err(Error::Shape(format!(
                     "sigmoid closed form needs h: [B, m], x: [B, n] and w: [m, n]; got h {hs:?}, x {xs:?}, w {:?}",
                     w.size()
                 )));
+                }
+                closed_form::frobenius_sq(w, h, "h")
             }
-            closed_form::frobenius_sq(w, h, "h")
-        }
-        Estimator::Projections { k, seed } => {
-            if *k == 0 {
-                return Err(Error::InvalidArgument(
-                    "Projections needs k ≥ 1 projections, got k = 0".into(),
-                ));
+            Estimator::Projections { k, seed } => {
+                if *k == 0 {
+                    return Err(Error::InvalidArgument(
+                        "Projections needs k ≥ 1 projections, got k = 0".into(),
+                    ));
+                }
+                check_input(x, "x")?;
+                let dirs = sphere_directions(*k, &hs, *seed, h.kind(), h.device())?;
+                projections(h, x, &dirs)
             }
-            check_input(x, "x")?;
-            let dirs = sphere_directions(*k, &hs, *seed, h.kind(), h.device())?;
-            projections(h, x, &dirs)
-        }
-        Estimator::FixedProjections { v } => {
-            check_input(x, "x")?;
-            check_stack(v, "v", h, "h", 1, "FixedProjections")?;
-            projections(h, x, v)
-        }
-        Estimator::HutchPlusPlus { k, seed } => {
-            if *k == 0 {
-                return Err(Error::InvalidArgument(
-                    "HutchPlusPlus needs k ≥ 1 products, got k = 0".into(),
-                ));
+            Estimator::FixedProjections { v } => {
+                check_input(x, "x")?;
+                check_stack(v, "v", h, "h", 1, "FixedProjections")?;
+                projections(h, x, v)
             }
-            check_input(x, "x")?;
-            let s = k / 3;
-            let g = k - 2 * s;
-            let v = sphere_directions(g, &hs, *seed, h.kind(), h.device())?;
-            if s == 0 {
-                return projections(h, x, &v);
+            Estimator::HutchPlusPlus { k, seed } => {
+                if *k == 0 {
+                    return Err(Error::InvalidArgument(
+                        "HutchPlusPlus needs k ≥ 1 products, got k = 0".into(),
+                    ));
+                }
+                check_input(x, "x")?;
+                let s = k / 3;
+                let g = k - 2 * s;
+                let v = sphere_directions(g, &hs, *seed, h.kind(), h.device())?;
+                if s == 0 {
+                    return projections(h, x, &v);
+                }
+                // The sketch's own stream: another seed, or torch's generator.
+                let sketch_seed = seed.map(|s| s ^ 0x9E37_79B9_7F4A_7C15);
+                let sketch = sphere_directions(s, &hs, sketch_seed, h.kind(), h.device())?;
+                hutch_plus_plus(h, x, &sketch, &v)
             }
-            // The sketch's own stream: another seed, or torch's generator.
-            let sketch_seed = seed.map(|s| s ^ 0x9E37_79B9_7F4A_7C15);
-            let sketch = sphere_directions(s, &hs, sketch_seed, h.kind(), h.device())?;
-            hutch_plus_plus(h, x, &sketch, &v)
+            Estimator::FixedHutchPlusPlus { sketch, v } => {
+                check_input(x, "x")?;
+                check_stack(sketch, "sketch", h, "h", 1, "FixedHutchPlusPlus")?;
+                check_stack(v, "v", h, "h", 1, "FixedHutchPlusPlus")?;
+                hutch_plus_plus(h, x, sketch, v)
+            }
         }
-        Estimator::FixedHutchPlusPlus { sketch, v } => {
-            check_input(x, "x")?;
-            check_stack(sketch, "sketch", h, "h", 1, "FixedHutchPlusPlus")?;
-            check_stack(v, "v", h, "h", 1, "FixedHutchPlusPlus")?;
-            hutch_plus_plus(h, x, sketch, v)
-        }
-    }
+    })
 }
 
 /// Hutch++ per sample: `‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²` with `Q = orth(Jᵀ S)`
@@ -346,7 +348,9 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn contractive_penalty(h: &Tensor, x: &Tensor, estimator: &Estimator) -> Result<Tensor> {
-    Ok(contractive_penalty_per_sample(h, x, estimator)?.f_mean(None::<Kind>)?)
+    crate::autograd::grad_mode_on(|| {
+        Ok(contractive_penalty_per_sample(h, x, estimator)?.f_mean(None::<Kind>)?)
+    })
 }
 
 /// `(m/k) Σ_r ‖v_rᵀ J‖²` per sample, one create_graph VJP per direction.

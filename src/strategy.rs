@@ -507,6 +507,46 @@ pub struct JacobianOptions<'a> {
     pub vmap_fallback: bool,
     /// Called after every pass.
     pub progress: Option<&'a dyn Fn(Progress)>,
+    /// Random ops inside a per-sample closure (torch.func's vmap `randomness`).
+    pub randomness: Randomness,
+}
+
+/// What random ops (dropout, `randn`, …) inside the closure of
+/// [`per_sample_gradients_of`](crate::per_sample_gradients_of) and
+/// [`per_sample_gradients_of_module`](crate::per_sample_gradients_of_module) do — torch.func's
+/// `vmap(..., randomness=…)`. Set it with [`JacobianOptions::randomness`].
+///
+/// | value | each sample's draw | torch.func |
+/// |---|---|---|
+/// | [`Different`](Randomness::Different) (default) | its own (its own dropout mask), as a loop over samples draws | `"different"` |
+/// | [`Same`](Randomness::Same) | one draw shared by the samples of a call | `"same"` |
+/// | [`Error`](Randomness::Error) | a random op is an error | `"error"` (torch.func's default) |
+///
+/// The default is `Different`, unlike torch.func's `"error"`: it is what a loop over samples
+/// (the crate's `RowLoop` door, and DP-SGD codes such as Opacus) computes. Under
+/// [`Strategy::RowLoop`] (or without the native engine) the closure runs once per sample:
+/// `Different` draws per sample, `Same` reseeds the generator with one drawn seed before each
+/// sample (so every sample sees the same numbers), and `Error` cannot be checked there.
+/// `per_sample_gradients_of_module` builds the model (its initial draws) under `Same` in every
+/// mode; the setting applies to the loss.
+///
+/// ```
+/// use tch_jacobian::{JacobianOptions, Randomness};
+/// let opts = JacobianOptions::default();
+/// assert_eq!(opts.randomness, Randomness::Different);
+/// let opts = opts.randomness(Randomness::Same);
+/// assert_eq!(opts.randomness, Randomness::Same);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Randomness {
+    /// Each sample draws its own numbers.
+    #[default]
+    Different,
+    /// One draw, shared by the samples of a call.
+    Same,
+    /// A random op inside the closure is an error.
+    Error,
 }
 
 /// How far a Jacobian computation is, handed to [`JacobianOptions::progress`] after each pass:
@@ -533,6 +573,7 @@ impl Default for JacobianOptions<'_> {
             strategy: Strategy::Auto,
             vmap_fallback: true,
             progress: None,
+            randomness: Randomness::Different,
         }
     }
 }
@@ -544,6 +585,7 @@ impl std::fmt::Debug for JacobianOptions<'_> {
             .field("strict", &self.strict)
             .field("strategy", &self.strategy)
             .field("vmap_fallback", &self.vmap_fallback)
+            .field("randomness", &self.randomness)
             .field("progress", &self.progress.map(|_| "Fn(Progress)"))
             .finish()
     }
@@ -561,6 +603,7 @@ impl PartialEq for JacobianOptions<'_> {
             && self.strict == other.strict
             && self.strategy == other.strategy
             && self.vmap_fallback == other.vmap_fallback
+            && self.randomness == other.randomness
             && same_progress
     }
 }
@@ -583,6 +626,12 @@ impl<'a> JacobianOptions<'a> {
         self.strategy = strategy;
         self
     }
+    /// Sets `randomness` (per-sample closures' random ops, [`Randomness`]).
+    pub fn randomness(mut self, randomness: Randomness) -> Self {
+        self.randomness = randomness;
+        self
+    }
+
     /// Sets `vmap_fallback`.
     pub fn vmap_fallback(mut self, vmap_fallback: bool) -> Self {
         self.vmap_fallback = vmap_fallback;
