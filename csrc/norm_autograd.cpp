@@ -434,6 +434,12 @@ char* tchj_install_norm_autograd() {
   static std::once_flag once;
   try {
     std::call_once(once, [] {
+      // libtorch warns that these replace its own kernels ("Overriding a previously registered
+      // kernel"): expected, and not the caller's business, so not printed.
+      struct Quiet : c10::WarningHandler {
+        void process(const c10::Warning&) override {}
+      } quiet;
+      c10::WarningUtils::WarningHandlerGuard guard(&quiet);
       // Leaked on purpose: the registration lasts as long as the library object.
       auto* lib = new torch::Library(
           torch::Library::IMPL, "aten", c10::DispatchKey::Autograd, __FILE__, __LINE__);

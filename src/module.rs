@@ -25,7 +25,7 @@
 //! stacked copies of the
 //! input (`[c, *in]`, or `[B·c, *in]` for a batch): models made of `nn.Linear`, `nn.Conv2d` on
 //! `[C, H, W]` inputs and other batch-aware layers accept them. For a model that does not,
-//! [`Strategy::Auto`] falls back to [`Strategy::RowLoop`] (see [`module_jacobian`]).
+//! [`Strategy::Auto`] falls back to [`Strategy::RowLoop`] (the engine's one recovery rule, see [`module_jacobian`]).
 //!
 //! ```
 //! use tch::{Device, Kind, Tensor};
@@ -54,12 +54,14 @@ use std::path::Path;
 
 use tch::{CModule, Device, IValue, TchError, Tensor};
 
-use crate::batch::{batch_jacobian_of, check_batch_independence};
+use crate::batch::batch_jacobian_of;
 use crate::engine::WithoutForwardAd;
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_of;
 use crate::native::PlainTorchScript;
-use crate::strategy::{JacobianOptions, Strategy};
+use crate::strategy::JacobianOptions;
+#[cfg(doc)]
+use crate::{batch::check_batch_independence, strategy::Strategy};
 
 /// Loads a TorchScript model saved with `torch.jit.save` onto `device`, in evaluation mode
 /// (`model.eval()`: dropout off, batch norm on its running statistics — what a Jacobian of a
@@ -308,25 +310,10 @@ pub fn module_jacobian(
         let f = |x: &Tensor| module_output(module, x, output_index);
         let _plain = opts.create_graph.then(PlainTorchScript::new);
         let _reverse = WithoutForwardAd::new();
-        with_row_loop_fallback(opts, |o| jacobian_of(f, x, o), || Ok(()))
+        jacobian_of(f, x, opts)
     })
 }
 
-/// `run(opts)`; when that fails under [`Strategy::Auto`], `before_retry()` and then
-/// `run(opts with Strategy::RowLoop)` — for models that reject stacked inputs.
-fn with_row_loop_fallback(
-    opts: &JacobianOptions,
-    run: impl Fn(&JacobianOptions) -> Result<Tensor>,
-    before_retry: impl FnOnce() -> Result<()>,
-) -> Result<Tensor> {
-    match run(opts) {
-        Err(_) if opts.strategy == Strategy::Auto => {
-            before_retry()?;
-            run(&opts.strategy(Strategy::RowLoop))
-        }
-        r => r,
-    }
-}
 
 /// Per-sample Jacobians of a TorchScript model over a batch `x: [B, *in]`:
 /// `J[b, i..., j...] = ∂f(x)[b, i...]/∂x[b, j...]`, shape `[B, *out, *in]` — PyTorch's
@@ -363,15 +350,8 @@ pub fn module_batch_jacobian(
 ) -> Result<Tensor> {
     crate::autograd::grad_mode_on(|| {
         let f = |x: &Tensor| module_output(module, x, output_index);
-        let check_independence = || {
-            if x.is_floating_point() {
-                let xg = x.f_detach()?.set_requires_grad(true);
-                check_batch_independence(&f(&xg)?, &xg)?;
-            }
-            Ok(())
-        };
         let _plain = opts.create_graph.then(PlainTorchScript::new);
         let _reverse = WithoutForwardAd::new();
-        with_row_loop_fallback(opts, |o| batch_jacobian_of(f, x, o), check_independence)
+        batch_jacobian_of(f, x, opts)
     })
 }
