@@ -76,6 +76,16 @@ pub(crate) fn run(
     instead: &str,
 ) -> Result<Vec<Tensor>> {
     let strategy = second_order::guard(opts.strategy, strategy, opts.create_graph, y2, work)?;
+    // One copy to replicate (one output row for Vectorized, one input column for
+    // VectorizedForward) is the row loop's single pass without the stacking, which would give
+    // the closure a 1-d input where it had a 0-d one (and libtorch's third derivative of
+    // logcumsumexp, for one, is NaN on 1-d inputs).
+    let single = match strategy {
+        Strategy::Vectorized { .. } => work.m == 1,
+        Strategy::VectorizedForward { .. } => work.n == 1,
+        _ => false,
+    };
+    let strategy = if single { Strategy::RowLoop } else { strategy };
     let plain_closure = closure.as_ref().is_some_and(|c| !c.batched);
     let result = run_resolved(strategy, y2, xs, closure.as_ref(), opts, names, instead);
     let auto = opts.strategy == Strategy::Auto && strategy != Strategy::RowLoop;
