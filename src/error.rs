@@ -74,7 +74,7 @@ pub enum Error {
     /// graph: libtorch's own rule for that op is wrong one order higher (see
     /// [`crate::second_order`], which names the upstream issue). `Strategy::Auto` never picks
     /// such a strategy; `Batched` and `RowLoop` are right.
-    #[error("Strategy::{strategy} with create_graph would give wrong second derivatives through {op}: {detail}; use Strategy::Auto, Strategy::Batched or Strategy::RowLoop")]
+    #[error("Strategy::{strategy} with create_graph would give wrong second derivatives through {op}: {detail}; use Strategy::Auto or Strategy::RowLoop (or Strategy::Batched with the native engine), which are right at every order")]
     WrongDerivative {
         /// The strategy asked for, as its Display name (e.g. `forward`).
         strategy: String,

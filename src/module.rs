@@ -314,7 +314,6 @@ pub fn module_jacobian(
     })
 }
 
-
 /// Per-sample Jacobians of a TorchScript model over a batch `x: [B, *in]`:
 /// `J[b, i..., j...] = ∂f(x)[b, i...]/∂x[b, j...]`, shape `[B, *out, *in]` — PyTorch's
 /// `torch.func.vmap(torch.func.jacrev(model))(x)`.

@@ -32,11 +32,9 @@
 //! let x = Tensor::randn([2, 5], (Kind::Double, Device::Cpu)).set_requires_grad(true);
 //! let y = x.layer_norm([5], None::<Tensor>, None::<Tensor>, 1e-5, false);
 //! let forward = JacobianOptions::default().create_graph(true).strategy(Strategy::Forward);
-//! if tch_jacobian::native::available() {
-//!     let err = jacobian_with(&y, &[&x], &forward).unwrap_err();
-//!     assert!(matches!(err, Error::WrongDerivative { ref op, .. } if op == "NativeLayerNormBackward0"));
-//! }
-//! // Auto is right (batched, or the row loop without the engine).
+//! let err = jacobian_with(&y, &[&x], &forward).unwrap_err();
+//! assert!(matches!(err, Error::WrongDerivative { ref op, .. } if op == "NativeLayerNormBackward0"));
+//! // Auto is right at every order (batched, or the row loop without the engine).
 //! let j = jacobian_with(&y, &[&x], &JacobianOptions::default().create_graph(true))?;
 //! assert_eq!(j[0].size(), [2, 5, 2, 5]);
 //! # Ok::<(), tch_jacobian::Error>(())
@@ -99,8 +97,9 @@ pub struct GraphFacts {
     pub nodes: usize,
 }
 
-/// Scans the autograd graph from `y` (every node reachable from its `grad_fn`, once each).
-/// Without the native engine it finds nothing (the crate then never runs batched passes).
+/// Scans the autograd graph from `y` (every node reachable from its `grad_fn`, once each),
+/// through csrc/graph_scan.cpp, which every build with libtorch has (with or without the native
+/// engine; a `doc-only` build finds nothing).
 ///
 /// ```
 /// use tch::{Device, Kind, Tensor};
@@ -197,14 +196,6 @@ pub(crate) fn guard(
     if !create_graph || !(forward_mode || batched) {
         return Ok(resolved);
     }
-    if !crate::native::available() {
-        // Without the C++ part the graph cannot be scanned: Auto keeps away from the
-        // forward-mode strategies under create_graph; an explicit one runs unchecked.
-        return Ok(match (forward_mode, asked) {
-            (true, Strategy::Auto) => Strategy::resolve_reverse(work),
-            _ => resolved,
-        });
-    }
     let facts = scan(y)?;
     if facts.jit_subgraph {
         let reason = "the graph holds a TorchScript optimized subgraph (DifferentiableGraphBackward), whose batched second derivatives are wrong; run the model under create_graph through the crate's module functions to keep the batched pass".to_string();
@@ -245,9 +236,9 @@ pub(crate) fn guard(
 
 /// Under `create_graph`, the node of `y`'s graph through which a forward-mode product by the
 /// double-backward trick (`jvp`, `jvp_batched`) would be wrong, if any; `None` without
-/// `create_graph` or without the C++ part (unchecked there).
+/// `create_graph`.
 pub(crate) fn double_backward_fault(y: &Tensor, create_graph: bool) -> Result<Option<String>> {
-    if !create_graph || !crate::native::available() {
+    if !create_graph {
         return Ok(None);
     }
     let facts = scan(y)?;
