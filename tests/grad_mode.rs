@@ -9,10 +9,10 @@ use common::{f64_tol, strategies};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of,
-    jacobian, jacobian_of, jacobian_with, laplacian_of, per_sample_gradients,
-    per_sample_gradients_of, per_sample_gradients_of_module, vjp, Error, Estimator,
-    JacobianOptions, Randomness, Result, Strategy,
+    batch_hessian_of, batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian,
+    jacobian_of, jacobian_with, laplacian_of, per_sample_gradients, per_sample_gradients_of,
+    per_sample_gradients_of_module, vjp, Error, Estimator, JacobianOptions, Randomness, Result,
+    Strategy,
 };
 
 fn randn(shape: &[i64]) -> Tensor {
@@ -47,7 +47,11 @@ fn closures_inside_no_grad() -> Result<()> {
             batch_jacobian_of(f, &xb, &opts)
         })?;
     }
-    let u = |x: &Tensor| x.matmul(&w.tr()).tanh().sum_dim_intlist(-1, false, Kind::Double);
+    let u = |x: &Tensor| {
+        x.matmul(&w.tr())
+            .tanh()
+            .sum_dim_intlist(-1, false, Kind::Double)
+    };
     for s in [Strategy::Auto, Strategy::RowLoop] {
         let opts = JacobianOptions::default().strategy(s);
         same_inside_no_grad(&format!("hessian_of {s}"), || {
@@ -72,7 +76,11 @@ fn create_graph_inside_no_grad() -> Result<()> {
     let g = Tensor::run_backward(&[j.sum(Kind::Double)], &[&x], false, false).remove(0);
     f64_tol().check(&g, &(x.sin() * -2.0)).unwrap();
     let lap = tch::no_grad(|| {
-        laplacian_of(|x: &Tensor| x.sin().sum_dim_intlist(-1, false, Kind::Double), &x.view([1, 3]), &opts)
+        laplacian_of(
+            |x: &Tensor| x.sin().sum_dim_intlist(-1, false, Kind::Double),
+            &x.view([1, 3]),
+            &opts,
+        )
     })?;
     assert!(lap.requires_grad());
     Ok(())
@@ -91,10 +99,15 @@ fn built_graphs_inside_no_grad() -> Result<()> {
         same_inside_no_grad(&format!("jacobian_with {s}"), || {
             Ok(jacobian_with(&y, &[&x], &opts)?.remove(0))
         })?;
-        same_inside_no_grad(&format!("batch_jacobian {s}"), || batch_jacobian(&y, &x, &opts))?;
+        same_inside_no_grad(&format!("batch_jacobian {s}"), || {
+            batch_jacobian(&y, &x, &opts)
+        })?;
         let cg = opts.create_graph(true);
         let j = tch::no_grad(|| jacobian_with(&y, &[&x], &cg))?.remove(0);
-        assert!(j.requires_grad(), "jacobian_with {s} create_graph inside no_grad");
+        assert!(
+            j.requires_grad(),
+            "jacobian_with {s} create_graph inside no_grad"
+        );
     }
     same_inside_no_grad("vjp", || vjp(&y, &x, &v, &JacobianOptions::default()))?;
     let h = (&x * 2.0).sin();
@@ -145,7 +158,10 @@ fn per_sample_inside_no_grad() -> Result<()> {
         })?;
     }
     // (The losses are the caller's graph, built with grad mode on.)
-    let losses = model.forward(&x).square().sum_dim_intlist(-1, false, Kind::Double);
+    let losses = model
+        .forward(&x)
+        .square()
+        .sum_dim_intlist(-1, false, Kind::Double);
     same_inside_no_grad("per_sample_gradients", || {
         let out = per_sample_gradients(&losses, &params, &JacobianOptions::default())?;
         Ok(out[3].1.shallow_clone())
@@ -178,11 +194,17 @@ fn randomness_per_sample() -> Result<()> {
         let distinct = (0..8)
             .filter(|&b| !masks.get(b).equal(&masks.get(0)))
             .count();
-        assert!(distinct >= 6, "{s}: only {distinct} of 7 masks differ from sample 0's");
+        assert!(
+            distinct >= 6,
+            "{s}: only {distinct} of 7 masks differ from sample 0's"
+        );
         // Same: one mask for the call.
         let same = dropout_masks(&opts.randomness(Randomness::Same))?;
         for b in 1..8 {
-            assert!(same.get(b).equal(&same.get(0)), "{s}: Same gave different masks");
+            assert!(
+                same.get(b).equal(&same.get(0)),
+                "{s}: Same gave different masks"
+            );
         }
     }
     if tch_jacobian::native::available() {
@@ -206,7 +228,10 @@ fn auto_never_errors_where_the_loop_works() -> Result<()> {
             &JacobianOptions::default().strategy(s),
         )?;
         assert_eq!(out.gradients[0].1.size(), [4, 3]);
-        assert_eq!(out.gradients[0].1.abs().sum(Kind::Double).double_value(&[]), 0.0);
+        assert_eq!(
+            out.gradients[0].1.abs().sum(Kind::Double).double_value(&[]),
+            0.0
+        );
     }
     let _ = tch_jacobian::second_order::take_reroutes();
     Ok(())
@@ -224,7 +249,10 @@ fn no_batching_rule_in_the_loss() -> Result<()> {
     let r = per_sample_gradients_of(
         |p: &[Tensor], s: &[Tensor]| {
             // renorm has no batching rule in libtorch 2.11.
-            Ok((&p[0] * &s[0]).view([1, 5]).f_renorm(2.0, 0, 1.0)?.sum(Kind::Double))
+            Ok((&p[0] * &s[0])
+                .view([1, 5])
+                .f_renorm(2.0, 0, 1.0)?
+                .sum(Kind::Double))
         },
         &[("w".to_string(), w)],
         &[&x],
