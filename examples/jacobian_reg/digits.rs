@@ -126,7 +126,7 @@ fn read_npy(path: &Path, kind: Kind, shape: &[Option<i64>]) -> Result<Tensor> {
         && got
             .iter()
             .zip(shape)
-            .all(|(g, want)| want.map_or(true, |w| w == *g));
+            .all(|(g, want)| want.is_none_or(|w| w == *g));
     if !shape_ok {
         let want: Vec<String> = shape
             .iter()

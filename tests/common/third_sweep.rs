@@ -243,7 +243,10 @@ pub fn routes(set: Set) -> Vec<Route> {
 }
 
 /// The normalizations of bench/third_order_sweep.py's `NORMS`, as Rust closures.
-pub fn rust_closure(op: &str) -> Option<fn(&[Tensor]) -> tch_jacobian::Result<Tensor>> {
+/// A case's function written as a Rust closure over its tensors.
+pub type RustFn = fn(&[Tensor]) -> tch_jacobian::Result<Tensor>;
+
+pub fn rust_closure(op: &str) -> Option<RustFn> {
     fn layer_norm(t: &[Tensor]) -> tch_jacobian::Result<Tensor> {
         Ok(t[0].f_layer_norm([4], Some(&t[1]), Some(&t[2]), 1e-5, false)?)
     }

@@ -691,7 +691,7 @@ fn main() -> Result<()> {
     for case in cases {
         if only
             .as_deref()
-            .map_or(true, |o| case["name"].as_str() == Some(o))
+            .is_none_or(|o| case["name"].as_str() == Some(o))
         {
             run_case(&dir, case, rule)?;
             ran += 1;

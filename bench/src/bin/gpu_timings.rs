@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
                     let _ = jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &x, &opts)?;
                     Ok(())
                 })?;
-                if best[i].map_or(true, |(b, _)| s < b) {
+                if best[i].is_none_or(|(b, _)| s < b) {
                     best[i] = Some((s, reps));
                 }
             }

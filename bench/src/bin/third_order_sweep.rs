@@ -161,7 +161,7 @@ fn drive(args: &Args) -> Result<Vec<Line>> {
                     let done: usize = f[1].parse()?;
                     current = None;
                     from = done + 1;
-                    if done % 50 == 0 {
+                    if done.is_multiple_of(50) {
                         eprintln!(
                             "third_order_sweep: {}/{} cases, {:.0} s",
                             done + 1,
