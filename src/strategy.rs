@@ -525,8 +525,9 @@ pub struct JacobianOptions<'a> {
 /// The default is `Different`, unlike torch.func's `"error"`: it is what a loop over samples
 /// (the crate's `RowLoop` door, and DP-SGD codes such as Opacus) computes. Under
 /// [`Strategy::RowLoop`] (or without the native engine) the closure runs once per sample:
-/// `Different` draws per sample, `Same` reseeds the generator with one drawn seed before each
-/// sample (so every sample sees the same numbers), and `Error` cannot be checked there.
+/// `Different` draws per sample, `Same` reseeds torch's global generator with one drawn seed
+/// before each sample (so every sample sees the same numbers, unless another thread draws from
+/// that generator at the same time), and `Error` cannot be checked there.
 /// `per_sample_gradients_of_module` builds the model (its initial draws) under `Same` in every
 /// mode; the setting applies to the loss.
 ///

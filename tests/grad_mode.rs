@@ -15,6 +15,13 @@ use tch_jacobian::{
     Strategy,
 };
 
+/// The tests of this file one at a time: `Randomness::Same` in the loop over samples reseeds
+/// torch's one global generator, which the other tests' draws on other threads would disturb.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn randn(shape: &[i64]) -> Tensor {
     Tensor::randn(shape, (Kind::Double, Device::Cpu))
 }
@@ -35,6 +42,7 @@ fn same_inside_no_grad(what: &str, f: impl Fn() -> Result<Tensor>) -> Result<()>
 
 #[test]
 fn closures_inside_no_grad() -> Result<()> {
+    let _serial = serial();
     tch::manual_seed(1);
     let w = randn(&[4, 3]);
     let f = |x: &Tensor| x.matmul(&w.tr()).tanh();
@@ -69,6 +77,7 @@ fn closures_inside_no_grad() -> Result<()> {
 /// `torch.autograd.functional.jacobian(create_graph=True)`, which enables grad itself).
 #[test]
 fn create_graph_inside_no_grad() -> Result<()> {
+    let _serial = serial();
     let x = randn(&[3]).set_requires_grad(true);
     let opts = JacobianOptions::default().create_graph(true);
     let j = tch::no_grad(|| jacobian_of(|x: &Tensor| x.sin() * 2.0, &x, &opts))?;
@@ -90,6 +99,7 @@ fn create_graph_inside_no_grad() -> Result<()> {
 /// recorded under create_graph even when the caller turned grad mode off.
 #[test]
 fn built_graphs_inside_no_grad() -> Result<()> {
+    let _serial = serial();
     let x = randn(&[2, 3]).set_requires_grad(true);
     let y = x.tanh() * 3.0;
     let v = randn(&[2, 3]);
@@ -126,6 +136,7 @@ fn mlp(p: &nn::Path) -> impl Module {
 
 #[test]
 fn per_sample_inside_no_grad() -> Result<()> {
+    let _serial = serial();
     tch::manual_seed(2);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = mlp(&vs.root());
@@ -185,6 +196,7 @@ fn dropout_masks(opts: &JacobianOptions) -> Result<Tensor> {
 
 #[test]
 fn randomness_per_sample() -> Result<()> {
+    let _serial = serial();
     for s in [Strategy::Auto, Strategy::RowLoop] {
         let opts = JacobianOptions::default().strategy(s);
         // Different (the default): each sample its own 0/1 mask, as a loop over samples draws.
@@ -218,6 +230,7 @@ fn randomness_per_sample() -> Result<()> {
 /// recovers from vmap(grad)'s refusal by the loop over samples, its one recovery rule).
 #[test]
 fn auto_never_errors_where_the_loop_works() -> Result<()> {
+    let _serial = serial();
     let w = randn(&[3]);
     let x = randn(&[4, 3]);
     for s in [Strategy::Auto, Strategy::RowLoop] {
@@ -241,6 +254,7 @@ fn auto_never_errors_where_the_loop_works() -> Result<()> {
 /// `Error::NoBatchingRule` (as in a batched pass).
 #[test]
 fn no_batching_rule_in_the_loss() -> Result<()> {
+    let _serial = serial();
     if !tch_jacobian::native::available() {
         return Ok(());
     }
