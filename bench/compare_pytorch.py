@@ -13,6 +13,14 @@ Run through ``scripts/compare-pytorch`` (which builds the Rust side first). This
 Model: the notebook's ``F(x) = sigmoid(W x)``, written row-wise as ``f(x) = sigmoid(x @ W.T)`` on
 both sides (so that it also maps ``[c, n] -> [c, m]``). Float32, CPU.
 
+The Laplacian rows (``--only laplacian``; also part of the full run): Δu and the PINN loss
+mean(Δu²) + backward of tanh MLPs with biases (2/32 → 64 → 64 → 1 at B = 1024, and the collapsed
+Taylor mode paper's 50 → 768 → 768 → 512 → 512 → 1 at B = 64) against the nested autograd loop,
+vmap(hessian) and jet-for-pytorch's collapsed and standard Taylor mode, plus the peak memory of the
+paper's MLP (one process per method). jet is not a dependency: ``bench/install-jet`` puts it in a
+cache folder outside the repository (``$TCH_JACOBIAN_JET_DIR``, default
+``~/.cache/tch-jacobian/jet``); without it, its columns are skipped with a note.
+
 Timing rule (identical on both sides): one call (a case whose first call takes longer than
 ``--skip-over`` seconds is reported as skipped), a warm-up of up to three calls, then
 repetitions until ``--budget`` seconds have passed and at least ``--min-reps`` ran; the median.
@@ -61,6 +69,14 @@ PSG_MORE = [(f"{k}{b}", k, b) for k in ("mse", "conv") for b in (64, 256, 1024)]
 # PINN: u = tanh(tanh(x W1ᵀ) W2ᵀ) W3ᵀ, d -> 64 -> 64 -> 1, B = 1024; the Laplacian loss mean((Δu)²)
 # or the Hessian loss Σ‖H_b‖²/B, and its gradient to W1 (j_ref).
 PINN = [(f"{op}{d}", op, 1024, d) for op in ("lap", "hess") for d in (2, 32)]
+# The Laplacian of PINN MLPs (tanh between Linear layers with bias, PyTorch's default init, linear
+# output): Δu alone ("fwd") and the loss mean(Δu²) + backward to all weights ("loss"), against the
+# nested autograd loop, vmap(hessian) and jet-for-pytorch's Taylor mode (bench/install-jet).
+# (name, work, B, widths); "50" is the collapsed-Taylor-mode paper's MLP.
+LAP_ARCH = {"2": (1024, [2, 64, 64, 1]), "32": (1024, [32, 64, 64, 1]), "50": (64, [50, 768, 768, 512, 512, 1])}
+LAPMLP = [(f"lap{work}{a}", work, b, widths) for a, (b, widths) in LAP_ARCH.items() for work in ("fwd", "loss")]
+# --only GROUP: named groups of cases.
+GROUPS = {"laplacian": [c[0] for c in LAPMLP]}
 LABEL = {
     "3": "n=m=3",
     "64": "n=m=64",
@@ -79,6 +95,9 @@ LABEL = {
     **{f"lap{d}": f"PINN Laplacian loss + backward, B=1024, {d}→64→64→1" for d in (2, 32)},
     **{f"hess{d}": f"PINN per-sample Hessian loss + backward, B=1024, {d}→64→64→1" for d in (2, 32)},
     "ln2": "second order through layer_norm's weight: ‖∂h/∂γ‖² of h = layer_norm(x Wᵀ; γ, β), B=8, 32→32",
+    **{name: f"PINN MLP {' → '.join(map(str, widths))}, B = {b}: "
+       f"{'Δu only' if work == 'fwd' else 'loss mean(Δu²) + backward to the weights'}"
+       for name, work, b, widths in LAPMLP},
 }
 
 # Pairs (ours, theirs) for the ratio table.
@@ -198,6 +217,18 @@ def make_inputs(work):
         w2, w3 = torch.randn(64, 64) / 8, torch.randn(1, 64) / 8
         cases.append({"name": name, "kind": "pinn", "op": op, "b": b, "m": 1, "n": d, "w": w, "x": x,
                       "extra": {"w2": w2, "w3": w3}})
+    for name, op, b, widths in LAPMLP:
+        # PyTorch's nn.Linear init (U(±1/√fan_in) for W and b), per architecture from its own seed
+        # (the same weights for the Δu and the loss row).
+        torch.manual_seed(1000 + widths[0])
+        layers = [torch.nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:])]
+        params = [t.detach().clone() for lin in layers for t in (lin.weight, lin.bias)]
+        x = torch.randn(b, widths[0])
+        extra = {f"{k}{i // 2 + 1}": t for i, (k, t) in enumerate(zip(("w", "b") * len(layers), params))}
+        # PyTorch's float32 Δu (nested loop): the Rust side checks its own against it before timing.
+        extra["lap_f32"] = lap_nested(mlp_u(params), x, False).detach()
+        cases.append({"name": name, "kind": "lapmlp", "work": op, "b": b, "m": 1, "n": widths[0],
+                      "widths": widths, "layers": len(layers), "w": params[0], "x": x, "extra": extra})
     manifest = []
     for c in cases:
         w, x = c.pop("w"), c.pop("x")
@@ -216,6 +247,9 @@ def make_inputs(work):
             j = psg_more(c["kind"], w, x, c["extra"]["w2"], c["extra"]["t"])
         elif c["kind"] == "pinn":  # the autograd loop (agrees with vmap(hessian) to float32)
             j = pinn_grad_loop(c["op"], w, x, c["extra"]["w2"], c["extra"]["w3"])
+        elif c["kind"] == "lapmlp":  # the truth: the nested loop in float64 (Δu, or the loss's dW1)
+            p64 = [c["extra"][f"{k}{i}"].double() for i in range(1, c["layers"] + 1) for k in "wb"]
+            j = lap_truth(c["work"], p64, x.double())
         elif c["kind"] == "products":  # both stacks of products, [2k, n]
             j = torch.cat(products(w, x, c["extra"]["v"], c["extra"]["u"]))
         else:  # the penalty's gradient with respect to W
@@ -317,6 +351,82 @@ def pinn_grad_loop(op, w1, x, w2, w3):
     return torch.autograd.grad(pinn_loss(op, t, x.shape[0]), w1g)[0]
 
 
+def mlp_u(params):
+    """u(x) of the Laplacian cases, row-wise ([..., d] -> [...]): tanh between Linear layers with
+    bias, a linear output layer; params = [W1, b1, W2, b2, ...]."""
+    pairs = list(zip(params[0::2], params[1::2]))
+
+    def u(v):
+        h = v
+        for i, (w, b) in enumerate(pairs):
+            h = torch.nn.functional.linear(h, w, b)
+            if i < len(pairs) - 1:
+                h = torch.tanh(h)
+        return h.squeeze(-1)
+
+    return u
+
+
+def lap_nested(u, x, create_graph):
+    """The PINN codes' nested autograd loop: ∇u with create_graph, then one backward pass per input
+    dimension, Δu = Σ_i ∂g_i/∂x_i (create_graph on those passes too when a loss is to be
+    differentiated)."""
+    xg = x.detach().requires_grad_(True)
+    g = torch.autograd.grad(u(xg).sum(), xg, create_graph=True)[0]
+    lap = None
+    for i in range(x.shape[1]):
+        r = torch.autograd.grad(g[:, i].sum(), xg, retain_graph=True, create_graph=create_graph)[0][:, i]
+        lap = r if lap is None else lap + r
+    return lap
+
+
+def lap_vmap_hessian(u, x):
+    """vmap(hessian(u)) per sample, then its trace."""
+    return vmap(torch.func.hessian(u))(x).diagonal(dim1=1, dim2=2).sum(-1)
+
+
+def lap_truth(work, params, x):
+    """The reference of a Laplacian case (float64 in): Δu, or the loss mean(Δu²)'s gradient to W1."""
+    params = [p.detach().requires_grad_(work == "loss") for p in params]
+    lap = lap_nested(mlp_u(params), x, work == "loss")
+    if work == "fwd":
+        return lap.detach()
+    return torch.autograd.grad(lap.pow(2).mean(), params[0])[0]
+
+
+# jet-for-pytorch (bench/install-jet), imported on first use from this folder; None: not there.
+JET_DIR = os.environ.get("TCH_JACOBIAN_JET_DIR") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tch-jacobian", "jet")
+_JET = []
+
+
+def jet_module():
+    """The jet package, or None (with a note on stderr once) when bench/install-jet has not run."""
+    if not _JET:
+        mod = None
+        if os.path.isdir(os.path.join(JET_DIR, "jet")):
+            sys.path.insert(0, JET_DIR)
+            import jet as mod  # noqa: PLC0415
+        else:
+            print(f"compare-pytorch: jet-for-pytorch not found in {JET_DIR}: its columns are skipped "
+                  "(install it with bench/install-jet; it stays outside the repository)", file=sys.stderr)
+        _JET.append(mod)
+    return _JET[0]
+
+
+def lap_jet(u, d, collapsed, dtype=torch.float32):
+    """jet's Laplacian of u as the collapsed-Taylor-mode paper benchmarks it (jet's
+    exp01_benchmark_laplacian): jet.laplacian on one datum, its graph captured (capture_graph) and
+    simplified (common_subexpression_elimination), then vmap over the batch. collapsed=False is
+    standard Taylor mode (d 2-jets through vmap, summed)."""
+    jet = jet_module()
+    mock = torch.zeros(d, dtype=dtype, device=DEVICE)
+    lap, _ = jet.capture_graph(jet.laplacian(u, (mock,), collapsed=collapsed), (mock,))
+    jet.common_subexpression_elimination(lap.graph)
+    lap.recompile()
+    return vmap(lap)
+
+
 def products(w, x, vs, us):
     """vmap(vjp_fn)(vs) and vmap(jvp)(us) for f(x) = sigmoid(W x)."""
     f = lambda v: torch.sigmoid(w @ v)  # noqa: E731
@@ -336,8 +446,53 @@ def load(work, fname):
     return torch.from_numpy(np.load(os.path.join(work, fname))).to(DEVICE)
 
 
+# The Laplacian cases' PyTorch methods (labels), in the report's column order.
+LAP_NESTED, LAP_VMAP, LAP_JET, LAP_JET_STD = (
+    "nested autograd loop", "vmap(hessian) trace", "jet collapsed Taylor", "jet standard Taylor")
+LAP_TORCH = (LAP_NESTED, LAP_VMAP, LAP_JET, LAP_JET_STD)
+# Ours (compare.rs's labels).
+LAP_AUTO, LAP_ROWS = "laplacian_of (Auto)", "laplacian_of (RowLoop)"
+_LAP_METHODS = {}
+
+
+def lap_methods(case, x, want=None):
+    """(label, callable) for the PyTorch side of a Laplacian case; built once per process (jet's
+    graph capture is not timed, as in the paper). A Δu call returns Δu [B]; a loss call zeroes the
+    weights' .grad, computes mean(Δu²), runs .backward() and returns W1's gradient. want: build
+    only that jet method (a peak-memory child)."""
+    if case["name"] in _LAP_METHODS:
+        return _LAP_METHODS[case["name"]]
+    loss = case["work"] == "loss"
+    params = [load(WORK, case["extra"][f"{k}{i}"]).requires_grad_(loss)
+              for i in range(1, case["layers"] + 1) for k in "wb"]
+    u = mlp_u(params)
+    fwd = [(LAP_NESTED, lambda: lap_nested(u, x, loss)), (LAP_VMAP, lambda: lap_vmap_hessian(u, x))]
+    if jet_module() is not None:
+        for label, collapsed in ((LAP_JET, True), (LAP_JET_STD, False)):
+            if want is not None and want != label:
+                continue
+            fwd.append((label, (lambda f: lambda: f(x))(lap_jet(u, case["n"], collapsed))))
+    if not loss:
+        _LAP_METHODS[case["name"]] = fwd
+        return fwd
+
+    def with_backward(lap_fn):
+        def call():
+            for p in params:
+                p.grad = None
+            lap_fn().pow(2).mean().backward()
+            return params[0].grad
+        return call
+
+    out = [(label, with_backward(fn)) for label, fn in fwd]
+    _LAP_METHODS[case["name"]] = out
+    return out
+
+
 def python_methods(case, w, x):
     """(label, callable) for the PyTorch anchors of one case."""
+    if case["kind"] == "lapmlp":
+        return lap_methods(case, x)
     f = lambda v: torch.sigmoid(v @ w.T)  # noqa: E731
     m, n = case["m"], case["n"]
     closed = lambda: (lambda y: (y * (1 - y)).unsqueeze(-1) * w)(f(x))  # noqa: E731
@@ -452,6 +607,214 @@ def best(results, side, prefixes=None):
     return min(cands, key=lambda kv: kv[1]["median_ms"]) if cands else (None, None)
 
 
+def status_kib(field):
+    """A kB field of /proc/self/status (VmRSS:, VmHWM:), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line[len(field):].split()[0])
+    except OSError:
+        pass
+    return None
+
+
+def peak_one(case_name, label):
+    """One cold call of one Laplacian method, in a process of its own: the peak resident memory of
+    the call above the resident memory just before it (VmHWM reset through /proc/self/clear_refs,
+    as bench/src/bin/peak_memory.rs does), and the process's peak; one JSON line on stdout. Before
+    the reset: the inputs, jet's graph capture and one plain forward u(x) (libtorch's lazy set-up)."""
+    with open(os.path.join(WORK, "manifest.json")) as fh:
+        case = [c for c in json.load(fh)["cases"] if c["name"] == case_name][0]
+    x = load(WORK, case["x"])
+    if label.startswith("jet") and jet_module() is None:
+        sys.exit(f"{label}: jet is not installed")
+    fn = dict(lap_methods(case, x, want=label))[label]
+    params = [load(WORK, case["extra"][f"{k}{i}"]) for i in range(1, case["layers"] + 1) for k in "wb"]
+    with torch.no_grad():
+        mlp_u(params)(x)
+    del params
+    process_before = status_kib("VmHWM:")
+    rss_before = status_kib("VmRSS:")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    t = time.perf_counter()
+    out = fn()
+    secs = time.perf_counter() - t
+    hwm = status_kib("VmHWM:")
+    print(json.dumps({
+        "side": "torch", "case": case_name, "method": label, "peak": True, "seconds": secs,
+        "call_peak_kib": hwm - rss_before if reset and hwm is not None and rss_before is not None else None,
+        "process_peak_kib": max(process_before, hwm) if process_before is not None and hwm is not None else None,
+        "rss_before_kib": rss_before,
+    }))
+    del out
+
+
+def lap_peak_memory(args, cases):
+    """Peak memory of the Laplacian rows of the paper's MLP (d = 50), one process per method:
+    {(case, side, method): the JSON of peak_one / compare --peak}."""
+    peaks = {}
+    for c in cases:
+        if c["kind"] != "lapmlp" or c["n"] != 50:
+            continue
+        for label in LAP_TORCH:
+            if label.startswith("jet") and jet_module() is None:
+                continue
+            print(f"  peak memory torch {c['name']} {label}", file=sys.stderr, flush=True)
+            out = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--rust-bin", args.rust_bin, "--work", args.work,
+                 "--threads", str(args.threads), "--device", DEVICE, "--peak-one", c["name"], label],
+                check=True, stdout=subprocess.PIPE, text=True).stdout
+            peaks[(c["name"], "torch", label)] = json.loads(out.splitlines()[-1])
+        for label in (LAP_AUTO, LAP_ROWS):
+            print(f"  peak memory rust  {c['name']} {label}", file=sys.stderr, flush=True)
+            out = subprocess.run(
+                [args.rust_bin, "--dir", args.work, "--case", c["name"], "--threads", str(args.threads),
+                 "--device", DEVICE, "--peak", label],
+                check=True, stdout=subprocess.PIPE, text=True).stdout
+            for line in out.splitlines():
+                v = json.loads(line)
+                if v.get("peak"):
+                    peaks[(c["name"], "rust", label)] = v
+    return peaks
+
+
+def lap_report(results, cases, peaks):
+    """The Markdown section of the Laplacian rows: times, ratios, targets, agreement, peak memory."""
+    lap = [c for c in cases if c["kind"] == "lapmlp"]
+    lines = []
+    p = lines.append
+
+    def med(c, side, k):
+        r = results[c["name"]].get((side, k))
+        return r["median_ms"] if r and "median_ms" in r else None
+
+    def best_torch(c):
+        """PyTorch's best tool: the faster of the nested loop and vmap(hessian)."""
+        v = [t for t in (med(c, "torch", LAP_NESTED), med(c, "torch", LAP_VMAP)) if t is not None]
+        return min(v) if v else None
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a is not None and b is not None else "–"
+
+    def target(c):
+        return 1.0 if c["n"] == 2 else 0.5
+
+    have_jet = any(("torch", LAP_JET) in results[c["name"]] for c in lap)
+    p("### The Laplacian of PINN MLPs: median ms per call")
+    p("")
+    p("u: Linear layers with bias (PyTorch's `nn.Linear` init, the same `.npy` weights on both sides), tanh "
+      "between them, a linear output; x ~ N(0, 1). \"Δu only\": Δu [B] (weights not requiring grad); "
+      "\"loss + backward\": mean(Δu²) and `.backward()` to all weights (their `.grad` zeroed before each call). "
+      f"PyTorch: {LAP_NESTED} (∇u with create_graph, one backward pass per input dimension), "
+      f"{LAP_VMAP} (`vmap(torch.func.hessian(u))` then the trace), and jet-for-pytorch 1.0.0's "
+      "`jet.laplacian(u, (mock_x,), collapsed=True/False)` on one datum, captured with `jet.capture_graph`, "
+      "simplified with `jet.common_subexpression_elimination` and vmapped over the batch, as its paper's "
+      "benchmark does (graph capture not timed). Ours: `laplacian_of(u, &x, &opts)` with "
+      "`JacobianOptions::default()` (Auto) and `.strategy(Strategy::RowLoop)` (the nested row loop), "
+      "`.create_graph(true)` for the loss. \"best PyTorch\": the faster of the nested loop and vmap(hessian)."
+      + ("" if have_jet else " **jet was not installed: its columns are empty** (bench/install-jet)."))
+    p("")
+    p(f"| PINN MLP (tanh), work | {LAP_NESTED} | {LAP_VMAP} | {LAP_JET} | {LAP_JET_STD} | ours: Auto | ours: RowLoop "
+      "| Auto / best PyTorch (target) | Auto / jet collapsed (≤ 0.8) | RowLoop / best PyTorch | RowLoop / jet collapsed |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in lap:
+        res = results[c["name"]]
+        cells = [fmt_ms(res.get(("torch", k))) for k in LAP_TORCH] + [fmt_ms(res.get(("rust", k))) for k in (LAP_AUTO, LAP_ROWS)]
+        a, rl, tb, jc = med(c, "rust", LAP_AUTO), med(c, "rust", LAP_ROWS), best_torch(c), med(c, "torch", LAP_JET)
+        cells += [f"{ratio(a, tb)} (≤ {target(c):g})", ratio(a, jc), ratio(rl, tb), ratio(rl, jc)]
+        p(f"| {LABEL[c['name']].removeprefix('PINN MLP ')} | " + " | ".join(cells) + " |")
+    p("")
+    p("Auto ran: " + "; ".join(
+        f"{c['name']}: {results[c['name']].get(('rust', LAP_AUTO), {}).get('strategy', '?')}" for c in lap) + ".")
+    p("")
+
+    p("Agreement (before timing, compare.rs checks both of ours against PyTorch's float32 Δu from the nested "
+      "loop, rtol 1e-4 of max |Δu|). Below: every method's first result against the float64 truth (the "
+      "nested loop in float64: Δu, or the loss's gradient to W1), max |Δ| / max |truth|:")
+    p("")
+    p("| PINN MLP, work | max |truth| | ours: worst | PyTorch / jet: worst | ≤ 1e-4 |")
+    p("|---|---:|---|---|---|")
+    all_ok = True
+    for c in lap:
+        ref = load(WORK, c["j_ref"]).abs().max().item()
+        worst = {}
+        for side in ("rust", "torch"):
+            items = [(k, v["max_abs_diff"] / ref) for (sd, k), v in results[c["name"]].items() if sd == side]
+            worst[side] = max(items, key=lambda kv: kv[1]) if items else ("–", 0.0)
+        ok = max(worst["rust"][1], worst["torch"][1]) <= 1e-4
+        all_ok &= ok
+        p(f"| {LABEL[c['name']].removeprefix('PINN MLP ')} | {ref:.3g} | {worst['rust'][0]}: {worst['rust'][1]:.1e} | "
+          f"{worst['torch'][0]}: {worst['torch'][1]:.1e} | {'yes' if ok else '**no**'} |")
+    p("")
+    p(f"All methods within 1e-4 of the truth: **{'yes' if all_ok else 'NO'}**.")
+    p("")
+
+    p("Targets (ours = Auto):")
+    p("")
+    parts, ok1 = [], True
+    for c in lap:
+        a, tb = med(c, "rust", LAP_AUTO), best_torch(c)
+        if a is None or tb is None:
+            parts.append(f"{c['name']} not measured")
+            ok1 = False
+            continue
+        good = a / tb <= target(c)
+        ok1 &= good
+        parts.append(f"{c['name']} {a / tb:.2f} (≤ {target(c):g}{'' if good else ', missed'})")
+    p(f"1. Δu and loss + backward ≤ 0.5× PyTorch's best (min of nested loop, vmap(hessian)) at d = 32 and on "
+      f"the paper's MLP, ≤ 1.0× at d = 2: {'**met**' if ok1 else '**missed**'} — " + "; ".join(parts) + ".")
+    parts, ok2 = [], have_jet
+    for c in lap:
+        a, jc = med(c, "rust", LAP_AUTO), med(c, "torch", LAP_JET)
+        if a is None or jc is None:
+            parts.append(f"{c['name']} not measured")
+            ok2 = False
+            continue
+        good = a / jc <= 0.8
+        ok2 &= good
+        parts.append(f"{c['name']} {a / jc:.2f}{'' if good else ' (missed)'}")
+    if have_jet:
+        p(f"2. ≤ 0.8× jet collapsed Taylor mode on every row: {'**met**' if ok2 else '**missed**'} — "
+          + "; ".join(parts) + ".")
+    else:
+        p("2. ≤ 0.8× jet collapsed Taylor mode on every row: **not measured** (jet-for-pytorch not installed; "
+          "bench/install-jet installs it outside the repository).")
+    p("")
+
+    if peaks:
+        p("### Peak memory, the paper's MLP (50 → 768 → 768 → 512 → 512 → 1, B = 64), float32, CPU")
+        p("")
+        p("One process per cell, one cold call after the inputs, jet's graph capture and one plain forward "
+          "u(x) (libtorch's lazy set-up). \"call\": the call's peak resident memory above the resident "
+          "memory just before it (VmHWM reset through `/proc/self/clear_refs`, as `scripts/peak-memory`), "
+          "MiB; in parentheses the process's peak (Python + torch vs a Rust binary: not comparable "
+          "across the two sides) and the cold call's seconds.")
+        p("")
+        cols = [("torch", k) for k in LAP_TORCH] + [("rust", k) for k in (LAP_AUTO, LAP_ROWS)]
+        cols = [c for c in cols if any((lc["name"],) + c in peaks for lc in lap)]
+        p("| work | " + " | ".join(("ours: " if sd == "rust" else "") + k for sd, k in cols) + " |")
+        p("|---|" + "---:|" * len(cols))
+        for c in lap:
+            if c["n"] != 50:
+                continue
+            cells = []
+            for sd, k in cols:
+                v = peaks.get((c["name"], sd, k))
+                if v is None or v.get("call_peak_kib") is None:
+                    cells.append("–")
+                    continue
+                cells.append(f"{v['call_peak_kib'] / 1024:.0f} ({v['process_peak_kib'] / 1024:.0f}, {v['seconds']:.2f} s)")
+            p(f"| {'Δu only' if c['work'] == 'fwd' else 'loss + backward'} | " + " | ".join(cells) + " |")
+        p("")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rust-bin", required=True, help="target/release/compare")
@@ -463,8 +826,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds over all cells; the fastest round's median is kept")
     ap.add_argument("--min-reps", type=int, default=5)
     ap.add_argument("--max-reps", type=int, default=2000)
-    ap.add_argument("--only", default="", help="comma-separated case names: time just those, print a short report")
+    ap.add_argument("--only", default="",
+                    help="comma-separated case names or groups: time just those, print a short report "
+                         "(the group `laplacian`, the six PINN-MLP Laplacian rows against the nested loop, "
+                         "vmap(hessian) and jet, also prints their full section and writes it to "
+                         "OUT-laplacian.md; ~3-4 minutes on 2 cores)")
     ap.add_argument("--skip-over", type=float, default=2.0, help="skip a cell whose first call takes longer (s)")
+    ap.add_argument("--no-peak-memory", action="store_true",
+                    help="skip the peak-memory processes of the Laplacian rows of the paper's MLP")
+    ap.add_argument("--peak-one", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     global DEVICE, WORK
@@ -472,6 +842,9 @@ def main():
     WORK = args.work
     t_start = time.time()
     torch.set_num_threads(args.threads)
+    if args.peak_one:  # a child of lap_peak_memory: one cold call, its peak memory on stdout
+        peak_one(*args.peak_one)
+        return
     os.makedirs(args.work, exist_ok=True)
     rule = {
         "budget_s": args.budget,
@@ -481,7 +854,7 @@ def main():
     }
     cases = make_inputs(args.work)
     if args.only:
-        wanted = args.only.split(",")
+        wanted = [n for w in args.only.split(",") for n in GROUPS.get(w, [w])]
         unknown = [w for w in wanted if w not in {c["name"] for c in cases}]
         if unknown:
             ap.error(f"unknown case(s) {unknown}; cases: {[c['name'] for c in cases]}")
@@ -534,8 +907,12 @@ def main():
                     rust_threads = v["threads"]
                     continue
                 merge(v["case"], ("rust", v.pop("method")), v)
+    peaks = {}
+    if not args.no_peak_memory:
+        peaks = lap_peak_memory(args, cases)
     elapsed = time.time() - t_start
     load_end = os.getloadavg()
+    lap_lines = lap_report(results, cases, peaks) if any(c["kind"] == "lapmlp" for c in cases) else []
 
     if args.only:
         for c in cases:
@@ -545,6 +922,27 @@ def main():
             for (sd, k), r in res.items():
                 print(f"  {'PyTorch' if sd == 'torch' else 'ours'}: {k}: {fmt_ms(r)} ms, / best PyTorch "
                       f"{fmt_ratio(r, tb)}, max|Δ| {r['max_abs_diff']:.1e}, {r.get('strategy', '')}")
+        if lap_lines:
+            head = [
+                f"## The Laplacian of PINN MLPs: tch-jacobian vs PyTorch and jet ({'CPU' if DEVICE == 'cpu' else 'CUDA'}, float32)",
+                "",
+                f"`scripts/compare-pytorch --only {args.only}`. {'CPU' if DEVICE == 'cpu' else 'GPU'}: **{cpu_model()}**, "
+                f"`nproc` = {os.cpu_count()}; threads: `torch.get_num_threads()` = {torch.get_num_threads()}, "
+                f"`tch::get_num_threads()` = {rust_threads}; PyTorch {torch.__version__} (ours: tch 0.24 on libtorch "
+                f"2.11.0{', commit ' + git_state() if git_state() else ''}). Each cell: warm-up, then the median of "
+                f"≥ {args.min_reps} calls over ≥ {args.budget:g} s, in {args.rounds} rounds (PyTorch and ours "
+                f"alternating case by case); the fastest round's median is shown. Load average "
+                f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; the whole run took {elapsed:.0f} s.",
+                "",
+            ]
+            text = "\n".join(head + lap_lines) + "\n"
+            sys.stdout.write("\n" + text)
+            root, ext = os.path.splitext(args.out)
+            path = f"{root}-laplacian{ext or '.md'}"
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as fh:
+                fh.write(text)
+            print(f"(written to {path})", file=sys.stderr)
         return
 
     lines = []
@@ -687,12 +1085,16 @@ def main():
         p(f"| {'PyTorch' if sd == 'torch' else 'ours'}: {k} | {fmt_ms(r)} | {fmt_ratio(r, rows_ref)} | {r['max_abs_diff']:.1e} |")
     p("")
 
+    lines.extend(lap_lines)
+
     p("### Agreement with PyTorch's J (torch.func.jacrev), max |ΔJ| (absolute, float32)")
     p("")
     p("| shape | max |J| | ours: worst method, max |ΔJ| | PyTorch: worst method, max |ΔJ| | ≤ 1e-5 |")
     p("|---|---:|---|---|---|")
     all_ok = True
     for c in cases:
+        if c["kind"] == "lapmlp":  # their own table, relative to max |ref| (in the Laplacian section)
+            continue
         s = c["name"]
         jmax = load(args.work, c["j_ref"]).abs().max().item()
         worst = {}

@@ -108,3 +108,21 @@ pub fn measure<T, E>(rule: Rule, mut f: impl FnMut() -> Result<T, E>) -> Result<
         first,
     ))
 }
+
+/// A `kB` field of `/proc/self/status` (`VmRSS:`, `VmHWM:`), in KiB; None where unavailable.
+pub fn status_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Resets the process's peak resident set size (`VmHWM`) to the current one, by writing "5" to
+/// `/proc/self/clear_refs` (Linux ≥ 4.0); false where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

@@ -9,6 +9,10 @@
 //! three calls, then repetitions until `budget_s` has passed and at least `min_reps` ran (at most
 //! `max_reps`); the median is reported — the same rule as the Python side.
 //!
+//! `--peak METHOD` (with `--case`): one cold call of that method (a label as in the JSON lines)
+//! instead of the timings, with the process's peak resident memory around it (`VmHWM` reset
+//! through `/proc/self/clear_refs` just before the call): the Laplacian rows' memory column.
+//!
 //! `--loop STRATEGY N SECONDS` (a strategy name as `Strategy`'s `Display` writes it) runs one strategy in a loop for a profiler (`perf record`).
 //! `--breakdown N` instead times the pieces of the Vectorized and RowLoop strategies at
 //! `n = m = N` (the analysis in the benchmark notes), e.g. `--breakdown 1024`.
@@ -22,9 +26,9 @@ use tch_jacobian::{
     batch_hessian_of, batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian,
     jacobian_of, jacobian_with, jvp_batched, laplacian_of, per_sample_gradients,
     per_sample_gradients_of, per_sample_gradients_of_module, sigmoid_linear_jacobian, vjp_batched,
-    Estimator, JacobianOptions, Strategy,
+    Estimator, JacobianOptions, Progress, Strategy,
 };
-use tch_jacobian_bench::{measure, Rule, Timing};
+use tch_jacobian_bench::{measure, reset_peak_rss, status_kib, Rule, Timing};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.size() != b.size() {
@@ -76,7 +80,34 @@ const CLOSURE_STRATEGIES: [Strategy; 6] = [
     Strategy::Auto,
 ];
 
-fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
+/// `--peak METHOD`: instead of timing, one cold call of that method with the process's peak resident
+/// memory around it (VmHWM reset through /proc/self/clear_refs just before the call).
+fn peak_call(name: &str, method: &str, g: &mut dyn FnMut() -> Result<Tensor>) -> Result<()> {
+    let process_before = status_kib("VmHWM:");
+    let rss_before = status_kib("VmRSS:");
+    let reset = reset_peak_rss();
+    let t = Instant::now();
+    let out = g()?;
+    let secs = t.elapsed().as_secs_f64();
+    let hwm = status_kib("VmHWM:");
+    let call = match (reset, rss_before, hwm) {
+        (true, Some(a), Some(b)) => json!(b.saturating_sub(a)),
+        _ => Value::Null,
+    };
+    let process = match (process_before, hwm) {
+        (Some(a), Some(b)) => json!(a.max(b)),
+        _ => Value::Null,
+    };
+    println!(
+        "{}",
+        json!({"side": "rust", "case": name, "method": method, "peak": true, "seconds": secs,
+               "call_peak_kib": call, "process_peak_kib": process, "rss_before_kib": rss_before})
+    );
+    drop(out);
+    Ok(())
+}
+
+fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<()> {
     let name = case["name"].as_str().context("case name")?;
     let kind = case["kind"].as_str().context("case kind")?;
     let dev = rule.device;
@@ -107,6 +138,13 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
     let resolved_graph = |s: Strategy| -> String { s.resolve_for(&work(false)).to_string() };
     let run =
         |method: &str, strategy: String, g: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
+            if let Some(p) = peak {
+                return if p == method {
+                    peak_call(name, method, g)
+                } else {
+                    Ok(())
+                };
+            }
             eprintln!("  rust {name:>8} {method}");
             let (timing, j) = measure(rule, g)?;
             let diff = max_abs_diff(&j, &j_ref).with_context(|| format!("{name} {method}"))?;
@@ -415,6 +453,82 @@ fn run_case(dir: &Path, case: &Value, rule: Rule) -> Result<()> {
                 grad_w1(Strategy::Forward)
             })?;
         }
+        "lapmlp" => {
+            // The Laplacian of a PINN MLP, u = … tanh(x W1ᵀ + b1) … W_Lᵀ + b_L (Linear layers with
+            // bias, tanh between them), from the same .npy weights as PyTorch's: Δu alone (J_ref:
+            // the float64 truth of Δu), or the loss mean(Δu²) + backward to all weights (J_ref:
+            // the truth of W1's gradient).
+            let layers = case["layers"].as_u64().context("layers")? as usize;
+            let loss = case["work"].as_str() == Some("loss");
+            let mut params = Vec::with_capacity(2 * layers);
+            for i in 1..=layers {
+                for k in ["w", "b"] {
+                    params.push(extra(&format!("{k}{i}"))?.set_requires_grad(loss));
+                }
+            }
+            let u = |v: &Tensor| {
+                let mut h = v.shallow_clone();
+                for i in 0..layers {
+                    h = h.matmul(&params[2 * i].tr()) + &params[2 * i + 1];
+                    if i + 1 < layers {
+                        h = h.tanh();
+                    }
+                }
+                h.squeeze_dim(-1)
+            };
+            let variants = [
+                ("laplacian_of (Auto)", JacobianOptions::default()),
+                (
+                    "laplacian_of (RowLoop)",
+                    JacobianOptions::default().strategy(Strategy::RowLoop),
+                ),
+            ];
+            if peak.is_some() {
+                // libtorch's lazy set-up before the peak's reference point, as the Python side.
+                drop(tch::no_grad(|| u(&x)));
+            }
+            // Before timing: Δu of both variants against PyTorch's float32 Δu (its nested loop),
+            // rtol 1e-4 of max |Δu|; and which strategy ran (from the progress reports).
+            let mut ran = Vec::new();
+            for (label, o) in &variants {
+                if peak.is_some() {
+                    ran.push(String::new());
+                    continue;
+                }
+                let lap_torch = extra("lap_f32")?;
+                let seen = std::cell::RefCell::new(None::<Strategy>);
+                let note = |p: Progress| {
+                    seen.replace(Some(p.strategy));
+                };
+                let lap = laplacian_of(u, &x, &o.create_graph(loss).progress(&note))?;
+                let scale = tch::no_grad(|| lap_torch.abs().max().double_value(&[]));
+                let rel = max_abs_diff(&lap, &lap_torch)? / scale;
+                if rel.is_nan() || rel > 1e-4 {
+                    bail!("{name} {label}: Δu differs from PyTorch's by {rel:.2e} of max |Δu| (> 1e-4)");
+                }
+                eprintln!("  rust {name:>8} {label}: Δu agrees with PyTorch's float32 Δu to {rel:.1e} of max |Δu|");
+                ran.push(match *seen.borrow() {
+                    Some(s) => s.to_string(),
+                    None => "no progress reported (not the row loop)".to_string(),
+                });
+            }
+            for ((label, o), strategy) in variants.iter().zip(ran) {
+                if !loss {
+                    run(label, strategy, &mut || Ok(laplacian_of(u, &x, o)?))?;
+                    continue;
+                }
+                let o = o.create_graph(true);
+                let mut grads: Vec<Tensor> = params.iter().map(|p| p.shallow_clone()).collect();
+                run(label, strategy, &mut || {
+                    for p in grads.iter_mut() {
+                        p.zero_grad();
+                    }
+                    let lap = laplacian_of(u, &x, &o)?;
+                    lap.f_square()?.f_mean(Kind::Float)?.f_backward()?;
+                    Ok(params[0].grad().f_detach_copy()?)
+                })?;
+            }
+        }
         "hessian" => {
             let f = |v: &Tensor| w.matmul(v).tanh().square().sum(Kind::Float);
             run("hessian_of", resolved_graph(Strategy::Auto), &mut || {
@@ -632,6 +746,7 @@ fn main() -> Result<()> {
     let mut breakdown_n: Option<i64> = None;
     let mut only: Option<String> = None;
     let mut hot: Option<(String, i64, f64)> = None;
+    let mut peak: Option<String> = None;
     let mut rule = Rule {
         budget_s: 1.0,
         min_reps: 5,
@@ -649,13 +764,14 @@ fn main() -> Result<()> {
             "--budget" => rule.budget_s = val()?.parse()?,
             "--breakdown" => breakdown_n = Some(val()?.parse()?),
             "--case" => only = Some(val()?),
+            "--peak" => peak = Some(val()?),
             "--loop" => {
                 let (w, n, t) = (val()?, val()?, val()?);
                 hot = Some((w, n.parse()?, t.parse()?));
             }
             "-h" | "--help" => {
                 println!(
-                    "compare --dir DIR [--case NAME] [--threads N] [--device cpu|cuda] | --breakdown N [--budget S] | --loop STRATEGY N SECONDS (a strategy name: row-loop, batched, …)"
+                    "compare --dir DIR [--case NAME [--peak METHOD]] [--threads N] [--device cpu|cuda] | --breakdown N [--budget S] | --loop STRATEGY N SECONDS (a strategy name: row-loop, batched, …)"
                 );
                 return Ok(());
             }
@@ -693,7 +809,7 @@ fn main() -> Result<()> {
             .as_deref()
             .is_none_or(|o| case["name"].as_str() == Some(o))
         {
-            run_case(&dir, case, rule)?;
+            run_case(&dir, case, rule, peak.as_deref())?;
             ran += 1;
         }
     }

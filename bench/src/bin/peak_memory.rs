@@ -18,18 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{jacobian_of, sigmoid_linear_jacobian, JacobianOptions, Strategy};
-
-/// A `kB` field of `/proc/self/status` (`VmRSS:`, `VmHWM:`), None where unavailable.
-fn status_kib(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
+use tch_jacobian_bench::{reset_peak_rss, status_kib};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,7 +46,7 @@ fn main() -> Result<()> {
     let _ = f(&x); // warm libtorch up before the reference point
     let rss_before = status_kib("VmRSS:");
     // "5" resets the peak resident set size (VmHWM) to the current RSS (Linux ≥ 4.0).
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let reset = reset_peak_rss();
     let t = Instant::now();
     let j = match (which, strategy) {
         ("baseline", _) => f(&x),
