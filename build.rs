@@ -21,7 +21,7 @@
 //!
 //! * the core ([`CORE`]: the autograd graph scan and the normalizations' autograd kernels that
 //!   are right at every order), which needs only libtorch's headers and is part of every build;
-//! * the engine ([`CSRC`], see `src/native.rs`), which needs functorch's headers. Those include
+//! * the engine ([`CSRC`], see `src/native/mod.rs`), which needs functorch's headers. Those include
 //!   `nlohmann/json.hpp`, which libtorch does not ship; it is looked for in
 //!
 //! 1. `TCH_JACOBIAN_NLOHMANN_INCLUDE` (the folder that holds `nlohmann/json.hpp`), for a user's
@@ -100,9 +100,14 @@ fn main() {
 }
 
 /// The C++ files every build with libtorch compiles (they need only libtorch's own headers, so
-/// values never depend on the optional engine): the autograd graph scan and the normalizations'
-/// autograd kernels that are right at every order.
-const CORE: [&str; 2] = ["csrc/graph_scan.cpp", "csrc/norm_autograd.cpp"];
+/// values never depend on the optional engine): the autograd graph scan, the normalizations'
+/// autograd kernels that are right at every order, and collapsed Taylor mode (Laplacians in one
+/// forward pass).
+const CORE: [&str; 3] = [
+    "csrc/graph_scan.cpp",
+    "csrc/norm_autograd.cpp",
+    "csrc/taylor.cpp",
+];
 
 /// The engine's C++ files (feature `native`; functorch's headers), one per capability: the
 /// batched backward pass, per-sample gradients by vmap(grad) of a Rust closure, forward-mode AD,

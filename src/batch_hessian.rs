@@ -33,9 +33,13 @@ use crate::error::{Error, Result};
 use crate::jacobian::{prepare_input, FnOutput};
 use crate::strategy::{JacobianOptions, Strategy};
 
-/// `u(x)` prepared (`x` requiring grad), its gradient `g = ∇ₓ Σ_b u[b]` (with create_graph) and
-/// `B`, after the shape checks.
-fn gradient_of<F, O>(u: F, x: &Tensor, opts: &JacobianOptions) -> Result<(Tensor, Tensor, i64)>
+/// `u(x)` prepared (`x` requiring grad), `u(x)` itself, its gradient `g = ∇ₓ Σ_b u[b]` (with
+/// create_graph) and `B`, after the shape checks.
+fn gradient_of<F, O>(
+    u: F,
+    x: &Tensor,
+    opts: &JacobianOptions,
+) -> Result<(Tensor, Tensor, Tensor, i64)>
 where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
@@ -71,7 +75,7 @@ where
     let pass = Pass::new(true, false, names);
     let root = y.f_sum(None::<Kind>)?;
     let g = vjp_into(&root, &[&xg], pass)?.remove(0);
-    Ok((xg, g, b))
+    Ok((xg, y, g, b))
 }
 
 /// The strategy for the Jacobian of `g`: `Auto` is the row loop on the CPU and the batched pass
@@ -113,29 +117,53 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    crate::autograd::grad_mode_on(|| Ok(nested_hessian(u, x, opts)?.2))
+}
+
+/// `(u(x), ∇u, H)` by nested reverse mode: [`batch_hessian_of`] with the value and gradient.
+pub(crate) fn nested_hessian<F, O>(
+    u: F,
+    x: &Tensor,
+    opts: &JacobianOptions,
+) -> Result<(Tensor, Tensor, Tensor)>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
     crate::autograd::grad_mode_on(|| {
-        let (xg, g, _) = gradient_of(u, x, opts)?;
+        let (xg, y, g, _) = gradient_of(u, x, opts)?;
         let inner = opts.strategy(strategy_for(opts, x.device())).strict(false);
-        batch_jacobian(&g, &xg, &inner)
+        let h = batch_jacobian(&g, &xg, &inner)?;
+        Ok((y, g, h))
     })
 }
 
 /// The Laplacian of a closure per sample, shape `[B]`: `Δu[b] = Σ_i ∂²u(x)[b]/∂x[b, i]²`, the
 /// trace of [`batch_hessian_of`] — `vmap(hessian(u))(x).diagonal(...).sum(-1)` in PyTorch.
 ///
-/// Under [`Strategy::RowLoop`] (and `Auto` on the CPU, or on any device without the native
-/// engine) `H` is never formed: pass `i` keeps only its diagonal element. With
-/// `opts.create_graph` the result is differentiable: a PINN loss `‖Δu − f‖²` reaches the
+/// With [`Strategy::Auto`] (the default) it is computed in **one forward pass by collapsed
+/// Taylor mode** ([`crate::laplacian`]: `u` runs once, carrying `n` first-order coefficients and
+/// one summed second-order coefficient through each op — faster than PyTorch's autograd loop,
+/// `vmap(hessian)` and jet-for-pytorch, docs/benchmarks.md), falling back to nested reverse mode
+/// for a closure with an op that has no collapsed rule. An explicit strategy
+/// ([`Strategy::RowLoop`], [`Strategy::Batched`]) runs nested reverse mode, PyTorch's loop:
+/// `∇u` with create_graph, then the per-sample Jacobian of `∇u` with that strategy (the row loop
+/// never forms `H`: pass `i` keeps only its diagonal element). For `u` and `∇u` beside `Δu`,
+/// weighted Laplacians `tr(σσᵀ∇²u)` and stochastic estimates, use [`crate::Laplacian`].
+///
+/// With `opts.create_graph` the result is differentiable: a PINN loss `‖Δu − f‖²` reaches the
 /// weights of `u`.
 ///
 /// ```
 /// use tch::{Kind, Tensor};
-/// use tch_jacobian::{laplacian_of, JacobianOptions};
+/// use tch_jacobian::{laplacian_of, JacobianOptions, Strategy};
 /// // u(x) = ‖x‖⁴ per sample in ℝ²: Δu = 16 ‖x‖²
 /// let x = Tensor::from_slice(&[1.0f64, 2.0, 0.5, 0.0]).view([2, 2]);
 /// let u = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double).square();
-/// let lap = laplacian_of(u, &x, &JacobianOptions::default())?;
+/// let lap = laplacian_of(u, &x, &JacobianOptions::default())?; // collapsed Taylor mode
 /// assert_eq!(Vec::<f64>::try_from(lap).unwrap(), [80.0, 4.0]);
+/// let nested = laplacian_of(u, &x, &JacobianOptions::default().strategy(Strategy::RowLoop))?;
+/// assert_eq!(Vec::<f64>::try_from(nested).unwrap(), [80.0, 4.0]);
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn laplacian_of<F, O>(u: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
@@ -143,18 +171,36 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    if opts.strategy == Strategy::Auto {
+        return Ok(crate::laplacian::Laplacian::new()
+            .create_graph(opts.create_graph)
+            .compute(u, x)?
+            .laplacian);
+    }
+    Ok(nested_laplacian(u, x, opts)?.2)
+}
+
+/// `(u(x), ∇u, Δu)` by nested reverse mode (see [`laplacian_of`]).
+pub(crate) fn nested_laplacian<F, O>(
+    u: F,
+    x: &Tensor,
+    opts: &JacobianOptions,
+) -> Result<(Tensor, Tensor, Tensor)>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
     crate::autograd::grad_mode_on(|| {
-        let (xg, g, b) = gradient_of(u, x, opts)?;
+        let (xg, y, g, b) = gradient_of(u, x, opts)?;
         let n = x.numel() as i64 / b;
         let strategy = strategy_for(opts, x.device());
         if strategy != Strategy::RowLoop {
             let inner = opts.strategy(strategy).strict(false);
             let h = batch_jacobian(&g, &xg, &inner)?.f_reshape([b, n, n])?;
-            return Ok(h.f_diagonal(0, 1, 2)?.f_sum_dim_intlist(
-                [1i64].as_slice(),
-                false,
-                None::<Kind>,
-            )?);
+            let lap =
+                h.f_diagonal(0, 1, 2)?
+                    .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?;
+            return Ok((y, g, lap));
         }
         // Diagonal only: pass i differentiates Σ_b g[b, i] and keeps column i.
         let g2 = g.f_reshape([b, n])?;
@@ -177,6 +223,6 @@ where
             let gi = vjp_into(&root, &[&xg], pass)?.remove(0);
             lap = lap.f_add(&gi.f_reshape([b, n])?.f_select(1, i)?)?;
         }
-        Ok(lap)
+        Ok((y, g, lap))
     })
 }

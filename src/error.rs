@@ -70,6 +70,18 @@ pub enum Error {
         op: String,
     },
 
+    /// Collapsed Taylor mode ([`crate::laplacian`]) met an op of the closure it has no rule
+    /// for (or a use it cannot follow, e.g. an in-place write into a view). With
+    /// [`LaplacianMethod::Auto`](crate::LaplacianMethod::Auto) this never reaches the caller:
+    /// the nested reverse-mode path runs instead.
+    #[error("collapsed Taylor mode cannot follow {op}{}; use LaplacianMethod::Auto or LaplacianMethod::Nested (nested reverse mode, every op)", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+    NoTaylorRule {
+        /// The op, e.g. `aten::native_batch_norm`.
+        op: String,
+        /// Why, when there is more to say.
+        detail: String,
+    },
+
     /// The asked strategy would give wrong derivatives under `create_graph` through an op of the
     /// graph: libtorch's own rule for that op is wrong one order higher (see
     /// [`crate::second_order`], which names the upstream issue). `Strategy::Auto` never picks

@@ -44,7 +44,8 @@
 //! | `grad(y, x, V, is_grads_batched=True)` / `vmap(vjp_fn)(V)` | [`vjp_batched(&y, &x, &v, &opts)`](vjp_batched) |
 //! | `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(U)` | [`jvp_batched(&y, &x, &u, &opts)`](jvp_batched) |
 //! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
-//! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`batch_hessian_of(u, &x, &opts)`](batch_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) |
+//! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`batch_hessian_of(u, &x, &opts)`](batch_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
+//! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`Laplacian::new().compute(u, &x)`](Laplacian) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
 //! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |
@@ -73,6 +74,7 @@ pub mod device;
 mod engine;
 pub mod error;
 pub mod jacobian;
+pub mod laplacian;
 pub mod module;
 pub mod native;
 pub mod params;
@@ -92,6 +94,7 @@ pub use error::{Error, Result};
 pub use jacobian::{
     jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, FnOutput, WithValue,
 };
+pub use laplacian::{Laplacian, LaplacianEstimator, LaplacianMethod, LaplacianOutput};
 pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
 pub use params::{
     parameter_jacobian, per_sample_gradients, per_sample_gradients_of,

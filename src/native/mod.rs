@@ -18,7 +18,10 @@
 //!     [`crate::second_order`] (and `tchj_free_string`, which frees the strings every C++ file
 //!     hands back);
 //!   * `csrc/norm_autograd.cpp`, room `norm_autograd`: autograd kernels for the normalizations
-//!     whose derivatives are right at every order.
+//!     whose derivatives are right at every order;
+//!   * `csrc/taylor.cpp`, room `taylor`: collapsed Taylor mode (the Laplacians of
+//!     [`crate::laplacian`] in one forward pass), a dispatcher fallback that pushes Taylor
+//!     coefficients through every op of a Rust closure.
 //! * The engine, the default feature `native` (cfg `tch_jacobian_native`):
 //!   * `csrc/batched_vjp.cpp`, room `batched_vjp`: the batched backward pass, and the free CUDA
 //!     memory ([`cuda_free_memory`]);
@@ -65,6 +68,7 @@ mod graph_scan;
 mod jit_executor;
 mod norm_autograd;
 mod shared;
+pub(crate) mod taylor;
 mod vmap_grad;
 
 pub(crate) use batched_vjp::batched_vjp;

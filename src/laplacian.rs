@@ -1,0 +1,553 @@
+//! Laplacians of per-sample closures — the PINN and VMC operators — in one forward pass by
+//! collapsed Taylor mode, or by nested reverse mode.
+//!
+//! For `u` mapping `x = [B, *in]` to one scalar per sample (`[B]` or `[B, 1]`), samples not
+//! interacting, and `n = numel(in)`:
+//!
+//! ```text
+//! Δu[b]              = Σ_i ∂²u(x)[b] / ∂x[b, i]²                        (the Laplacian)
+//! tr(σσᵀ ∇²u)[b]     = Σ_d σ_dᵀ ∇²u(x)[b] σ_d    σ: [n, m] or [B, n, m]   (weighted: Kolmogorov,
+//!                                                                           Fokker–Planck)
+//! (1/k) Σ_r z_rᵀ ∇²u z_r,  z_r Rademacher or Gaussian, E[z zᵀ] = I          (stochastic, unbiased;
+//!                                                                           z_r → σ z_r weighted)
+//! ```
+//!
+//! and `u` and `∇u` beside them (boundary and Neumann terms need them), from [`Laplacian`], a
+//! reusable options builder, or the plain [`laplacian_of`](crate::laplacian_of).
+//!
+//! # Methods
+//!
+//! * [`LaplacianMethod::Taylor`] — **collapsed Taylor mode** (Dangel, Siebert, Zeinhofer,
+//!   Walther, NeurIPS 2025; the forward Laplacian of Li et al. 2023): `u` runs once, and every op
+//!   it calls also pushes its input's `D` first-order coefficients and one summed second-order
+//!   coefficient forward by the op's collapsed rule (`2 + D` vectors per tensor, no reverse
+//!   pass). `D` = `n` for the exact Laplacian, `m` with weights, `k` for the estimators. Rules
+//!   cover the ops of MLPs and PINN networks: linear/matmul/addmm/bmm, elementwise ops (tanh,
+//!   sigmoid, sin, cos, exp, log, softplus, gelu, silu, relu, pow, sqrt, …), add/sub/mul/div,
+//!   sum/mean, views, cat/stack, softmax/log_softmax/logsumexp and layer_norm; ops without a rule
+//!   that libtorch composes from others are decomposed. Nothing is traced: the closure's own
+//!   control flow runs every call. With `create_graph`, the result is an ordinary tensor in the
+//!   caller's graph (PINN training differentiates it to the weights `u` captures).
+//! * [`LaplacianMethod::Nested`] — nested reverse mode, PyTorch's autograd loop: `∇u` with
+//!   create_graph, then one backward pass per input dimension (the exact Laplacian, the row
+//!   loop) or the per-sample Hessian and its contraction (weights and estimators). Every op
+//!   with a double backward works; `JacobianOptions`' strategy picks the inner pass.
+//! * [`LaplacianMethod::Auto`] (the default) — collapsed Taylor mode; if the closure uses an op
+//!   without a collapsed rule (an [`Error::NoTaylorRule`]), the nested path, once more from the
+//!   start (logged once per call site at warn level).
+//!
+//! Measured (2-core CPU, 2 threads, f32, B = 1024, u: d → 64 → 64 → 1 tanh; docs/benchmarks.md
+//! has the table with PyTorch's tools and jet-for-pytorch): collapsed Taylor mode is faster than
+//! the nested loop at every width measured, so `Auto` has no crossover on the CPU; on CUDA it
+//! is not yet measured and `Auto` also takes it.
+//!
+//! ```
+//! use tch::{Kind, Tensor};
+//! use tch_jacobian::{Laplacian, LaplacianMethod};
+//! // u(x) = ‖x‖⁴ per sample in ℝ²: ∇u = 4‖x‖² x, Δu = 16 ‖x‖²
+//! let x = Tensor::from_slice(&[1.0f64, 2.0, 0.5, 0.0]).view([2, 2]);
+//! let u = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double).square();
+//! let out = Laplacian::new().compute(u, &x)?;
+//! assert_eq!(Vec::<f64>::try_from(&out.laplacian).unwrap(), [80.0, 4.0]);
+//! assert_eq!(Vec::<f64>::try_from(&out.value).unwrap(), [25.0, 0.0625]);
+//! let g = out.gradient.unwrap(); // [B, 2]
+//! assert_eq!(Vec::<f64>::try_from(g.flatten(0, -1)).unwrap(), [20.0, 40.0, 0.5, 0.0]);
+//! assert_eq!(out.method, LaplacianMethod::Taylor);
+//! # Ok::<(), tch_jacobian::Error>(())
+//! ```
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use tch::{Kind, Tensor};
+
+use crate::autograd::check_float;
+use crate::error::{Error, Result};
+use crate::jacobian::FnOutput;
+use crate::strategy::{JacobianOptions, Strategy};
+
+/// How [`Laplacian`] computes: see the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LaplacianMethod {
+    /// Collapsed Taylor mode, and the nested path for closures it cannot follow.
+    #[default]
+    Auto,
+    /// Collapsed Taylor mode only: an op without a rule is an [`Error::NoTaylorRule`].
+    Taylor,
+    /// Nested reverse mode (PyTorch's autograd loop).
+    Nested,
+}
+
+/// The exact operator, or an unbiased estimate of it from `samples` random directions per
+/// sample (Hutchinson's estimator, `E[z zᵀ] = I`): `(1/k) Σ_r z_rᵀ ∇²u z_r`.
+///
+/// `seed`, as in [`crate::Estimator::Projections`]: `Some(seed)` draws from a `StdRng` seeded
+/// with it (reproducible, independent of torch's generator — the same directions every call, so
+/// vary it in a training loop), `None` draws from torch's global generator
+/// (`tch::manual_seed` controls it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LaplacianEstimator {
+    /// All `D` directions: `e_i` (or the columns of `σ` with weights).
+    #[default]
+    Exact,
+    /// `z` with independent ±1 entries (the lowest-variance Hutchinson estimator).
+    Rademacher {
+        /// Directions per sample, ≥ 1.
+        samples: usize,
+        /// Reproducible draws, or torch's generator.
+        seed: Option<u64>,
+    },
+    /// `z` with independent standard normal entries.
+    Gaussian {
+        /// Directions per sample, ≥ 1.
+        samples: usize,
+        /// Reproducible draws, or torch's generator.
+        seed: Option<u64>,
+    },
+}
+
+/// What [`Laplacian::compute`] returns; every tensor is differentiable when it was asked with
+/// `create_graph`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct LaplacianOutput {
+    /// `u(x)`, shape `[B]`.
+    pub value: Tensor,
+    /// `∇ₓu`, shape `[B, *in]` — for the exact, unweighted Laplacian (`None` otherwise: the
+    /// directions then do not span the gradient).
+    pub gradient: Option<Tensor>,
+    /// `Δu`, `tr(σσᵀ∇²u)` or their estimate, shape `[B]`.
+    pub laplacian: Tensor,
+    /// The method that computed it: `Taylor` or `Nested` (never `Auto`).
+    pub method: LaplacianMethod,
+}
+
+/// Options for Laplacians — a reusable builder whose [`compute`](Laplacian::compute) applies
+/// them to any closure and input (nothing is traced or cached: each call runs the closure once).
+///
+/// ```text
+/// Laplacian::new()                                  Δu, exact, collapsed Taylor mode
+///     .weights(&sigma)                              tr(σσᵀ∇²u), σ: [n, m] or [B, n, m]
+///     .estimator(LaplacianEstimator::Rademacher { samples: 16, seed: None })
+///     .create_graph(true)                           differentiable (PINN training)
+///     .method(LaplacianMethod::Nested)              PyTorch's autograd loop instead
+///     .nested_strategy(Strategy::Batched { .. })    its inner pass
+///     .compute(u, &x)?                              → LaplacianOutput { value, gradient, laplacian, method }
+/// ```
+///
+/// A PINN step for `−Δu = f` (a sketch; `u` captures the trainable weights):
+///
+/// ```
+/// use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
+/// use tch_jacobian::Laplacian;
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let net = nn::seq()
+///     .add(nn::linear(vs.root() / "l1", 3, 16, Default::default()))
+///     .add_fn(|x| x.tanh())
+///     .add(nn::linear(vs.root() / "l2", 16, 1, Default::default()));
+/// let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
+/// let x = Tensor::rand([32, 3], (Kind::Float, Device::Cpu));
+/// let f = Tensor::ones([32], (Kind::Float, Device::Cpu));
+/// let pinn = Laplacian::new().create_graph(true);
+/// let out = pinn.compute(|x: &Tensor| net.forward(x), &x)?;
+/// let loss = (out.laplacian + f).square().mean(Kind::Float);
+/// opt.backward_step(&loss);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Laplacian<'a> {
+    method: LaplacianMethod,
+    estimator: LaplacianEstimator,
+    weights: Option<&'a Tensor>,
+    create_graph: bool,
+    nested: Strategy,
+}
+
+impl<'a> Laplacian<'a> {
+    /// The exact Laplacian by [`LaplacianMethod::Auto`], not differentiable.
+    ///
+    /// ```
+    /// # use tch_jacobian::Laplacian;
+    /// let _ = Laplacian::new();
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keep the graph: the results are differentiable (to the weights `u` captures, and to `x`
+    /// when it requires grad) — PyTorch's `create_graph`.
+    ///
+    /// ```
+    /// # use tch_jacobian::Laplacian;
+    /// let _ = Laplacian::new().create_graph(true);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn create_graph(mut self, create_graph: bool) -> Self {
+        self.create_graph = create_graph;
+        self
+    }
+
+    /// Collapsed Taylor mode, nested reverse mode, or `Auto` (see the [module docs](self)).
+    ///
+    /// ```
+    /// # use tch_jacobian::{Laplacian, LaplacianMethod};
+    /// let _ = Laplacian::new().method(LaplacianMethod::Nested);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn method(mut self, method: LaplacianMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// Exact, or Hutchinson's estimate from random directions ([`LaplacianEstimator`]).
+    ///
+    /// ```
+    /// # use tch_jacobian::{Laplacian, LaplacianEstimator};
+    /// let _ = Laplacian::new().estimator(LaplacianEstimator::Rademacher { samples: 8, seed: Some(0) });
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn estimator(mut self, estimator: LaplacianEstimator) -> Self {
+        self.estimator = estimator;
+        self
+    }
+
+    /// The weighted Laplacian `tr(σσᵀ∇²u) = Σ_d σ_dᵀ∇²u σ_d` (a diffusion's generator) with
+    /// `σ: [n, m]` shared by the batch or `[B, n, m]` per sample (`n = numel(in)`).
+    ///
+    /// ```
+    /// use tch::{Kind, Tensor};
+    /// use tch_jacobian::Laplacian;
+    /// // u = x₀² + 3 x₁² : ∇²u = diag(2, 6); σ = [[1], [1]] gives 1ᵀ∇²u 1 = 8
+    /// let x = Tensor::from_slice(&[0.5f64, -1.0]).view([1, 2]);
+    /// let sigma = Tensor::from_slice(&[1.0f64, 1.0]).view([2, 1]);
+    /// let u = |x: &Tensor| (x.square() * Tensor::from_slice(&[1.0f64, 3.0])).sum_dim_intlist(1, false, Kind::Double);
+    /// let out = Laplacian::new().weights(&sigma).compute(u, &x)?;
+    /// assert_eq!(out.laplacian.double_value(&[0]), 8.0);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn weights(mut self, sigma: &'a Tensor) -> Self {
+        self.weights = Some(sigma);
+        self
+    }
+
+    /// The inner strategy of the nested path (`Auto`: the row loop on the CPU, the batched pass
+    /// on CUDA, as in [`crate::batch_hessian_of`]).
+    ///
+    /// ```
+    /// # use tch_jacobian::{Laplacian, Strategy};
+    /// let _ = Laplacian::new().nested_strategy(Strategy::RowLoop);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn nested_strategy(mut self, strategy: Strategy) -> Self {
+        self.nested = strategy;
+        self
+    }
+
+    /// Applies the options to `u` at `x = [B, *in]` (see the [module docs](self)). `u` must
+    /// return `[B]` or `[B, 1]`; another shape, an empty batch, `samples = 0` or weights of
+    /// another shape are an [`Error::Shape`] / [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use tch::{Kind, Tensor};
+    /// use tch_jacobian::{Laplacian, LaplacianEstimator};
+    /// // u(x) = Σ sin(x_i): Δu = −Σ sin(x_i); Rademacher directions are exact for a diagonal ∇²u
+    /// let x = Tensor::from_slice(&[0.3f64, -1.2, 2.0, 0.7]).view([2, 2]);
+    /// let u = |x: &Tensor| x.sin().sum_dim_intlist(1, false, Kind::Double);
+    /// let est = Laplacian::new()
+    ///     .estimator(LaplacianEstimator::Rademacher { samples: 3, seed: Some(1) })
+    ///     .compute(u, &x)?;
+    /// let exact = -x.sin().sum_dim_intlist(1, false, Kind::Double);
+    /// assert!(est.laplacian.allclose(&exact, 1e-12, 1e-12, false));
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn compute<F, O>(&self, u: F, x: &Tensor) -> Result<LaplacianOutput>
+    where
+        F: Fn(&Tensor) -> O,
+        O: FnOutput,
+    {
+        let (b, n) = check_input(x)?;
+        let directions = self.directions(x, b, n)?;
+        match self.method {
+            LaplacianMethod::Taylor => self.taylor(&u, x, b, &directions),
+            LaplacianMethod::Nested => self.nested(&u, x, b, n, &directions),
+            LaplacianMethod::Auto => match self.taylor(&u, x, b, &directions) {
+                Err(Error::NoTaylorRule { op, detail }) => {
+                    crate::native::warn_once(&format!(
+                        "collapsed Taylor mode cannot follow {op} ({detail}): this Laplacian \
+                         runs nested reverse mode (slower)"
+                    ));
+                    self.nested(&u, x, b, n, &directions)
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// The directions `[D, B, *in]` and the scale of `S` (1, or 1/k for an estimator); `None`
+    /// directions for the exact, unweighted Laplacian (the identity, built where it is used).
+    fn directions(&self, x: &Tensor, b: i64, n: i64) -> Result<Directions> {
+        let (kind, device) = (x.kind(), x.device());
+        let sizes = x.size();
+        let sigma = match self.weights {
+            None => None,
+            Some(s) => Some(check_weights(s, x, b, n)?),
+        };
+        let m = sigma.as_ref().map_or(n, |s| s.size()[s.dim() - 1]);
+        let mut full = vec![0i64, b];
+        full.extend_from_slice(&sizes[1..]);
+        let (z, scale) = match self.estimator {
+            LaplacianEstimator::Exact => {
+                let Some(s) = sigma else {
+                    // e_i in every sample: a batch-broadcast view (the first linear layer then
+                    // multiplies one row, not B).
+                    full[0] = n;
+                    let eye = Tensor::f_eye(n, (kind, device))?;
+                    let mut one = vec![n, 1];
+                    one.extend_from_slice(&sizes[1..]);
+                    let v = eye
+                        .f_reshape(one.as_slice())?
+                        .f_expand(full.as_slice(), false)?;
+                    return Ok(Directions {
+                        v,
+                        scale: 1.0,
+                        spans_gradient: true,
+                    });
+                };
+                full[0] = m;
+                let v = if s.dim() == 2 {
+                    // [n, m] → [m, 1, *in], broadcast over the batch
+                    let mut one = vec![m, 1];
+                    one.extend_from_slice(&sizes[1..]);
+                    s.f_transpose(0, 1)?
+                        .f_reshape(one.as_slice())?
+                        .f_expand(full.as_slice(), false)?
+                } else {
+                    s.f_permute([2i64, 0, 1].as_slice())?
+                        .f_reshape(full.as_slice())?
+                };
+                return Ok(Directions {
+                    v,
+                    scale: 1.0,
+                    spans_gradient: false,
+                });
+            }
+            LaplacianEstimator::Rademacher { samples, seed } => {
+                (draw(samples, b, m, seed, true, kind, device)?, samples)
+            }
+            LaplacianEstimator::Gaussian { samples, seed } => {
+                (draw(samples, b, m, seed, false, kind, device)?, samples)
+            }
+        };
+        // z: [k, B, m] → v = σ z
+        let v = match sigma {
+            None => z,
+            Some(s) if s.dim() == 2 => z.f_matmul(&s.f_transpose(0, 1)?)?,
+            Some(s) => Tensor::f_einsum("bnm,kbm->kbn", &[&s, &z], None::<i64>)?,
+        };
+        full[0] = scale as i64;
+        Ok(Directions {
+            v: v.f_reshape(full.as_slice())?,
+            scale: 1.0 / scale as f64,
+            spans_gradient: false,
+        })
+    }
+
+    fn taylor<F, O>(&self, u: &F, x: &Tensor, b: i64, dirs: &Directions) -> Result<LaplacianOutput>
+    where
+        F: Fn(&Tensor) -> O,
+        O: FnOutput,
+    {
+        let run = || -> Result<LaplacianOutput> {
+            // The input as the closure sees it: connected to the caller's graph with
+            // create_graph (so Δu is differentiable in x too), a detached view otherwise.
+            let xin = if self.create_graph {
+                x.shallow_clone()
+            } else {
+                x.f_detach()?
+            };
+            let t = crate::native::taylor::collapsed(u, &xin, &dirs.v)?;
+            let value = check_output(t.value, b, x)?;
+            let mut lap = t.second.f_reshape([b])?;
+            if dirs.scale != 1.0 {
+                lap = lap.f_mul_scalar(dirs.scale)?;
+            }
+            let gradient = if dirs.spans_gradient {
+                let d = dirs.v.size()[0];
+                let mut shape = vec![b];
+                shape.extend_from_slice(&x.size()[1..]);
+                Some(
+                    t.first
+                        .f_reshape([d, b])?
+                        .f_transpose(0, 1)?
+                        .f_reshape(shape.as_slice())?,
+                )
+            } else {
+                None
+            };
+            Ok(LaplacianOutput {
+                value,
+                gradient,
+                laplacian: lap,
+                method: LaplacianMethod::Taylor,
+            })
+        };
+        if self.create_graph {
+            crate::autograd::grad_mode_on(run)
+        } else {
+            tch::no_grad(run)
+        }
+    }
+
+    fn nested<F, O>(
+        &self,
+        u: &F,
+        x: &Tensor,
+        b: i64,
+        n: i64,
+        dirs: &Directions,
+    ) -> Result<LaplacianOutput>
+    where
+        F: Fn(&Tensor) -> O,
+        O: FnOutput,
+    {
+        let opts = JacobianOptions::default()
+            .create_graph(self.create_graph)
+            .strategy(self.nested);
+        let (value, g, lap) = if dirs.spans_gradient {
+            crate::batch_hessian::nested_laplacian(u, x, &opts)?
+        } else {
+            // Σ_d v_dᵀ H v_d from the per-sample Hessians [B, n, n].
+            let (value, g, h) = crate::batch_hessian::nested_hessian(u, x, &opts)?;
+            let d = dirs.v.size()[0];
+            let v = dirs.v.f_reshape([d, b, n])?;
+            let q = Tensor::f_einsum("dbi,bij,dbj->b", &[&v, &h, &v], None::<i64>)?;
+            (value, g, q.f_mul_scalar(dirs.scale)?)
+        };
+        let value = check_output(value, b, x)?;
+        let gradient = dirs.spans_gradient.then_some(g);
+        let (value, gradient, lap) = if self.create_graph {
+            (value, gradient, lap)
+        } else {
+            (
+                value.f_detach()?,
+                gradient.map(|g| g.detach()),
+                lap.f_detach()?,
+            )
+        };
+        Ok(LaplacianOutput {
+            value,
+            gradient,
+            laplacian: lap,
+            method: LaplacianMethod::Nested,
+        })
+    }
+}
+
+/// The directions of one call.
+struct Directions {
+    /// `[D, B, *in]`.
+    v: Tensor,
+    /// 1, or `1/k` for an estimator.
+    scale: f64,
+    /// The exact, unweighted case: `v_d = e_d`, so the first-order coefficients are `∇u`.
+    spans_gradient: bool,
+}
+
+/// `(B, n)` for `x = [B, *in]`.
+fn check_input(x: &Tensor) -> Result<(i64, i64)> {
+    check_float(x, "x")?;
+    let xs = x.size();
+    if xs.is_empty() || xs[0] == 0 {
+        return Err(Error::Shape(format!(
+            "Laplacians need x: [B, *in] with a leading batch dimension of at least one sample; got shape {xs:?}"
+        )));
+    }
+    let b = xs[0];
+    Ok((b, x.numel() as i64 / b))
+}
+
+/// `u(x)` as `[B]`, or an error naming the shape.
+fn check_output(y: Tensor, b: i64, x: &Tensor) -> Result<Tensor> {
+    check_float(&y, "u(x)")?;
+    let ys = y.size();
+    if ys.first() != Some(&b) || y.numel() as i64 != b {
+        return Err(Error::Shape(format!(
+            "u must return one scalar per sample, [B] or [B, 1] with B = {b}; it returned shape {ys:?} for x {:?}",
+            x.size()
+        )));
+    }
+    Ok(y.f_reshape([b])?)
+}
+
+/// σ checked against `x`: `[n, m]` or `[B, n, m]`, on x's device, in x's dtype.
+fn check_weights(s: &Tensor, x: &Tensor, b: i64, n: i64) -> Result<Tensor> {
+    check_float(s, "σ")?;
+    let ss = s.size();
+    let ok = match ss.len() {
+        2 => ss[0] == n,
+        3 => ss[0] == b && ss[1] == n,
+        _ => false,
+    };
+    if !ok || ss[ss.len() - 1] == 0 {
+        return Err(Error::Shape(format!(
+            "weights σ must be [n, m] or [B, n, m] with n = {n} (the elements of a sample) and B = {b}; got shape {ss:?} for x {:?}",
+            x.size()
+        )));
+    }
+    if s.device() != x.device() {
+        return Err(Error::Device(format!(
+            "σ is on {:?} but x is on {:?}",
+            s.device(),
+            x.device()
+        )));
+    }
+    Ok(s.f_to_kind(x.kind())?)
+}
+
+/// `[k, B, m]` Rademacher (±1) or standard normal draws.
+fn draw(
+    k: usize,
+    b: i64,
+    m: i64,
+    seed: Option<u64>,
+    rademacher: bool,
+    kind: Kind,
+    device: tch::Device,
+) -> Result<Tensor> {
+    if k == 0 {
+        return Err(Error::InvalidArgument(
+            "a Laplacian estimator needs samples ≥ 1".into(),
+        ));
+    }
+    let shape = [k as i64, b, m];
+    match seed {
+        None if rademacher => Ok(Tensor::f_randint(2, shape, (Kind::Int64, device))?
+            .f_mul_scalar(2)?
+            .f_sub_scalar(1)?
+            .f_to_kind(kind)?),
+        None => Ok(Tensor::f_randn(shape, (kind, device))?),
+        Some(seed) => {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let count = (k as i64 * b * m) as usize;
+            let vals: Vec<f64> = (0..count)
+                .map(|_| {
+                    if rademacher {
+                        if rng.random_bool(0.5) {
+                            1.0
+                        } else {
+                            -1.0
+                        }
+                    } else {
+                        rng.sample(StandardNormal)
+                    }
+                })
+                .collect();
+            Ok(Tensor::f_from_slice(&vals)?
+                .f_reshape(shape)?
+                .f_to_kind(kind)?
+                .f_to_device(device)?)
+        }
+    }
+}

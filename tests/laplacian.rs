@@ -1,0 +1,385 @@
+//! Collapsed Taylor mode against nested reverse mode (f64), the estimators' unbiasedness, and
+//! the PINN loss's gradient against central differences.
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    laplacian_of, Error, JacobianOptions, Laplacian, LaplacianEstimator, LaplacianMethod, Strategy,
+};
+
+const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
+
+fn rand(shape: &[i64], seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randn(shape, F64)
+}
+
+/// The first mismatches of `a` against `b` (`|a − b| ≤ atol + rtol·|b|`), or nothing.
+fn assert_close(a: &Tensor, b: &Tensor, rtol: f64, atol: f64, what: &str) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes");
+    let av = Vec::<f64>::try_from(a.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    let bv = Vec::<f64>::try_from(b.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    let bad: Vec<String> = av
+        .iter()
+        .zip(&bv)
+        .enumerate()
+        .filter(|(_, (x, y))| (*x - *y).abs() > atol + rtol * y.abs() || x.is_nan() != y.is_nan())
+        .take(5)
+        .map(|(i, (x, y))| format!("[{i}] {x} vs {y}"))
+        .collect();
+    assert!(bad.is_empty(), "{what}: first mismatches {bad:?}");
+}
+
+/// A closure by name, each a different set of collapsed rules; `x: [B, 3]`.
+fn closure(name: &str) -> Box<dyn Fn(&Tensor) -> Tensor> {
+    let w1 = rand(&[5, 3], 1);
+    let b1 = rand(&[5], 2);
+    let w2 = rand(&[4, 5], 3);
+    let w3 = rand(&[1, 4], 4);
+    let g = rand(&[5], 5);
+    match name {
+        "mlp-tanh" => Box::new(move |x: &Tensor| {
+            x.linear(&w1, Some(&b1))
+                .tanh()
+                .linear(&w2, None::<&Tensor>)
+                .tanh()
+                .linear(&w3, None::<&Tensor>)
+        }),
+        "matmul-sigmoid-softplus" => Box::new(move |x: &Tensor| {
+            let h = x.matmul(&w1.tr()).sigmoid();
+            (h.matmul(&w2.tr()).softplus() * 0.5).sum_dim_intlist(1, false, Kind::Double)
+        }),
+        "elementwise-zoo" => Box::new(move |x: &Tensor| {
+            let h = x.linear(&w1, Some(&b1));
+            let a = h.sin() * h.cos()
+                + h.exp() * 0.1
+                + (h.square() + 1.0).log()
+                + (h.square() + 2.0).sqrt();
+            let b = h.gelu("none")
+                + h.gelu("tanh")
+                + h.silu()
+                + h.atan()
+                + h.erf()
+                + h.pow_tensor_scalar(3) * 0.01;
+            let c = (h.sigmoid() + 1.0).reciprocal()
+                + (h.square() + 1.0).rsqrt()
+                + h.sinh() * 0.1
+                + h.cosh() * 0.1
+                + h.asinh();
+            (a + b / (c + 3.0)).sum_dim_intlist(1, false, Kind::Double)
+        }),
+        "products-views" => Box::new(move |x: &Tensor| {
+            let h = x.linear(&w1, Some(&b1)).tanh(); // [B, 5]
+            let p = h.narrow(1, 0, 3) * x; // [B, 3]
+            let q = h.unsqueeze(2).transpose(1, 2).squeeze_dim(1); // [B, 5]
+            let r = Tensor::cat(&[&p, &q.select(1, 4).unsqueeze(1)], 1); // [B, 4]
+            let s = Tensor::stack(&[&r, &r.flip([1])], 2).reshape([-1, 8]); // [B, 8]
+            let t = s
+                .view([-1, 2, 4])
+                .permute([0, 2, 1])
+                .contiguous()
+                .flatten(1, 2);
+            (t.mean_dim(1, true, Kind::Double) * h.sum_dim_intlist(1, true, Kind::Double)
+                - t.select(1, 3).unsqueeze(1) / (h.select(1, 1).unsqueeze(1).square() + 1.0))
+                .squeeze()
+        }),
+        "layer-norm-softmax" => Box::new(move |x: &Tensor| {
+            let h = x.linear(&w1, Some(&b1));
+            let n = h.layer_norm([5], Some(&g), Some(&b1), 1e-5, false).tanh();
+            let s = n.softmax(1, Kind::Double);
+            let l = n.log_softmax(1, Kind::Double);
+            let e = n.logsumexp([1], false);
+            (s * l).sum_dim_intlist(1, false, Kind::Double)
+                + e
+                + n.relu().sum_dim_intlist(1, false, Kind::Double)
+        }),
+        "where-clamp-inplace" => Box::new(move |x: &Tensor| {
+            let h = x.linear(&w1, Some(&b1));
+            let mut k = h.tanh() * 2.0;
+            let _ = k.g_add_(&h.square());
+            let _ = k.g_mul_scalar_(0.5);
+            let m = h.gt(0.0);
+            let w = h.where_self(&m, &h.square());
+            (k + w + h.clamp(-0.5, 0.5) + h.leaky_relu() * h.abs()).sum_dim_intlist(
+                1,
+                false,
+                Kind::Double,
+            )
+        }),
+        other => panic!("no closure {other}"),
+    }
+}
+
+const CLOSURES: [&str; 6] = [
+    "mlp-tanh",
+    "matmul-sigmoid-softplus",
+    "elementwise-zoo",
+    "products-views",
+    "layer-norm-softmax",
+    "where-clamp-inplace",
+];
+
+#[test]
+fn taylor_equals_nested_reverse_mode_f64() {
+    let x = rand(&[6, 3], 10) * 0.7;
+    for name in CLOSURES {
+        let u = closure(name);
+        let t = Laplacian::new()
+            .method(LaplacianMethod::Taylor)
+            .compute(&u, &x)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let n = Laplacian::new()
+            .method(LaplacianMethod::Nested)
+            .compute(&u, &x)
+            .unwrap();
+        assert_eq!(t.method, LaplacianMethod::Taylor);
+        assert_eq!(n.method, LaplacianMethod::Nested);
+        assert_close(
+            &t.laplacian,
+            &n.laplacian,
+            1e-9,
+            1e-9,
+            &format!("{name}: Δu"),
+        );
+        assert_close(&t.value, &n.value, 1e-12, 1e-12, &format!("{name}: u"));
+        assert_close(
+            t.gradient.as_ref().unwrap(),
+            n.gradient.as_ref().unwrap(),
+            1e-10,
+            1e-10,
+            &format!("{name}: ∇u"),
+        );
+        // the plain door takes the same path
+        let lap = laplacian_of(&u, &x, &JacobianOptions::default()).unwrap();
+        assert_close(
+            &lap,
+            &t.laplacian,
+            0.0,
+            0.0,
+            &format!("{name}: laplacian_of"),
+        );
+    }
+}
+
+#[test]
+fn weighted_laplacian_matches_the_hessian_contraction() {
+    let x = rand(&[4, 3], 11);
+    let shared = rand(&[3, 2], 12);
+    let per_sample = rand(&[4, 3, 5], 13);
+    for name in ["mlp-tanh", "layer-norm-softmax"] {
+        let u = closure(name);
+        for sigma in [&shared, &per_sample] {
+            let t = Laplacian::new()
+                .weights(sigma)
+                .method(LaplacianMethod::Taylor)
+                .compute(&u, &x)
+                .unwrap();
+            let n = Laplacian::new()
+                .weights(sigma)
+                .method(LaplacianMethod::Nested)
+                .compute(&u, &x)
+                .unwrap();
+            assert!(t.gradient.is_none());
+            assert_close(
+                &t.laplacian,
+                &n.laplacian,
+                1e-10,
+                1e-10,
+                &format!("{name}: tr(σσᵀH)"),
+            );
+        }
+    }
+}
+
+#[test]
+fn estimators_are_unbiased() {
+    // Mean over 400 seeds within 4 standard errors of the exact value, per sample.
+    let x = rand(&[3, 3], 20) * 0.5;
+    let u = closure("mlp-tanh");
+    let exact = Laplacian::new().compute(&u, &x).unwrap().laplacian;
+    for gaussian in [false, true] {
+        let draws: Vec<Tensor> = (0..400u64)
+            .map(|seed| {
+                let e = if gaussian {
+                    LaplacianEstimator::Gaussian {
+                        samples: 2,
+                        seed: Some(seed),
+                    }
+                } else {
+                    LaplacianEstimator::Rademacher {
+                        samples: 2,
+                        seed: Some(seed),
+                    }
+                };
+                Laplacian::new()
+                    .estimator(e)
+                    .compute(&u, &x)
+                    .unwrap()
+                    .laplacian
+            })
+            .collect();
+        let d = Tensor::stack(&draws, 0);
+        let mean = d.mean_dim(0, false, Kind::Double);
+        let se = d.std_dim(0, true, false) / 20.0;
+        let z = ((mean - &exact).abs() / se).max().double_value(&[]);
+        assert!(
+            z < 4.0,
+            "gaussian={gaussian}: |mean − exact| = {z} standard errors"
+        );
+    }
+    // Nested reverse mode takes the same directions: the same estimate.
+    let e = LaplacianEstimator::Rademacher {
+        samples: 3,
+        seed: Some(7),
+    };
+    let t = Laplacian::new()
+        .estimator(e)
+        .method(LaplacianMethod::Taylor)
+        .compute(&u, &x)
+        .unwrap();
+    let n = Laplacian::new()
+        .estimator(e)
+        .method(LaplacianMethod::Nested)
+        .compute(&u, &x)
+        .unwrap();
+    assert_close(
+        &t.laplacian,
+        &n.laplacian,
+        1e-10,
+        1e-10,
+        "Rademacher: Taylor vs nested",
+    );
+}
+
+/// The PINN loss mean((Δu − f)²) and its gradient to W1: Taylor mode with create_graph against
+/// central differences in f64 (third derivatives of u).
+#[test]
+fn pinn_loss_gradient_equals_central_differences() {
+    let x = rand(&[5, 3], 30);
+    let f = rand(&[5], 31);
+    let w1 = rand(&[6, 3], 32);
+    let b1 = rand(&[6], 33);
+    let w2 = rand(&[1, 6], 34);
+    let g = rand(&[6], 35);
+    let loss = |w1: &Tensor, create_graph: bool| -> Tensor {
+        let u = |x: &Tensor| {
+            x.linear(w1, Some(&b1))
+                .layer_norm([6], Some(&g), None::<&Tensor>, 1e-5, false)
+                .tanh()
+                .linear(&w2, None::<&Tensor>)
+        };
+        let lap = Laplacian::new()
+            .create_graph(create_graph)
+            .method(LaplacianMethod::Taylor)
+            .compute(u, &x)
+            .unwrap();
+        (lap.laplacian - &f).square().mean(Kind::Double)
+    };
+    let w = w1.set_requires_grad(true);
+    let l = loss(&w, true);
+    let grad = Tensor::run_backward(&[&l], &[&w], false, false).remove(0);
+    let h = 1e-5;
+    let mut fd = vec![0.0; 18];
+    for (i, slot) in fd.iter_mut().enumerate() {
+        let e = Tensor::zeros([18], F64)
+            .index_fill(0, &Tensor::from_slice(&[i as i64]), h)
+            .view([6, 3]);
+        let plus = loss(&(w1.detach() + &e), false).double_value(&[]);
+        let minus = loss(&(w1.detach() - &e), false).double_value(&[]);
+        *slot = (plus - minus) / (2.0 * h);
+    }
+    assert_close(
+        &grad,
+        &Tensor::from_slice(&fd).view([6, 3]),
+        1e-6,
+        1e-8,
+        "∂loss/∂W1",
+    );
+}
+
+#[test]
+fn values_do_not_depend_on_grad_mode_and_no_graph_without_create_graph() {
+    let x = rand(&[4, 3], 40);
+    let w = rand(&[5, 3], 41).set_requires_grad(true);
+    let u = |x: &Tensor| {
+        x.linear(&w, None::<&Tensor>)
+            .tanh()
+            .sum_dim_intlist(1, false, Kind::Double)
+    };
+    let plain = Laplacian::new().compute(u, &x).unwrap();
+    assert!(!plain.laplacian.requires_grad());
+    let under = tch::no_grad(|| Laplacian::new().create_graph(true).compute(u, &x).unwrap());
+    assert!(under.laplacian.requires_grad());
+    assert_close(&plain.laplacian, &under.laplacian, 0.0, 0.0, "no_grad");
+}
+
+#[test]
+fn auto_falls_back_to_nested_for_ops_without_a_rule() {
+    let x = rand(&[4, 3], 50);
+    // cumprod has no collapsed rule and is not a composite of ops that have one.
+    let u = |x: &Tensor| {
+        x.cumprod(1, Kind::Double)
+            .sum_dim_intlist(1, false, Kind::Double)
+    };
+    match Laplacian::new()
+        .method(LaplacianMethod::Taylor)
+        .compute(u, &x)
+    {
+        Err(Error::NoTaylorRule { op, .. }) => assert!(op.contains("cumprod"), "{op}"),
+        other => panic!("expected NoTaylorRule, got {other:?}"),
+    }
+    let auto = Laplacian::new().compute(u, &x).unwrap();
+    assert_eq!(auto.method, LaplacianMethod::Nested);
+    let rows = laplacian_of(
+        u,
+        &x,
+        &JacobianOptions::default().strategy(Strategy::RowLoop),
+    )
+    .unwrap();
+    assert_close(&auto.laplacian, &rows, 1e-12, 1e-12, "fallback");
+    // The session is closed after the failure: the next call runs Taylor mode again.
+    let v = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double);
+    let ok = Laplacian::new().compute(v, &x).unwrap();
+    assert_eq!(ok.method, LaplacianMethod::Taylor);
+    assert_close(
+        &ok.laplacian,
+        &Tensor::full([4], 6.0, F64),
+        0.0,
+        0.0,
+        "after a failure",
+    );
+}
+
+#[test]
+fn errors_name_shapes() {
+    let x = rand(&[4, 3], 60);
+    let u = |x: &Tensor| x.tanh(); // [B, 3]: not one scalar per sample
+    assert!(matches!(
+        Laplacian::new().compute(u, &x),
+        Err(Error::Shape(_))
+    ));
+    let v = |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Double);
+    let bad = rand(&[2, 2], 61);
+    assert!(matches!(
+        Laplacian::new().weights(&bad).compute(v, &x),
+        Err(Error::Shape(_))
+    ));
+    let e = LaplacianEstimator::Gaussian {
+        samples: 0,
+        seed: None,
+    };
+    assert!(matches!(
+        Laplacian::new().estimator(e).compute(v, &x),
+        Err(Error::InvalidArgument(_))
+    ));
+    // A closure that panics is an error, and leaves no session open.
+    let p = |_: &Tensor| -> Tensor { panic!("boom") };
+    assert!(matches!(
+        Laplacian::new()
+            .method(LaplacianMethod::Taylor)
+            .compute(p, &x),
+        Err(Error::Contract(_))
+    ));
+    assert_eq!(
+        Laplacian::new().compute(v, &x).unwrap().method,
+        LaplacianMethod::Taylor
+    );
+}
