@@ -66,8 +66,13 @@ struct Jet {
   Tensor S;  // v.shape, or undefined for zero
 };
 
+// A tensor's coefficients. The table holds its tensor weakly, so that the coefficients of the
+// closure's dead intermediates are freed as it runs (as their values are): an entry whose
+// tensor died is stale, whatever tensor now has its address, and is dropped.
 struct Entry {
-  Jet jet;
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> tensor;
+  Tensor T;
+  Tensor S;
   uint32_t version;
 };
 
@@ -75,6 +80,7 @@ struct Session {
   int64_t D = 0;
   std::unordered_map<c10::TensorImpl*, Entry> table;
   std::unordered_set<const c10::StorageImpl*> written;  // storages written in place by rules
+  std::vector<c10::Storage> written_alive;              // (kept alive: no address reuse)
   std::string error;                                    // the first rule failure
 };
 
@@ -94,12 +100,22 @@ const c10::StorageImpl* storage_of(const Tensor& t) {
   return t.has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr;
 }
 
+// The live entry of `t`, or the table's end.
+std::unordered_map<c10::TensorImpl*, Entry>::iterator find_live(const Tensor& t) {
+  auto it = session->table.find(t.unsafeGetTensorImpl());
+  if (it != session->table.end() && it->second.tensor.expired()) {
+    session->table.erase(it);
+    return session->table.end();
+  }
+  return it;
+}
+
 // The jet of `t`, or nullopt for a constant (no dependence on the input).
 std::optional<Jet> lookup(const Tensor& t) {
   if (!t.defined()) {
     return std::nullopt;
   }
-  auto it = session->table.find(t.unsafeGetTensorImpl());
+  auto it = find_live(t);
   if (it == session->table.end()) {
     if (!session->written.empty() && session->written.count(storage_of(t)) > 0) {
       fail("collapsed Taylor mode: a tensor is read after a rule wrote into its storage through "
@@ -111,11 +127,11 @@ std::optional<Jet> lookup(const Tensor& t) {
     fail("collapsed Taylor mode: a tensor that depends on the input was modified in place "
          "through an alias (shape " + c10::str(t.sizes()) + "); write out of place instead");
   }
-  return it->second.jet;
+  return Jet{t, it->second.T, it->second.S};
 }
 
 bool tracked(const Tensor& t) {
-  return t.defined() && session->table.count(t.unsafeGetTensorImpl()) > 0;
+  return t.defined() && find_live(t) != session->table.end();
 }
 
 void record(const Tensor& v, Tensor T, Tensor S) {
@@ -123,7 +139,17 @@ void record(const Tensor& v, Tensor T, Tensor S) {
   TORCH_CHECK(T.dim() == v.dim() + 1 && T.size(0) == session->D,
               "collapsed Taylor mode: internal shape error, T ", T.sizes(), " for value ", v.sizes());
   auto version = v.unsafeGetTensorImpl()->version_counter().current_version();
-  session->table[v.unsafeGetTensorImpl()] = Entry{Jet{v, std::move(T), std::move(S)}, version};
+  // Drop the coefficients of tensors that died since (the table stays as small as the
+  // closure's live tensors).
+  for (auto it = session->table.begin(); it != session->table.end();) {
+    it = it->second.tensor.expired() ? session->table.erase(it) : std::next(it);
+  }
+  session->table.erase(v.unsafeGetTensorImpl());
+  session->table.emplace(
+      v.unsafeGetTensorImpl(),
+      Entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
+                v.getIntrusivePtr()),
+            std::move(T), std::move(S), version});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1238,16 +1264,18 @@ void fallback(const c10::OperatorHandle& op, c10::DispatchKeySet ks, Stack* stac
     if (!ok) {
       fail(std::string(kNoRule) + schema.name() + "." + schema.overload_name());
     }
-    auto it = session->table.find(fresh.unsafeGetTensorImpl());
+    auto it = find_live(fresh);
     {
       c10::impl::ExcludeDispatchKeyGuard guard(kKey);
       self.copy_(fresh);
     }
-    session->written.insert(storage_of(self));
+    if (self.has_storage() && session->written.insert(storage_of(self)).second) {
+      session->written_alive.push_back(self.storage());
+    }
     if (it != session->table.end()) {
-      Jet j = it->second.jet;
+      Tensor T = it->second.T, S = it->second.S;
       session->table.erase(it);
-      record(self, j.T, j.S);
+      record(self, T, S);
     } else {
       session->table.erase(self.unsafeGetTensorImpl());
     }
