@@ -746,8 +746,9 @@ Stack linear_args(const c10::FunctionSchema& schema, const Stack& args, const Te
     } else if (name == "indices" && op == "aten::index") {
       c10::List<std::optional<Tensor>> idx;
       idx.push_back(std::nullopt);
-      for (const auto& t : a.toOptionalTensorList()) {
-        idx.push_back(t);
+      // (TorchScript passes Tensor?[] as a generic list)
+      for (const auto& e : a.toListRef()) {
+        idx.push_back(e.isNone() ? std::nullopt : std::optional<Tensor>(e.toTensor()));
       }
       a = IValue(idx);
     } else if (name == "mask" && a.isTensor()) {
@@ -816,8 +817,27 @@ std::string base_name(const c10::OperatorHandle& op) {
 
 // The jet of a functional op's outputs; `outs` holds the op's value outputs.
 // Returns false when the op has no rule.
+bool apply_rule_unguarded(const c10::OperatorHandle& op, const std::string& name,
+                          const Stack& args, const Stack& outs);
+
+// apply_rule_unguarded, with a rule's own failure (not the op's: its value ran before) turned
+// into a session error, so that Auto falls back to nested reverse mode.
 bool apply_rule(const c10::OperatorHandle& op, const std::string& name, const Stack& args,
                 const Stack& outs) {
+  try {
+    return apply_rule_unguarded(op, name, args, outs);
+  } catch (const std::exception& e) {
+    if (session != nullptr && !session->error.empty()) {
+      throw;
+    }
+    std::string what = e.what();
+    fail(std::string(kNoRule) + op.schema().name() + " (its rule failed: " +
+         what.substr(0, what.find('\n')) + ")");
+  }
+}
+
+bool apply_rule_unguarded(const c10::OperatorHandle& op, const std::string& name,
+                          const Stack& args, const Stack& outs) {
   const auto& schema = op.schema();
   const std::string& overload = schema.overload_name();
   auto out_ts = tensors_of(outs);
@@ -1205,10 +1225,9 @@ void fallback(const c10::OperatorHandle& op, c10::DispatchKeySet ks, Stack* stac
              session->written.count(storage_of(a.toTensor())) > 0);
     } else if (a.isTensorList()) {
       for (const auto& t : a.toTensorVector()) any = any || tracked(t);
-    } else if (a.isOptionalTensorList()) {
-      for (const auto& t : a.toOptionalTensorList()) {
-        std::optional<Tensor> o = t;
-        any = any || (o && tracked(*o));
+    } else if (a.isList()) {  // Tensor?[] (a generic list when TorchScript passes it)
+      for (const auto& e : a.toListRef()) {
+        any = any || (e.isTensor() && tracked(e.toTensor()));
       }
     }
   }
