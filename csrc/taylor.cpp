@@ -558,6 +558,68 @@ const std::unordered_map<std::string, Derivs>& unary_rules() {
          Tensor d1 = 1.1283791670955126 * (-x * x).exp();
          return std::make_pair(d1, -2 * x * d1);
        }},
+      {"asin", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (1 - x * x).rsqrt();
+         return std::make_pair(d1, x * d1 * d1 * d1);
+       }},
+      {"acos", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor r = (1 - x * x).rsqrt();
+         return std::make_pair(-r, -x * r * r * r);
+       }},
+      {"atanh", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (1 - x * x).reciprocal();
+         return std::make_pair(d1, 2 * x * d1 * d1);
+       }},
+      {"acosh", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (x * x - 1).rsqrt();
+         return std::make_pair(d1, -x * d1 * d1 * d1);
+       }},
+      {"exp2", [](const Tensor&, const Tensor& y, const Stack&) {
+         const double l = 0.6931471805599453;
+         return std::make_pair(l * y, l * l * y);
+       }},
+      {"log2", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor r = x.reciprocal();
+         return std::make_pair(r * 1.4426950408889634, -r * r * 1.4426950408889634);
+       }},
+      {"log10", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor r = x.reciprocal();
+         return std::make_pair(r * 0.4342944819032518, -r * r * 0.4342944819032518);
+       }},
+      {"erfc", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = -1.1283791670955126 * (-x * x).exp();
+         return std::make_pair(d1, -2 * x * d1);
+       }},
+      {"deg2rad", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(at::full_like(x, 0.017453292519943295), Tensor());
+       }},
+      {"rad2deg", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(at::full_like(x, 57.29577951308232), Tensor());
+       }},
+      {"elu", [](const Tensor& x, const Tensor&, const Stack& a) {
+         // elu(self, alpha, scale, input_scale)
+         double alpha = a[1].toScalar().toDouble(), scale = a[2].toScalar().toDouble();
+         double is = a[3].toScalar().toDouble();
+         Tensor neg = scale * alpha * is * (x * is).exp();
+         Tensor pos = x > 0;
+         return std::make_pair(at::where(pos, at::full_like(x, scale), neg),
+                               at::where(pos, at::zeros_like(x), neg * is));
+       }},
+      {"hardswish", [](const Tensor& x, const Tensor&, const Stack&) {
+         // PyTorch's backward: 0 below −3, (2x + 3)/6 up to 3, 1 above
+         Tensor mid = (x >= -3) & (x <= 3);
+         Tensor d1 = at::where(x < -3, at::zeros_like(x), at::where(mid, (2 * x + 3) / 6, at::ones_like(x)));
+         return std::make_pair(d1, at::where(mid, at::full_like(x, 1.0 / 3), at::zeros_like(x)));
+       }},
+      {"hardshrink", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x.abs() > a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
+      {"softshrink", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x.abs() > a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
+      {"threshold", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x > a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
       {"relu", [](const Tensor& x, const Tensor&, const Stack&) {
          return std::make_pair((x > 0).to(x.scalar_type()), Tensor());
        }},
