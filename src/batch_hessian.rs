@@ -19,7 +19,10 @@
 //! The Laplacian never forms `H` under [`Strategy::RowLoop`]: pass `i` keeps only
 //! `∂g[:, i]/∂x[:, i]` (memory `B·n` instead of `B·n²`).
 //!
-//! `Auto` picks from measurements of the PINN loss below (B = 1024, u: d → 64 → 64 → 1 tanh,
+//! [`laplacian_of`] with `Strategy::Auto` does not run this reverse-over-reverse path but
+//! collapsed Taylor mode, one forward pass ([`crate::laplacian`]); the rest of this paragraph is
+//! the inner strategy of the nested path ([`batch_hessian_of`], an explicit strategy, and the
+//! fallback). `Auto` picks from measurements of the PINN loss below (B = 1024, u: d → 64 → 64 → 1 tanh,
 //! Laplacian or Hessian loss and its backward to the weights, 2-core CPU, f32; docs/benchmarks.md):
 //! on the CPU the row loop (d = 2: 3.3–3.6 ms against 3.1–4.3 ms batched; d = 32: 35–36 ms
 //! against 39–45 ms), on CUDA the batched pass (a loop of small passes is launch-bound there) —
