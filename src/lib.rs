@@ -120,3 +120,8 @@ pub struct CliDocDoctests;
 #[doc = include_str!("../docs/cae.md")]
 #[cfg(doctest)]
 pub struct CaeDocDoctests;
+
+/// docs/laplacian.md's Rust snippets.
+#[doc = include_str!("../docs/laplacian.md")]
+#[cfg(doctest)]
+pub struct LaplacianDocDoctests;
