@@ -461,9 +461,14 @@ struct Directions {
 fn check_input(x: &Tensor) -> Result<(i64, i64)> {
     check_float(x, "x")?;
     let xs = x.size();
-    if xs.is_empty() || xs[0] == 0 {
+    if xs.is_empty() {
+        return Err(Error::Shape(
+            "Laplacians need x: [B, *in] with a leading batch dimension; got a scalar x".into(),
+        ));
+    }
+    if xs[0] == 0 {
         return Err(Error::Shape(format!(
-            "Laplacians need x: [B, *in] with a leading batch dimension of at least one sample; got shape {xs:?}"
+            "empty batch: x has shape {xs:?}; the Laplacian of no samples is undefined"
         )));
     }
     let b = xs[0];
