@@ -1434,6 +1434,21 @@ void close_session() {
   }
 }
 
+// Runs `f` (returning nullptr or a malloc'd message); any exception closes the session and
+// comes back as its message — none crosses into Rust.
+template <typename F>
+char* guarded(const char* what, F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    close_session();
+    return copy_message(e.what());
+  } catch (...) {
+    close_session();
+    return copy_message(std::string("unknown C++ exception ") + what);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -1441,7 +1456,7 @@ extern "C" {
 // Opens a session on this thread: x (the tensor the closure receives) carries the jet
 // (x, directions = [D, *x.shape], 0). Returns nullptr or a malloc'd message.
 char* tchj_taylor_begin(const at::Tensor* x, const at::Tensor* directions) {
-  try {
+  return guarded("opening a collapsed Taylor session", [&]() -> char* {
     install();
     TORCH_CHECK(active == nullptr,
                 "collapsed Taylor mode is already running on this thread (nested calls are not "
@@ -1457,13 +1472,7 @@ char* tchj_taylor_begin(const at::Tensor* x, const at::Tensor* directions) {
     active->was_included = c10::impl::tls_is_dispatch_key_included(kKey);
     c10::impl::tls_set_dispatch_key_included(kKey, true);
     return nullptr;
-  } catch (const std::exception& e) {
-    close_session();
-    return copy_message(e.what());
-  } catch (...) {
-    close_session();
-    return copy_message("unknown C++ exception opening a collapsed Taylor session");
-  }
+  });
 }
 
 // Closes the session. With y non-null, *first = T_y ([D, *y.shape]) and *second = S_y
@@ -1473,7 +1482,7 @@ char* tchj_taylor_end(const at::Tensor* y, at::Tensor** first, at::Tensor** seco
   if (active == nullptr) {
     return copy_message("no collapsed Taylor session is open on this thread");
   }
-  try {
+  return guarded("closing a collapsed Taylor session", [&]() -> char* {
     std::string error = session->error;
     if (!error.empty()) {
       close_session();
@@ -1504,13 +1513,7 @@ char* tchj_taylor_end(const at::Tensor* y, at::Tensor** first, at::Tensor** seco
     }
     close_session();
     return nullptr;
-  } catch (const std::exception& e) {
-    close_session();
-    return copy_message(e.what());
-  } catch (...) {
-    close_session();
-    return copy_message("unknown C++ exception closing a collapsed Taylor session");
-  }
+  });
 }
 
 }  // extern "C"
