@@ -424,6 +424,7 @@ impl<'a> Laplacian<'a> {
             let (value, g, h) = crate::batch_hessian::nested_hessian(u, x, &opts)?;
             let d = dirs.v.size()[0];
             let v = dirs.v.f_reshape([d, b, n])?;
+            let h = h.f_reshape([b, n, n])?; // [B, *in, *in] → [B, n, n]
             let q = Tensor::f_einsum("dbi,bij,dbj->b", &[&v, &h, &v], None::<i64>)?;
             (value, g, q.f_mul_scalar(dirs.scale)?)
         };

@@ -190,6 +190,41 @@ fn weighted_laplacian_matches_the_hessian_contraction() {
 }
 
 #[test]
+fn inputs_of_any_shape() {
+    // x: [B, 2, 3]; u flattens each sample. Both methods, exact and weighted, agree.
+    let x = rand(&[3, 2, 3], 15) * 0.5;
+    let w = rand(&[4, 6], 16);
+    let u = |x: &Tensor| {
+        x.flatten(1, 2)
+            .linear(&w, None::<&Tensor>)
+            .tanh()
+            .square()
+            .sum_dim_intlist(1, false, Kind::Double)
+    };
+    let sigma = rand(&[6, 2], 17);
+    for weights in [None, Some(&sigma)] {
+        let mut t = Laplacian::new().method(LaplacianMethod::Taylor);
+        let mut n = Laplacian::new().method(LaplacianMethod::Nested);
+        if let Some(s) = weights {
+            t = t.weights(s);
+            n = n.weights(s);
+        }
+        let (t, n) = (t.compute(u, &x).unwrap(), n.compute(u, &x).unwrap());
+        assert_close(&t.laplacian, &n.laplacian, 1e-10, 1e-10, "[B, 2, 3]: Δu");
+        if weights.is_none() {
+            assert_eq!(t.gradient.as_ref().unwrap().size(), [3, 2, 3]);
+            assert_close(
+                t.gradient.as_ref().unwrap(),
+                n.gradient.as_ref().unwrap(),
+                1e-10,
+                1e-10,
+                "[B, 2, 3]: ∇u",
+            );
+        }
+    }
+}
+
+#[test]
 fn estimators_are_unbiased() {
     // Mean over 400 seeds within 4 standard errors of the exact value, per sample.
     let x = rand(&[3, 3], 20) * 0.5;
@@ -275,7 +310,12 @@ fn pinn_loss_gradient_equals_central_differences() {
     };
     let w = w1.set_requires_grad(true);
     let l = loss(&w, true);
-    let grad = Tensor::run_backward(&[&l], &[&w], false, false).remove(0);
+    let grad = Tensor::run_backward(&[&l], &[&w], true, false).remove(0);
+    // The same gradient from a recorded backward (create_graph: the composite backward of the
+    // fused elementwise rule instead of its fused kernel).
+    let recorded = Tensor::run_backward(&[&l], &[&w], false, true).remove(0);
+    assert!(recorded.requires_grad());
+    assert_close(&recorded, &grad, 1e-12, 1e-12, "recorded vs fused backward");
     let h = 1e-5;
     let mut fd = vec![0.0; 18];
     for (i, slot) in fd.iter_mut().enumerate() {
