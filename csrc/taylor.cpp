@@ -253,11 +253,30 @@ Tensor flat(const Tensor& t, const Tensor& T) {
   return t.expand(shape).contiguous();
 }
 
+// Activations whose f′ and f″ the forward kernel derives from the output y itself (no f′/f″
+// tensors: used when nothing records).
+enum class Act { None, Tanh, Sigmoid };
+
 template <typename scalar_t>
-void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1, const scalar_t* d2,
-                          const scalar_t* S, scalar_t* To, scalar_t* So, scalar_t* q) {
+void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1_in,
+                          const scalar_t* d2_in, const scalar_t* S, scalar_t* To, scalar_t* So,
+                          scalar_t* q, Act act = Act::None, const scalar_t* y = nullptr,
+                          scalar_t* fill1 = nullptr, scalar_t* fill2 = nullptr) {
   const int64_t B = L.B, R = L.R, D = L.D;
   at::parallel_for(0, B * R, 4096, [&](int64_t begin, int64_t end) {
+    const scalar_t* d1 = d1_in;
+    const scalar_t* d2 = d2_in;
+    if (act != Act::None) {
+      // f′ and f″ from y, into value-shaped buffers, in the same pass
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t v = y[i];
+        scalar_t a = act == Act::Tanh ? 1 - v * v : v * (1 - v);
+        fill1[i] = a;
+        fill2[i] = act == Act::Tanh ? -2 * v * a : a * (1 - 2 * v);
+      }
+      d1 = fill1;
+      d2 = fill2;
+    }
     for (int64_t i = begin; i < end; ++i) q[i] = 0;
     for (int64_t d = 0; d < D; ++d) {
       int64_t i = begin;
@@ -386,6 +405,31 @@ struct UnaryJet : public torch::autograd::Function<UnaryJet> {
     return {gT, gS, reduce(gd1, d1), reduce(gd2, d2), Tensor()};
   }
 };
+
+// tanh or sigmoid with nothing recording: one kernel, f′ and f″ from y inside it. False when
+// the layout does not allow it.
+bool unary_inline(const Jet& x, const Tensor& y, Act act, Jet* out) {
+  if (at::GradMode::is_enabled() || !fusable(x.T, y) || !layout_of(x.T) ||
+      !y.sizes().equals(x.T.sizes().slice(1)) || !y.is_contiguous() ||
+      (x.S.defined() && !x.S.sizes().equals(y.sizes()))) {
+    return false;
+  }
+  auto L = *layout_of(x.T);
+  Tensor fS = x.S.defined() ? x.S.contiguous() : Tensor();
+  Tensor To = at::empty(x.T.sizes(), x.T.options().memory_format(at::MemoryFormat::Contiguous));
+  Tensor So = at::empty(y.sizes(), y.options());
+  Tensor q = at::empty(y.sizes(), y.options());
+  Tensor d1 = at::empty(y.sizes(), y.options()), d2 = at::empty(y.sizes(), y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "taylor_unary_inline", [&] {
+    unary_forward_kernel<scalar_t>(x.T.const_data_ptr<scalar_t>(), L, nullptr, nullptr,
+                                   fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr,
+                                   To.data_ptr<scalar_t>(), So.data_ptr<scalar_t>(),
+                                   q.data_ptr<scalar_t>(), act, y.const_data_ptr<scalar_t>(),
+                                   d1.data_ptr<scalar_t>(), d2.data_ptr<scalar_t>());
+  });
+  *out = Jet{y, To, So};
+  return true;
+}
 
 // y = f(x) elementwise, from f′(x) and f″(x) (d2 undefined: f″ = 0).
 Jet unary(const Jet& x, const Tensor& y, const Tensor& d1, const Tensor& d2) {
@@ -918,6 +962,12 @@ bool apply_rule_unguarded(const c10::OperatorHandle& op, const std::string& name
       (name != "clamp" || overload.empty())) {
     Jet x = jet(0);
     if (is_const(x)) {
+      return true;
+    }
+    Jet fast;
+    if ((name == "tanh" || name == "sigmoid") &&
+        unary_inline(x, out_ts[0], name == "tanh" ? Act::Tanh : Act::Sigmoid, &fast)) {
+      put(fast);
       return true;
     }
     auto d = ur->second(x.v, out_ts[0], args);
