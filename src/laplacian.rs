@@ -38,9 +38,9 @@
 //!
 //! Measured (docs/benchmarks.md, "Laplacians": 2-core CPU, 2 threads, f32, PINN MLPs with tanh,
 //! d = 2 and 32 at B = 1024 and the 50 → 768 → 768 → 512 → 512 → 1 MLP at B = 64): collapsed
-//! Taylor mode takes 0.45–0.86× the time of PyTorch's best tool (nested loop or `vmap(hessian)`)
-//! on all six rows, Δu alone or loss + backward, and ties or beats the nested path on every row,
-//! so `Auto` has no crossover on the CPU. On CUDA it is not measured yet; `Auto` takes it there
+//! Taylor mode takes 0.37–0.86× the time of PyTorch's best tool (nested loop or `vmap(hessian)`)
+//! on all six rows over two runs, Δu alone or loss + backward, and beats the nested path on every
+//! row, so `Auto` has no crossover on the CPU. On CUDA it is not measured yet; `Auto` takes it there
 //! too (its rules are ordinary aten ops; only the fused elementwise kernel is CPU-only).
 //!
 //! ```
