@@ -287,8 +287,8 @@ impl<'a> Laplacian<'a> {
         }
     }
 
-    /// The directions `[D, B, *in]` and the scale of `S` (1, or 1/k for an estimator); `None`
-    /// directions for the exact, unweighted Laplacian (the identity, built where it is used).
+    /// The directions `[D, B, *in]` and the scale of `S` (1, or 1/k for an estimator). The
+    /// exact ones (the identity, or σ shared by the batch) are views broadcast over the batch.
     fn directions(&self, x: &Tensor, b: i64, n: i64) -> Result<Directions> {
         let (kind, device) = (x.kind(), x.device());
         let sizes = x.size();
