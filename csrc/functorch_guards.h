@@ -1,7 +1,7 @@
 // What the crate's functorch transforms share (csrc/batched_vjp.cpp, csrc/vmap_grad.cpp): the
-// vmap fallback switch, RAII levels, the warning collector that names the ops which took the
-// vmap fallback, and the malloc'd strings handed to Rust. Header-only; `inline` functions keep
-// one instance of the process-wide mutex.
+// vmap fallback switch, RAII levels and the warning collector that names the ops which took the
+// vmap fallback (the malloc'd strings handed to Rust are csrc/strings.h). Header-only; `inline`
+// functions keep one instance of the process-wide mutex.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,6 +10,8 @@
 #include <ATen/functorch/DynamicLayer.h>
 #include <ATen/functorch/TensorWrapper.h>
 #include <c10/util/Exception.h>
+
+#include "strings.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -35,14 +37,6 @@ void tchj_install_norm_rules();
 void tchj_install_loss_rules();
 
 namespace tchj {
-
-inline char* copy_string(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
 
 // The vmap fallback switch is process-wide in libtorch. Calls that keep it on (the default)
 // share the lock; a call that turns it off holds it alone and restores the previous value, so a

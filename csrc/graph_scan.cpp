@@ -13,24 +13,14 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include "strings.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <unordered_set>
 #include <vector>
-
-namespace {
-
-char* scan_copy(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
-
-}  // namespace
 
 extern "C" {
 
@@ -66,14 +56,14 @@ char* tchj_graph_node_names(const at::Tensor* y, char** names, int64_t* visited)
       }
     }
     *visited = static_cast<int64_t>(seen.size());
-    *names = scan_copy(out);
+    *names = tchj::copy_string(out);
     return nullptr;
   } catch (const c10::Error& e) {
-    return scan_copy(e.what_without_backtrace());
+    return tchj::copy_string(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return scan_copy(e.what());
+    return tchj::copy_string(e.what());
   } catch (...) {
-    return scan_copy("unknown C++ exception while scanning the autograd graph");
+    return tchj::copy_string("unknown C++ exception while scanning the autograd graph");
   }
 }
 

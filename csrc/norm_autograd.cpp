@@ -32,6 +32,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "strings.h"
+
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -416,14 +418,6 @@ Grads cudnn_batch_norm_backward(
   return record(grad_output, input, w, s, below);
 }
 
-char* copy_message(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
-
 }  // namespace
 
 extern "C" {
@@ -450,9 +444,9 @@ char* tchj_install_norm_autograd() {
     });
     return nullptr;
   } catch (const std::exception& e) {
-    return copy_message(e.what());
+    return tchj::copy_string(e.what());
   } catch (...) {
-    return copy_message("unknown C++ exception installing the normalizations' autograd kernels");
+    return tchj::copy_string("unknown C++ exception installing the normalizations' autograd kernels");
   }
 }
 

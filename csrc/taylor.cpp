@@ -41,6 +41,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "strings.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -759,6 +761,16 @@ const std::unordered_set<std::string>& linear_ops() {
   return ops;
 }
 
+// The ops apply_rule handles by a rule of their own (beside unary_rules and linear_ops).
+const std::unordered_set<std::string>& other_rule_ops() {
+  static const std::unordered_set<std::string> ops = {
+      "add", "sub", "rsub", "mul", "div", "true_divide", "where", "mm", "bmm", "matmul",
+      "addmm", "linear", "_softmax", "_log_softmax", "logsumexp", "native_layer_norm", "cat",
+      "stack", "copy",
+  };
+  return ops;
+}
+
 int64_t shift(int64_t d) {
   return d < 0 ? d : d + 1;
 }
@@ -1415,14 +1427,8 @@ void fallback(const c10::OperatorHandle& op, c10::DispatchKeySet ks, Stack* stac
     return;
   }
   // Functional op: a rule, or the composite decomposition, or an error.
-  bool has_rule = unary_rules().count(name) > 0 || linear_ops().count(name) > 0 ||
-                  name == "add" || name == "sub" || name == "rsub" || name == "mul" ||
-                  name == "div" || name == "true_divide" || name == "where" || name == "mm" ||
-                  name == "bmm" || name == "matmul" || name == "addmm" || name == "linear" ||
-                  name == "_softmax" || name == "_log_softmax" || name == "logsumexp" ||
-                  name == "native_layer_norm" || name == "cat" || name == "stack" ||
-                  name == "t" || name == "squeeze" || name == "copy";
-  if (has_rule) {
+  if (unary_rules().count(name) > 0 || linear_ops().count(name) > 0 ||
+      other_rule_ops().count(name) > 0) {
     c10::impl::ExcludeDispatchKeyGuard guard(kKey);
     Stack outs = call(op, args);
     if (apply_rule(op, name, args, outs)) {
@@ -1449,14 +1455,6 @@ void fallback(const c10::OperatorHandle& op, c10::DispatchKeySet ks, Stack* stac
   }
   torch::jit::drop(*stack, n);
   for (auto& o : outs) stack->push_back(std::move(o));
-}
-
-char* copy_message(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
 }
 
 void install() {
@@ -1492,10 +1490,10 @@ char* guarded(const char* what, F&& f) {
     return f();
   } catch (const std::exception& e) {
     close_session();
-    return copy_message(e.what());
+    return tchj::copy_string(e.what());
   } catch (...) {
     close_session();
-    return copy_message(std::string("unknown C++ exception ") + what);
+    return tchj::copy_string(std::string("unknown C++ exception ") + what);
   }
 }
 
@@ -1530,13 +1528,13 @@ char* tchj_taylor_begin(const at::Tensor* x, const at::Tensor* directions) {
 // session (also with y null: why the closure failed), or another malloc'd message.
 char* tchj_taylor_end(const at::Tensor* y, at::Tensor** first, at::Tensor** second) {
   if (active == nullptr) {
-    return copy_message("no collapsed Taylor session is open on this thread");
+    return tchj::copy_string("no collapsed Taylor session is open on this thread");
   }
   return guarded("closing a collapsed Taylor session", [&]() -> char* {
     std::string error = session->error;
     if (!error.empty()) {
       close_session();
-      return copy_message(error);
+      return tchj::copy_string(error);
     }
     if (y != nullptr) {
       std::optional<Jet> j;

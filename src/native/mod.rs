@@ -33,6 +33,7 @@
 //!     the losses. They have no room: the C++ side of the three batched passes installs them, once
 //!     per process;
 //!   * `csrc/functorch_guards.h`: the header the engine's files share.
+//! * `csrc/strings.h`: the malloc'd strings every file hands back (core and engine).
 //!
 //! Two rooms serve the others: `shared` (the strings the C++ side hands back, its messages turned
 //! into [`Error`](crate::Error)s, the record of the ops that took the vmap fallback, and the
