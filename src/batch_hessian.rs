@@ -36,6 +36,37 @@ use crate::error::{Error, Result};
 use crate::jacobian::{prepare_input, FnOutput};
 use crate::strategy::{JacobianOptions, Strategy};
 
+/// `B` for a floating `x = [B, *in]` with at least one sample; `what` (e.g. "Laplacians") names
+/// the computation in the error.
+pub(crate) fn check_batch(x: &Tensor, what: &str) -> Result<i64> {
+    check_float(x, "x")?;
+    let xs = x.size();
+    if xs.is_empty() {
+        return Err(Error::Shape(format!(
+            "{what} need x: [B, *in] with a leading batch dimension; got a scalar x"
+        )));
+    }
+    if xs[0] == 0 {
+        return Err(Error::Shape(format!(
+            "empty batch: x has shape {xs:?}; {what} of no samples are undefined"
+        )));
+    }
+    Ok(xs[0])
+}
+
+/// `u(x)` is one floating scalar per sample: `[B]` or `[B, 1]`.
+pub(crate) fn check_per_sample(y: &Tensor, b: i64, x: &Tensor) -> Result<()> {
+    check_float(y, "u(x)")?;
+    let ys = y.size();
+    if ys.first() != Some(&b) || y.numel() as i64 != b {
+        return Err(Error::Shape(format!(
+            "u must return one scalar per sample, [B] or [B, 1] with B = {b}; it returned shape {ys:?} for x {:?}",
+            x.size()
+        )));
+    }
+    Ok(())
+}
+
 /// `u(x)` prepared (`x` requiring grad), `u(x)` itself, its gradient `g = ∇ₓ Σ_b u[b]` (with
 /// create_graph) and `B`, after the shape checks.
 fn gradient_of<F, O>(
@@ -47,29 +78,10 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    check_float(x, "x")?;
-    let xs = x.size();
-    if xs.is_empty() {
-        return Err(Error::Shape(
-            "per-sample Hessians need x: [B, *in] with a leading batch dimension; got a scalar x"
-                .into(),
-        ));
-    }
-    let b = xs[0];
-    if b == 0 {
-        return Err(Error::Shape(format!(
-            "empty batch: x has shape {xs:?}; per-sample Hessians of no samples are undefined"
-        )));
-    }
+    let b = check_batch(x, "per-sample Hessians")?;
     let xg = prepare_input(x, opts.create_graph)?;
     let y = u(&xg).into_output()?;
-    check_float(&y, "u(x)")?;
-    let ys = y.size();
-    if ys.first() != Some(&b) || y.numel() as i64 != b {
-        return Err(Error::Shape(format!(
-            "u must return one scalar per sample, [B] or [B, 1] with B = {b}; it returned shape {ys:?} for x {xs:?}"
-        )));
-    }
+    check_per_sample(&y, b, x)?;
     let names_v = input_names(1);
     let names = Names {
         output: "u(x)",
@@ -120,7 +132,7 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    crate::autograd::grad_mode_on(|| Ok(nested_hessian(u, x, opts)?.2))
+    Ok(nested_hessian(u, x, opts)?.2)
 }
 
 /// `(u(x), ∇u, H)` by nested reverse mode: [`batch_hessian_of`] with the value and gradient.

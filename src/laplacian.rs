@@ -63,6 +63,7 @@ use rand_distr::StandardNormal;
 use tch::{Kind, Tensor};
 
 use crate::autograd::check_float;
+use crate::batch_hessian::{check_batch, check_per_sample};
 use crate::error::{Error, Result};
 use crate::jacobian::FnOutput;
 use crate::strategy::{JacobianOptions, Strategy};
@@ -460,32 +461,13 @@ struct Directions {
 
 /// `(B, n)` for `x = [B, *in]`.
 fn check_input(x: &Tensor) -> Result<(i64, i64)> {
-    check_float(x, "x")?;
-    let xs = x.size();
-    if xs.is_empty() {
-        return Err(Error::Shape(
-            "Laplacians need x: [B, *in] with a leading batch dimension; got a scalar x".into(),
-        ));
-    }
-    if xs[0] == 0 {
-        return Err(Error::Shape(format!(
-            "empty batch: x has shape {xs:?}; the Laplacian of no samples is undefined"
-        )));
-    }
-    let b = xs[0];
+    let b = check_batch(x, "Laplacians")?;
     Ok((b, x.numel() as i64 / b))
 }
 
 /// `u(x)` as `[B]`, or an error naming the shape.
 fn check_output(y: Tensor, b: i64, x: &Tensor) -> Result<Tensor> {
-    check_float(&y, "u(x)")?;
-    let ys = y.size();
-    if ys.first() != Some(&b) || y.numel() as i64 != b {
-        return Err(Error::Shape(format!(
-            "u must return one scalar per sample, [B] or [B, 1] with B = {b}; it returned shape {ys:?} for x {:?}",
-            x.size()
-        )));
-    }
+    check_per_sample(&y, b, x)?;
     Ok(y.f_reshape([b])?)
 }
 
