@@ -19,8 +19,9 @@
 //! libtorch, the way torch-sys compiles its own C++ (libtorch's `include/` folders, `-std=c++17`
 //! and the cxx11 ABI flag), in two parts:
 //!
-//! * the core ([`CORE`]: the autograd graph scan and the normalizations' autograd kernels that
-//!   are right at every order), which needs only libtorch's headers and is part of every build;
+//! * the core ([`CORE`]: the autograd graph scan, the normalizations' autograd kernels that are
+//!   right at every order, and collapsed Taylor mode), which needs only libtorch's headers and is
+//!   part of every build — a C++17 compiler is needed in every configuration;
 //! * the engine ([`CSRC`], see `src/native/mod.rs`), which needs functorch's headers. Those include
 //!   `nlohmann/json.hpp`, which libtorch does not ship; it is looked for in
 //!
@@ -103,26 +104,32 @@ fn main() {
 /// values never depend on the optional engine): the autograd graph scan, the normalizations'
 /// autograd kernels that are right at every order, and collapsed Taylor mode (Laplacians in one
 /// forward pass).
-const CORE: [&str; 3] = [
+const CORE: [&str; 8] = [
     "csrc/graph_scan.cpp",
     "csrc/norm_autograd.cpp",
-    "csrc/taylor.cpp",
+    "csrc/taylor_session.cpp",
+    "csrc/taylor_fallback.cpp",
+    "csrc/taylor_elementwise.cpp",
+    "csrc/taylor_shape.cpp",
+    "csrc/taylor_products.cpp",
+    "csrc/taylor_nn.cpp",
 ];
 
 /// The engine's C++ files (feature `native`; functorch's headers), one per capability: the
 /// batched backward pass, per-sample gradients by vmap(grad) of a Rust closure, forward-mode AD,
 /// the normalizations' batching rules that are right to second order, the losses' batching
-/// rules and the TorchScript executor switch.
-const CSRC: [&str; 6] = [
+/// rules, the TorchScript executor switch and collapsed Taylor mode's generic rule (any op with a
+/// forward-mode derivative, by vmap(jvp∘jvp)).
+const CSRC: [&str; 7] = [
     "csrc/batched_vjp.cpp",
     "csrc/vmap_grad.cpp",
     "csrc/forward_ad.cpp",
     "csrc/norm_rules.cpp",
     "csrc/loss_rules.cpp",
     "csrc/jit_executor.cpp",
+    "csrc/taylor_generic.cpp",
 ];
 
-/// Compiles csrc/ and sets `cfg(tch_jacobian_native)`; returns "built" or why not.
 /// The folder holding libtorch's `include/` (torch-sys: `LIBTORCH_INCLUDE`, else the parent of
 /// its lib folder).
 fn libtorch_root(lib: &Path) -> PathBuf {

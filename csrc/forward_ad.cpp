@@ -34,59 +34,6 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-std::recursive_mutex& dual_level_mutex() {
-  static std::recursive_mutex mutex;
-  return mutex;
-}
-
-// A forward-AD level for the scope.
-class DualLevel {
- public:
-  DualLevel() : idx_(torch::autograd::ForwardADLevel::get_next_idx()) {}
-  ~DualLevel() {
-    torch::autograd::ForwardADLevel::release_idx(idx_);
-  }
-  DualLevel(const DualLevel&) = delete;
-  DualLevel& operator=(const DualLevel&) = delete;
-  int64_t idx() const {
-    return static_cast<int64_t>(idx_);
-  }
-
- private:
-  uint64_t idx_;
-};
-
-// Pushes a Jvp layer with forward grad mode on, and restores both on every path out.
-class JvpLevel {
- public:
-  JvpLevel()
-      : prev_fw_grad_mode_(c10::AutogradState::get_tls_state().get_fw_grad_mode()),
-        level_(at::functorch::initAndPushDynamicLayer(
-            at::functorch::TransformType::Jvp,
-            std::nullopt,
-            std::nullopt,
-            std::nullopt,
-            prev_fw_grad_mode_)) {
-    c10::AutogradState::get_tls_state().set_fw_grad_mode(true);
-  }
-  ~JvpLevel() {
-    at::functorch::popDynamicLayerAndDeleteMetadata();
-    c10::AutogradState::get_tls_state().set_fw_grad_mode(prev_fw_grad_mode_);
-  }
-  JvpLevel(const JvpLevel&) = delete;
-  JvpLevel& operator=(const JvpLevel&) = delete;
-  int64_t level() const {
-    return level_;
-  }
-
- private:
-  bool prev_fw_grad_mode_;
-  int64_t level_;
-};
-
-}  // namespace
 
 extern "C" {
 
@@ -113,14 +60,14 @@ char* tchj_jacfwd(
       tchj_install_norm_rules();
       tchj_install_loss_rules();
       tchj::FallbackMode mode(vmap_fallback != 0);
-      std::lock_guard<std::recursive_mutex> lock(dual_level_mutex());
+      std::lock_guard<std::recursive_mutex> lock(tchj::dual_level_mutex());
       const int64_t k = tangents->size(0);
       tchj::VmapLevel vmap(k);
       at::Tensor primal;
       at::Tensor tangent;
       {
-        JvpLevel jvp;
-        DualLevel dual;
+        tchj::JvpLevel jvp;
+        tchj::DualLevel dual;
         auto u = at::functorch::addBatchDim(*tangents, 0, vmap.level());
         auto x_dual = at::_make_dual(*x, u, dual.idx());
         at::Tensor* in = new at::Tensor(x_dual);

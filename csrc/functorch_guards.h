@@ -1,7 +1,8 @@
-// What the crate's functorch transforms share (csrc/batched_vjp.cpp, csrc/vmap_grad.cpp): the
-// vmap fallback switch, RAII levels and the warning collector that names the ops which took the
-// vmap fallback (the malloc'd strings handed to Rust are csrc/strings.h). Header-only; `inline`
-// functions keep one instance of the process-wide mutex.
+// What the crate's functorch transforms share (csrc/batched_vjp.cpp, csrc/vmap_grad.cpp,
+// csrc/forward_ad.cpp, csrc/taylor_generic.cpp): the vmap fallback switch, RAII levels (vmap,
+// grad, jvp, the one forward-AD level) and the warning collector that names the ops which took
+// the vmap fallback (the malloc'd strings handed to Rust are csrc/strings.h). Header-only;
+// `inline` functions keep one instance of each process-wide mutex.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,7 +10,9 @@
 #include <ATen/functorch/BatchedTensorImpl.h>
 #include <ATen/functorch/DynamicLayer.h>
 #include <ATen/functorch/TensorWrapper.h>
+#include <c10/core/AutogradState.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/forward_grad.h>
 
 #include "strings.h"
 
@@ -95,6 +98,61 @@ class VmapLevel {
   }
 
  private:
+  int64_t level_;
+};
+
+// libtorch allows one forward-AD (dual) level per process ("Nested forward mode AD is not
+// supported"); functorch nests jvp by entering it once and wrapping tensors at each Jvp layer.
+// Calls that use it (csrc/forward_ad.cpp, csrc/taylor_generic.cpp) are serialized by this
+// process-wide recursive mutex: another thread waits, and a nested call on the same thread gets
+// libtorch's error instead of a deadlock.
+inline std::recursive_mutex& dual_level_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+
+// A forward-AD level for the scope.
+class DualLevel {
+ public:
+  DualLevel() : idx_(torch::autograd::ForwardADLevel::get_next_idx()) {}
+  ~DualLevel() {
+    torch::autograd::ForwardADLevel::release_idx(idx_);
+  }
+  DualLevel(const DualLevel&) = delete;
+  DualLevel& operator=(const DualLevel&) = delete;
+  int64_t idx() const {
+    return static_cast<int64_t>(idx_);
+  }
+
+ private:
+  uint64_t idx_;
+};
+
+// Pushes a Jvp layer with forward grad mode on, and restores both on every path out.
+class JvpLevel {
+ public:
+  JvpLevel()
+      : prev_fw_grad_mode_(c10::AutogradState::get_tls_state().get_fw_grad_mode()),
+        level_(at::functorch::initAndPushDynamicLayer(
+            at::functorch::TransformType::Jvp,
+            std::nullopt,
+            std::nullopt,
+            std::nullopt,
+            prev_fw_grad_mode_)) {
+    c10::AutogradState::get_tls_state().set_fw_grad_mode(true);
+  }
+  ~JvpLevel() {
+    at::functorch::popDynamicLayerAndDeleteMetadata();
+    c10::AutogradState::get_tls_state().set_fw_grad_mode(prev_fw_grad_mode_);
+  }
+  JvpLevel(const JvpLevel&) = delete;
+  JvpLevel& operator=(const JvpLevel&) = delete;
+  int64_t level() const {
+    return level_;
+  }
+
+ private:
+  bool prev_fw_grad_mode_;
   int64_t level_;
 };
 

@@ -182,6 +182,7 @@ impl<'a> Pass<'a> {
 /// create_graph variant (a derivative that is constant in the inputs is refused).
 pub(crate) fn vjp_into(root: &Tensor, inputs: &[&Tensor], pass: Pass<'_>) -> Result<Vec<Tensor>> {
     crate::native::ensure_norm_autograd()?;
+    crate::native::taylor::refuse_unrecorded(root, "a backward pass")?;
     let grads: Vec<Option<Tensor>> = if root.requires_grad() {
         Tensor::f_run_backward(&[root], inputs, true, pass.create_graph)?
             .into_iter()
@@ -204,7 +205,23 @@ pub(crate) fn batched_vjp_into(
     pass: Pass<'_>,
 ) -> Result<Vec<Tensor>> {
     let c = v.size().first().copied().unwrap_or(0);
+    if crate::native::taylor::session_open() && c > 0 {
+        // Inside a Laplacian's closure: one backward pass per cotangent, which collapsed Taylor
+        // mode follows (it cannot follow functorch's vmap).
+        let mut per_input: Vec<Vec<Tensor>> = inputs.iter().map(|_| Vec::new()).collect();
+        for r in 0..c {
+            let rooted = root.f_mul(&v.f_select(0, r)?)?.f_sum(None::<Kind>)?;
+            for (k, g) in vjp_into(&rooted, inputs, pass)?.into_iter().enumerate() {
+                per_input[k].push(g);
+            }
+        }
+        return per_input
+            .iter()
+            .map(|rows| Ok(Tensor::f_stack(rows, 0)?))
+            .collect();
+    }
     crate::native::ensure_norm_autograd()?;
+    crate::native::taylor::refuse_unrecorded(root, "a batched backward pass")?;
     let grads: Vec<Option<Tensor>> = if root.requires_grad() {
         crate::native::batched_vjp(root, inputs, v, pass.create_graph, pass.vmap_fallback)?
     } else {

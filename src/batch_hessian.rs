@@ -99,7 +99,10 @@ where
 fn strategy_for(opts: &JacobianOptions, device: tch::Device) -> Strategy {
     match opts.strategy {
         Strategy::Auto | Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => {
-            if crate::native::available() && device.is_cuda() {
+            if crate::native::available()
+                && device.is_cuda()
+                && !crate::native::taylor::session_open()
+            {
                 Strategy::Batched { chunk_size: None }
             } else {
                 Strategy::RowLoop

@@ -146,6 +146,11 @@ fn unflatten(block: &Tensor, out: &[i64], inp: &[i64]) -> Result<Tensor> {
 /// input that already requires grad, a view that stays connected to the caller's graph;
 /// otherwise a detached copy that requires grad.
 pub(crate) fn prepare_input(x: &Tensor, create_graph: bool) -> Result<Tensor> {
+    // Inside a Laplacian's closure (collapsed Taylor mode), the leaf keeps x's coefficients, so
+    // that the Laplacian follows this derivative rather than seeing a constant.
+    if let Some(leaf) = crate::native::taylor::prepare_leaf(x, create_graph)? {
+        return Ok(leaf);
+    }
     if create_graph && x.requires_grad() {
         Ok(x.f_view_as(x)?)
     } else {

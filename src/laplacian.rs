@@ -363,14 +363,18 @@ impl<'a> Laplacian<'a> {
         O: FnOutput,
     {
         let run = || -> Result<LaplacianOutput> {
-            // The input as the closure sees it: connected to the caller's graph with
-            // create_graph (so Δu is differentiable in x too), a detached view otherwise.
-            let xin = if self.create_graph {
-                x.shallow_clone()
-            } else {
-                x.f_detach()?
+            // The input as the closure sees it: with create_graph, requiring grad and connected
+            // to the caller's graph (so Δu is differentiable in x too), as nested reverse mode
+            // hands it over; otherwise detached, not requiring grad: the pass then records only
+            // what the crate's derivatives inside the closure need (a backward pass of the
+            // closure's own over x is refused, and Auto reruns by nested reverse mode).
+            let xin = match (self.create_graph, x.requires_grad()) {
+                (true, true) => x.shallow_clone(),
+                (true, false) => x.f_detach()?.set_requires_grad(true),
+                (false, _) => x.f_detach()?,
             };
-            let t = crate::native::taylor::collapsed(u, &xin, &dirs.v)?;
+            let call = |z: &Tensor| u(z).into_output();
+            let t = crate::native::taylor::collapsed(call, &xin, &dirs.v, self.create_graph)?;
             let value = check_output(t.value, b, x)?;
             let mut lap = t.second.f_reshape([b])?;
             if dirs.scale != 1.0 {
@@ -389,18 +393,19 @@ impl<'a> Laplacian<'a> {
             } else {
                 None
             };
+            let detach = |t: Tensor| -> Result<Tensor> {
+                Ok(if self.create_graph { t } else { t.f_detach()? })
+            };
             Ok(LaplacianOutput {
-                value,
-                gradient,
-                laplacian: lap,
+                value: detach(value)?,
+                gradient: gradient.map(detach).transpose()?,
+                laplacian: detach(lap)?,
                 method: LaplacianMethod::Taylor,
             })
         };
-        if self.create_graph {
-            crate::autograd::grad_mode_on(run)
-        } else {
-            tch::no_grad(run)
-        }
+        // Grad mode on, whatever the caller set: the closure runs as nested reverse mode runs it
+        // (a no_grad region inside it is then a constant for every method).
+        crate::autograd::grad_mode_on(run)
     }
 
     fn nested<F, O>(

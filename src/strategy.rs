@@ -376,6 +376,11 @@ impl Strategy {
         if self != Strategy::Auto {
             return self;
         }
+        // Inside a Laplacian's closure (collapsed Taylor mode), a derivative runs passes the
+        // session can follow: no functorch transform, no dual numbers.
+        if crate::native::taylor::session_open() {
+            return Strategy::RowLoop;
+        }
         auto_for(work, true)
     }
 

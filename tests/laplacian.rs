@@ -354,16 +354,20 @@ fn values_do_not_depend_on_grad_mode_and_no_graph_without_create_graph() {
 #[test]
 fn auto_falls_back_to_nested_for_ops_without_a_rule() {
     let x = rand(&[4, 3], 50);
-    // cumprod has no collapsed rule and is not a composite of ops that have one.
+    // cholesky (the deprecated torch.cholesky) has no collapsed rule, no forward-mode
+    // derivative (so no generic rule either) and is not a composite of ops that have one; its
+    // double backward exists, so nested reverse mode works.
     let u = |x: &Tensor| {
-        x.cumprod(1, Kind::Double)
-            .sum_dim_intlist(1, false, Kind::Double)
+        let a = x.unsqueeze(2).matmul(&x.unsqueeze(1))
+            + Tensor::eye(3, (Kind::Double, tch::Device::Cpu));
+        a.cholesky(false)
+            .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)
     };
     match Laplacian::new()
         .method(LaplacianMethod::Taylor)
         .compute(u, &x)
     {
-        Err(Error::NoTaylorRule { op, .. }) => assert!(op.contains("cumprod"), "{op}"),
+        Err(Error::NoTaylorRule { op, .. }) => assert!(op.contains("cholesky"), "{op}"),
         other => panic!("expected NoTaylorRule, got {other:?}"),
     }
     let auto = Laplacian::new().compute(u, &x).unwrap();

@@ -163,7 +163,10 @@ fn run_resolved(
             // y), so a failure here is the transform's — an op without a forward-mode formula
             // (`cdist`), whether returned or raised by a panicking tch method, or an output that
             // lost its tangent — and the double-backward columns take over.
+            // (Not inside a Laplacian's closure: collapsed Taylor mode cannot follow dual
+            // tensors; the double-backward columns it can.)
             let forward_ad = crate::native::available()
+                && !crate::native::taylor::session_open()
                 && !opts.create_graph
                 && xs.len() == 1
                 && !FORWARD_AD_OFF.with(|f| f.get());

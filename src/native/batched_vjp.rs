@@ -15,6 +15,9 @@ pub(crate) fn batched_vjp(
     create_graph: bool,
     vmap_fallback: bool,
 ) -> Result<Vec<Option<Tensor>>> {
+    let mut all: Vec<&Tensor> = vec![y, v];
+    all.extend_from_slice(xs);
+    super::taylor::refuse_transform(&all, "a batched backward pass (functorch's vmap)")?;
     use super::shared::{engine_error, record_fallbacks};
     use super::take_string;
     use std::ffi::{c_char, c_int};

@@ -22,6 +22,7 @@ pub(crate) fn jacfwd(
     vmap_fallback: bool,
 ) -> Result<(Tensor, Tensor)> {
     super::norm_autograd::ensure_norm_autograd()?;
+    super::taylor::refuse_transform(&[x, u], "forward-mode AD on dual tensors (functorch's jvp)")?;
     use std::ffi::{c_char, c_int, c_void};
     use torch_sys::C_tensor;
     extern "C" {

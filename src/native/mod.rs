@@ -19,9 +19,12 @@
 //!     hands back);
 //!   * `csrc/norm_autograd.cpp`, room `norm_autograd`: autograd kernels for the normalizations
 //!     whose derivatives are right at every order;
-//!   * `csrc/taylor.cpp`, room `taylor`: collapsed Taylor mode (the Laplacians of
-//!     [`crate::laplacian`] in one forward pass), a dispatcher fallback that pushes Taylor
-//!     coefficients through every op of a Rust closure.
+//!   * collapsed Taylor mode (the Laplacians of [`crate::laplacian`] in one forward pass), room
+//!     `taylor`: `csrc/taylor.h` (what its parts share), `csrc/taylor_session.cpp` (the session,
+//!     the table of coefficients, the jet algebra), `csrc/taylor_fallback.cpp` (the dispatcher
+//!     fallback that pushes Taylor coefficients through every op of a Rust closure), and the rule
+//!     families `csrc/taylor_elementwise.cpp`, `csrc/taylor_shape.cpp`,
+//!     `csrc/taylor_products.cpp` and `csrc/taylor_nn.cpp`.
 //! * The engine, the default feature `native` (cfg `tch_jacobian_native`):
 //!   * `csrc/batched_vjp.cpp`, room `batched_vjp`: the batched backward pass, and the free CUDA
 //!     memory ([`cuda_free_memory`]);
@@ -29,6 +32,8 @@
 //!     closure, the vmap level's randomness and whether a transform is active;
 //!   * `csrc/forward_ad.cpp`, room `forward_ad`: forward-mode Jacobian columns of a Rust closure;
 //!   * `csrc/jit_executor.cpp`, room `jit_executor`: the TorchScript executor switch;
+//!   * `csrc/taylor_generic.cpp` (room `taylor`): collapsed Taylor mode's generic rule, for any
+//!     op with a forward-mode derivative, by vmap(jvp∘jvp) at functorch's levels;
 //!   * `csrc/norm_rules.cpp` and `csrc/loss_rules.cpp`: batching rules for the normalizations and
 //!     the losses. They have no room: the C++ side of the three batched passes installs them, once
 //!     per process;
@@ -183,7 +188,8 @@ mod tests {
     }
 
     /// Every room but `mod.rs`, `shared.rs` and `callback.rs` is named after a C++ file of
-    /// csrc/, and its module docs begin by naming that file.
+    /// csrc/ — or a family of them, `csrc/<room>.h` with its parts `csrc/<room>_*.cpp` — and its
+    /// module docs begin by naming that file.
     #[test]
     fn rooms_name_their_cpp_file() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -194,11 +200,34 @@ mod tests {
                 continue;
             }
             let cpp = format!("csrc/{stem}.cpp");
-            assert!(root.join(&cpp).is_file(), "{} has no {cpp}", path.display());
+            let header = format!("csrc/{stem}.h");
+            let file = if root.join(&cpp).is_file() {
+                cpp
+            } else {
+                assert!(
+                    root.join(&header).is_file(),
+                    "{} has neither {cpp} nor {header}",
+                    path.display()
+                );
+                let parts = std::fs::read_dir(root.join("csrc"))
+                    .unwrap()
+                    .filter(|e| {
+                        let n = e
+                            .as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .into_owned();
+                        n.starts_with(&format!("{stem}_")) && n.ends_with(".cpp")
+                    })
+                    .count();
+                assert!(parts > 0, "{header} has no parts csrc/{stem}_*.cpp");
+                header
+            };
             let source = std::fs::read_to_string(&path).unwrap();
             assert!(
-                source.starts_with(&format!("//! `{cpp}`")),
-                "{}'s docs do not begin with `{cpp}`",
+                source.starts_with(&format!("//! `{file}`")),
+                "{}'s docs do not begin with `{file}`",
                 path.display()
             );
         }

@@ -26,6 +26,8 @@ pub(crate) fn vmap_grad(
     randomness: crate::Randomness,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     super::norm_autograd::ensure_norm_autograd()?;
+    let all: Vec<&Tensor> = params.iter().chain(inputs).copied().collect();
+    super::taylor::refuse_transform(&all, "per-sample gradients by vmap(grad)")?;
     use std::ffi::{c_char, c_int, c_void};
     use torch_sys::C_tensor;
     extern "C" {

@@ -1,0 +1,655 @@
+// Collapsed Taylor mode (see csrc/taylor.h): elementwise ops y = f(x), from f′ and f″.
+//
+//   T_y = f′(x)·T_x          S_y = f′(x)·S_x + f″(x)·Σ_d T_x[d]²
+//
+// The rule is fused into one pass over T on the CPU (float/double): T_out = d1·T and
+// S_out = d1·S + d2·Σ_d T², reading T once instead of three times. T is viewed as [D, B, R]
+// with R contiguous and B of stride R or 0 (the batch-broadcast directions of the seed and the
+// first linear layer, never materialized). Its backward is fused the same way when nothing
+// records it, and is the composite formula (right at every order) when it is recorded. Tensors
+// without storage (functorch's batched tensors, when a batched backward pass or vmap runs over a
+// closure that computed a Laplacian) and CUDA tensors take the composite formula throughout.
+#include "taylor.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cmath>
+
+namespace tchj::taylor {
+
+namespace {
+
+struct Layout {
+  int64_t D, B, R, sd, sb;  // T[d, b, r] = data[d·sd + b·sb + r]
+};
+
+// T as [D, B, R] without a copy when its strides allow it; nullopt otherwise.
+std::optional<Layout> layout_of(const Tensor& T) {
+  int64_t D = T.size(0);
+  if (T.dim() == 1) {
+    return Layout{D, 1, 1, T.stride(0), 0};
+  }
+  int64_t B = T.dim() >= 3 ? T.size(1) : 1;
+  int64_t R = 1;
+  for (int64_t i = T.dim() >= 3 ? 2 : 1; i < T.dim(); ++i) {
+    R *= T.size(i);
+  }
+  // the dims after B must be contiguous among themselves
+  int64_t expect = 1;
+  for (int64_t i = T.dim() - 1; i >= (T.dim() >= 3 ? 2 : 1); --i) {
+    if (T.size(i) != 1 && T.stride(i) != expect) {
+      return std::nullopt;
+    }
+    expect *= T.size(i);
+  }
+  int64_t sb = T.dim() >= 3 ? T.stride(1) : 0;
+  if (T.dim() >= 3 && B > 1 && sb != 0 && sb != R) {
+    return std::nullopt;
+  }
+  return Layout{D, B, R, T.stride(0), B > 1 ? sb : 0};
+}
+
+// A plain CPU tensor the kernels may read: with storage, not wrapped by functorch, and no
+// functorch transform active on this thread (under one, custom autograd functions are refused).
+bool plain_cpu(const Tensor& t) {
+  if (!t.defined()) {
+    return true;
+  }
+  auto ks = t.key_set();
+  return t.device().is_cpu() && t.has_storage() && !ks.has(c10::DispatchKey::FuncTorchBatched) &&
+         !ks.has(c10::DispatchKey::FuncTorchGradWrapper) &&
+         !c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode);
+}
+
+bool fusable(const Tensor& T, const Tensor& d1) {
+  auto st = T.scalar_type();
+  return plain_cpu(T) && plain_cpu(d1) && (st == at::kFloat || st == at::kDouble) &&
+         d1.scalar_type() == st && T.dim() >= 1;
+}
+
+// Value-shaped operands as contiguous [B·R] of T's dtype.
+Tensor flat(const Tensor& t, const Tensor& T) {
+  std::vector<int64_t> shape(T.sizes().begin() + 1, T.sizes().end());
+  return t.expand(shape).contiguous();
+}
+
+// Activations whose f′ and f″ the forward kernel derives from the output y itself (no f′/f″
+// tensors: used when nothing records).
+enum class Act { None, Tanh, Sigmoid };
+
+template <typename scalar_t>
+void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1_in,
+                          const scalar_t* d2_in, const scalar_t* S, scalar_t* To, scalar_t* So,
+                          scalar_t* q, Act act = Act::None, const scalar_t* y = nullptr,
+                          scalar_t* fill1 = nullptr, scalar_t* fill2 = nullptr) {
+  const int64_t B = L.B, R = L.R, D = L.D;
+  at::parallel_for(0, B * R, 4096, [&](int64_t begin, int64_t end) {
+    const scalar_t* d1 = d1_in;
+    const scalar_t* d2 = d2_in;
+    if (act != Act::None) {
+      // f′ and f″ from y, into value-shaped buffers, in the same pass
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t v = y[i];
+        scalar_t a = act == Act::Tanh ? 1 - v * v : v * (1 - v);
+        fill1[i] = a;
+        fill2[i] = act == Act::Tanh ? -2 * v * a : a * (1 - 2 * v);
+      }
+      d1 = fill1;
+      d2 = fill2;
+    }
+    for (int64_t i = begin; i < end; ++i) q[i] = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      int64_t i = begin;
+      while (i < end) {
+        int64_t b = i / R;
+        int64_t stop = std::min(end, (b + 1) * R);
+        const scalar_t* __restrict__ t = T + d * L.sd + b * L.sb - b * R;
+        scalar_t* __restrict__ to = To + d * B * R;
+        scalar_t* __restrict__ qq = q;
+        const scalar_t* __restrict__ a = d1;
+        for (int64_t j = i; j < stop; ++j) {
+          scalar_t v = t[j];
+          to[j] = v * a[j];
+          qq[j] += v * v;
+        }
+        i = stop;
+      }
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      So[i] = d2[i] * q[i] + (S != nullptr ? d1[i] * S[i] : scalar_t(0));
+    }
+  });
+}
+
+template <typename scalar_t>
+void unary_backward_kernel(const scalar_t* T, Layout L, const scalar_t* gTo, const scalar_t* d1,
+                           const scalar_t* d2, const scalar_t* gSo, const scalar_t* S,
+                           scalar_t* gT, scalar_t* gd1) {
+  const int64_t B = L.B, R = L.R, D = L.D;
+  at::parallel_for(0, B * R, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      gd1[i] = S != nullptr ? S[i] * gSo[i] : scalar_t(0);
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      int64_t i = begin;
+      while (i < end) {
+        int64_t b = i / R;
+        int64_t stop = std::min(end, (b + 1) * R);
+        const scalar_t* __restrict__ t = T + d * L.sd + b * L.sb - b * R;
+        const scalar_t* __restrict__ g = gTo + d * B * R;
+        scalar_t* __restrict__ out = gT + d * B * R;
+        scalar_t* __restrict__ acc = gd1;
+        for (int64_t j = i; j < stop; ++j) {
+          scalar_t v = t[j], gj = g[j];
+          out[j] = d1[j] * gj + 2 * d2[j] * gSo[j] * v;
+          acc[j] += gj * v;
+        }
+        i = stop;
+      }
+    }
+  });
+}
+
+struct UnaryJet : public torch::autograd::Function<UnaryJet> {
+  // (T, S, d1, d2) → (T_out, S_out); `has_S` false: S is zero (autograd's inputs must all be
+  // defined tensors, so a placeholder stands in its place).
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const Tensor& T, const Tensor& S_or_placeholder,
+                                                const Tensor& d1, const Tensor& d2, bool has_S) {
+    Tensor S = has_S ? S_or_placeholder : Tensor();
+    auto L = *layout_of(T);
+    Tensor f1 = flat(d1, T), f2 = flat(d2, T);
+    Tensor fS = S.defined() ? flat(S, T) : Tensor();
+    Tensor To = at::empty(T.sizes(), T.options().memory_format(at::MemoryFormat::Contiguous));
+    Tensor So = at::empty(T.sizes().slice(1), T.options());
+    Tensor q = at::empty(T.sizes().slice(1), T.options());
+    AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "taylor_unary", [&] {
+      unary_forward_kernel<scalar_t>(T.const_data_ptr<scalar_t>(), L, f1.const_data_ptr<scalar_t>(),
+                                     f2.const_data_ptr<scalar_t>(),
+                                     fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr,
+                                     To.data_ptr<scalar_t>(), So.data_ptr<scalar_t>(),
+                                     q.data_ptr<scalar_t>());
+    });
+    ctx->save_for_backward({T, S, d1, d2});
+    ctx->saved_data["q"] = q;
+    ctx->saved_data["has_S"] = has_S;
+    return {To, So};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Tensor T = saved[0], S = saved[1], d1 = saved[2], d2 = saved[3];
+    Tensor gTo = grads[0], gSo = grads[1];
+    auto value_shape = T.sizes().slice(1);
+    auto reduce = [&](const Tensor& g, const Tensor& like) {
+      // a value-shaped gradient summed to the shape of a broadcast operand
+      return like.sizes().equals(g.sizes()) ? g : g.sum_to_size(like.sizes());
+    };
+    if (!gSo.defined()) {
+      gSo = at::zeros(value_shape, T.options());
+    }
+    if (!gTo.defined()) {
+      gTo = at::zeros(T.sizes(), T.options());
+    }
+    Tensor gT, gS, gd1, gd2;
+    const bool fused = !at::GradMode::is_enabled() && fusable(T, d1) && plain_cpu(gTo) &&
+                       plain_cpu(gSo) && plain_cpu(d2) && plain_cpu(S) && layout_of(T);
+    if (!fused) {
+      // Recorded (a create_graph backward), or tensors the kernel cannot read (a batched backward
+      // pass over the closure): the composite formula, right at every order.
+      Tensor g2 = d2 * gSo;
+      gT = gTo * d1 + 2 * T * g2;
+      gd1 = (gTo * T).sum(0);
+      if (S.defined()) {
+        gd1 = gd1 + S * gSo;
+      }
+      gd2 = gSo * T.mul(T).sum(0);
+    } else {
+      auto L = *layout_of(T);
+      Tensor f1 = flat(d1, T), f2 = flat(d2, T), fg = gSo.expand(value_shape).contiguous();
+      Tensor fS = S.defined() ? flat(S, T) : Tensor();
+      Tensor g = gTo.contiguous();
+      gT = at::empty(T.sizes(), T.options().memory_format(at::MemoryFormat::Contiguous));
+      gd1 = at::empty(value_shape, T.options());
+      AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "taylor_unary_backward", [&] {
+        unary_backward_kernel<scalar_t>(
+            T.const_data_ptr<scalar_t>(), L, g.const_data_ptr<scalar_t>(),
+            f1.const_data_ptr<scalar_t>(), f2.const_data_ptr<scalar_t>(),
+            fg.const_data_ptr<scalar_t>(), fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr,
+            gT.data_ptr<scalar_t>(), gd1.data_ptr<scalar_t>());
+      });
+      gd2 = gSo * ctx->saved_data["q"].toTensor();
+    }
+    if (S.defined()) {
+      gS = reduce(d1 * gSo, S);
+    }
+    return {gT, gS, reduce(gd1, d1), reduce(gd2, d2), Tensor()};
+  }
+};
+
+// tanh or sigmoid with nothing recording: one kernel, f′ and f″ from y inside it. False when
+// the layout does not allow it.
+bool unary_inline(const Jet& x, const Tensor& y, Act act, Jet* out) {
+  if (at::GradMode::is_enabled() || !fusable(x.T, y) || !plain_cpu(x.S) || !layout_of(x.T) ||
+      !y.sizes().equals(x.T.sizes().slice(1)) || !y.is_contiguous() ||
+      (x.S.defined() && !x.S.sizes().equals(y.sizes()))) {
+    return false;
+  }
+  auto L = *layout_of(x.T);
+  Tensor fS = x.S.defined() ? x.S.contiguous() : Tensor();
+  Tensor To = at::empty(x.T.sizes(), x.T.options().memory_format(at::MemoryFormat::Contiguous));
+  Tensor So = at::empty(y.sizes(), y.options());
+  Tensor q = at::empty(y.sizes(), y.options());
+  Tensor d1 = at::empty(y.sizes(), y.options()), d2 = at::empty(y.sizes(), y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "taylor_unary_inline", [&] {
+    unary_forward_kernel<scalar_t>(x.T.const_data_ptr<scalar_t>(), L, nullptr, nullptr,
+                                   fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr,
+                                   To.data_ptr<scalar_t>(), So.data_ptr<scalar_t>(),
+                                   q.data_ptr<scalar_t>(), act, y.const_data_ptr<scalar_t>(),
+                                   d1.data_ptr<scalar_t>(), d2.data_ptr<scalar_t>());
+  });
+  *out = Jet{y, To, So};
+  return true;
+}
+
+using Derivs = std::function<std::pair<Tensor, Tensor>(const Tensor& x, const Tensor& y,
+                                                       const Stack& args)>;
+
+constexpr double kTwoOverSqrtPi = 1.1283791670955126;
+
+const std::unordered_map<std::string, Derivs>& unary_rules() {
+  static const std::unordered_map<std::string, Derivs> rules = {
+      {"tanh", [](const Tensor&, const Tensor& y, const Stack&) {
+         Tensor d1 = 1 - y * y;
+         return std::make_pair(d1, -2 * y * d1);
+       }},
+      {"sigmoid", [](const Tensor&, const Tensor& y, const Stack&) {
+         Tensor d1 = y * (1 - y);
+         return std::make_pair(d1, d1 * (1 - 2 * y));
+       }},
+      {"sin", [](const Tensor& x, const Tensor& y, const Stack&) {
+         return std::make_pair(x.cos(), -y);
+       }},
+      {"cos", [](const Tensor& x, const Tensor& y, const Stack&) {
+         return std::make_pair(-x.sin(), -y);
+       }},
+      {"exp", [](const Tensor&, const Tensor& y, const Stack&) { return std::make_pair(y, y); }},
+      {"expm1", [](const Tensor&, const Tensor& y, const Stack&) {
+         Tensor e = y + 1;
+         return std::make_pair(e, e);
+       }},
+      {"log", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = x.reciprocal();
+         return std::make_pair(d1, -d1 * d1);
+       }},
+      {"log1p", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (x + 1).reciprocal();
+         return std::make_pair(d1, -d1 * d1);
+       }},
+      {"sqrt", [](const Tensor&, const Tensor& y, const Stack&) {
+         Tensor d1 = 0.5 / y;
+         return std::make_pair(d1, -0.25 / (y * y * y));
+       }},
+      {"rsqrt", [](const Tensor&, const Tensor& y, const Stack&) {
+         Tensor y3 = y * y * y;
+         return std::make_pair(-0.5 * y3, 0.75 * y3 * y * y);
+       }},
+      {"reciprocal", [](const Tensor&, const Tensor& y, const Stack&) {
+         Tensor y2 = y * y;
+         return std::make_pair(-y2, 2 * y2 * y);
+       }},
+      {"sinh", [](const Tensor& x, const Tensor& y, const Stack&) {
+         return std::make_pair(x.cosh(), y);
+       }},
+      {"cosh", [](const Tensor& x, const Tensor& y, const Stack&) {
+         return std::make_pair(x.sinh(), y);
+       }},
+      {"tan", [](const Tensor&, const Tensor& y, const Stack&) {
+         Tensor d1 = 1 + y * y;
+         return std::make_pair(d1, 2 * y * d1);
+       }},
+      {"atan", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (1 + x * x).reciprocal();
+         return std::make_pair(d1, -2 * x * d1 * d1);
+       }},
+      {"asinh", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (1 + x * x).rsqrt();
+         return std::make_pair(d1, -x * d1 * d1 * d1);
+       }},
+      {"erf", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = kTwoOverSqrtPi * (-x * x).exp();
+         return std::make_pair(d1, -2 * x * d1);
+       }},
+      {"asin", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (1 - x * x).rsqrt();
+         return std::make_pair(d1, x * d1 * d1 * d1);
+       }},
+      {"acos", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor r = (1 - x * x).rsqrt();
+         return std::make_pair(-r, -x * r * r * r);
+       }},
+      {"atanh", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (1 - x * x).reciprocal();
+         return std::make_pair(d1, 2 * x * d1 * d1);
+       }},
+      {"acosh", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = (x * x - 1).rsqrt();
+         return std::make_pair(d1, -x * d1 * d1 * d1);
+       }},
+      {"exp2", [](const Tensor&, const Tensor& y, const Stack&) {
+         const double l = 0.6931471805599453;
+         return std::make_pair(l * y, l * l * y);
+       }},
+      {"log2", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor r = x.reciprocal();
+         return std::make_pair(r * 1.4426950408889634, -r * r * 1.4426950408889634);
+       }},
+      {"log10", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor r = x.reciprocal();
+         return std::make_pair(r * 0.4342944819032518, -r * r * 0.4342944819032518);
+       }},
+      {"erfc", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor d1 = -kTwoOverSqrtPi * (-x * x).exp();
+         return std::make_pair(d1, -2 * x * d1);
+       }},
+      {"erfinv", [](const Tensor&, const Tensor& y, const Stack&) {
+         // y = erfinv(x): x = erf(y), so f′ = 1/erf′(y) = (√π/2)·e^{y²} and f″ = 2y·f′².
+         Tensor d1 = (y * y).exp() / kTwoOverSqrtPi;
+         return std::make_pair(d1, 2 * y * d1 * d1);
+       }},
+      {"lgamma", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(x.digamma(), x.polygamma(1));
+       }},
+      {"digamma", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(x.polygamma(1), x.polygamma(2));
+       }},
+      {"deg2rad", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(at::full_like(x, 0.017453292519943295), Tensor());
+       }},
+      {"rad2deg", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(at::full_like(x, 57.29577951308232), Tensor());
+       }},
+      {"frac", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(at::ones_like(x), Tensor());
+       }},
+      {"nan_to_num", [](const Tensor& x, const Tensor&, const Stack&) {
+         // autograd's rule: the gradient passes where x is finite
+         return std::make_pair(x.isfinite().to(x.scalar_type()), Tensor());
+       }},
+      {"elu", [](const Tensor& x, const Tensor&, const Stack& a) {
+         // elu(self, alpha, scale, input_scale)
+         double alpha = a[1].toScalar().toDouble(), scale = a[2].toScalar().toDouble();
+         double is = a[3].toScalar().toDouble();
+         Tensor neg = scale * alpha * is * (x * is).exp();
+         Tensor pos = x > 0;
+         return std::make_pair(at::where(pos, at::full_like(x, scale), neg),
+                               at::where(pos, at::zeros_like(x), neg * is));
+       }},
+      {"celu", [](const Tensor& x, const Tensor&, const Stack& a) {
+         // celu(self, alpha) = max(0, x) + min(0, α(e^{x/α} − 1))
+         double alpha = a.size() > 1 ? a[1].toScalar().toDouble() : 1.0;
+         Tensor e = (x / alpha).exp();
+         Tensor pos = x > 0;
+         return std::make_pair(at::where(pos, at::ones_like(x), e),
+                               at::where(pos, at::zeros_like(x), e / alpha));
+       }},
+      {"mish", [](const Tensor& x, const Tensor&, const Stack&) {
+         // x·tanh(softplus(x)): with t = tanh(softplus(x)), s = σ(x), f′ = t + x(1 − t²)s and
+         // f″ = (1 − t²)s·(2 + x(1 − s − 2ts)).
+         Tensor t = at::softplus(x, 1, 20).tanh();
+         Tensor s = x.sigmoid();
+         Tensor u = (1 - t * t) * s;
+         return std::make_pair(t + x * u, u * (2 + x * (1 - s - 2 * t * s)));
+       }},
+      {"logit", [](const Tensor& x, const Tensor&, const Stack& a) {
+         // log(x/(1 − x)), x clamped to [eps, 1 − eps] when eps is given (zero slope outside)
+         Tensor q = x * (1 - x);
+         Tensor d1 = q.reciprocal();
+         Tensor d2 = (2 * x - 1) * d1 * d1;
+         if (a.size() > 1 && !a[1].isNone()) {
+           double eps = a[1].toDouble();
+           Tensor inside = (x >= eps) & (x <= 1 - eps);
+           d1 = at::where(inside, d1, at::zeros_like(x));
+           d2 = at::where(inside, d2, at::zeros_like(x));
+         }
+         return std::make_pair(d1, d2);
+       }},
+      {"hardswish", [](const Tensor& x, const Tensor&, const Stack&) {
+         // PyTorch's backward: 0 below −3, (2x + 3)/6 up to 3, 1 above
+         Tensor mid = (x >= -3) & (x <= 3);
+         Tensor d1 = at::where(x < -3, at::zeros_like(x), at::where(mid, (2 * x + 3) / 6, at::ones_like(x)));
+         return std::make_pair(d1, at::where(mid, at::full_like(x, 1.0 / 3), at::zeros_like(x)));
+       }},
+      {"hardshrink", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x.abs() > a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
+      {"softshrink", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x.abs() > a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
+      {"threshold", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x > a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
+      {"relu", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair((x > 0).to(x.scalar_type()), Tensor());
+       }},
+      {"abs", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(x.sign(), Tensor());
+       }},
+      {"leaky_relu", [](const Tensor& x, const Tensor&, const Stack& a) {
+         double slope = a.size() > 1 ? a[1].toScalar().toDouble() : 0.01;
+         // (two Scalars would make a default-dtype tensor: float32's 0.01 in a float64 rule)
+         return std::make_pair(at::where(x > 0, at::ones_like(x), at::full_like(x, slope)), Tensor());
+       }},
+      {"silu", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor s = x.sigmoid();
+         Tensor s1 = s * (1 - s);
+         return std::make_pair(s + x * s1, s1 * (2 + x * (1 - 2 * s)));
+       }},
+      {"log_sigmoid", [](const Tensor& x, const Tensor&, const Stack&) {
+         Tensor s = x.sigmoid();
+         return std::make_pair(1 - s, -s * (1 - s));
+       }},
+      {"softplus", [](const Tensor& x, const Tensor&, const Stack& a) {
+         double beta = a[1].toScalar().toDouble();
+         double threshold = a[2].toScalar().toDouble();
+         Tensor s = (x * beta).sigmoid();
+         Tensor d2 = beta * s * (1 - s);
+         Tensor linear = x * beta > threshold;
+         return std::make_pair(at::where(linear, 1.0, s).to(x.scalar_type()),
+                               at::where(linear, 0.0, d2).to(x.scalar_type()));
+       }},
+      {"gelu", [](const Tensor& x, const Tensor&, const Stack& a) {
+         std::string approx = a.size() > 1 ? std::string(a[1].toStringRef()) : "none";
+         if (approx == "tanh") {
+           const double k = 0.7978845608028654, c = 0.044715;
+           Tensor u = k * (x + c * x * x * x);
+           Tensor t = u.tanh();
+           Tensor sech2 = 1 - t * t;
+           Tensor du = k * (1 + 3 * c * x * x);
+           Tensor d1 = 0.5 * (1 + t) + 0.5 * x * sech2 * du;
+           Tensor d2 = sech2 * du + 0.5 * x * (-2 * t * sech2 * du * du + sech2 * 6 * k * c * x);
+           return std::make_pair(d1, d2);
+         }
+         Tensor phi = 0.3989422804014327 * (-0.5 * x * x).exp();
+         Tensor Phi = 0.5 * (1 + (x * 0.7071067811865476).erf());
+         return std::make_pair(Phi + x * phi, phi * (2 - x * x));
+       }},
+      {"pow", [](const Tensor& x, const Tensor&, const Stack& a) {
+         // pow.Tensor_Scalar only (elementwise_rule checks the overload).
+         double p = a[1].toScalar().toDouble();
+         if (p == 2) {
+           return std::make_pair(2 * x, at::full_like(x, 2));
+         }
+         if (p == 1) {
+           return std::make_pair(at::ones_like(x), Tensor());
+         }
+         if (p == 0) {
+           return std::make_pair(at::zeros_like(x), Tensor());
+         }
+         return std::make_pair(p * x.pow(p - 1), p * (p - 1) * x.pow(p - 2));
+       }},
+      {"clamp", [](const Tensor& x, const Tensor&, const Stack& a) {
+         // clamp(self, Scalar? min, Scalar? max): f′ = 1 inside [min, max] (autograd's rule).
+         Tensor inside = at::ones_like(x, at::kBool);
+         if (!a[1].isNone()) {
+           inside = inside & (x >= a[1].toScalar());
+         }
+         if (!a[2].isNone()) {
+           inside = inside & (x <= a[2].toScalar());
+         }
+         return std::make_pair(inside.to(x.scalar_type()), Tensor());
+       }},
+      {"clamp_min", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x >= a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
+      {"clamp_max", [](const Tensor& x, const Tensor&, const Stack& a) {
+         return std::make_pair((x <= a[1].toScalar()).to(x.scalar_type()), Tensor());
+       }},
+      {"hardtanh", [](const Tensor& x, const Tensor&, const Stack& a) {
+         Tensor inside = (x > a[1].toScalar()) & (x < a[2].toScalar());
+         return std::make_pair(inside.to(x.scalar_type()), Tensor());
+       }},
+      {"fmod", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(at::ones_like(x), Tensor());  // fmod.Scalar only
+       }},
+      {"remainder", [](const Tensor& x, const Tensor&, const Stack&) {
+         return std::make_pair(at::ones_like(x), Tensor());  // remainder.Scalar only
+       }},
+  };
+  return rules;
+}
+
+// The overloads each name's rule is for (others: no rule here).
+bool overload_ok(const std::string& name, const std::string& overload) {
+  if (name == "pow") return overload == "Tensor_Scalar";
+  if (name == "clamp" || name == "clamp_min" || name == "clamp_max") return overload.empty();
+  if (name == "fmod" || name == "remainder") return overload == "Scalar";
+  return true;
+}
+
+}  // namespace
+
+const std::unordered_set<std::string>& elementwise_ops() {
+  static const std::unordered_set<std::string> ops = [] {
+    std::unordered_set<std::string> s;
+    for (const auto& kv : unary_rules()) s.insert(kv.first);
+    s.insert("polygamma");
+    s.insert("rrelu_with_noise");
+    return s;
+  }();
+  return ops;
+}
+
+Jet unary(const Jet& x, const Tensor& y, const Tensor& d1, const Tensor& d2) {
+  if (d2.defined() && fusable(x.T, d1) && plain_cpu(d2) && plain_cpu(x.S) &&
+      d2.scalar_type() == d1.scalar_type() && layout_of(x.T) &&
+      d1.sizes().equals(x.T.sizes().slice(1)) && d2.sizes().equals(x.T.sizes().slice(1)) &&
+      (!x.S.defined() || x.S.sizes().equals(x.T.sizes().slice(1)))) {
+    auto out = UnaryJet::apply(x.T, x.S.defined() ? x.S : d1, d1, d2, x.S.defined());
+    return Jet{y, out[0], out[1]};
+  }
+  Tensor T = x.T * d1;
+  Tensor S = times(x.S, d1);
+  if (d2.defined()) {
+    S = plus(S, d2 * sumsq(x.T));
+  }
+  return Jet{y, T, S};
+}
+
+Jet jet_reciprocal(const Jet& x, const Tensor& y) {
+  Tensor y2 = y * y;
+  return unary(x, y, -y2, 2 * y2 * y);
+}
+
+Jet jet_rsqrt(const Jet& x, const Tensor& y) {
+  Tensor y3 = y * y * y;
+  return unary(x, y, -0.5 * y3, 0.75 * y3 * y * y);
+}
+
+Jet jet_sqrt(const Jet& x, const Tensor& y) {
+  return unary(x, y, 0.5 / y, -0.25 / (y * y * y));
+}
+
+Jet jet_exp(const Jet& x, const Tensor& y) {
+  return unary(x, y, y, y);
+}
+
+Jet jet_log(const Jet& x, const Tensor& y) {
+  Tensor d1 = x.v.reciprocal();
+  return unary(x, y, d1, -d1 * d1);
+}
+
+Jet binary(const Jet& a, const Jet& b, const Tensor& out, const Tensor& fa, const Tensor& fb,
+           const Tensor& faa, const Tensor& fab, const Tensor& fbb) {
+  auto r = out.dim();
+  Tensor T, S;
+  Tensor Ta = a.T.defined() ? lift(a.T, r) : Tensor();
+  Tensor Tb = b.T.defined() ? lift(b.T, r) : Tensor();
+  if (Ta.defined()) {
+    T = Ta * fa;
+    S = times(a.S, fa);
+    if (faa.defined()) S = plus(S, faa * sumsq(Ta));
+  }
+  if (Tb.defined()) {
+    T = plus(T, Tb * fb);
+    S = plus(S, times(b.S, fb));
+    if (fbb.defined()) S = plus(S, fbb * sumsq(Tb));
+  }
+  if (Ta.defined() && Tb.defined() && fab.defined()) {
+    S = plus(S, 2 * fab * (Ta * Tb).sum(0));
+  }
+  if (!T.defined()) {
+    return constant_jet(out);
+  }
+  return Jet{out, expand_T(T, out.sizes()), expand_S(S, out.sizes())};
+}
+
+bool elementwise_rule(const Call& c) {
+  if (c.name == "rrelu_with_noise") {
+    // (self, noise, lower, upper, training, generator): in training the op wrote each slope
+    // into `noise` (1 where x ≥ 0), which is f′; otherwise a leaky relu of slope (l + u)/2.
+    Jet x = c.jet(0);
+    if (is_const(x)) return true;
+    bool training = c.args[4].toBool();
+    Tensor d1;
+    if (training) {
+      d1 = c.arg(1).to(x.v.scalar_type());
+    } else {
+      double slope = (c.args[2].toScalar().toDouble() + c.args[3].toScalar().toDouble()) / 2;
+      d1 = at::where(x.v >= 0, at::ones_like(x.v), at::full_like(x.v, slope));
+    }
+    put(unary(x, c.out_ts[0], d1, Tensor()));
+    return true;
+  }
+  if (c.name == "polygamma") {
+    // polygamma(int n, Tensor self)
+    Jet x = c.jet(1);
+    if (is_const(x)) return true;
+    int64_t n = c.args[0].toInt();
+    put(unary(x, c.out_ts[0], x.v.polygamma(n + 1), x.v.polygamma(n + 2)));
+    return true;
+  }
+  auto ur = unary_rules().find(c.name);
+  if (ur == unary_rules().end() || !overload_ok(c.name, c.overload)) {
+    return false;
+  }
+  Jet x = c.jet(0);
+  if (is_const(x)) {
+    return true;
+  }
+  Jet fast;
+  if ((c.name == "tanh" || c.name == "sigmoid") &&
+      unary_inline(x, c.out_ts[0], c.name == "tanh" ? Act::Tanh : Act::Sigmoid, &fast)) {
+    put(fast);
+    return true;
+  }
+  auto d = ur->second(x.v, c.out_ts[0], c.args);
+  put(unary(x, c.out_ts[0], d.first, d.second));
+  return true;
+}
+
+}  // namespace tchj::taylor
