@@ -185,13 +185,33 @@ bool prod(const Call& c) {
 }
 
 bool vector_norm(const Call& c) {
-  // linalg_vector_norm(self, ord=2, dim=None, keepdim=False, *, dtype=None)
+  // linalg_vector_norm(self, ord=2, dim=None, keepdim=False, *, dtype=None), and norm's
+  // overloads Scalar(self, p=2), ScalarOpt_dim(self, p?, dim, keepdim) and the dtype ones with
+  // the input's own dtype (libtorch's forward-mode formula for them writes in place, which a
+  // recorded second derivative cannot go through).
   Jet x = c.jet(0);
   if (is_const(x)) return true;
-  double p = c.args[1].toScalar().toDouble();
-  if (!c.args[4].isNone() || !std::isfinite(p) || p <= 0) return false;
-  auto dims = reduced_dims(c.args[2], x.v.dim());
-  bool keepdim = c.args[3].toBool();
+  IValue p_arg = c.args.size() > 1 ? c.args[1] : IValue();
+  IValue dim_arg, dtype_arg;
+  bool keepdim = false;
+  const std::string& ov = c.overload;
+  if (c.name == "linalg_vector_norm") {
+    dim_arg = c.args[2];
+    keepdim = c.args[3].toBool();
+    dtype_arg = c.args[4];
+  } else if (ov == "Scalar" || ov == "ScalarOpt_dtype") {
+    dtype_arg = ov == "ScalarOpt_dtype" ? c.args[2] : IValue();
+  } else if (ov == "ScalarOpt_dim" || ov == "ScalarOpt_dim_dtype") {
+    dim_arg = c.args[2];
+    keepdim = c.args[3].toBool();
+    dtype_arg = ov == "ScalarOpt_dim_dtype" ? c.args[4] : IValue();
+  } else {
+    return false;
+  }
+  if (!dtype_arg.isNone() && dtype_arg.toScalarType() != x.v.scalar_type()) return false;
+  double p = p_arg.isNone() ? 2.0 : p_arg.toScalar().toDouble();
+  if (!std::isfinite(p) || p <= 0) return false;
+  auto dims = reduced_dims(dim_arg, x.v.dim());
   const Tensor& out = c.out_ts[0];
   if (p == 2) {
     Jet sq = jet_mul(x, x, x.v * x.v);
@@ -240,7 +260,7 @@ const std::unordered_set<std::string>& nn_ops() {
       "_softmax", "_log_softmax", "logsumexp", "native_layer_norm", "native_batch_norm",
       "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
       "_batch_norm_with_update", "_batch_norm_no_update", "var", "std", "prod",
-      "linalg_vector_norm", "glu", "native_dropout",
+      "linalg_vector_norm", "norm", "glu", "native_dropout",
   };
   return ops;
 }
@@ -342,7 +362,7 @@ bool nn_rule(const Call& c) {
   }
   if (name == "var" || name == "std") return var_std(c);
   if (name == "prod") return prod(c);
-  if (name == "linalg_vector_norm") return vector_norm(c);
+  if (name == "linalg_vector_norm" || name == "norm") return vector_norm(c);
   if (name == "glu") return glu(c);
   if (name == "native_dropout") {
     // (input, p, train?) → (output, mask): output = input·mask/(1 − p) when training

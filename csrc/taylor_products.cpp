@@ -33,7 +33,7 @@ bool binary_rule(const Call& c) {
     Tensor r2 = a.v * a.v + b.v * b.v;
     Tensor q = (r2 * r2).reciprocal();
     Tensor ab = a.v * b.v;
-    put(binary(a, b, out, b.v / r2, -a.v / r2, -2 * ab * q, (b.v * b.v - a.v * a.v) * q,
+    put(binary(a, b, out, b.v / r2, -a.v / r2, -2 * ab * q, (a.v * a.v - b.v * b.v) * q,
                2 * ab * q));
     return true;
   }
