@@ -171,7 +171,7 @@ fn cases() -> Vec<Case> {
             name: "generic: addcmul, lerp",
             body: Box::new(|h| {
                 let a = h.tanh();
-                rowsum(a.addcmul(&h, &h.sin()) + a.lerp(&h.cos(), 0.3))
+                rowsum(a.addcmul(h, &h.sin()) + a.lerp(&h.cos(), 0.3))
             }),
             fd: false,
         },
