@@ -16,9 +16,9 @@
 //! sums cross-sample terms). [`check_batch_independence`] detects such models in one backward
 //! pass.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use crate::autograd::{check_float, check_input, check_same_device, input_names, Names, Pass};
+use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::jacobian::{closure_jacobian, with_aux, FnOutput, WithValue};
@@ -97,6 +97,9 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         let strategy = opts.strategy.validate()?.resolve_for(&work);
         let instead = "batch_jacobian_of(f, x, opts)";
         let block = engine::run(strategy, &work, &y2, &[x], None, opts, names, instead)?.remove(0);
+        if opts.check_independence {
+            crate::independence::check_jacobian("batch_jacobian", &y2, x, &block)?;
+        }
         unflatten(&block, &y.size(), &x.size())
     })
 }
@@ -169,11 +172,14 @@ where
     })
 }
 
-/// Checks the no-interaction assumption of [`batch_jacobian`]: returns
-/// [`Error::Contract`] when sample 0's outputs depend on another sample's inputs.
+/// Checks the no-interaction assumption of [`batch_jacobian`] on a graph you built: returns
+/// [`Error::Contract`] when any sample's outputs depend on another sample's inputs.
 ///
-/// One backward pass of `Σ_i v_i y[0, i]` with a random `v` (so cancellations have probability
-/// zero): its gradient must vanish on `x[1..]`. Batch norm in training mode fails it.
+/// Two backward passes, with cotangents `v` (random) and `c ⊙ v` (`c_b` a random scale per
+/// sample): independence gives `∂(c⊙v·y)/∂x[b] = c_b ∂(v·y)/∂x[b]` for every sample
+/// ([`crate::independence`](mod@crate::independence)). Batch norm in training mode fails it.
+/// The per-sample functions run the same check themselves (one pass, against their result)
+/// unless [`JacobianOptions::check_independence`] is off.
 ///
 /// ```
 /// use tch::{Kind, Tensor};
@@ -183,6 +189,9 @@ where
 /// assert!(check_batch_independence(&x.sin(), &x).is_ok());
 /// let mixed = &x - x.mean_dim(0, true, Kind::Float); // centres over the batch
 /// assert!(check_batch_independence(&mixed, &x).is_err());
+/// // samples ≥ 1 mixed among themselves only: found too
+/// let tail = Tensor::cat(&[x.narrow(0, 0, 1), x.narrow(0, 1, 3).cumsum(0, Kind::Float)], 0);
+/// assert!(check_batch_independence(&tail, &x).is_err());
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn check_batch_independence(y: &Tensor, x: &Tensor) -> Result<()> {
@@ -190,33 +199,7 @@ pub fn check_batch_independence(y: &Tensor, x: &Tensor) -> Result<()> {
         check_float(y, "y")?;
         check_input(x, "x")?;
         check_same_device(y, "y", x, "x")?;
-        let b = check_batch(y, x, "y")?;
-        if b < 2 || !y.requires_grad() {
-            return Ok(());
-        }
-        let y0 = y.f_select(0, 0)?;
-        let v = y0.f_randn_like()?;
-        let root = y0.f_mul(&v)?.f_sum(None::<Kind>)?;
-        let names_v = input_names(1);
-        let names = Names {
-            output: "y[0]",
-            inputs: &names_v,
-        };
-        let g = crate::autograd::vjp_into(&root, &[x], Pass::new(false, false, names))?;
-        let leak = g[0]
-            .f_narrow(0, 1, b - 1)?
-            .f_reshape([b - 1, -1])?
-            .f_abs()?
-            .f_amax([1i64].as_slice(), false)?;
-        let leaks: Vec<f64> = Vec::<f64>::try_from(leak.f_to_kind(Kind::Double)?)?;
-        if let Some((s, mag)) = leaks.iter().enumerate().find(|(_, &v)| v != 0.0) {
-            return Err(Error::Contract(format!(
-            "samples interact: the outputs of sample 0 depend on the inputs of sample {} (|gradient| up to {mag:.3e}); per-sample Jacobians of y {:?} w.r.t. x {:?} would be wrong (batch norm in training mode? a reduction over dimension 0?)",
-            s + 1,
-            y.size(),
-            x.size()
-        )));
-        }
-        Ok(())
+        check_batch(y, x, "y")?;
+        crate::independence::check_scaled("check_batch_independence", y, x, None, None)
     })
 }

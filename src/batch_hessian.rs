@@ -135,11 +135,13 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
-    Ok(nested_hessian(u, x, opts)?.2)
+    Ok(nested_hessian("batch_hessian_of", u, x, opts)?.2)
 }
 
-/// `(u(x), ∇u, H)` by nested reverse mode: [`batch_hessian_of`] with the value and gradient.
+/// `(u(x), ∇u, H)` by nested reverse mode: [`batch_hessian_of`] with the value and gradient;
+/// `what` names the caller in the independence check's error.
 pub(crate) fn nested_hessian<F, O>(
+    what: &str,
     u: F,
     x: &Tensor,
     opts: &JacobianOptions,
@@ -150,8 +152,14 @@ where
 {
     crate::autograd::grad_mode_on(|| {
         let (xg, y, g, _) = gradient_of(u, x, opts)?;
-        let inner = opts.strategy(strategy_for(opts, x.device())).strict(false);
+        let inner = opts
+            .strategy(strategy_for(opts, x.device()))
+            .strict(false)
+            .check_independence(false);
         let h = batch_jacobian(&g, &xg, &inner)?;
+        if opts.check_independence {
+            crate::independence::check_hessian(what, &y, &xg, &g, Some(&h))?;
+        }
         Ok((y, g, h))
     })
 }
@@ -192,14 +200,17 @@ where
     if opts.strategy == Strategy::Auto {
         return Ok(crate::laplacian::Laplacian::new()
             .create_graph(opts.create_graph)
+            .check_independence(opts.check_independence)
             .compute(u, x)?
             .laplacian);
     }
-    Ok(nested_laplacian(u, x, opts)?.2)
+    Ok(nested_laplacian("laplacian_of", u, x, opts)?.2)
 }
 
-/// `(u(x), ∇u, Δu)` by nested reverse mode (see [`laplacian_of`]).
+/// `(u(x), ∇u, Δu)` by nested reverse mode (see [`laplacian_of`]); `what` names the caller in
+/// the independence check's error.
 pub(crate) fn nested_laplacian<F, O>(
+    what: &str,
     u: F,
     x: &Tensor,
     opts: &JacobianOptions,
@@ -213,8 +224,14 @@ where
         let n = x.numel() as i64 / b;
         let strategy = strategy_for(opts, x.device());
         if strategy != Strategy::RowLoop {
-            let inner = opts.strategy(strategy).strict(false);
+            let inner = opts
+                .strategy(strategy)
+                .strict(false)
+                .check_independence(false);
             let h = batch_jacobian(&g, &xg, &inner)?.f_reshape([b, n, n])?;
+            if opts.check_independence {
+                crate::independence::check_hessian(what, &y, &xg, &g, Some(&h))?;
+            }
             let lap =
                 h.f_diagonal(0, 1, 2)?
                     .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?;
@@ -240,6 +257,10 @@ where
             let root = g2.f_select(1, i)?.f_sum(None::<Kind>)?;
             let gi = vjp_into(&root, &[&xg], pass)?.remove(0);
             lap = lap.f_add(&gi.f_reshape([b, n])?.f_select(1, i)?)?;
+        }
+        // The diagonal only: the check is first order (u's gradient), one more backward pass.
+        if opts.check_independence {
+            crate::independence::check_hessian(what, &y, &xg, &g, None)?;
         }
         Ok((y, g, lap))
     })

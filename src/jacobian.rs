@@ -235,6 +235,9 @@ pub(crate) fn closure_jacobian(
     let work = Work::of(&y, m, n, b as usize, true);
     let strategy = strat.resolve_for(&work);
     let block = engine::run(strategy, &work, &y2, &[&xg], closure, opts, names, "")?.remove(0);
+    if batch.is_some() && opts.check_independence {
+        crate::independence::check_jacobian("batch_jacobian_of", &y2, &xg, &block)?;
+    }
     Ok((xg, y, block))
 }
 

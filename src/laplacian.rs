@@ -165,6 +165,7 @@ pub struct Laplacian<'a> {
     weights: Option<&'a Tensor>,
     create_graph: bool,
     nested: Strategy,
+    unchecked: bool,
 }
 
 impl<'a> Laplacian<'a> {
@@ -248,6 +249,31 @@ impl<'a> Laplacian<'a> {
         self
     }
 
+    /// Check that the samples do not interact (default `true`): one more forward pass (a
+    /// collapsed Taylor pass along one random direction per sample) or backward pass (nested),
+    /// and [`Error::Contract`] when they do ([`crate::independence`](mod@crate::independence)).
+    /// `false` skips it — for hot loops after a first checked call.
+    ///
+    /// ```
+    /// use tch::{Kind, Tensor};
+    /// use tch_jacobian::{Error, Laplacian};
+    /// let x = Tensor::from_slice(&[0.1f64, 0.4, -0.3, 0.8, 0.2, -0.6]).view([3, 2]);
+    /// // a batch statistic: every sample's u depends on the others' x
+    /// let u = |x: &Tensor| (x - x.mean_dim(0, true, Kind::Double)).tanh().sum_dim_intlist(1, false, Kind::Double);
+    /// assert!(matches!(Laplacian::new().compute(u, &x), Err(Error::Contract(_))));
+    /// assert!(Laplacian::new().check_independence(false).compute(u, &x).is_ok()); // (wrong values)
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn check_independence(mut self, check: bool) -> Self {
+        self.unchecked = !check;
+        self
+    }
+
+    /// Whether [`check_independence`](Self::check_independence) is on.
+    fn checks(&self) -> bool {
+        !self.unchecked
+    }
+
     /// Applies the options to `u` at `x = [B, *in]` (see the [module docs](self)). `u` must
     /// return `[B]` or `[B, 1]`; another shape, an empty batch, `samples = 0` or weights of
     /// another shape are an [`Error::Shape`] / [`Error::InvalidArgument`].
@@ -272,10 +298,17 @@ impl<'a> Laplacian<'a> {
     {
         let (b, n) = check_input(x)?;
         let directions = self.directions(x, b, n)?;
+        let taylor = || -> Result<LaplacianOutput> {
+            let (out, first) = self.taylor(&u, x, b, &directions)?;
+            if self.checks() {
+                self.taylor_independence(&u, x, b, &directions, &first)?;
+            }
+            Ok(out)
+        };
         match self.method {
-            LaplacianMethod::Taylor => self.taylor(&u, x, b, &directions),
+            LaplacianMethod::Taylor => taylor(),
             LaplacianMethod::Nested => self.nested(&u, x, b, n, &directions),
-            LaplacianMethod::Auto => match self.taylor(&u, x, b, &directions) {
+            LaplacianMethod::Auto => match taylor() {
                 Err(Error::NoTaylorRule { op, detail }) => {
                     crate::native::warn_once(&format!(
                         "collapsed Taylor mode cannot follow {op} ({detail}): this Laplacian \
@@ -357,12 +390,20 @@ impl<'a> Laplacian<'a> {
         })
     }
 
-    fn taylor<F, O>(&self, u: &F, x: &Tensor, b: i64, dirs: &Directions) -> Result<LaplacianOutput>
+    /// The Taylor pass: the output, and the first-order coefficients `[D, B]` (detached) for the
+    /// independence check.
+    fn taylor<F, O>(
+        &self,
+        u: &F,
+        x: &Tensor,
+        b: i64,
+        dirs: &Directions,
+    ) -> Result<(LaplacianOutput, Tensor)>
     where
         F: Fn(&Tensor) -> O,
         O: FnOutput,
     {
-        let run = || -> Result<LaplacianOutput> {
+        let run = || -> Result<(LaplacianOutput, Tensor)> {
             // The input as the closure sees it: with create_graph, requiring grad and connected
             // to the caller's graph (so Δu is differentiable in x too), as nested reverse mode
             // hands it over; otherwise detached, not requiring grad: the pass then records only
@@ -396,16 +437,62 @@ impl<'a> Laplacian<'a> {
             let detach = |t: Tensor| -> Result<Tensor> {
                 Ok(if self.create_graph { t } else { t.f_detach()? })
             };
-            Ok(LaplacianOutput {
+            let first = t.first.f_detach()?.f_reshape([dirs.v.size()[0], b])?;
+            let out = LaplacianOutput {
                 value: detach(value)?,
                 gradient: gradient.map(detach).transpose()?,
                 laplacian: detach(lap)?,
                 method: LaplacianMethod::Taylor,
-            })
+            };
+            Ok((out, first))
         };
         // Grad mode on, whatever the caller set: the closure runs as nested reverse mode runs it
         // (a no_grad region inside it is then a constant for every method).
         crate::autograd::grad_mode_on(run)
+    }
+
+    /// The independence check of the Taylor path: one more collapsed pass along the direction
+    /// `r_b = Σ_d c_{d,b} v_{d,b}` (random `c`), whose first-order coefficient must equal
+    /// `Σ_d c_{d,b} T_u[d, b]` for every sample when the samples do not interact.
+    fn taylor_independence<F, O>(
+        &self,
+        u: &F,
+        x: &Tensor,
+        b: i64,
+        dirs: &Directions,
+        first: &Tensor,
+    ) -> Result<()>
+    where
+        F: Fn(&Tensor) -> O,
+        O: FnOutput,
+    {
+        if b < 2 {
+            return Ok(());
+        }
+        crate::autograd::grad_mode_on(|| {
+            let d = dirs.v.size()[0];
+            let c = crate::independence::probe_like(first, 6)?; // [D, B]
+            let mut cshape = vec![d, b];
+            cshape.extend(std::iter::repeat_n(1, x.dim() - 1));
+            let r = dirs
+                .v
+                .f_mul(&c.f_reshape(cshape.as_slice())?)?
+                .f_sum_dim_intlist([0i64].as_slice(), true, None::<Kind>)?;
+            let call = |z: &Tensor| u(z).into_output();
+            let probe = crate::native::taylor::collapsed(call, &x.f_detach()?, &r, false)?;
+            let actual = probe.first.f_detach()?.f_reshape([b, 1])?;
+            let predicted = c
+                .f_mul(first)?
+                .f_sum_dim_intlist([0i64].as_slice(), false, None::<Kind>)?
+                .f_reshape([b, 1])?;
+            let scale = c
+                .f_abs()?
+                .f_mul(&first.f_abs()?)?
+                .f_sum_dim_intlist([0i64].as_slice(), false, None::<Kind>)?
+                .f_reshape([b, 1])?;
+            let reference = crate::independence::magnitude(&probe.value)?;
+            crate::independence::compare("Laplacian", &actual, &predicted, &scale, reference)
+        })
     }
 
     fn nested<F, O>(
@@ -422,12 +509,13 @@ impl<'a> Laplacian<'a> {
     {
         let opts = JacobianOptions::default()
             .create_graph(self.create_graph)
-            .strategy(self.nested);
+            .strategy(self.nested)
+            .check_independence(self.checks());
         let (value, g, lap) = if dirs.spans_gradient {
-            crate::batch_hessian::nested_laplacian(u, x, &opts)?
+            crate::batch_hessian::nested_laplacian("Laplacian", u, x, &opts)?
         } else {
             // Σ_d v_dᵀ H v_d from the per-sample Hessians [B, n, n].
-            let (value, g, h) = crate::batch_hessian::nested_hessian(u, x, &opts)?;
+            let (value, g, h) = crate::batch_hessian::nested_hessian("Laplacian", u, x, &opts)?;
             let d = dirs.v.size()[0];
             let v = dirs.v.f_reshape([d, b, n])?;
             let h = h.f_reshape([b, n, n])?; // [B, *in, *in] → [B, n, n]

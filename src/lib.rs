@@ -73,6 +73,7 @@ pub mod derivatives;
 pub mod device;
 mod engine;
 pub mod error;
+pub mod independence;
 pub mod jacobian;
 pub mod laplacian;
 pub mod module;

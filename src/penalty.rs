@@ -187,8 +187,18 @@ pub fn contractive_penalty_per_sample(
         match estimator {
             Estimator::Exact => {
                 check_input(x, "x")?;
-                let opts = JacobianOptions::default().create_graph(true).strict(true);
+                let opts = JacobianOptions::default()
+                    .create_graph(true)
+                    .strict(true)
+                    .check_independence(false);
                 let j = batch_jacobian(h, x, &opts)?;
+                let (m, n) = (h.numel() as i64 / b, x.numel() as i64 / b);
+                crate::independence::check_jacobian(
+                    "contractive_penalty",
+                    &h.f_reshape([b, m])?,
+                    x,
+                    &j.f_reshape([b, m, n])?,
+                )?;
                 // Summed in place over every per-sample dimension: J may be a strided view
                 // (Batched's [B, rows, n] block), which a reshape to [B, -1] would copy.
                 let dims: Vec<i64> = (1..j.dim() as i64).collect();
@@ -253,7 +263,10 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     let b = h.size()[0];
     let m = h.numel() as i64 / b;
     let (s, g) = (sketch.size()[0], v.size()[0]);
-    let opts = JacobianOptions::default().create_graph(true).strict(true);
+    let opts = JacobianOptions::default()
+        .create_graph(true)
+        .strict(true)
+        .check_independence(false);
     let names_v = input_names(1);
     let pass = Pass::new(true, true, h_names(&names_v));
     // Where the double-backward JVPs are wrong one order higher (create_graph through layer or
@@ -277,7 +290,9 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
         false
     };
     let per_sample_j = if from_j {
-        Some(batch_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?) // [B, m, n]
+        let j = batch_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?; // [B, m, n]
+        crate::independence::check_jacobian("contractive_penalty", &h.f_reshape([b, m])?, x, &j)?;
+        Some(j)
     } else {
         None
     };
@@ -320,9 +335,17 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     // Remainder: projections of J with Q's directions removed; vᵀJ: [B, g, n].
     let vj = match &per_sample_j {
         Some(j) => v.f_reshape([g, b, m])?.f_permute([1, 0, 2])?.f_matmul(j)?,
-        None => vjp_stack(h, x, v, pass)?
-            .f_reshape([g, b, n])?
-            .f_permute([1, 0, 2])?,
+        None => {
+            let vj = vjp_stack(h, x, v, pass)?.f_reshape([g, b, n])?;
+            crate::independence::check_scaled(
+                "contractive_penalty",
+                h,
+                x,
+                Some(&v.f_select(0, 0)?),
+                Some(&vj.f_select(0, 0)?),
+            )?;
+            vj.f_permute([1, 0, 2])?
+        }
     };
     let inside = vj.f_matmul(&q)?.f_matmul(&q.f_transpose(1, 2)?)?;
     let rest = vj
@@ -361,6 +384,13 @@ fn projections(h: &Tensor, x: &Tensor, dirs: &Tensor) -> Result<Tensor> {
     let names_v = input_names(1);
     // [k, B, *in]: v_{r,b}ᵀ J_b for every direction, in one batched pass.
     let g = vjp_stack(h, x, dirs, Pass::new(true, true, h_names(&names_v)))?;
+    crate::independence::check_scaled(
+        "contractive_penalty",
+        h,
+        x,
+        Some(&dirs.f_select(0, 0)?),
+        Some(&g.f_select(0, 0)?),
+    )?;
     Ok(g.f_reshape([k, b, -1])?
         .f_square()?
         .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?

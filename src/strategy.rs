@@ -479,6 +479,10 @@ impl Strategy {
 ///   [`Error::NoBatchingRule`] — for tests that prove a model takes the fast path.
 /// * `progress` (default none): called after every pass with the [`Progress`] so far — for a
 ///   progress bar over a long Jacobian, in the CLI or in training code.
+/// * `check_independence` (default `true`): the per-sample functions (batch Jacobians, per-sample
+///   Hessians and Laplacians) check, with one extra backward pass, that the samples do not
+///   interact, and return [`Error::Contract`] when they do ([`crate::independence`](mod@crate::independence)).
+///   `false` skips the check — for hot loops after a first checked call.
 ///
 /// ```
 /// use std::cell::Cell;
@@ -514,6 +518,8 @@ pub struct JacobianOptions<'a> {
     pub progress: Option<&'a dyn Fn(Progress)>,
     /// Random ops inside a per-sample closure (torch.func's vmap `randomness`).
     pub randomness: Randomness,
+    /// Check that the samples of a per-sample function do not interact.
+    pub check_independence: bool,
 }
 
 /// What random ops (dropout, `randn`, …) inside the closure of
@@ -580,6 +586,7 @@ impl Default for JacobianOptions<'_> {
             vmap_fallback: true,
             progress: None,
             randomness: Randomness::Different,
+            check_independence: true,
         }
     }
 }
@@ -592,6 +599,7 @@ impl std::fmt::Debug for JacobianOptions<'_> {
             .field("strategy", &self.strategy)
             .field("vmap_fallback", &self.vmap_fallback)
             .field("randomness", &self.randomness)
+            .field("check_independence", &self.check_independence)
             .field("progress", &self.progress.map(|_| "Fn(Progress)"))
             .finish()
     }
@@ -610,6 +618,7 @@ impl PartialEq for JacobianOptions<'_> {
             && self.strategy == other.strategy
             && self.vmap_fallback == other.vmap_fallback
             && self.randomness == other.randomness
+            && self.check_independence == other.check_independence
             && same_progress
     }
 }
@@ -646,6 +655,12 @@ impl<'a> JacobianOptions<'a> {
     /// Sets the progress callback.
     pub fn progress(mut self, progress: &'a dyn Fn(Progress)) -> Self {
         self.progress = Some(progress);
+        self
+    }
+    /// Sets `check_independence` (the per-sample functions' check that samples do not interact;
+    /// `false` for hot loops after a first checked call).
+    pub fn check_independence(mut self, check: bool) -> Self {
+        self.check_independence = check;
         self
     }
 

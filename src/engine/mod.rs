@@ -93,17 +93,12 @@ pub(crate) fn run(
         // Auto never fails where the row loop works: a pass that libtorch refuses (e.g. the
         // batched pass of masked_select with a broadcast mask), or a plain closure that is not
         // row-wise on stacked copies, is redone by the row loop, and reported. (A batch's
-        // closure that mixes samples stays an error: the row loop, which forms each sample's
-        // block only, would hide it — so a batch is checked for independence first.) This is
-        // the crate's one recovery rule; the module functions rely on it too.
+        // closure that mixes samples stays an error: the per-sample callers check the result's
+        // independence afterwards, crate::independence.) This is the crate's one recovery rule;
+        // the module functions rely on it too.
         Err(e @ (Error::Torch(_) | Error::Contract(_)))
             if auto && (matches!(e, Error::Torch(_)) || plain_closure) =>
         {
-            if closure.as_ref().is_some_and(|c| c.batched) {
-                if let Some(x) = xs.first() {
-                    crate::batch::check_batch_independence(y2, x)?;
-                }
-            }
             second_order::record(Reroute {
                 from: strategy,
                 to: Strategy::RowLoop,

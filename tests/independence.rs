@@ -1,0 +1,270 @@
+//! Samples that interact are an error in every per-sample function (issue 29 item 2): the mean
+//! over the batch, batch norm in training mode, a softmax over dimension 0, attention across the
+//! batch, and a closure that mixes only samples ≥ 1 — each gives `Error::Contract` naming the
+//! function, by every method; `check_independence(false)` turns the check off; independent
+//! closures (f32 and f64, small and large batches) never trip it.
+use tch::{Device, Kind, Tensor};
+use tch_jacobian::{
+    batch_hessian_of, batch_jacobian, batch_jacobian_of, check_batch_independence,
+    contractive_penalty, laplacian_of, Error, Estimator, JacobianOptions, Laplacian,
+    LaplacianEstimator, LaplacianMethod, Result, Strategy,
+};
+
+type Map = Box<dyn Fn(&Tensor) -> Tensor>;
+
+/// `[B, 3] → [B, 3]` maps whose samples interact.
+fn mixing() -> Vec<(&'static str, Map)> {
+    vec![
+        (
+            "mean over the batch",
+            Box::new(|x: &Tensor| (x - x.mean_dim(0, true, x.kind())).tanh()),
+        ),
+        (
+            "batch norm in training mode",
+            Box::new(|x: &Tensor| {
+                x.batch_norm(
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    true,
+                    0.1,
+                    1e-5,
+                    false,
+                )
+                .tanh()
+            }),
+        ),
+        (
+            "softmax over dimension 0",
+            Box::new(|x: &Tensor| x.softmax(0, x.kind())),
+        ),
+        (
+            "attention across the batch",
+            Box::new(|x: &Tensor| x.matmul(&x.tr()).softmax(1, x.kind()).matmul(x).sin()),
+        ),
+        (
+            "samples ≥ 1 mixed among themselves",
+            Box::new(|x: &Tensor| {
+                let b = x.size()[0];
+                Tensor::cat(
+                    &[x.narrow(0, 0, 1), x.narrow(0, 1, b - 1).cumsum(0, x.kind())],
+                    0,
+                )
+                .sin()
+            }),
+        ),
+    ]
+}
+
+fn x64(b: i64) -> Tensor {
+    tch::manual_seed(3);
+    Tensor::randn([b, 3], (Kind::Double, Device::Cpu))
+}
+
+#[track_caller]
+fn refused<T: std::fmt::Debug>(r: Result<T>, who: &str, what: &str) {
+    match r {
+        Err(Error::Contract(m)) => {
+            assert!(m.contains("samples interact"), "{what}: {m}");
+            assert!(
+                m.starts_with(who),
+                "{what}: the message should name {who}: {m}"
+            );
+        }
+        other => panic!("{what}: expected Error::Contract, got {other:?}"),
+    }
+}
+
+fn strategies() -> Vec<Strategy> {
+    let mut all = vec![
+        Strategy::Auto,
+        Strategy::RowLoop,
+        Strategy::Forward,
+        Strategy::Vectorized { chunk_size: None },
+    ];
+    if tch_jacobian::native::available() {
+        all.push(Strategy::Batched { chunk_size: None });
+    }
+    all
+}
+
+#[test]
+fn batch_jacobians_refuse_mixing_closures() {
+    let x = x64(5);
+    for (name, f) in mixing() {
+        for s in strategies() {
+            let opts = JacobianOptions::default().strategy(s);
+            if matches!(s, Strategy::Vectorized { .. }) {
+                // The replicated strategy's own row-wise check refuses first, checked or not.
+                for o in [opts, opts.check_independence(false)] {
+                    match batch_jacobian_of(&f, &x, &o) {
+                        Err(Error::Contract(m)) => assert!(m.contains("mixes rows"), "{m}"),
+                        other => panic!("{name}, {s}: {other:?}"),
+                    }
+                }
+                continue;
+            }
+            refused(
+                batch_jacobian_of(&f, &x, &opts),
+                "batch_jacobian_of",
+                &format!("{name}, {s}"),
+            );
+            assert!(
+                batch_jacobian_of(&f, &x, &opts.check_independence(false)).is_ok(),
+                "{name}, {s}: unchecked"
+            );
+            {
+                let xg = x.detach().set_requires_grad(true);
+                refused(
+                    batch_jacobian(&f(&xg), &xg, &opts),
+                    "batch_jacobian",
+                    &format!("{name}, {s}"),
+                );
+            }
+        }
+        let xg = x.detach().set_requires_grad(true);
+        refused(
+            check_batch_independence(&f(&xg), &xg),
+            "check_batch_independence",
+            name,
+        );
+        for est in [
+            Estimator::Exact,
+            Estimator::Projections {
+                k: 2,
+                seed: Some(1),
+            },
+            Estimator::HutchPlusPlus {
+                k: 6,
+                seed: Some(1),
+            },
+        ] {
+            refused(
+                contractive_penalty(&f(&xg), &xg, &est),
+                "contractive_penalty",
+                &format!("{name}, {est:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn hessians_and_laplacians_refuse_mixing_closures() {
+    let x = x64(5);
+    for (name, f) in mixing() {
+        let u = |x: &Tensor| f(x).sum_dim_intlist(1, false, Kind::Double);
+        for s in [Strategy::Auto, Strategy::RowLoop] {
+            let opts = JacobianOptions::default().strategy(s);
+            refused(
+                batch_hessian_of(u, &x, &opts),
+                "batch_hessian_of",
+                &format!("{name}, {s}"),
+            );
+            let lap = laplacian_of(u, &x, &opts);
+            let who = if s == Strategy::Auto {
+                "Laplacian"
+            } else {
+                "laplacian_of"
+            };
+            refused(lap, who, &format!("laplacian_of {name}, {s}"));
+            assert!(laplacian_of(u, &x, &opts.check_independence(false)).is_ok());
+        }
+        for m in [
+            LaplacianMethod::Auto,
+            LaplacianMethod::Taylor,
+            LaplacianMethod::Nested,
+        ] {
+            for cg in [false, true] {
+                let l = Laplacian::new().method(m).create_graph(cg);
+                let what = format!("{name}, {m:?}, create_graph {cg}");
+                refused(l.compute(u, &x), "Laplacian", &what);
+                let sigma = Tensor::randn([3, 2], (Kind::Double, Device::Cpu));
+                refused(
+                    Laplacian::new().method(m).weights(&sigma).compute(u, &x),
+                    "Laplacian",
+                    &what,
+                );
+                let est = LaplacianEstimator::Rademacher {
+                    samples: 3,
+                    seed: Some(2),
+                };
+                refused(
+                    Laplacian::new().method(m).estimator(est).compute(u, &x),
+                    "Laplacian",
+                    &what,
+                );
+                assert!(
+                    l.check_independence(false).compute(u, &x).is_ok(),
+                    "{what}: unchecked"
+                );
+            }
+        }
+    }
+}
+
+/// Independent models never trip the check: MLPs in f32 and f64, batches of 2 to 1024, every
+/// function and method, through batch norm in eval mode and layer norm.
+#[test]
+fn independent_models_pass() {
+    for (kind, b) in [(Kind::Double, 2), (Kind::Float, 64), (Kind::Float, 1024)] {
+        tch::manual_seed(11);
+        let o = (kind, Device::Cpu);
+        let w1 = Tensor::randn([3, 16], o) * 0.5;
+        let w2 = Tensor::randn([16, 3], o) * 0.5;
+        let rm = Tensor::randn([16], o) * 0.1;
+        let rv = Tensor::rand([16], o) + 0.5;
+        let f = |x: &Tensor| {
+            x.matmul(&w1)
+                .batch_norm(
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    Some(&rm),
+                    Some(&rv),
+                    false,
+                    0.1,
+                    1e-5,
+                    false,
+                )
+                .tanh()
+                .layer_norm([16], None::<&Tensor>, None::<&Tensor>, 1e-5, false)
+                .matmul(&w2)
+                .sin()
+        };
+        let u = |x: &Tensor| f(x).sum_dim_intlist(1, false, kind);
+        let x = Tensor::randn([b, 3], o);
+        let what = format!("{kind:?}, B = {b}");
+        for s in strategies() {
+            let opts = JacobianOptions::default().strategy(s);
+            batch_jacobian_of(f, &x, &opts).unwrap_or_else(|e| panic!("{what} {s}: {e}"));
+        }
+        let xg = x.detach().set_requires_grad(true);
+        batch_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
+        check_batch_independence(&f(&xg), &xg).unwrap();
+        for est in [
+            Estimator::Exact,
+            Estimator::Projections {
+                k: 2,
+                seed: Some(1),
+            },
+            Estimator::HutchPlusPlus {
+                k: 6,
+                seed: Some(1),
+            },
+        ] {
+            contractive_penalty(&f(&xg), &xg, &est)
+                .unwrap_or_else(|e| panic!("{what} {est:?}: {e}"));
+        }
+        batch_hessian_of(u, &x, &JacobianOptions::default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        for m in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
+            for cg in [false, true] {
+                Laplacian::new()
+                    .method(m)
+                    .create_graph(cg)
+                    .compute(u, &x)
+                    .unwrap_or_else(|e| panic!("{what} {m:?} {cg}: {e}"));
+            }
+        }
+    }
+}
