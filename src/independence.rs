@@ -67,9 +67,18 @@ pub(crate) fn compare(
         Kind::Float | Kind::ComplexFloat => f32::EPSILON as f64,
         _ => 1e-2,
     };
-    let actual = actual.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([b, -1])?;
-    let predicted = predicted.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([b, -1])?;
-    let scale = scale.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([b, -1])?;
+    let actual = actual
+        .f_detach()?
+        .f_to_kind(Kind::Double)?
+        .f_reshape([b, -1])?;
+    let predicted = predicted
+        .f_detach()?
+        .f_to_kind(Kind::Double)?
+        .f_reshape([b, -1])?;
+    let scale = scale
+        .f_detach()?
+        .f_to_kind(Kind::Double)?
+        .f_reshape([b, -1])?;
     let top = scale.f_max()?.double_value(&[]);
     let tiny = (top * rtol * 1e-3).max(64.0 * eps * reference.abs()) + f64::MIN_POSITIVE;
     let excess = actual

@@ -141,7 +141,7 @@ fn batch_jacobians_refuse_mixing_closures() {
             },
         ] {
             refused(
-                contractive_penalty(&f(&xg), &xg, &est),
+                let _ = contractive_penalty(&f(&xg), &xg, &est),
                 "contractive_penalty",
                 &format!("{name}, {est:?}"),
             );
@@ -236,10 +236,10 @@ fn independent_models_pass() {
         let what = format!("{kind:?}, B = {b}");
         for s in strategies() {
             let opts = JacobianOptions::default().strategy(s);
-            batch_jacobian_of(f, &x, &opts).unwrap_or_else(|e| panic!("{what} {s}: {e}"));
+            let _ = batch_jacobian_of(f, &x, &opts).unwrap_or_else(|e| panic!("{what} {s}: {e}"));
         }
         let xg = x.detach().set_requires_grad(true);
-        batch_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
+        let _ = batch_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
         check_batch_independence(&f(&xg), &xg).unwrap();
         for est in [
             Estimator::Exact,
@@ -252,14 +252,14 @@ fn independent_models_pass() {
                 seed: Some(1),
             },
         ] {
-            contractive_penalty(&f(&xg), &xg, &est)
+            let _ = contractive_penalty(&f(&xg), &xg, &est)
                 .unwrap_or_else(|e| panic!("{what} {est:?}: {e}"));
         }
-        batch_hessian_of(u, &x, &JacobianOptions::default())
+        let _ = batch_hessian_of(u, &x, &JacobianOptions::default())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         for m in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
             for cg in [false, true] {
-                Laplacian::new()
+                let _ = Laplacian::new()
                     .method(m)
                     .create_graph(cg)
                     .compute(u, &x)
