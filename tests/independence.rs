@@ -141,7 +141,7 @@ fn batch_jacobians_refuse_mixing_closures() {
             },
         ] {
             refused(
-                let _ = contractive_penalty(&f(&xg), &xg, &est),
+                contractive_penalty(&f(&xg), &xg, &est),
                 "contractive_penalty",
                 &format!("{name}, {est:?}"),
             );
