@@ -83,6 +83,10 @@ struct Session {
   // Whether the coefficients are recorded by autograd (create_graph): otherwise the rules, and
   // the value ops of the closure's main path, run with grad mode off.
   bool create_graph = false;
+  // Whether the session opened inside one of functorch's transforms (vmap(grad) of a loss that
+  // computes a Laplacian): its tensors are then functorch's wrapped ones, and ops on them are
+  // followed as any other.
+  bool in_transform = false;
   // Guards `table` and `error`: a thread without a session that inherited the dispatch key (an
   // autograd worker, a TorchScript fork) looks tensors up in every open session.
   std::mutex mu;

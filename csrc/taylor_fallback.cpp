@@ -186,7 +186,8 @@ void fallback(const c10::OperatorHandle& op, c10::DispatchKeySet ks, Stack* stac
     if (self.defined()) touch(self);
     return;
   }
-  if (any_wrapped) {
+  if (any_wrapped && !s->in_transform) {
+    // A transform inside the closure (its wrappers hide the coefficients of what they wrap).
     fail(std::string(kRefused) + full_name(schema) +
          " on a functorch-transformed tensor with Taylor coefficients (a vmap or grad transform "
          "inside the closure)");
@@ -222,7 +223,14 @@ void fallback(const c10::OperatorHandle& op, c10::DispatchKeySet ks, Stack* stac
            ": an in-place write into a view of a tensor with Taylor coefficients; write out of "
            "place instead");
     }
+    // The functional form: the same overload, or (transpose_ → transpose.int, …) another one
+    // with the same arguments.
     auto fop = c10::Dispatcher::singleton().findOp({"aten::" + functional, schema.overload_name()});
+    for (const char* ov : {"", "int", "dim", "Tensor", "Scalar", "self"}) {
+      if (fop) break;
+      auto cand = c10::Dispatcher::singleton().findOp({"aten::" + functional, ov});
+      if (cand && cand->schema().arguments().size() == schema.arguments().size()) fop = cand;
+    }
     if (!fop) {
       fail(std::string(kNoRule) + full_name(schema) + " (in place, no functional form)");
     }

@@ -482,6 +482,8 @@ char* tchj_taylor_begin(const at::Tensor* x, const at::Tensor* directions, int c
     active = new Active();
     active->s.D = directions->size(0);
     active->s.create_graph = create_graph != 0;
+    active->s.in_transform =
+        c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode);
     {
       std::lock_guard<std::mutex> lock(registry_mutex);
       registry.push_back(&active->s);

@@ -19,6 +19,22 @@ pub(crate) fn grad_mode_on<T>(f: impl FnOnce() -> T) -> T {
     tch::with_grad(f)
 }
 
+/// Runs a call of the user's closure, its panic turned into an [`Error::Contract`] ("the closure
+/// panicked: …"): every closure-taking function catches panics this one way, whatever its
+/// method. (Under `panic = "abort"` nothing can be caught: the process ends, as with any panic.)
+pub(crate) fn call_guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => Err(Error::Contract(format!(
+            "{PANICKED}{}",
+            crate::error::panic_message(panic.as_ref())
+        ))),
+    }
+}
+
+/// The start of [`call_guarded`]'s message.
+pub(crate) const PANICKED: &str = "the closure panicked: ";
+
 /// Is `kind` a dtype autograd can differentiate?
 pub(crate) fn is_differentiable_kind(kind: Kind) -> bool {
     matches!(

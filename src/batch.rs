@@ -132,7 +132,7 @@ where
     O: FnOutput,
 {
     crate::autograd::grad_mode_on(|| {
-        let call = |xr: &Tensor| f(xr).into_output();
+        let call = |xr: &Tensor| crate::autograd::call_guarded(|| f(xr).into_output());
         let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
         let (_, y, block) = closure_jacobian(&call, x, opts, samples)?;
         unflatten(&block, &y.size(), &x.size())

@@ -80,7 +80,7 @@ where
 {
     let b = check_batch(x, "per-sample Hessians")?;
     let xg = prepare_input(x, opts.create_graph)?;
-    let y = u(&xg).into_output()?;
+    let y = crate::autograd::call_guarded(|| u(&xg).into_output())?;
     check_per_sample(&y, b, x)?;
     let names_v = input_names(1);
     let names = Names {

@@ -281,7 +281,7 @@ where
     crate::autograd::grad_mode_on(|| {
         check_float(x, "x")?;
         let xg = crate::jacobian::prepare_input(x, opts.create_graph)?;
-        let y = f(&xg).into_output()?;
+        let y = crate::autograd::call_guarded(|| f(&xg).into_output())?;
         hessian(&y, &xg, opts)
     })
 }

@@ -186,7 +186,7 @@ where
     O: FnOutput,
 {
     crate::autograd::grad_mode_on(|| {
-        let call = |xr: &Tensor| f(xr).into_output();
+        let call = |xr: &Tensor| crate::autograd::call_guarded(|| f(xr).into_output());
         let (_, y, block) = closure_jacobian(&call, x, opts, |_| Ok(None))?;
         unflatten(&block, &y.size(), &x.size())
     })
@@ -329,7 +329,7 @@ where
 {
     let aux: std::cell::RefCell<Option<A>> = std::cell::RefCell::new(None);
     let call = |xr: &Tensor| -> Result<Tensor> {
-        let (y, a) = f(xr);
+        let (y, a) = crate::autograd::call_guarded(|| Ok(f(xr)))?;
         let mut slot = aux.borrow_mut();
         if slot.is_none() {
             *slot = Some(a);

@@ -29,11 +29,37 @@ struct Net {
 
 fn net() -> Net {
     tch::manual_seed(29);
+    net_unseeded_from(&mut rand_source())
+}
+
+/// The same network without touching torch's global generator (for threads): fixed draws.
+fn net_unseeded() -> Net {
+    net_unseeded_from(&mut rand_source())
+}
+
+fn rand_source() -> impl FnMut(&[i64]) -> Tensor {
+    let mut state: u64 = 0x2929_2929;
+    move |shape: &[i64]| {
+        let n: i64 = shape.iter().product();
+        let vals: Vec<f64> = (0..n)
+            .map(|_| {
+                // xorshift, mapped to [-1.5, 1.5)
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 11) as f64 / (1u64 << 53) as f64 * 3.0 - 1.5
+            })
+            .collect();
+        Tensor::from_slice(&vals).view(shape)
+    }
+}
+
+fn net_unseeded_from(draw: &mut impl FnMut(&[i64]) -> Tensor) -> Net {
     Net {
-        w: Tensor::randn([K, N], O) * 0.7,
-        b: Tensor::randn([K], O) * 0.3,
-        c: Tensor::randn([K], O),
-        x: Tensor::randn([B, N], O) * 0.8,
+        w: draw(&[K, N]) * 0.7,
+        b: draw(&[K]) * 0.3,
+        c: draw(&[K]),
+        x: draw(&[B, N]) * 0.8,
     }
 }
 
@@ -293,4 +319,215 @@ fn no_grad_region_is_a_constant_for_every_method() {
         &JacobianOptions::default().strategy(Strategy::RowLoop),
     );
     check(rows, &want, "no_grad region, laplacian_of RowLoop");
+}
+
+/// A panicking closure is an `Error::Contract` for every closure-taking function and method
+/// (never an unwind through the caller).
+#[test]
+fn panics_are_errors_for_every_closure_taking_function() {
+    let n = net();
+    let boom = |_: &Tensor| -> Tensor { panic!("boom") };
+    let msg = |r: Result<Tensor>, what: &str| match r {
+        Err(Error::Contract(m)) => {
+            assert!(m.contains("panicked") && m.contains("boom"), "{what}: {m}")
+        }
+        other => panic!("{what}: expected Error::Contract, got {other:?}"),
+    };
+    for m in OUTER {
+        msg(
+            Laplacian::new()
+                .method(m)
+                .compute(boom, &n.x)
+                .map(|o| o.laplacian),
+            &format!("Laplacian {m:?}"),
+        );
+    }
+    let o = JacobianOptions::default();
+    msg(
+        laplacian_of(boom, &n.x, &o.strategy(Strategy::RowLoop)),
+        "laplacian_of RowLoop",
+    );
+    msg(
+        tch_jacobian::batch_hessian_of(boom, &n.x, &o),
+        "batch_hessian_of",
+    );
+    msg(
+        tch_jacobian::hessian_of(|x: &Tensor| boom(x).sum(Kind::Double), &n.x.get(0), &o),
+        "hessian_of",
+    );
+    for s in [Strategy::Auto, Strategy::RowLoop, Strategy::Forward] {
+        msg(
+            tch_jacobian::jacobian_of(boom, &n.x.get(0), &o.strategy(s)),
+            &format!("jacobian_of {s}"),
+        );
+        msg(
+            batch_jacobian_of(boom, &n.x, &o.strategy(s)),
+            &format!("batch_jacobian_of {s}"),
+        );
+    }
+}
+
+/// A batched backward pass (functorch's vmap) over a closure that computes a collapsed Taylor
+/// Laplacian with create_graph: the fused elementwise kernel's backward takes its composite form
+/// on batched tensors, and the result equals the row loop's.
+#[test]
+fn batched_jacobian_over_a_taylor_laplacian() {
+    if !tch_jacobian::native::available() {
+        return;
+    }
+    let n = net();
+    let f = |w: &Tensor| -> Result<Tensor> {
+        let u = |x: &Tensor| (x.matmul(&w.tr()) + &n.b).tanh().matmul(&n.c);
+        Ok(Laplacian::new()
+            .method(LaplacianMethod::Taylor)
+            .create_graph(true)
+            .compute(u, &n.x)?
+            .laplacian)
+    };
+    let batched = tch_jacobian::jacobian_of(
+        f,
+        &n.w,
+        &opts()
+            .create_graph(false)
+            .strategy(Strategy::Batched { chunk_size: None }),
+    );
+    let rows = tch_jacobian::jacobian_of(
+        f,
+        &n.w,
+        &opts().create_graph(false).strategy(Strategy::RowLoop),
+    )
+    .unwrap();
+    check(batched, &rows, "∂Δu/∂W, batched against the row loop");
+    assert!(
+        tch_jacobian::second_order::take_reroutes().is_empty(),
+        "ran batched"
+    );
+}
+
+/// In-place shape ops on intermediates (unsqueeze_, transpose_, squeeze_) are followed.
+#[test]
+fn inplace_shape_ops_on_intermediates() {
+    let n = net();
+    let u = |x: &Tensor| {
+        // (on an intermediate no op saved for its backward pass: reverse mode allows it)
+        let mut h = x.matmul(&n.w.tr()) + &n.b; // [B, K]
+        let _ = h.unsqueeze_(1); // [B, 1, K]
+        let _ = h.transpose_(1, 2); // [B, K, 1]
+        let _ = h.squeeze_dim_(2); // [B, K]
+        h.tanh().matmul(&n.c)
+    };
+    let t = Laplacian::new()
+        .method(LaplacianMethod::Taylor)
+        .compute(u, &n.x)
+        .unwrap();
+    assert_eq!(t.method, LaplacianMethod::Taylor);
+    let nested = Laplacian::new()
+        .method(LaplacianMethod::Nested)
+        .compute(u, &n.x)
+        .unwrap();
+    check(Ok(t.laplacian), &nested.laplacian, "in-place shape ops");
+}
+
+/// Work on another thread that inherits the dispatch key (a TorchScript fork on libtorch's
+/// inter-op pool) is never a silent constant: it fails the session (Auto falls back) or, run
+/// inline, is followed.
+#[test]
+fn torchscript_fork_is_never_a_constant() {
+    let path = format!(
+        "{}/tests/data/taylor_threads/fork.pt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let m = tch::CModule::load(&path).unwrap();
+    let n = net();
+    let u = |x: &Tensor| m.forward_ts(&[x]).unwrap();
+    let want = (n.x.cos() * 2.0 - &n.x * n.x.sin()).sum_dim_intlist(1, false, Kind::Double);
+    let auto = Laplacian::new().compute(u, &n.x).unwrap();
+    check(Ok(auto.laplacian), &want, "Auto through a fork");
+    match Laplacian::new()
+        .method(LaplacianMethod::Taylor)
+        .compute(u, &n.x)
+    {
+        Ok(t) => check(Ok(t.laplacian), &want, "Taylor through a fork (run inline)"),
+        Err(Error::NoTaylorRule { detail, .. }) => {
+            assert!(detail.contains("another thread"), "{detail}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Laplacians on two threads at once: one session per thread, right values on both.
+#[test]
+fn concurrent_laplacians_on_two_threads() {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let n = net_unseeded();
+                    let truth = n.biharmonic();
+                    for _ in 0..5 {
+                        let inner = |x: &Tensor| -> Result<Tensor> {
+                            Ok(Laplacian::new()
+                                .create_graph(true)
+                                .compute(|x: &Tensor| n.v(x), x)?
+                                .laplacian)
+                        };
+                        let got = Laplacian::new().compute(inner, &n.x).map(|o| o.laplacian);
+                        check(got, &truth, "Δ²v on a thread");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
+/// Per-sample gradients (vmap(grad)) of a loss that computes a collapsed Taylor Laplacian: equal
+/// to each sample's own gradient by nested reverse mode.
+#[test]
+fn per_sample_gradients_through_a_taylor_laplacian() {
+    let n = net();
+    let params = vec![
+        ("w".to_string(), n.w.shallow_clone()),
+        ("c".to_string(), n.c.shallow_clone()),
+    ];
+    // One sample: x [N]; the loss (Δv(x))² with v(x) = c·tanh(Wx + b).
+    let loss = |m: LaplacianMethod| {
+        let b = n.b.shallow_clone();
+        move |p: &[Tensor], s: &[Tensor]| -> Result<Tensor> {
+            let v = |x: &Tensor| (x.matmul(&p[0].tr()) + &b).tanh().matmul(&p[1]);
+            let lap = Laplacian::new()
+                .method(m)
+                .create_graph(true)
+                .compute(v, &s[0].unsqueeze(0))?
+                .laplacian;
+            Ok(lap.square().sum(Kind::Double))
+        }
+    };
+    let out = tch_jacobian::per_sample_gradients_of(
+        loss(LaplacianMethod::Taylor),
+        &params,
+        &[&n.x],
+        &JacobianOptions::default(),
+    )
+    .unwrap();
+    for s in 0..B {
+        let w = n.w.detach().set_requires_grad(true);
+        let c = n.c.detach().set_requires_grad(true);
+        let l =
+            loss(LaplacianMethod::Nested)(&[w.shallow_clone(), c.shallow_clone()], &[n.x.get(s)])
+                .unwrap();
+        let g = Tensor::run_backward(&[&l], &[&w, &c], false, false);
+        check(
+            Ok(out.gradients[0].1.get(s)),
+            &g[0],
+            &format!("∂/∂W, sample {s}"),
+        );
+        check(
+            Ok(out.gradients[1].1.get(s)),
+            &g[1],
+            &format!("∂/∂c, sample {s}"),
+        );
+    }
 }

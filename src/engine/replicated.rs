@@ -2,7 +2,7 @@
 use tch::{Kind, Tensor};
 
 use super::{chunk_len, dims, row, Blocks, Closure, Run};
-use crate::autograd::{vjp_into, Linearized};
+use crate::autograd::{vjp_into, Linearized, PANICKED};
 use crate::error::{Error, Result};
 use crate::tolerance::contract_rtol;
 
@@ -59,15 +59,15 @@ pub(super) fn replicated(
         // A closure written for one input shape may panic on the stacked copies (a tch method
         // that unwraps, e.g. `view([1, 3])`): that is the same broken contract as a wrong shape,
         // an error, not a panic through the caller.
-        let yr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (closure.call)(&xr)))
-            .map_err(|panic| {
-                Error::Contract(format!(
-                    "Vectorized strategy: f panicked on {} stacked copies of the input (shape {:?}): {}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
-                    b * len,
-                    xr.size(),
-                    crate::error::panic_message(panic.as_ref())
-                ))
-            })??;
+        let yr = crate::autograd::call_guarded(|| (closure.call)(&xr)).map_err(|e| match e {
+            Error::Contract(m) if m.starts_with(PANICKED) => Error::Contract(format!(
+                "Vectorized strategy: f panicked on {} stacked copies of the input (shape {:?}): {}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
+                b * len,
+                xr.size(),
+                &m[PANICKED.len()..]
+            )),
+            e => e,
+        })?;
         if yr.size().first() != Some(&(b * len)) || yr.numel() as i64 != b * len * m {
             return Err(Error::Contract(format!(
                 "Vectorized strategy: f was given {} stacked copies of the input (shape {:?}) and must return {} rows of {} elements, but returned shape {:?}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
