@@ -76,6 +76,7 @@ pub mod error;
 pub mod independence;
 pub mod jacobian;
 pub mod laplacian;
+pub mod least_squares;
 pub mod module;
 pub mod native;
 pub mod params;
@@ -96,6 +97,7 @@ pub use jacobian::{
     jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, FnOutput, WithValue,
 };
 pub use laplacian::{Laplacian, LaplacianEstimator, LaplacianMethod, LaplacianOutput};
+pub use least_squares::{least_squares, LeastSquaresOptions, LeastSquaresOutput};
 pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
 pub use params::{
     parameter_jacobian, per_sample_gradients, per_sample_gradients_of,

@@ -1,0 +1,438 @@
+//! [`LeastSquaresOptions`] and the enums it holds: [`Method`], [`Loss`], [`Progress`].
+
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+use crate::strategy::Strategy;
+
+/// The iteration that computes each step; see the [module docs](super) for the formulas.
+///
+/// | method | step | with bounds | SciPy / Ceres |
+/// |---|---|---|---|
+/// | [`LevenbergMarquardt`](Method::LevenbergMarquardt) (`Auto`) | `(JᵀJ + μ D²) δ = −Jᵀr`, Moré's scaling `D`, Nielsen's update of `μ`, optional geodesic acceleration | Coleman–Li scaling and reflection (SciPy's `trf`) | `lm`, `trf`; Ceres `LEVENBERG_MARQUARDT` |
+/// | [`Dogleg`](Method::Dogleg) | Powell's dogleg between the Cauchy and Gauss–Newton points in a trust region `‖D δ‖ ≤ Δ` | the same | `dogbox`'s dogleg; Ceres `DOGLEG` |
+/// | [`GaussNewton`](Method::GaussNewton) | `JᵀJ δ = −Jᵀr` (minimum norm when rank deficient), backtracking line search (Armijo) | the same, step truncated at the box | Ceres `LINE_SEARCH` with Gauss–Newton |
+///
+/// ```
+/// use tch_jacobian::least_squares::Method;
+/// assert_eq!(Method::default(), Method::Auto);
+/// assert_eq!(Method::Auto.resolve(), Method::LevenbergMarquardt);
+/// assert_eq!("dogleg".parse::<Method>()?, Method::Dogleg);
+/// assert_eq!(Method::GaussNewton.to_string(), "gauss-newton");
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Method {
+    /// Levenberg–Marquardt (the default, with or without bounds).
+    #[default]
+    Auto,
+    /// Levenberg–Marquardt with Moré's scaling and Nielsen's damping update.
+    LevenbergMarquardt,
+    /// Powell's dogleg trust region.
+    Dogleg,
+    /// Gauss–Newton with a backtracking line search. Needs `m ≥ n` residuals.
+    GaussNewton,
+}
+
+impl Method {
+    /// Every method's name, as [`Display`](std::fmt::Display) writes it.
+    pub const NAMES: &[&str] = &["auto", "lm", "dogleg", "gauss-newton"];
+
+    /// The method `Auto` stands for ([`Method::LevenbergMarquardt`]); others unchanged.
+    ///
+    /// ```
+    /// use tch_jacobian::least_squares::Method;
+    /// assert_eq!(Method::Dogleg.resolve(), Method::Dogleg);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn resolve(self) -> Method {
+        match self {
+            Method::Auto => Method::LevenbergMarquardt,
+            m => m,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    /// `auto`, `lm`, `dogleg`, `gauss-newton` (as [`Method::NAMES`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Auto => "auto",
+            Method::LevenbergMarquardt => "lm",
+            Method::Dogleg => "dogleg",
+            Method::GaussNewton => "gauss-newton",
+        })
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    /// Reads what [`Display`](std::fmt::Display) writes (and `levenberg-marquardt`).
+    fn from_str(s: &str) -> Result<Method> {
+        Ok(match s {
+            "auto" => Method::Auto,
+            "lm" | "levenberg-marquardt" => Method::LevenbergMarquardt,
+            "dogleg" => Method::Dogleg,
+            "gauss-newton" | "gn" => Method::GaussNewton,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown least-squares method {other:?}; one of {}",
+                    Method::NAMES.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+/// A robust loss `ρ`: the solver minimizes `½ C² Σᵢ ρ(rᵢ² / C²)`, `C` =
+/// [`LeastSquaresOptions::loss_scale`] (SciPy's `f_scale`; Ceres's loss parameter `a`).
+///
+/// With `z = r²/C²` (SciPy's formulas; Tukey's is Ceres's `TukeyLoss(a)` with `a = C`):
+///
+/// | loss | `ρ(z)` | `ρ′(z)` | `ρ″(z)` |
+/// |---|---|---|---|
+/// | `Linear` | `z` | `1` | `0` |
+/// | `SoftL1` | `2(√(1+z) − 1)` | `(1+z)^(−½)` | `−½(1+z)^(−3/2)` |
+/// | `Huber` | `z` if `z ≤ 1`, else `2√z − 1` | `1`, else `z^(−½)` | `0`, else `−½ z^(−3/2)` |
+/// | `Cauchy` | `ln(1+z)` | `1/(1+z)` | `−1/(1+z)²` |
+/// | `Arctan` | `arctan z` | `1/(1+z²)` | `−2z/(1+z²)²` |
+/// | `Tukey` | `(1 − (1−z)³)/3` if `z ≤ 1`, else `1/3` | `(1−z)²`, else `0` | `−2(1−z)`, else `0` |
+///
+/// The losses enter every method through Triggs' correction (Triggs et al. 2000, Ceres's
+/// `Corrector`): each residual and its Jacobian row are rescaled so that the Gauss–Newton model
+/// of the rescaled problem has the loss's exact gradient `Σ ρ′ rᵢ ∇rᵢ` and the curvature
+/// `Σ (ρ′ + 2zρ″) ∇rᵢ∇rᵢᵀ`, clamped at `ε` where it would be negative, as SciPy clamps it:
+///
+/// ```text
+/// s_i = √max(ρ′ + 2 z ρ″, ε)      J̃_i = s_i ∇r_i      r̃_i = ρ′ r_i / s_i
+/// ```
+///
+/// ```
+/// use tch_jacobian::least_squares::Loss;
+/// assert_eq!("soft_l1".parse::<Loss>()?, Loss::SoftL1);
+/// assert_eq!(Loss::Tukey.to_string(), "tukey");
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Loss {
+    /// Ordinary least squares, `ρ(z) = z`.
+    #[default]
+    Linear,
+    /// Smooth ℓ1, `ρ(z) = 2(√(1+z) − 1)`.
+    SoftL1,
+    /// Huber, quadratic up to `|r| = C`, linear beyond.
+    Huber,
+    /// Cauchy (Lorentzian), `ρ(z) = ln(1+z)`.
+    Cauchy,
+    /// `ρ(z) = arctan(z)`: bounded, like Tukey's.
+    Arctan,
+    /// Tukey's biweight: residuals beyond `|r| = C` have no weight at all (not convex).
+    Tukey,
+}
+
+impl Loss {
+    /// Every loss's name, SciPy's spelling (`tukey` is Ceres's loss), as
+    /// [`Display`](std::fmt::Display) writes it.
+    pub const NAMES: &[&str] = &["linear", "soft_l1", "huber", "cauchy", "arctan", "tukey"];
+}
+
+impl std::fmt::Display for Loss {
+    /// SciPy's names: `linear`, `soft_l1`, `huber`, `cauchy`, `arctan`, and `tukey`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Loss::Linear => "linear",
+            Loss::SoftL1 => "soft_l1",
+            Loss::Huber => "huber",
+            Loss::Cauchy => "cauchy",
+            Loss::Arctan => "arctan",
+            Loss::Tukey => "tukey",
+        })
+    }
+}
+
+impl std::str::FromStr for Loss {
+    type Err = Error;
+    /// Reads what [`Display`](std::fmt::Display) writes.
+    fn from_str(s: &str) -> Result<Loss> {
+        Ok(match s {
+            "linear" => Loss::Linear,
+            "soft_l1" => Loss::SoftL1,
+            "huber" => Loss::Huber,
+            "cauchy" => Loss::Cauchy,
+            "arctan" => Loss::Arctan,
+            "tukey" => Loss::Tukey,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown loss {other:?}; one of {}",
+                    Loss::NAMES.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+/// How far a solve is, handed to [`LeastSquaresOptions::progress`] after every iteration.
+/// `#[non_exhaustive]`: fields may be added.
+///
+/// ```
+/// use std::cell::Cell;
+/// use tch::Tensor;
+/// use tch_jacobian::{least_squares, LeastSquaresOptions};
+/// use tch_jacobian::least_squares::Progress;
+///
+/// let last = Cell::new(None);
+/// let report = |p: Progress| last.set(Some(p));
+/// let x0 = Tensor::from_slice(&[0.0f64]);
+/// let out = least_squares(|x: &Tensor| (x - 3.0).exp() - 1.0, &x0, &LeastSquaresOptions::default().progress(&report))?;
+/// let p = last.get().unwrap();
+/// assert_eq!((p.problems, p.running), (1, 0)); // one problem, finished
+/// assert_eq!(p.iteration, out.iterations[0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Iterations done (by the problems still running before it).
+    pub iteration: usize,
+    /// Problems still running after it.
+    pub running: usize,
+    /// Problems in all (B).
+    pub problems: usize,
+    /// The largest cost among the problems still running (the largest overall when none is).
+    pub max_cost: f64,
+}
+
+/// A Jacobian supplied by the user: `x [B, n] → J [B, m, n]` (`J[b, i, j] = ∂r[b, i]/∂x[b, j]`),
+/// or `x [n] → J [m, n]` for a single problem.
+pub type JacobianFn<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+
+/// Options of [`least_squares`](super::least_squares): the crate's options style (chainable
+/// by-value setters named after the fields; SciPy's names and meanings where SciPy has them).
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `method` | [`Method::Auto`] (Levenberg–Marquardt) | the step, see [`Method`] |
+/// | `geodesic` | `false` | geodesic acceleration of LM steps (Transtrum & Sethna 2012), from `r″(x)[v, v]` in one forward pass |
+/// | `loss`, `loss_scale` | [`Loss::Linear`], `1.0` | a robust loss and its scale `C` (SciPy's `loss`, `f_scale`) |
+/// | `bounds` | none | `(lower, upper)`, each `[n]` or `[B, n]` (±∞ for a free side): `lower ≤ x ≤ upper` |
+/// | `ftol` | `1e-12` | stop when an accepted step's actual and predicted reductions are both `≤ ftol · cost` |
+/// | `xtol` | `1e-12` | stop when `‖D δ‖ ≤ xtol · (xtol + ‖D x‖)` (`D`: Moré's scaling) |
+/// | `gtol` | `1e-12` | stop when `max_j |gⱼ| / (‖Jⱼ‖ ‖r‖) ≤ gtol` (MINPACK's cosine; `g = Jᵀr`) |
+/// | `max_iterations` | `1000` | the cap on iterations (each one residual evaluation) per problem |
+/// | `jacobian` | none | your Jacobian closure, instead of the crate's |
+/// | `strategy` | [`Strategy::Auto`] | the crate's Jacobian strategy; `Auto`: collapsed Taylor mode (value and `J` in one forward pass) for `m ≥ n`, the crate's `Auto` otherwise |
+/// | `covariance` | `false` | compute `σ²(JᵀJ)⁻¹` and the standard errors at the solution |
+/// | `keep_jacobian` | `false` | return the Jacobian at the solution |
+/// | `progress` | none | called after every iteration with a [`Progress`] |
+/// | `check_independence` | `true` | check once, on the first Jacobian, that the B problems do not interact |
+///
+/// A tolerance of `0` turns its test off; positive tolerances below the dtype's machine epsilon
+/// are raised to it.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{least_squares::{Loss, Method}, LeastSquaresOptions};
+/// let lower = Tensor::from_slice(&[0.0f64, f64::NEG_INFINITY]);
+/// let upper = Tensor::from_slice(&[1.0f64, f64::INFINITY]);
+/// let opts = LeastSquaresOptions::default()
+///     .method(Method::Dogleg)
+///     .loss(Loss::Huber)
+///     .loss_scale(0.1)
+///     .bounds(&lower, &upper)
+///     .covariance(true);
+/// assert_eq!((opts.method, opts.loss, opts.loss_scale), (Method::Dogleg, Loss::Huber, 0.1));
+/// assert!(opts.covariance && opts.check_independence && opts.bounds.is_some());
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+///
+/// `#[non_exhaustive]`: options may be added, so outside this crate it is built from
+/// [`LeastSquaresOptions::default`] and the setters; its fields stay readable.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct LeastSquaresOptions<'a> {
+    /// The step ([`Method`]).
+    pub method: Method,
+    /// Geodesic acceleration of Levenberg–Marquardt steps.
+    pub geodesic: bool,
+    /// The robust loss ([`Loss`]).
+    pub loss: Loss,
+    /// The loss's scale `C` (SciPy's `f_scale`): residuals up to about `C` are inliers.
+    pub loss_scale: f64,
+    /// Box bounds `(lower, upper)`, each `[n]` (shared) or `[B, n]` (per problem).
+    pub bounds: Option<(&'a Tensor, &'a Tensor)>,
+    /// Relative tolerance on the cost reduction.
+    pub ftol: f64,
+    /// Relative tolerance on the step.
+    pub xtol: f64,
+    /// Tolerance on the scaled gradient (a cosine).
+    pub gtol: f64,
+    /// Iterations (residual evaluations) per problem at most.
+    pub max_iterations: usize,
+    /// Your Jacobian (`[B, m, n]`, or `[m, n]` for a single problem) instead of the crate's.
+    pub jacobian: Option<JacobianFn<'a>>,
+    /// How the crate computes the Jacobian.
+    pub strategy: Strategy,
+    /// Compute the covariance and the standard errors at the solution.
+    pub covariance: bool,
+    /// Return the Jacobian at the solution.
+    pub keep_jacobian: bool,
+    /// Called after every iteration.
+    pub progress: Option<&'a dyn Fn(Progress)>,
+    /// Check, once, that the problems of a batch do not interact.
+    pub check_independence: bool,
+}
+
+impl Default for LeastSquaresOptions<'_> {
+    fn default() -> Self {
+        LeastSquaresOptions {
+            method: Method::Auto,
+            geodesic: false,
+            loss: Loss::Linear,
+            loss_scale: 1.0,
+            bounds: None,
+            ftol: 1e-12,
+            xtol: 1e-12,
+            gtol: 1e-12,
+            max_iterations: 1000,
+            jacobian: None,
+            strategy: Strategy::Auto,
+            covariance: false,
+            keep_jacobian: false,
+            progress: None,
+            check_independence: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for LeastSquaresOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeastSquaresOptions")
+            .field("method", &self.method)
+            .field("geodesic", &self.geodesic)
+            .field("loss", &self.loss)
+            .field("loss_scale", &self.loss_scale)
+            .field("bounds", &self.bounds.map(|(l, u)| (l.size(), u.size())))
+            .field("ftol", &self.ftol)
+            .field("xtol", &self.xtol)
+            .field("gtol", &self.gtol)
+            .field("max_iterations", &self.max_iterations)
+            .field(
+                "jacobian",
+                &self.jacobian.map(|_| "Fn(&Tensor) -> Result<Tensor>"),
+            )
+            .field("strategy", &self.strategy)
+            .field("covariance", &self.covariance)
+            .field("keep_jacobian", &self.keep_jacobian)
+            .field("progress", &self.progress.map(|_| "Fn(Progress)"))
+            .field("check_independence", &self.check_independence)
+            .finish()
+    }
+}
+
+impl<'a> LeastSquaresOptions<'a> {
+    /// Sets the method.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+    /// Turns geodesic acceleration on or off.
+    pub fn geodesic(mut self, geodesic: bool) -> Self {
+        self.geodesic = geodesic;
+        self
+    }
+    /// Sets the robust loss.
+    pub fn loss(mut self, loss: Loss) -> Self {
+        self.loss = loss;
+        self
+    }
+    /// Sets the loss's scale `C` (SciPy's `f_scale`).
+    pub fn loss_scale(mut self, loss_scale: f64) -> Self {
+        self.loss_scale = loss_scale;
+        self
+    }
+    /// Sets box bounds `lower ≤ x ≤ upper` (each `[n]` or `[B, n]`; ±∞ for a free side).
+    pub fn bounds(mut self, lower: &'a Tensor, upper: &'a Tensor) -> Self {
+        self.bounds = Some((lower, upper));
+        self
+    }
+    /// Sets `ftol`.
+    pub fn ftol(mut self, ftol: f64) -> Self {
+        self.ftol = ftol;
+        self
+    }
+    /// Sets `xtol`.
+    pub fn xtol(mut self, xtol: f64) -> Self {
+        self.xtol = xtol;
+        self
+    }
+    /// Sets `gtol`.
+    pub fn gtol(mut self, gtol: f64) -> Self {
+        self.gtol = gtol;
+        self
+    }
+    /// Sets the iteration cap.
+    pub fn max_iterations(mut self, max_iterations: usize) -> Self {
+        self.max_iterations = max_iterations;
+        self
+    }
+    /// Uses your Jacobian closure (`[B, n] → [B, m, n]`, or `[n] → [m, n]`).
+    pub fn jacobian(mut self, jacobian: JacobianFn<'a>) -> Self {
+        self.jacobian = Some(jacobian);
+        self
+    }
+    /// Sets the crate's Jacobian strategy.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+    /// Asks for the covariance and the standard errors.
+    pub fn covariance(mut self, covariance: bool) -> Self {
+        self.covariance = covariance;
+        self
+    }
+    /// Asks for the Jacobian at the solution.
+    pub fn keep_jacobian(mut self, keep_jacobian: bool) -> Self {
+        self.keep_jacobian = keep_jacobian;
+        self
+    }
+    /// Sets the progress callback.
+    pub fn progress(mut self, progress: &'a dyn Fn(Progress)) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+    /// Sets `check_independence`.
+    pub fn check_independence(mut self, check: bool) -> Self {
+        self.check_independence = check;
+        self
+    }
+
+    /// Checks the numbers: tolerances `≥ 0` and finite, a finite `loss_scale > 0`, at least one
+    /// iteration.
+    pub(crate) fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("ftol", self.ftol),
+            ("xtol", self.xtol),
+            ("gtol", self.gtol),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be finite and ≥ 0 (0 turns its test off), got {v}"
+                )));
+            }
+        }
+        if !(self.loss_scale > 0.0 && self.loss_scale.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "loss_scale must be finite and > 0, got {}",
+                self.loss_scale
+            )));
+        }
+        if self.max_iterations == 0 {
+            return Err(Error::InvalidArgument(
+                "max_iterations must be at least 1, got 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
