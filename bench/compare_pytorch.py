@@ -21,6 +21,10 @@ paper's MLP (one process per method). jet is not a dependency: ``bench/install-j
 cache folder outside the repository (``$TCH_JACOBIAN_JET_DIR``, default
 ``~/.cache/tch-jacobian/jet``); without it, its columns are skipped with a note.
 
+The batched least-squares rows (``--only least-squares``, not part of the full run): tch-jacobian's
+``least_squares`` against SciPy's loop, torchimize, pypose and Theseus on issue 31's curve fits, f64
+(bench/compare_least_squares.py; ``--lsq-b``, ``--lsq-repeats``, ``--lsq-slow``).
+
 Timing rule (identical on both sides): one call (a case whose first call takes longer than
 ``--skip-over`` seconds is reported as skipped), a warm-up of up to three calls, then
 repetitions until ``--budget`` seconds have passed and at least ``--min-reps`` ran; the median.
@@ -832,6 +836,10 @@ def main():
                          "vmap(hessian) and jet, also prints their full section and writes it to "
                          "OUT-laplacian.md; ~3-4 minutes on 2 cores)")
     ap.add_argument("--skip-over", type=float, default=2.0, help="skip a cell whose first call takes longer (s)")
+    ap.add_argument("--lsq-b", default="1,16,256,4096", help="least-squares group: the batch sizes")
+    ap.add_argument("--lsq-repeats", type=int, default=3, help="least-squares group: solves per median (1 at B = 4096)")
+    ap.add_argument("--lsq-slow", action="store_true",
+                    help="least-squares group: also torchimize, pypose and Theseus at B = 4096 (tens of minutes)")
     ap.add_argument("--no-peak-memory", action="store_true",
                     help="skip the peak-memory processes of the Laplacian rows of the paper's MLP")
     ap.add_argument("--peak-one", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
@@ -852,6 +860,11 @@ def main():
         "max_reps": args.max_reps,
         "skip_over_s": args.skip_over,
     }
+    if "least-squares" in args.only.split(","):
+        import compare_least_squares
+
+        compare_least_squares.run(args, args.rust_bin, args.work, args.out, args.threads)
+        return
     cases = make_inputs(args.work)
     if args.only:
         wanted = [n for w in args.only.split(",") for n in GROUPS.get(w, [w])]

@@ -265,3 +265,37 @@ impl<'a> Residual<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `r″(x)[w, w]` — collapsed Taylor mode, and the nested JVPs it falls back to — against
+    /// central differences `(r(x + h w) − 2 r(x) + r(x − h w)) / h²`.
+    #[test]
+    fn second_directional_derivative_matches_central_differences() {
+        // r_i(x) = sin(x0 t_i) e^(x1 t_i) + x0² x1, per row of a batch of two
+        let t = Tensor::from_slice(&[0.1f64, 0.5, 1.0, 2.0]);
+        let call = |x: &Tensor| -> Result<Tensor> {
+            let (a, b) = (x.narrow(1, 0, 1), x.narrow(1, 1, 1));
+            Ok((&a * &t).sin() * (&b * &t).exp() + a.square() * &b)
+        };
+        let x = Tensor::from_slice(&[0.7f64, -0.3, 1.2, 0.4]).view([2, 2]);
+        let w = Tensor::from_slice(&[0.5f64, 1.0, -1.0, 0.25]).view([2, 2]);
+        let h = 1e-4;
+        let fd = (call(&(&x + &w * h)).unwrap() - call(&x).unwrap() * 2.0
+            + call(&(&x - &w * h)).unwrap())
+            / (h * h);
+        for strategy in [Strategy::Auto, Strategy::RowLoop] {
+            let res = Residual::new(&call, None, &x, strategy, false).unwrap();
+            // Strategy::Auto: collapsed Taylor mode; an explicit strategy still tries it first,
+            // so force the fallback once to check it too
+            if strategy != Strategy::Auto {
+                res.taylor_second.set(false);
+            }
+            let s = res.second(&x, &w).unwrap();
+            let err = (&s - &fd).abs().max().double_value(&[]);
+            assert!(err < 1e-6, "{strategy}: r″[w, w] off by {err:e}");
+        }
+    }
+}

@@ -13,6 +13,12 @@
 //! instead of the timings, with the process's peak resident memory around it (`VmHWM` reset
 //! through `/proc/self/clear_refs` just before the call): the Laplacian rows' memory column.
 //!
+//! `--least-squares DIR` instead times `least_squares` on the batched curve fits that
+//! `bench/compare_pytorch.py --only least-squares` wrote into `DIR/lsq.json` (its `least-squares`
+//! group: B fits of y = a·e^(−bt) + c·sin(dt), 2000 points each, f64), one JSON line per
+//! (B, variant) with the median time, the fraction of problems at SciPy's reference cost and the
+//! evaluations.
+//!
 //! `--loop STRATEGY N SECONDS` (a strategy name as `Strategy`'s `Display` writes it) runs one strategy in a loop for a profiler (`perf record`).
 //! `--breakdown N` instead times the pieces of the Vectorized and RowLoop strategies at
 //! `n = m = N` (the analysis in the benchmark notes), e.g. `--breakdown 1024`.
@@ -740,6 +746,86 @@ fn hot_loop(which: &str, n: i64, seconds: f64) -> Result<()> {
     Ok(())
 }
 
+/// `--least-squares DIR`: `least_squares` on the curve fits of `DIR/lsq.json` (written by
+/// `bench/compare_pytorch.py --only least-squares`): B fits of `y = a e^(−bt) + c sin(dt)`, f64,
+/// from the same starts as the peers, each variant warmed up once and then timed `repeats`
+/// times (the median); accuracy against SciPy lm's tight cost per problem (`ref`).
+fn least_squares_bench(dir: &Path) -> Result<()> {
+    use tch_jacobian::least_squares::Method;
+    use tch_jacobian::{least_squares, LeastSquaresOptions};
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("lsq.json")).context("reading lsq.json")?,
+    )?;
+    println!(
+        "{}",
+        json!({"side": "rust", "threads": tch::get_num_threads(), "dtype": "float64"})
+    );
+    for case in manifest["cases"].as_array().context("cases")? {
+        let b = case["b"].as_i64().context("b")?;
+        let repeats = case["repeats"].as_u64().unwrap_or(3) as usize;
+        let get = |k: &str| -> Result<Tensor> {
+            let t = load(dir, case[k].as_str().context("file")?, Device::Cpu)?;
+            Ok(t.to_kind(Kind::Double))
+        };
+        let (t, y, start, reference) = (get("t")?, get("y")?, get("start")?, get("ref")?);
+        let model = |p: &Tensor| {
+            let (a, bb, c, d) = (p.narrow(1, 0, 1), p.narrow(1, 1, 1), p.narrow(1, 2, 1), p.narrow(1, 3, 1));
+            a * (-bb * &t).exp() + c * (d * &t).sin()
+        };
+        let residual = |p: &Tensor| model(p) - &y;
+        // The analytic Jacobian, as every peer gets it: [B, T, 4].
+        let jac = |p: &Tensor| -> tch_jacobian::Result<Tensor> {
+            let (a, bb, c, d) = (p.narrow(1, 0, 1), p.narrow(1, 1, 1), p.narrow(1, 2, 1), p.narrow(1, 3, 1));
+            let e = (-bb * &t).exp();
+            let dt = d * &t;
+            Ok(Tensor::stack(&[e.shallow_clone(), -a * &t * &e, dt.sin(), c * &t * dt.cos()], 2))
+        };
+        let defaults = LeastSquaresOptions::default();
+        let variants: Vec<(&str, LeastSquaresOptions)> = vec![
+            ("LM, Jacobian by collapsed Taylor mode (defaults)", defaults),
+            ("LM, collapsed Taylor mode, check_independence(false)", defaults.check_independence(false)),
+            ("LM, analytic Jacobian", defaults.jacobian(&jac)),
+            ("LM, analytic Jacobian, check_independence(false)", defaults.jacobian(&jac).check_independence(false)),
+            (
+                "LM, analytic Jacobian, check_independence(false), SciPy's default tolerances (1e-8)",
+                defaults.jacobian(&jac).check_independence(false).ftol(1e-8).xtol(1e-8).gtol(1e-8),
+            ),
+            ("LM + geodesic acceleration, collapsed Taylor mode", defaults.geodesic(true)),
+            ("dogleg, analytic Jacobian", defaults.method(Method::Dogleg).jacobian(&jac)),
+        ];
+        for (label, opts) in variants {
+            let run = || least_squares(residual, &start, &opts);
+            let out = run()?; // warm-up
+            let mut times = Vec::new();
+            for _ in 0..repeats {
+                let t0 = Instant::now();
+                let o = run()?;
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+                drop(o);
+            }
+            let cost = out.cost.to_kind(Kind::Double);
+            let at_ref = cost
+                .le_tensor(&(&reference * (1.0 + 1e-6)))
+                .to_kind(Kind::Double)
+                .mean(Kind::Double)
+                .double_value(&[]);
+            let worst = ((&cost - &reference) / &reference).max().double_value(&[]);
+            let nfev = out.evaluations.iter().sum::<usize>() as f64 / b as f64;
+            let njev = out.jacobian_evaluations.iter().sum::<usize>() as f64 / b as f64;
+            let max_it = out.iterations.iter().copied().max().unwrap_or(0);
+            let failed = out.status.iter().filter(|s| !s.is_success()).count();
+            println!(
+                "{}",
+                json!({"side": "rust", "case": format!("lsq{b}"), "b": b, "method": label,
+                       "median_ms": tch_jacobian_bench::median(times.clone()), "ms_all": times,
+                       "frac_at_ref": at_ref, "worst_rel_excess": worst, "mean_nfev": nfev,
+                       "mean_njev": njev, "max_iterations": max_it, "failed": failed})
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let mut dir: Option<PathBuf> = None;
     let mut threads: Option<i32> = None;
@@ -747,6 +833,7 @@ fn main() -> Result<()> {
     let mut only: Option<String> = None;
     let mut hot: Option<(String, i64, f64)> = None;
     let mut peak: Option<String> = None;
+    let mut lsq: Option<PathBuf> = None;
     let mut rule = Rule {
         budget_s: 1.0,
         min_reps: 5,
@@ -764,6 +851,7 @@ fn main() -> Result<()> {
             "--budget" => rule.budget_s = val()?.parse()?,
             "--breakdown" => breakdown_n = Some(val()?.parse()?),
             "--case" => only = Some(val()?),
+            "--least-squares" => lsq = Some(PathBuf::from(val()?)),
             "--peak" => peak = Some(val()?),
             "--loop" => {
                 let (w, n, t) = (val()?, val()?, val()?);
@@ -771,7 +859,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "compare --dir DIR [--case NAME [--peak METHOD]] [--threads N] [--device cpu|cuda] | --breakdown N [--budget S] | --loop STRATEGY N SECONDS (a strategy name: row-loop, batched, …)"
+                    "compare --dir DIR [--case NAME [--peak METHOD]] [--threads N] [--device cpu|cuda] | --breakdown N [--budget S] | --loop STRATEGY N SECONDS (a strategy name: row-loop, batched, …) | --least-squares DIR [--threads N]"
                 );
                 return Ok(());
             }
@@ -784,6 +872,9 @@ fn main() -> Result<()> {
     eprintln!("rust: tch::get_num_threads() = {}", tch::get_num_threads());
     if let Some((w, n, t)) = hot {
         return hot_loop(&w, n, t);
+    }
+    if let Some(d) = lsq {
+        return least_squares_bench(&d);
     }
     if let Some(n) = breakdown_n {
         return breakdown(n, rule);
