@@ -36,9 +36,8 @@ pub(crate) struct Linear {
     pub g: Tensor,
     /// Column norms of `J̃`, `[B, n]`.
     pub cn: Tensor,
-    /// The `gtol` test's norms: `‖√ρ′ ∘ J_j‖` (`[B, n]`) and `‖√ρ′ ∘ r‖` (`[B]`) — the IRLS
-    /// weights, not Triggs' scale, whose clamped rows would blow `‖r̃‖` up.
-    pub gcn: Tensor,
+    /// `‖√ρ′ ∘ r‖` (`[B]`; `‖r‖` for the linear loss), for the `gtol` test — not `‖r̃‖`, which
+    /// the rows whose curvature Triggs' correction clamps blow up.
     pub grn: Tensor,
 }
 
@@ -53,19 +52,12 @@ impl Linear {
         let a = jt.f_matmul(&jms)?;
         let g = matvec(&jt, &c.r)?;
         let cn = a.f_diagonal(0, -2, -1)?.f_clamp_min(0.0)?.f_sqrt()?;
-        let (gcn, grn) = match &c.weight {
-            None => (cn.shallow_clone(), norm(&c.r)?),
-            Some(w) => {
-                let cols = matvec(&jm.f_square()?.f_transpose(1, 2)?, w)?;
-                (
-                    cols.f_clamp_min(0.0)?.f_sqrt()?,
-                    dot(&r.f_square()?, w)?.f_sqrt()?,
-                )
-            }
+        let grn = match &c.weight {
+            None => norm(&c.r)?,
+            Some(w) => dot(&r.f_square()?, w)?.f_sqrt()?,
         };
         Ok(Linear {
             cost: c.cost,
-            gcn,
             grn,
             rc: c.r,
             scale: c.scale,

@@ -190,7 +190,6 @@ pub(crate) fn run(
         if !bool::try_from(active.f_any()?)? {
             break;
         }
-
         // The step, in scaled variables, and the model's predicted reduction.
         let ctx = Context {
             x: &x,
@@ -220,7 +219,6 @@ pub(crate) fn run(
         if let Some(bd) = bounds {
             x_new = bd.strictly_feasible(&x_new, 0.0)?;
         }
-
         // Evaluate the trial points (with their Jacobian when most steps are accepted).
         let (r_new, jm_new) = if eager {
             let (r, j, owned) = res.value_and_jacobian(&x_new)?;
@@ -237,7 +235,6 @@ pub(crate) fn run(
         let cost_new = loss::cost(opts.loss, opts.loss_scale, &r_new)?;
         let finite_new = cost_new.f_isfinite()?;
         let cost_new = cost_new.f_where_self(&finite_new, &cost_new.f_full_like(f64::INFINITY)?)?;
-
         // MINPACK's ratio in relative terms: actred = 1 − cost_new/cost (−1 for a blowup,
         // cost_new ≥ 100 cost), prered and dirder relative to the cost. (A non-finite cost is
         // not a "blowup" for LM's update: MINPACK's enorm gives NaN there and its tests take
@@ -314,7 +311,6 @@ pub(crate) fn run(
             };
             status = set(&status, &active.f_logical_and(&x_done)?, XTOL)?;
         }
-
         // Accept: the point, its residuals, its Jacobian, the new model.
         let n_acc = i64::try_from(accept.f_sum(Kind::Int64)?)?;
         let n_act = i64::try_from(active.f_sum(Kind::Int64)?)?;
@@ -402,9 +398,11 @@ pub(crate) fn run(
     })
 }
 
-/// The `gtol` test at the current points: MINPACK's cosine `max_j |g_j| / (‖J_j‖ ‖r‖)`, with a
-/// robust loss's weights `ρ′` (`‖√ρ′ J_j‖ ‖√ρ′ r‖`), and under bounds the gradient weighted by
-/// `min(v_j, 1)`, Coleman–Li's `v` (no weight at an active bound the gradient pushes against). Running problems that pass it, or whose gradient is exactly
+/// The `gtol` test at the current points: MINPACK's cosine `max_j |g_j| / (‖J_j‖ ‖r‖)` — with a
+/// robust loss `‖J̃_j‖ ‖√ρ′ r‖` (Triggs' `J̃`, whose rows are at most `√ρ′` times `J`'s: the test
+/// is no looser than with the IRLS weights; not `‖r̃‖`, which clamped rows blow up) — and under
+/// bounds the gradient weighted by `min(v_j, 1)`, Coleman–Li's `v` (no weight at an active bound
+/// the gradient pushes against). Running problems that pass it, or whose gradient is exactly
 /// zero, get the status `GTOL`. Returns the measure, `[B]`.
 fn gradient_test(
     lin: &Linear,
@@ -420,7 +418,7 @@ fn gradient_test(
         }
         None => lin.g.shallow_clone(),
     };
-    let denom = lin.gcn.f_mul(&col(&lin.grn, 1)?)?;
+    let denom = lin.cn.f_mul(&col(&lin.grn, 1)?)?;
     let pos = denom.f_gt(0.0)?;
     let cos = gw
         .f_abs()?
