@@ -46,6 +46,7 @@
 //! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
 //! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`batch_hessian_of(u, &x, &opts)`](batch_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
 //! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`Laplacian::new().compute(u, &x)`](Laplacian) |
+//! | `scipy.optimize.least_squares(fun, x0)` in a loop over problems, `curve_fit` | [`least_squares(r, &x0, &opts)`](least_squares()) — B problems at once, LM / dogleg / Gauss–Newton, robust losses, bounds, covariance ([`mod@least_squares`]) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
 //! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |
@@ -128,3 +129,8 @@ pub struct CaeDocDoctests;
 #[doc = include_str!("../docs/laplacian.md")]
 #[cfg(doctest)]
 pub struct LaplacianDocDoctests;
+
+/// docs/least-squares.md's Rust snippets.
+#[doc = include_str!("../docs/least-squares.md")]
+#[cfg(doctest)]
+pub struct LeastSquaresDocDoctests;

@@ -105,13 +105,12 @@ fn plot(path: &Path, t: &[f64], y: &[f64], fitted: &[f64], resid: &[f64]) -> Res
         .draw()?;
     let data = RGBColor(120, 120, 120);
     chart
-        .draw_series(
-            t.iter()
-                .zip(y)
-                .map(|(&a, &b)| Circle::new((a, b), 1, data.filled())),
-        )?
-        .label("data")
-        .legend(move |(x, y)| Circle::new((x + 10, y), 3, data.filled()));
+        .draw_series(LineSeries::new(
+            t.iter().copied().zip(y.iter().copied()),
+            data.stroke_width(1),
+        ))?
+        .label("data (weekly means)")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], data.stroke_width(1)));
     let line = RGBColor(33, 102, 172);
     chart
         .draw_series(LineSeries::new(
@@ -140,11 +139,10 @@ fn plot(path: &Path, t: &[f64], y: &[f64], fitted: &[f64], resid: &[f64]) -> Res
         .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     chart.draw_series(LineSeries::new([(t0, 0.0), (t1, 0.0)], BLACK.mix(0.5)))?;
-    chart.draw_series(
-        t.iter()
-            .zip(resid)
-            .map(|(&a, &b)| Circle::new((a, b), 1, RGBColor(214, 96, 39).filled())),
-    )?;
+    chart.draw_series(LineSeries::new(
+        t.iter().copied().zip(resid.iter().copied()),
+        RGBColor(214, 96, 39).stroke_width(1),
+    ))?;
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

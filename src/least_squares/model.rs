@@ -204,6 +204,10 @@ impl Scaled {
         let z_gn = self.gauss_newton()?;
         let n_gn = norm(&z_gn)?;
         let gn_ok = n_gn.f_sub(delta)?.f_le_tensor(&delta.f_mul_scalar(0.1)?)?;
+        if bool::try_from(gn_ok.f_all()?)? {
+            // every Gauss–Newton step fits (the common case near a solution): no λ to find
+            return Ok((z_gn, delta.f_zeros_like()?));
+        }
         let c2 = self.c.f_square()?;
         let full = self.keep.f_all_dim(-1, false)?;
         // λ_low: the Newton iterate from λ = 0 when J has full rank, else 0.

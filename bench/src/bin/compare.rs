@@ -769,16 +769,29 @@ fn least_squares_bench(dir: &Path) -> Result<()> {
         };
         let (t, y, start, reference) = (get("t")?, get("y")?, get("start")?, get("ref")?);
         let model = |p: &Tensor| {
-            let (a, bb, c, d) = (p.narrow(1, 0, 1), p.narrow(1, 1, 1), p.narrow(1, 2, 1), p.narrow(1, 3, 1));
+            let (a, bb, c, d) = (
+                p.narrow(1, 0, 1),
+                p.narrow(1, 1, 1),
+                p.narrow(1, 2, 1),
+                p.narrow(1, 3, 1),
+            );
             a * (-bb * &t).exp() + c * (d * &t).sin()
         };
         let residual = |p: &Tensor| model(p) - &y;
         // The analytic Jacobian, as every peer gets it: [B, T, 4].
         let jac = |p: &Tensor| -> tch_jacobian::Result<Tensor> {
-            let (a, bb, c, d) = (p.narrow(1, 0, 1), p.narrow(1, 1, 1), p.narrow(1, 2, 1), p.narrow(1, 3, 1));
+            let (a, bb, c, d) = (
+                p.narrow(1, 0, 1),
+                p.narrow(1, 1, 1),
+                p.narrow(1, 2, 1),
+                p.narrow(1, 3, 1),
+            );
             let e = (-bb * &t).exp();
             let dt = d * &t;
-            Ok(Tensor::stack(&[e.shallow_clone(), -a * &t * &e, dt.sin(), c * &t * dt.cos()], 2))
+            Ok(Tensor::stack(
+                &[e.shallow_clone(), -a * &t * &e, dt.sin(), c * &t * dt.cos()],
+                2,
+            ))
         };
         let defaults = LeastSquaresOptions::default();
         let variants: Vec<(&str, LeastSquaresOptions)> = vec![
