@@ -13,7 +13,7 @@ use crate::error::Result;
 pub(crate) fn covariance(j: &Tensor, cost: &Tensor) -> Result<(Tensor, Tensor, Vec<bool>)> {
     let s = j.size();
     let (m, n) = (s[1], s[2]);
-    let (_, r) = Tensor::f_linalg_qr(&j, "r")?;
+    let (_, r) = Tensor::f_linalg_qr(j, "r")?;
     // (torch.svd: tch's linalg_svd always passes a driver, which the CPU refuses)
     let (_, sv, v) = r.f_svd(true, true)?;
     let vh = v.f_transpose(-2, -1)?;

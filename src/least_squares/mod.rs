@@ -233,7 +233,7 @@ where
             Ok(j.f_unsqueeze(0)?)
         })
     };
-    let jac: Option<&dyn Fn(&Tensor) -> Result<Tensor>> = match opts.jacobian {
+    let jac: Option<JacobianFn> = match opts.jacobian {
         Some(_) => Some(&jac_call),
         None => None,
     };

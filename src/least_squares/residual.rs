@@ -18,6 +18,7 @@ use std::cell::Cell;
 
 use tch::{Device, Kind, Tensor};
 
+use super::options::JacobianFn;
 use crate::error::{Error, Result};
 use crate::strategy::{JacobianOptions, Strategy};
 
@@ -31,7 +32,7 @@ enum Route {
 /// The batched residual `x [B, n] → r [B, m]` of a solve, with its Jacobian.
 pub(crate) struct Residual<'a> {
     call: &'a dyn Fn(&Tensor) -> Result<Tensor>,
-    jac: Option<&'a dyn Fn(&Tensor) -> Result<Tensor>>,
+    jac: Option<JacobianFn<'a>>,
     pub b: i64,
     pub n: i64,
     /// Residuals per problem (known after the first evaluation).
@@ -63,7 +64,7 @@ impl<'a> Residual<'a> {
     /// `call` maps `[B, n]` to `[B, m]`; `jac` (the user's) `[B, n]` to `[B, m, n]`.
     pub(crate) fn new(
         call: &'a dyn Fn(&Tensor) -> Result<Tensor>,
-        jac: Option<&'a dyn Fn(&Tensor) -> Result<Tensor>>,
+        jac: Option<JacobianFn<'a>>,
         x0: &Tensor,
         strategy: Strategy,
         check_independence: bool,

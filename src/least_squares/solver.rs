@@ -100,7 +100,7 @@ pub(crate) struct Solved {
 
 /// `where(mask, a, b)` with a `[B]` mask broadcast over the trailing dimensions of `a`.
 fn pick(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let m = col(mask, (a.dim() - 1).max(0))?;
+    let m = col(mask, a.dim() - 1)?;
     Ok(a.f_where_self(&m, b)?)
 }
 
