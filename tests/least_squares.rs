@@ -496,6 +496,15 @@ fn no_grad_gives_the_same_results() {
     .unwrap();
     assert_eq!(vec(&a.x), vec(&b.x));
     assert_eq!(a.iterations, b.iterations);
+    // the independence check (a backward pass with a user Jacobian) runs under no_grad too
+    let f = |x: &Tensor| x - x.mean_dim(0, true, Kind::Double);
+    let jac = |x: &Tensor| -> tch_jacobian::Result<Tensor> {
+        Ok(Tensor::eye(2, (Kind::Double, Device::Cpu)).expand([x.size()[0], 2, 2], false))
+    };
+    let x0 = Tensor::from_slice(&[0.5f64, 1.0, 1.5, 0.2]).view([2, 2]);
+    let opts = LeastSquaresOptions::default().jacobian(&jac);
+    let e = tch::no_grad(|| least_squares(f, &x0, &opts)).unwrap_err();
+    assert!(matches!(e, Error::Contract(_)), "{e}");
 }
 
 // ------------------------------------------------------------------ f32, single problems
