@@ -101,11 +101,12 @@ fn main() {
 }
 
 /// The C++ files every build with libtorch compiles (they need only libtorch's own headers, so
-/// values never depend on the optional engine): the autograd graph scan, the normalizations'
-/// autograd kernels that are right at every order, and collapsed Taylor mode (Laplacians in one
-/// forward pass).
-const CORE: [&str; 8] = [
+/// values never depend on the optional engine): the autograd graph scan, the random generator's
+/// state, the normalizations' autograd kernels that are right at every order, and collapsed
+/// Taylor mode (Laplacians in one forward pass).
+const CORE: [&str; 9] = [
     "csrc/graph_scan.cpp",
+    "csrc/generator.cpp",
     "csrc/norm_autograd.cpp",
     "csrc/taylor_session.cpp",
     "csrc/taylor_fallback.cpp",

@@ -16,7 +16,37 @@ use crate::error::{Error, Result};
 /// `tch::no_grad` equal those outside (as with `torch.autograd.functional`, which enables grad
 /// itself, and torch.func's transforms, which ignore an outer `no_grad`).
 pub(crate) fn grad_mode_on<T>(f: impl FnOnce() -> T) -> T {
-    tch::with_grad(f)
+    with_grad_mode(true, f)
+}
+
+/// Runs `f` with grad mode `enabled` and restores the caller's mode on every path out —
+/// including a panic of `f` (unlike `tch::with_grad` / `tch::no_grad`, which restore only when
+/// `f` returns).
+pub(crate) fn with_grad_mode<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    /// Restores the grad mode it was made with when dropped.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_grad_mode(self.0);
+        }
+    }
+    let _restore = Restore(set_grad_mode(enabled));
+    f()
+}
+
+/// Sets libtorch's thread-local grad mode; returns the previous one.
+fn set_grad_mode(enabled: bool) -> bool {
+    #[cfg(not(feature = "doc-only"))]
+    {
+        // SAFETY: a plain call into libtorch's GradMode (torch-sys's wrapper catches C++
+        // exceptions; it returns the previous mode, or -1 on an error it cannot have).
+        unsafe { torch_sys::at_grad_set_enabled(enabled as std::ffi::c_int) == 1 }
+    }
+    #[cfg(feature = "doc-only")]
+    {
+        let _ = enabled;
+        true
+    }
 }
 
 /// Runs a call of the user's closure, its panic turned into an [`Error::Contract`] ("the closure

@@ -65,6 +65,9 @@
 //! return plain values, and [`assert_allclose`] panics by design: it is a test assertion.
 //! Results live on the inputs' device: CUDA tensors give CUDA Jacobians.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod autograd;
 pub mod batch;
 pub mod batch_hessian;
@@ -73,6 +76,7 @@ pub mod derivatives;
 pub mod device;
 mod engine;
 pub mod error;
+pub mod global;
 pub mod independence;
 pub mod jacobian;
 pub mod laplacian;

@@ -310,7 +310,7 @@ where
                         var.size()
                     ))
                 })?;
-                    tch::no_grad(|| var.shallow_clone().f_copy_(value))?;
+                    crate::autograd::with_grad_mode(false, || var.shallow_clone().f_copy_(value))?;
                 }
             }
             loss(&model, sample)
@@ -445,7 +445,9 @@ fn sample_loop(
     batch: i64,
     randomness: crate::Randomness,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
-    // `Same`: every sample starts from one seed drawn here, so it sees the same numbers.
+    // `Same`: every sample starts from one seed drawn here, so it sees the same numbers; the
+    // generators' states after that draw are restored when the loop ends (the caller's stream
+    // moves on by that one draw only).
     let seed = match randomness {
         crate::Randomness::Same => Some(
             Tensor::f_randint(i64::MAX, [1], (tch::Kind::Int64, tch::Device::Cpu))?
@@ -453,6 +455,13 @@ fn sample_loop(
         ),
         _ => None,
     };
+    let mut _restore = Vec::new();
+    if seed.is_some() {
+        _restore.push(crate::native::GeneratorState::save(tch::Device::Cpu)?);
+        for d in inputs.iter().map(|x| x.device()).filter(|d| d.is_cuda()) {
+            _restore.push(crate::native::GeneratorState::save(d)?);
+        }
+    }
     let mut per_param: Vec<Vec<Tensor>> = ps.iter().map(|_| Vec::new()).collect();
     let mut losses = Vec::new();
     let param_names = input_names(ps.len());

@@ -150,7 +150,6 @@ thread_local! {
     static REROUTES: RefCell<Vec<Reroute>> = const { RefCell::new(Vec::new()) };
 }
 
-#[track_caller]
 pub(crate) fn record(reroute: Reroute) {
     crate::native::warn_once(&reroute.to_string());
     REROUTES.with(|r| {

@@ -157,7 +157,7 @@ fn check_first(got: &Tensor, reference: &Tensor, x2: &Tensor) -> Result<()> {
 /// `Some(max|a − b|)` when `max|a − b| > rtol · max|b| + rtol · 1e-3` with
 /// [`contract_rtol`]`(dtype, device)`, or when exactly one of them has NaNs; else `None`.
 fn differs(a: &Tensor, b: &Tensor) -> Result<Option<f64>> {
-    tch::no_grad(|| {
+    crate::autograd::with_grad_mode(false, || {
         let diff = a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])?;
         let scale = b.f_abs()?.f_max()?.f_double_value(&[])?;
         let rtol = contract_rtol(b.kind(), b.device());

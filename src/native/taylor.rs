@@ -110,10 +110,12 @@ where
             None if first.is_null() || second.is_null() => Err(Error::from(tch::TchError::Torch(
                 "collapsed Taylor mode: the session returned no coefficients".into(),
             ))),
-            // SAFETY: non-null heap tensors handed over by tchj_taylor_end (checked above).
             None => Ok(Taylor {
                 value,
+                // SAFETY: non-null heap tensors handed over by tchj_taylor_end (checked above),
+                // each owned by the `Tensor` made here.
                 first: unsafe { Tensor::from_ptr(first) },
+                // SAFETY: as above.
                 second: unsafe { Tensor::from_ptr(second) },
             }),
         },
