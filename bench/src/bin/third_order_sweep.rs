@@ -466,8 +466,8 @@ fn main() -> Result<()> {
         let ids: std::collections::HashSet<String> =
             cases(&args).into_iter().map(|c| c.id).collect();
         let modes: Vec<&str> = args.modes.iter().map(|m| m.name()).collect();
-        let comment = "The full third-order sweep's expected outcomes (scripts/third-order-sweep with the generator\n\
-options .ci/run gives it, on the CPU): every (case, mode, quantity, route)'s outcome (ok, or\n\
+        let comment = "The full third-order sweep's expected outcomes (scripts/third-order-sweep with its default\n\
+generator options, on the CPU): every (case, mode, quantity, route)'s outcome (ok, or\n\
 err:<the Error variant>), the reroutes the crate recorded (from->to) and the ops that took\n\
 libtorch's vmap fallback. Written by scripts/third-order-sweep --bless; review the diff before\n\
 committing. detail (an error's first line) is not compared.";
