@@ -395,10 +395,9 @@ fn native_engine_build() -> Result<()> {
 /// With the vmap fallback off, an op without a batching rule is an error naming it; with it on
 /// (the default) the Jacobian is exact and the op is reported.
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn vmap_fallback_reported_or_refused() -> Result<()> {
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     // cummax's backward (aten::cummaxmin_backward) has no batching rule in libtorch 2.11.
     let k = (Kind::Double, Device::Cpu);
     let x = Tensor::randn([5, 3], k).set_requires_grad(true);
@@ -430,10 +429,9 @@ fn vmap_fallback_reported_or_refused() -> Result<()> {
 /// off, equal to the row loop — for J of the per-sample losses and, with create_graph, for the
 /// gradient of ‖J‖² (second order through the rules).
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn loss_backward_rules_without_fallback() -> Result<()> {
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     let k = (Kind::Double, Device::Cpu);
     tch::manual_seed(3);
     let target = Tensor::randn([4, 3], k);

@@ -253,11 +253,10 @@ fn auto_never_errors_where_the_loop_works() -> Result<()> {
 /// An op without a batching rule in a per-sample loss, with the fallback off, is
 /// `Error::NoBatchingRule` (as in a batched pass).
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn no_batching_rule_in_the_loss() -> Result<()> {
     let _serial = serial();
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     let w = randn(&[5]);
     let x = randn(&[3, 5]);
     let r = per_sample_gradients_of(

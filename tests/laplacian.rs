@@ -15,8 +15,9 @@ fn rand(shape: &[i64], seed: i64) -> Tensor {
 /// The first mismatches of `a` against `b` (`|a − b| ≤ atol + rtol·|b|`), or nothing.
 fn assert_close(a: &Tensor, b: &Tensor, rtol: f64, atol: f64, what: &str) {
     assert_eq!(a.size(), b.size(), "{what}: shapes");
-    let av = Vec::<f64>::try_from(a.to_kind(Kind::Double).flatten(0, -1)).unwrap();
-    let bv = Vec::<f64>::try_from(b.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    assert_eq!(a.kind(), b.kind(), "{what}: kinds (shape {:?})", a.size());
+    let av = Vec::<f64>::try_from(a.flatten(0, -1)).unwrap();
+    let bv = Vec::<f64>::try_from(b.flatten(0, -1)).unwrap();
     let bad: Vec<String> = av
         .iter()
         .zip(&bv)
@@ -159,6 +160,28 @@ fn taylor_equals_nested_reverse_mode_f64() {
     }
 }
 
+/// The per-sample Hessians `[B, n, n]` of `u` (flattened per sample) by `batch_hessian_of` and
+/// the row loop, which tests/pytorch_parity.rs's `batch_hessian_matches` anchors to PyTorch:
+/// the reference the weighted and estimated Laplacians are contracted from here, independent of
+/// `Laplacian`'s directions (`[D, B, *in]`, the σ permutation, the 1/k scale).
+fn hessians(u: &dyn Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {
+    let b = x.size()[0];
+    let n = x.numel() as i64 / b;
+    let opts = JacobianOptions::default().strategy(Strategy::RowLoop);
+    let h = tch_jacobian::batch_hessian_of(|x: &Tensor| u(x).reshape([b]), x, &opts).unwrap();
+    assert_eq!(h.kind(), Kind::Double);
+    h.reshape([b, n, n])
+}
+
+/// `tr(σσᵀH_b) = Σ_d σ_dᵀ H_b σ_d` by einsum, `σ: [n, m]` or `[B, n, m]`.
+fn weighted_reference(h: &Tensor, sigma: &Tensor) -> Tensor {
+    if sigma.dim() == 2 {
+        Tensor::einsum("nd,bnp,pd->b", &[sigma, h, sigma], None::<i64>)
+    } else {
+        Tensor::einsum("bnd,bnp,bpd->b", &[sigma, h, sigma], None::<i64>)
+    }
+}
+
 #[test]
 fn weighted_laplacian_matches_the_hessian_contraction() {
     let x = rand(&[4, 3], 11);
@@ -166,32 +189,143 @@ fn weighted_laplacian_matches_the_hessian_contraction() {
     let per_sample = rand(&[4, 3, 5], 13);
     for name in ["mlp-tanh", "layer-norm-softmax"] {
         let u = closure(name);
+        let h = hessians(&u, &x);
         for sigma in [&shared, &per_sample] {
-            let t = Laplacian::new()
-                .weights(sigma)
-                .method(LaplacianMethod::Taylor)
-                .compute(&u, &x)
-                .unwrap();
-            let n = Laplacian::new()
-                .weights(sigma)
-                .method(LaplacianMethod::Nested)
-                .compute(&u, &x)
-                .unwrap();
-            assert!(t.gradient.is_none());
-            assert_close(
-                &t.laplacian,
-                &n.laplacian,
-                1e-10,
-                1e-10,
-                &format!("{name}: tr(σσᵀH)"),
-            );
+            let reference = weighted_reference(&h, sigma);
+            for method in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
+                let out = Laplacian::new()
+                    .weights(sigma)
+                    .method(method)
+                    .compute(&u, &x)
+                    .unwrap();
+                assert!(out.gradient.is_none());
+                assert_eq!(out.laplacian.kind(), Kind::Double);
+                assert_close(
+                    &out.laplacian,
+                    &reference,
+                    1e-10,
+                    1e-10,
+                    &format!("{name}: tr(σσᵀH), σ {:?}, {method:?}", sigma.size()),
+                );
+            }
         }
+    }
+}
+
+/// The directions `z: [k, B, m]` that `LaplacianEstimator::{Rademacher, Gaussian} { seed:
+/// Some(seed) }` draws: a `StdRng` seeded with `seed`, `k·B·m` values in row-major order (±1 with
+/// probability ½, or standard normal). This reproduces the crate's draws (src/laplacian.rs,
+/// `draw`) so that the estimate can be checked value for value; the estimators' distribution is
+/// `estimators_are_unbiased`'s business.
+fn draws(k: i64, b: i64, m: i64, seed: u64, rademacher: bool) -> Tensor {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vals: Vec<f64> = (0..k * b * m)
+        .map(|_| {
+            if rademacher {
+                if rng.random_bool(0.5) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            } else {
+                rng.sample(rand_distr::StandardNormal)
+            }
+        })
+        .collect();
+    Tensor::from_slice(&vals).reshape([k, b, m])
+}
+
+/// Hutchinson's estimates `(1/k) Σ_r v_rᵀ H_b v_r` (`v = z`, or `σ z` with weights) against the
+/// einsum of the same directions with `batch_hessian_of`, both methods, with and without
+/// (shared and per-sample) weights.
+#[test]
+fn estimates_match_the_hessian_contraction() {
+    let x = rand(&[4, 3], 21) * 0.5;
+    let shared = rand(&[3, 2], 22);
+    let per_sample = rand(&[4, 3, 5], 23);
+    let u = closure("mlp-tanh");
+    let h = hessians(&u, &x);
+    let (k, b, n) = (3i64, 4i64, 3i64);
+    for rademacher in [true, false] {
+        for sigma in [None, Some(&shared), Some(&per_sample)] {
+            let m = sigma.map_or(n, |s| s.size()[s.dim() - 1]);
+            let seed = 7 + m as u64;
+            let z = draws(k, b, m, seed, rademacher);
+            let v = match sigma {
+                None => z,
+                Some(s) if s.dim() == 2 => Tensor::einsum("nm,kbm->kbn", &[s, &z], None::<i64>),
+                Some(s) => Tensor::einsum("bnm,kbm->kbn", &[s, &z], None::<i64>),
+            };
+            let reference = Tensor::einsum("kbn,bnp,kbp->b", &[&v, &h, &v], None::<i64>) / k as f64;
+            let e = if rademacher {
+                LaplacianEstimator::Rademacher {
+                    samples: k as usize,
+                    seed: Some(seed),
+                }
+            } else {
+                LaplacianEstimator::Gaussian {
+                    samples: k as usize,
+                    seed: Some(seed),
+                }
+            };
+            for method in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
+                let mut l = Laplacian::new().estimator(e).method(method);
+                if let Some(s) = sigma {
+                    l = l.weights(s);
+                }
+                let out = l.compute(&u, &x).unwrap();
+                assert_close(
+                    &out.laplacian,
+                    &reference,
+                    1e-10,
+                    1e-10,
+                    &format!("{e:?}, σ {:?}, {method:?}", sigma.map(|s| s.size())),
+                );
+            }
+        }
+    }
+}
+
+/// `nested_strategy`: every inner strategy of the nested path gives the trace of the per-sample
+/// Hessian, exact and weighted.
+#[test]
+fn nested_strategies_match_the_hessian_contraction() {
+    let x = rand(&[4, 3], 41);
+    let sigma = rand(&[4, 3, 2], 42);
+    let u = closure("matmul-sigmoid-softplus");
+    let h = hessians(&u, &x);
+    let exact = h.diagonal(0, 1, 2).sum_dim_intlist(1, false, Kind::Double);
+    let weighted = weighted_reference(&h, &sigma);
+    let mut all = vec![Strategy::Auto, Strategy::RowLoop];
+    if tch_jacobian::native::available() {
+        all.push(Strategy::Batched { chunk_size: None });
+        all.push(Strategy::Batched {
+            chunk_size: Some(2),
+        });
+    }
+    for s in all {
+        let nested = Laplacian::new()
+            .method(LaplacianMethod::Nested)
+            .nested_strategy(s);
+        let out = nested.compute(&u, &x).unwrap();
+        assert_eq!(out.method, LaplacianMethod::Nested);
+        assert_close(&out.laplacian, &exact, 1e-10, 1e-10, &format!("Δu, {s}"));
+        let out = nested.weights(&sigma).compute(&u, &x).unwrap();
+        assert_close(
+            &out.laplacian,
+            &weighted,
+            1e-10,
+            1e-10,
+            &format!("tr(σσᵀH), {s}"),
+        );
     }
 }
 
 #[test]
 fn inputs_of_any_shape() {
-    // x: [B, 2, 3]; u flattens each sample. Both methods, exact and weighted, agree.
+    // x: [B, 2, 3]; u flattens each sample. Both methods, exact and weighted, give the
+    // contraction of the per-sample Hessian.
     let x = rand(&[3, 2, 3], 15) * 0.5;
     let w = rand(&[4, 6], 16);
     let u = |x: &Tensor| {
@@ -210,7 +344,26 @@ fn inputs_of_any_shape() {
             n = n.weights(s);
         }
         let (t, n) = (t.compute(u, &x).unwrap(), n.compute(u, &x).unwrap());
-        assert_close(&t.laplacian, &n.laplacian, 1e-10, 1e-10, "[B, 2, 3]: Δu");
+        // The reference: the Hessian [B, 6, 6] of the flattened sample, contracted.
+        let h = hessians(&u, &x);
+        let reference = match weights {
+            None => h.diagonal(0, 1, 2).sum_dim_intlist(1, false, Kind::Double),
+            Some(s) => weighted_reference(&h, s),
+        };
+        assert_close(
+            &t.laplacian,
+            &reference,
+            1e-10,
+            1e-10,
+            "[B, 2, 3]: Δu, Taylor",
+        );
+        assert_close(
+            &n.laplacian,
+            &reference,
+            1e-10,
+            1e-10,
+            "[B, 2, 3]: Δu, nested",
+        );
         if weights.is_none() {
             assert_eq!(t.gradient.as_ref().unwrap().size(), [3, 2, 3]);
             assert_close(
@@ -260,28 +413,6 @@ fn estimators_are_unbiased() {
             "gaussian={gaussian}: |mean − exact| = {z} standard errors"
         );
     }
-    // Nested reverse mode takes the same directions: the same estimate.
-    let e = LaplacianEstimator::Rademacher {
-        samples: 3,
-        seed: Some(7),
-    };
-    let t = Laplacian::new()
-        .estimator(e)
-        .method(LaplacianMethod::Taylor)
-        .compute(&u, &x)
-        .unwrap();
-    let n = Laplacian::new()
-        .estimator(e)
-        .method(LaplacianMethod::Nested)
-        .compute(&u, &x)
-        .unwrap();
-    assert_close(
-        &t.laplacian,
-        &n.laplacian,
-        1e-10,
-        1e-10,
-        "Rademacher: Taylor vs nested",
-    );
 }
 
 /// The PINN loss mean((Δu − f)²) and its gradient to W1: Taylor mode with create_graph against

@@ -140,7 +140,16 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
         }
     };
     let check_second = |what: &str, got: &[Tensor], want: &[Tensor]| -> tch_jacobian::Result<()> {
-        if case.create_graph && m > 0 && got.iter().all(|j| j.requires_grad()) {
+        if case.create_graph && m > 0 {
+            // A strategy that dropped create_graph must fail here, not skip the check.
+            for (k, j) in got.iter().enumerate() {
+                assert!(
+                    j.requires_grad(),
+                    "{what} block {k} (shape {:?}, {:?}) does not require grad under create_graph, {case:?}",
+                    j.size(),
+                    j.kind()
+                );
+            }
             compare(&format!("{what} d‖J‖²/dA"), &second(got)?, &second(want)?);
         }
         Ok(())
@@ -208,8 +217,25 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
     Ok(())
 }
 
+/// The generator's seed: fixed, so that every run (CI included) checks the same 48 cases and a
+/// failure reproduces; `PROPTEST_RNG_SEED=<u64>` picks other cases on purpose. The failing case
+/// is printed in full by the panic message (failure files are not kept: `failure_persistence`
+/// off, the seed reproduces it).
+fn rng_seed() -> proptest::test_runner::RngSeed {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_251_126);
+    proptest::test_runner::RngSeed::Fixed(seed)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        rng_seed: rng_seed(),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn every_strategy_equals_the_row_loop(case in case()) {

@@ -5,8 +5,10 @@
 //! (tests/gen-taylor-opinfo.py writes it, the inputs and the references).
 //!
 //! `LaplacianMethod::Taylor` must give the reference (|a − b| ≤ 1e-9 + 1e-7·|b|) or an
-//! `Error::NoTaylorRule`; never another value, never another error. `LaplacianMethod::Auto`
-//! (nested reverse mode where Taylor has no rule) must give the reference for every case.
+//! `Error::NoTaylorRule`; never another value, never another error, and the ops without a rule
+//! (with their case counts) must be exactly those of tests/expected/taylor_no_rule.tsv.
+//! `LaplacianMethod::Auto` (nested reverse mode where Taylor has no rule) must give the reference
+//! for every case.
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -27,8 +29,11 @@ const KNOWN_ERRORS: &[(&str, &str)] = &[];
 const RTOL: f64 = 1e-7;
 const ATOL: f64 = 1e-9;
 
+/// The values of a float64 tensor (every case and its reference are float64: a result of another
+/// kind is a failure, not a rounding).
 fn values(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    assert_eq!(t.kind(), Kind::Double, "shape {:?}", t.size());
+    Vec::<f64>::try_from(t.flatten(0, -1)).unwrap()
 }
 
 fn close(a: &[f64], b: &[f64]) -> bool {
@@ -204,6 +209,30 @@ fn taylor_rules_match_the_hessian_trace() {
         auto_wrong.len(),
         &auto_wrong[..auto_wrong.len().min(5)]
     );
+    // The ops without a rule, and how many cases reach each, exactly as committed: a rule that
+    // stops firing (or a new one) fails until tests/expected/taylor_no_rule.tsv is blessed
+    // (TCH_JACOBIAN_BLESS=1 cargo test --test taylor_opinfo).
+    let mut table = common::expect::Table::new(&["op", "cases", "examples"], 1, 2);
+    for (op, which) in &no_rule {
+        let mut examples = which[..which.len().min(3)].join("; ");
+        if which.len() > 3 {
+            examples += "; …";
+        }
+        table.push(vec![op.clone(), which.len().to_string(), examples]);
+    }
+    assert_eq!(right + no_rule_cases + known_seen.len(), cases.len());
+    common::expect::check(
+        &std::path::Path::new(&common::root()).join("tests/expected/taylor_no_rule.tsv"),
+        "The ops without a collapsed Taylor rule in tests/taylor_opinfo.rs's OpInfo sweep (the cases\n\
+that end in Error::NoTaylorRule { op }), with how many cases reach each; every other case\n\
+must be right. Written by TCH_JACOBIAN_BLESS=1 cargo test --test taylor_opinfo; review the diff\n\
+before committing (a rule added removes its op; an op added means a rule stopped firing).\n\
+examples is not compared.",
+        &table,
+        |_| true,
+        "taylor_opinfo",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `aten::index` from tch (a `c10::List<optional<Tensor>>`, where the TorchScript interpreter
