@@ -32,7 +32,7 @@ use tch::{Kind, Tensor};
 
 use crate::autograd::{input_names, vjp_into, Names, Pass};
 use crate::error::{Error, Result};
-use crate::tolerance::contract_rtol;
+use crate::testing::contract_rtol;
 
 /// Fixed-seed standard normal draws shaped like `like` (its dtype and device), from the crate's
 /// own generator; `salt` varies the stream between the probes of one call.

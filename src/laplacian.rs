@@ -63,10 +63,53 @@ use rand_distr::StandardNormal;
 use tch::{Kind, Tensor};
 
 use crate::autograd::check_float;
-use crate::batch_hessian::{check_batch, check_per_sample};
+use crate::closure::FnOutput;
 use crate::error::{Error, Result};
-use crate::jacobian::FnOutput;
+use crate::hessian::{check_batch, check_per_sample};
 use crate::strategy::{JacobianOptions, Strategy};
+
+/// The Laplacian of a closure per sample, shape `[B]`: `Δu[b] = Σ_i ∂²u(x)[b]/∂x[b, i]²`, the
+/// trace of [`batch_hessian_of`] — `vmap(hessian(u))(x).diagonal(...).sum(-1)` in PyTorch.
+///
+/// With [`Strategy::Auto`] (the default) it is computed in **one forward pass by collapsed
+/// Taylor mode** ([`crate::laplacian`]: `u` runs once, carrying `n` first-order coefficients and
+/// one summed second-order coefficient through each op — faster than PyTorch's autograd loop,
+/// `vmap(hessian)` and jet-for-pytorch, docs/benchmarks.md), falling back to nested reverse mode
+/// for a closure with an op that has no collapsed rule. An explicit strategy
+/// ([`Strategy::RowLoop`], [`Strategy::Batched`]) runs nested reverse mode, PyTorch's loop:
+/// `∇u` with create_graph, then the per-sample Jacobian of `∇u` with that strategy (the row loop
+/// never forms `H`: pass `i` keeps only its diagonal element). For `u` and `∇u` beside `Δu`,
+/// weighted Laplacians `tr(σσᵀ∇²u)` and stochastic estimates, use [`crate::Laplacian`].
+///
+/// With `opts.create_graph` the result is differentiable: a PINN loss `‖Δu − f‖²` reaches the
+/// weights of `u`.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{laplacian_of, JacobianOptions, Strategy};
+/// // u(x) = ‖x‖⁴ per sample in ℝ²: Δu = 16 ‖x‖²
+/// let x = Tensor::from_slice(&[1.0f64, 2.0, 0.5, 0.0]).view([2, 2]);
+/// let u = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double).square();
+/// let lap = laplacian_of(u, &x, &JacobianOptions::default())?; // collapsed Taylor mode
+/// assert_eq!(Vec::<f64>::try_from(lap).unwrap(), [80.0, 4.0]);
+/// let nested = laplacian_of(u, &x, &JacobianOptions::default().strategy(Strategy::RowLoop))?;
+/// assert_eq!(Vec::<f64>::try_from(nested).unwrap(), [80.0, 4.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn laplacian_of<F, O>(u: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    if opts.strategy == Strategy::Auto {
+        return Ok(crate::laplacian::Laplacian::new()
+            .create_graph(opts.create_graph)
+            .check_independence(opts.check_independence)
+            .compute(u, x)?
+            .laplacian);
+    }
+    Ok(crate::hessian::nested_laplacian("laplacian_of", u, x, opts)?.2)
+}
 
 /// How [`Laplacian`] computes: see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -237,7 +280,7 @@ impl<'a> Laplacian<'a> {
     }
 
     /// The inner strategy of the nested path (`Auto`: the row loop on the CPU, the batched pass
-    /// on CUDA, as in [`crate::batch_hessian_of`]).
+    /// on CUDA, as in [`crate::per_sample_hessian_of`]).
     ///
     /// ```
     /// # use tch_jacobian::{Laplacian, Strategy};
@@ -512,10 +555,10 @@ impl<'a> Laplacian<'a> {
             .strategy(self.nested)
             .check_independence(self.checks());
         let (value, g, lap) = if dirs.spans_gradient {
-            crate::batch_hessian::nested_laplacian("Laplacian", u, x, &opts)?
+            crate::hessian::nested_laplacian("Laplacian", u, x, &opts)?
         } else {
             // Σ_d v_dᵀ H v_d from the per-sample Hessians [B, n, n].
-            let (value, g, h) = crate::batch_hessian::nested_hessian("Laplacian", u, x, &opts)?;
+            let (value, g, h) = crate::hessian::nested_hessian("Laplacian", u, x, &opts)?;
             let d = dirs.v.size()[0];
             let v = dirs.v.f_reshape([d, b, n])?;
             let h = h.f_reshape([b, n, n])?; // [B, *in, *in] → [B, n, n]

@@ -32,9 +32,9 @@
 //! | `torch.autograd.functional.jacobian(f, x, vectorize=True)` | [`jacobian_of`] or [`jacobian_with`] with [`Strategy::Batched`]: PyTorch's `vectorize=True` is also one vmapped backward pass (`is_grads_batched=True`), not a replicated forward |
 //! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::Forward`] (forward-mode AD on dual tensors with the engine; what `Auto` picks for tall Jacobians on the CPU; also in [`jacobian_with`], by double-backward JVPs) |
 //! | (no PyTorch twin; the closest is running `f` on stacked copies of `x` yourself) | [`jacobian_of`] with [`Strategy::Vectorized`] (replicated forward: `f` on stacked copies, one backward pass) or [`Strategy::VectorizedForward`] (double backward over stacked copies, column by column) — no native engine needed; what `Auto` picks for closures without it |
-//! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
+//! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`per_sample_jacobian_of(f, &x, &opts)`](per_sample_jacobian_of) or [`per_sample_jacobian(&y, &x, &opts)`](per_sample_jacobian) |
 //! | `torch._C._functorch._set_vmap_fallback_enabled(False)` | [`JacobianOptions::vmap_fallback(false)`](JacobianOptions::vmap_fallback); ops that fell back: [`native::take_vmap_fallbacks`] |
-//! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`batch_jacobian_of_aux`] |
+//! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`per_sample_jacobian_of_aux`] |
 //! | `torch.autograd.functional.jacobian(f, (a, b))` with tuple outputs | [`jacobians(&[&y0, &y1], &[&a, &b], &opts)`](jacobians) |
 //! | `vmap(grad(lambda p, x: loss(functional_call(model, p, x))))` (per-sample gradients, O(B)) | [`per_sample_gradients_of(loss, &params, &[&x, &t], &opts)`](per_sample_gradients_of) |
 //! | the same for a `tch::nn` model built by `fn(&nn::Path) -> M` | [`per_sample_gradients_of_module(&vs, build, loss, &[&x, &t], &opts)`](per_sample_gradients_of_module) |
@@ -44,7 +44,7 @@
 //! | `grad(y, x, V, is_grads_batched=True)` / `vmap(vjp_fn)(V)` | [`vjp_batched(&y, &x, &v, &opts)`](vjp_batched) |
 //! | `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(U)` | [`jvp_batched(&y, &x, &u, &opts)`](jvp_batched) |
 //! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
-//! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`batch_hessian_of(u, &x, &opts)`](batch_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
+//! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`per_sample_hessian_of(u, &x, &opts)`](per_sample_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
 //! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`Laplacian::new().compute(u, &x)`](Laplacian) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
@@ -69,14 +69,13 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod autograd;
-pub mod batch;
-pub mod batch_hessian;
 pub mod closed_form;
-pub mod derivatives;
+pub mod closure;
 pub mod device;
 mod engine;
 pub mod error;
 pub mod global;
+pub mod hessian;
 pub mod independence;
 pub mod jacobian;
 pub mod laplacian;
@@ -84,23 +83,22 @@ pub mod module;
 pub mod native;
 pub mod params;
 pub mod penalty;
+pub mod per_sample;
+pub mod products;
 pub mod second_order;
 pub mod strategy;
-pub mod tolerance;
+pub mod testing;
 
-pub use batch::{
-    batch_jacobian, batch_jacobian_of, batch_jacobian_of_aux, check_batch_independence,
-};
-pub use batch_hessian::{batch_hessian_of, laplacian_of};
 pub use closed_form::{sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian};
-pub use derivatives::{hessian, hessian_of, hvp, jvp, jvp_batched, vjp, vjp_batched};
+pub use closure::FnOutput;
 pub use device::parse_device;
 pub use error::{Error, Result};
-pub use jacobian::{
-    jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, FnOutput, WithValue,
+pub use hessian::{hessian, hessian_of, hvp, per_sample_hessian_of};
+pub use jacobian::{jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, WithValue};
+pub use laplacian::{
+    laplacian_of, Laplacian, LaplacianEstimator, LaplacianMethod, LaplacianOutput,
 };
-pub use laplacian::{Laplacian, LaplacianEstimator, LaplacianMethod, LaplacianOutput};
-pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
+pub use module::{load_module, module_jacobian, module_output, module_per_sample_jacobian};
 pub use params::{
     parameter_jacobian, per_sample_gradients, per_sample_gradients_of,
     per_sample_gradients_of_module, trainable_parameters, PerSample,
@@ -108,8 +106,13 @@ pub use params::{
 pub use penalty::{
     contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
 };
+pub use per_sample::{
+    check_sample_independence, per_sample_jacobian, per_sample_jacobian_of,
+    per_sample_jacobian_of_aux,
+};
+pub use products::{jvp, jvp_batched, vjp, vjp_batched};
 pub use strategy::{JacobianOptions, Progress, Randomness, Strategy};
-pub use tolerance::{assert_allclose, Tolerance};
+pub use testing::{assert_allclose, Tolerance};
 
 /// The README's Rust snippets, compiled by `cargo test --doc`.
 #[doc = include_str!("../README.md")]

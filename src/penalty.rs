@@ -12,7 +12,7 @@
 //!
 //! | estimator | formula | cost (create_graph backward passes) with the native engine | without it |
 //! |---|---|---|---|
-//! | [`Estimator::Exact`] | `Σ_i ‖∂h_{·,i}/∂x‖²` | one [`batch_jacobian`] with `Auto`: one batched pass over the `m` rows (chunked only above 2²⁸ elements; for `m ≥ 4·n` on the CPU, `Jᵀw` once and one batched pass over the `n` columns) | `m` (one per hidden unit, whole batch) |
+//! | [`Estimator::Exact`] | `Σ_i ‖∂h_{·,i}/∂x‖²` | one [`per_sample_jacobian`] with `Auto`: one batched pass over the `m` rows (chunked only above 2²⁸ elements; for `m ≥ 4·n` on the CPU, `Jᵀw` once and one batched pass over the `n` columns) | `m` (one per hidden unit, whole batch) |
 //! | [`Estimator::SigmoidClosedForm`] | `Σ_i (h_i(1−h_i))² Σ_j W_ij²` | 0 (only for `h = σ(Wx + b)`) | 0 |
 //! | [`Estimator::Projections`] | `(m/k) Σ_{r<k} ‖v_rᵀ J‖²`, `v_r` uniform on the unit sphere | one batched pass over the `k` directions (a plain pass for `k = 1`) | `k` |
 //! | [`Estimator::FixedProjections`] | the same with given directions | the same | `k` |
@@ -29,10 +29,10 @@ use tch::{Kind, Tensor};
 use crate::autograd::{
     check_float, check_input, check_same_device, check_stack, input_names, vjp_stack, Names, Pass,
 };
-use crate::batch::batch_jacobian;
 use crate::closed_form;
-use crate::derivatives::jvp_batched;
 use crate::error::{Error, Result};
+use crate::per_sample::per_sample_jacobian;
+use crate::products::jvp_batched;
 use crate::strategy::{JacobianOptions, Strategy};
 
 /// Squared Frobenius norm `‖J‖_F² = Σ J²` over all elements (the notebook's `J.pow(2).sum()`).
@@ -56,7 +56,7 @@ pub fn frobenius_norm_sq(j: &Tensor) -> Result<Tensor> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Estimator {
-    /// Exact: the per-sample Jacobians by one [`batch_jacobian`] with
+    /// Exact: the per-sample Jacobians by one [`per_sample_jacobian`] with
     /// `create_graph` and [`Strategy::Auto`] — one batched create_graph
     /// pass with the native engine (see the module docs for the tall case), one create_graph
     /// backward pass per hidden unit over the whole batch without it.
@@ -191,7 +191,7 @@ pub fn contractive_penalty_per_sample(
                     .create_graph(true)
                     .strict(true)
                     .check_independence(false);
-                let j = batch_jacobian(h, x, &opts)?;
+                let j = per_sample_jacobian(h, x, &opts)?;
                 let (m, n) = (h.numel() as i64 / b, x.numel() as i64 / b);
                 crate::independence::check_jacobian(
                     "contractive_penalty",
@@ -290,7 +290,7 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
         false
     };
     let per_sample_j = if from_j {
-        let j = batch_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?; // [B, m, n]
+        let j = per_sample_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?; // [B, m, n]
         crate::independence::check_jacobian("contractive_penalty", &h.f_reshape([b, m])?, x, &j)?;
         Some(j)
     } else {

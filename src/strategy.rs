@@ -94,7 +94,7 @@ pub enum Strategy {
     },
     /// Column by column, `J[:, j] = J e_j`, by forward-mode products.
     ///
-    /// With a closure (`jacobian_of`, `batch_jacobian_of`), the native engine and no
+    /// With a closure (`jacobian_of`, `per_sample_jacobian_of`), the native engine and no
     /// `create_graph`: true forward-mode AD, `torch.func.jacfwd` — the closure is evaluated once
     /// more on dual tensors whose tangents are all the identity columns at one vmap level
     /// (`csrc/forward_ad.cpp`, chunked like `Batched`); no reverse graph, no row-wise

@@ -5,8 +5,8 @@
 //! closures (f32 and f64, small and large batches) never trip it.
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, check_batch_independence,
-    contractive_penalty, laplacian_of, Error, Estimator, JacobianOptions, Laplacian,
+    check_sample_independence, contractive_penalty, laplacian_of, per_sample_hessian_of,
+    per_sample_jacobian, per_sample_jacobian_of, Error, Estimator, JacobianOptions, Laplacian,
     LaplacianEstimator, LaplacianMethod, Result, Strategy,
 };
 
@@ -98,7 +98,7 @@ fn batch_jacobians_refuse_mixing_closures() {
             if matches!(s, Strategy::Vectorized { .. }) {
                 // The replicated strategy's own row-wise check refuses first, checked or not.
                 for o in [opts, opts.check_independence(false)] {
-                    match batch_jacobian_of(&f, &x, &o) {
+                    match per_sample_jacobian_of(&f, &x, &o) {
                         Err(Error::Contract(m)) => assert!(m.contains("mixes rows"), "{m}"),
                         other => panic!("{name}, {s}: {other:?}"),
                     }
@@ -106,27 +106,27 @@ fn batch_jacobians_refuse_mixing_closures() {
                 continue;
             }
             refused(
-                batch_jacobian_of(&f, &x, &opts),
-                "batch_jacobian_of",
+                per_sample_jacobian_of(&f, &x, &opts),
+                "per_sample_jacobian_of",
                 &format!("{name}, {s}"),
             );
             assert!(
-                batch_jacobian_of(&f, &x, &opts.check_independence(false)).is_ok(),
+                per_sample_jacobian_of(&f, &x, &opts.check_independence(false)).is_ok(),
                 "{name}, {s}: unchecked"
             );
             {
                 let xg = x.detach().set_requires_grad(true);
                 refused(
-                    batch_jacobian(&f(&xg), &xg, &opts),
-                    "batch_jacobian",
+                    per_sample_jacobian(&f(&xg), &xg, &opts),
+                    "per_sample_jacobian",
                     &format!("{name}, {s}"),
                 );
             }
         }
         let xg = x.detach().set_requires_grad(true);
         refused(
-            check_batch_independence(&f(&xg), &xg),
-            "check_batch_independence",
+            check_sample_independence(&f(&xg), &xg),
+            "check_sample_independence",
             name,
         );
         for est in [
@@ -157,8 +157,8 @@ fn hessians_and_laplacians_refuse_mixing_closures() {
         for s in [Strategy::Auto, Strategy::RowLoop] {
             let opts = JacobianOptions::default().strategy(s);
             refused(
-                batch_hessian_of(u, &x, &opts),
-                "batch_hessian_of",
+                per_sample_hessian_of(u, &x, &opts),
+                "per_sample_hessian_of",
                 &format!("{name}, {s}"),
             );
             let lap = laplacian_of(u, &x, &opts);
@@ -236,11 +236,12 @@ fn independent_models_pass() {
         let what = format!("{kind:?}, B = {b}");
         for s in strategies() {
             let opts = JacobianOptions::default().strategy(s);
-            let _ = batch_jacobian_of(f, &x, &opts).unwrap_or_else(|e| panic!("{what} {s}: {e}"));
+            let _ =
+                per_sample_jacobian_of(f, &x, &opts).unwrap_or_else(|e| panic!("{what} {s}: {e}"));
         }
         let xg = x.detach().set_requires_grad(true);
-        let _ = batch_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
-        check_batch_independence(&f(&xg), &xg).unwrap();
+        let _ = per_sample_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
+        check_sample_independence(&f(&xg), &xg).unwrap();
         for est in [
             Estimator::Exact,
             Estimator::Projections {
@@ -255,7 +256,7 @@ fn independent_models_pass() {
             let _ = contractive_penalty(&f(&xg), &xg, &est)
                 .unwrap_or_else(|e| panic!("{what} {est:?}: {e}"));
         }
-        let _ = batch_hessian_of(u, &x, &JacobianOptions::default())
+        let _ = per_sample_hessian_of(u, &x, &JacobianOptions::default())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         for m in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
             for cg in [false, true] {

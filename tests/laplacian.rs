@@ -160,7 +160,7 @@ fn taylor_equals_nested_reverse_mode_f64() {
     }
 }
 
-/// The per-sample Hessians `[B, n, n]` of `u` (flattened per sample) by `batch_hessian_of` and
+/// The per-sample Hessians `[B, n, n]` of `u` (flattened per sample) by `per_sample_hessian_of` and
 /// the row loop, which tests/pytorch_parity.rs's `batch_hessian_matches` anchors to PyTorch:
 /// the reference the weighted and estimated Laplacians are contracted from here, independent of
 /// `Laplacian`'s directions (`[D, B, *in]`, the σ permutation, the 1/k scale).
@@ -168,7 +168,7 @@ fn hessians(u: &dyn Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {
     let b = x.size()[0];
     let n = x.numel() as i64 / b;
     let opts = JacobianOptions::default().strategy(Strategy::RowLoop);
-    let h = tch_jacobian::batch_hessian_of(|x: &Tensor| u(x).reshape([b]), x, &opts).unwrap();
+    let h = tch_jacobian::per_sample_hessian_of(|x: &Tensor| u(x).reshape([b]), x, &opts).unwrap();
     assert_eq!(h.kind(), Kind::Double);
     h.reshape([b, n, n])
 }
@@ -237,7 +237,7 @@ fn draws(k: i64, b: i64, m: i64, seed: u64, rademacher: bool) -> Tensor {
 }
 
 /// Hutchinson's estimates `(1/k) Σ_r v_rᵀ H_b v_r` (`v = z`, or `σ z` with weights) against the
-/// einsum of the same directions with `batch_hessian_of`, both methods, with and without
+/// einsum of the same directions with `per_sample_hessian_of`, both methods, with and without
 /// (shared and per-sample) weights.
 #[test]
 fn estimates_match_the_hessian_contraction() {

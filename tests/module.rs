@@ -1,5 +1,5 @@
 //! TorchScript models (tests/gen-torchscript.py, tests/data/ts/) against PyTorch's Jacobians:
-//! `module_jacobian` (`torch.autograd.functional.jacobian`) and `module_batch_jacobian`
+//! `module_jacobian` (`torch.autograd.functional.jacobian`) and `module_per_sample_jacobian`
 //! (`torch.func.vmap(torch.func.jacrev(model))`) with every strategy, tuple outputs, and the
 //! errors: no tensor output, output index out of range, inputs the model rejects, integer
 //! inputs, files that are missing or not TorchScript. f64 at rtol 1e-10 (`common::f64_tol`).
@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use tch::{CModule, Device, Kind, Tensor};
 use tch_jacobian::{
-    jacobian_of, load_module, module_batch_jacobian, module_jacobian, module_output, Error,
+    jacobian_of, load_module, module_jacobian, module_output, module_per_sample_jacobian, Error,
     JacobianOptions, Result, Strategy,
 };
 
@@ -33,7 +33,7 @@ fn opts(s: Strategy) -> JacobianOptions<'static> {
     fast_opts(s)
 }
 
-/// Checks `module_jacobian` and `module_batch_jacobian` with every strategy against
+/// Checks `module_jacobian` and `module_per_sample_jacobian` with every strategy against
 /// `<case>_j` / `<case>_bj`.
 fn check_case(m: &CModule, case: &str, index: Option<usize>, device: Device) -> Result<()> {
     let (x, bx) = (
@@ -50,10 +50,10 @@ fn check_case(m: &CModule, case: &str, index: Option<usize>, device: Device) -> 
         f64_tol()
             .check(&got, &j)
             .unwrap_or_else(|e| panic!("{case} module_jacobian {s:?}: {e}"));
-        let got = module_batch_jacobian(m, &bx, index, &opts(s))?;
+        let got = module_per_sample_jacobian(m, &bx, index, &opts(s))?;
         f64_tol()
             .check(&got, &bj)
-            .unwrap_or_else(|e| panic!("{case} module_batch_jacobian {s:?}: {e}"));
+            .unwrap_or_else(|e| panic!("{case} module_per_sample_jacobian {s:?}: {e}"));
     }
     Ok(())
 }
@@ -261,7 +261,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
             assert!(e.to_string().contains("not a tensor"), "{e}");
         }
         assert_err(
-            module_batch_jacobian(&m, &ts("mlp_tanh_bx", device), None, &o),
+            module_per_sample_jacobian(&m, &ts("mlp_tanh_bx", device), None, &o),
             &["not a tensor"],
         );
     }
@@ -303,7 +303,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
         &["the model rejected an input of shape [5] (Float"],
     );
     assert_err(
-        module_batch_jacobian(&mlp, &ts("bad_shape_x", device).view([1, 3]), None, &o),
+        module_per_sample_jacobian(&mlp, &ts("bad_shape_x", device).view([1, 3]), None, &o),
         &["shapes cannot be multiplied"],
     );
     // Integer inputs.
@@ -313,7 +313,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
         assert!(e.to_string().contains("Int64"), "{e}");
     }
     assert_err(
-        module_batch_jacobian(&mlp, &ts("int_x", device).view([1, 5]), None, &o),
+        module_per_sample_jacobian(&mlp, &ts("int_x", device).view([1, 5]), None, &o),
         &["Int64", "floating-point"],
     );
     Ok(())

@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, jacobian_of, jacobian_with, laplacian_of,
-    Strategy, Tolerance,
+    jacobian_of, jacobian_with, laplacian_of, per_sample_hessian_of, per_sample_jacobian,
+    per_sample_jacobian_of, Strategy, Tolerance,
 };
 
 /// A strategy with its chunk size set to `chunk` where it has one.
@@ -176,16 +176,16 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
             }
         }
         Some(_) => {
-            let reference = vec![batch_jacobian(&y, &xs[0], &base)?];
+            let reference = vec![per_sample_jacobian(&y, &xs[0], &base)?];
             let g = |x: &Tensor| f(&[x]);
             for s in &strategies {
                 if !needs_closure(*s) {
-                    let got = vec![batch_jacobian(&y, &xs[0], &base.strategy(*s))?];
-                    compare(&format!("batch_jacobian {s:?}"), &got, &reference);
-                    check_second(&format!("batch_jacobian {s:?}"), &got, &reference)?;
+                    let got = vec![per_sample_jacobian(&y, &xs[0], &base.strategy(*s))?];
+                    compare(&format!("per_sample_jacobian {s:?}"), &got, &reference);
+                    check_second(&format!("per_sample_jacobian {s:?}"), &got, &reference)?;
                 }
-                let got = vec![batch_jacobian_of(g, &xs[0], &base.strategy(*s))?];
-                compare(&format!("batch_jacobian_of {s:?}"), &got, &reference);
+                let got = vec![per_sample_jacobian_of(g, &xs[0], &base.strategy(*s))?];
+                compare(&format!("per_sample_jacobian_of {s:?}"), &got, &reference);
             }
             // Per-sample Hessians and Laplacians of u(x) = ‖f(x)_b‖² against the row loop.
             let b = xs[0].size()[0];
@@ -196,13 +196,13 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
                         .square()
                         .sum_dim_intlist(1, false, kind)
                 };
-                let h_ref = vec![batch_hessian_of(u, &xs[0], &base)?];
+                let h_ref = vec![per_sample_hessian_of(u, &xs[0], &base)?];
                 let l_ref = vec![laplacian_of(u, &xs[0], &base)?];
                 for s in strategies.iter().filter(|s| !needs_closure(**s)) {
                     let o = base.strategy(*s);
                     compare(
-                        &format!("batch_hessian_of {s:?}"),
-                        &[batch_hessian_of(u, &xs[0], &o)?],
+                        &format!("per_sample_hessian_of {s:?}"),
+                        &[per_sample_hessian_of(u, &xs[0], &o)?],
                         &h_ref,
                     );
                     compare(

@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hessian_of,
-    hvp, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, jvp, jvp_batched, laplacian_of,
-    per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module, vjp,
-    vjp_batched, JacobianOptions, Result, Strategy,
+    frobenius_norm_sq, hessian, hessian_of, hvp, jacobian_of, jacobian_of_aux, jacobian_with,
+    jacobians, jvp, jvp_batched, laplacian_of, per_sample_gradients, per_sample_gradients_of,
+    per_sample_gradients_of_module, per_sample_hessian_of, per_sample_jacobian,
+    per_sample_jacobian_of, vjp, vjp_batched, JacobianOptions, Result, Strategy,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {
@@ -222,23 +222,23 @@ fn batch_matches_vmap_jacrev(device: Device) -> Result<()> {
     let f = |x: &Tensor| (x.matmul(&w1.tr()) + &b1).tanh().matmul(&w2.tr()) + &b2;
     let x = fx(c, "x", device);
     for s in strategies() {
-        let j = batch_jacobian_of(f, &x, &opts(s))?;
+        let j = per_sample_jacobian_of(f, &x, &opts(s))?;
         f64_tol()
             .check(&j, &fx(c, "j", device))
-            .unwrap_or_else(|e| panic!("batch_jacobian_of {s:?}: {e}"));
+            .unwrap_or_else(|e| panic!("per_sample_jacobian_of {s:?}: {e}"));
         if !needs_closure(s) {
             let xg = x.detach().set_requires_grad(true);
-            let j = batch_jacobian(&f(&xg), &xg, &opts(s))?;
+            let j = per_sample_jacobian(&f(&xg), &xg, &opts(s))?;
             f64_tol()
                 .check(&j, &fx(c, "j", device))
-                .unwrap_or_else(|e| panic!("batch_jacobian {s:?}: {e}"));
+                .unwrap_or_else(|e| panic!("per_sample_jacobian {s:?}: {e}"));
         }
     }
     // Per-sample 2-D inputs: [B, 2, 4] -> [B, 3] -> J [B, 3, 2, 4].
     let w = fx("batch_2d", "w", device);
     let f2 = |x: &Tensor| x.flatten(1, -1).matmul(&w.tr()).sigmoid();
     for s in strategies() {
-        let j = batch_jacobian_of(f2, &fx("batch_2d", "x", device), &opts(s))?;
+        let j = per_sample_jacobian_of(f2, &fx("batch_2d", "x", device), &opts(s))?;
         assert_eq!(j.size(), [5, 3, 2, 4]);
         f64_tol()
             .check(&j, &fx("batch_2d", "j", device))
@@ -384,7 +384,7 @@ fn hessian_of_closure(device: Device) -> Result<()> {
     Ok(())
 }
 
-/// `batch_hessian_of` and `laplacian_of` against `vmap(hessian(u))` for a PINN-style tanh MLP
+/// `per_sample_hessian_of` and `laplacian_of` against `vmap(hessian(u))` for a PINN-style tanh MLP
 /// u: ℝ³ → ℝ, and the gradient of the Laplacian loss `mean((Δu)²)` to `W1` (third derivatives)
 /// against PyTorch's, with every strategy.
 fn batch_hessian_matches(device: Device) -> Result<()> {
@@ -410,8 +410,11 @@ fn batch_hessian_matches(device: Device) -> Result<()> {
     all.push(Strategy::Vectorized { chunk_size: None }); // falls back to Auto
     for s in all {
         f64_tol()
-            .check(&batch_hessian_of(u, &x, &opts(s))?, &fx(c, "h", device))
-            .unwrap_or_else(|e| panic!("batch_hessian_of {s:?}: {e}"));
+            .check(
+                &per_sample_hessian_of(u, &x, &opts(s))?,
+                &fx(c, "h", device),
+            )
+            .unwrap_or_else(|e| panic!("per_sample_hessian_of {s:?}: {e}"));
         f64_tol()
             .check(&laplacian_of(u1, &x, &opts(s))?, &fx(c, "lap", device))
             .unwrap_or_else(|e| panic!("laplacian_of {s:?}: {e}"));
@@ -424,12 +427,12 @@ fn batch_hessian_matches(device: Device) -> Result<()> {
     // Bad input is an error: a closure with more than one value per sample, an empty batch.
     let o = JacobianOptions::default();
     assert_err(
-        batch_hessian_of(|x: &Tensor| x.tanh(), &x, &o),
+        per_sample_hessian_of(|x: &Tensor| x.tanh(), &x, &o),
         &["one scalar per sample", "[4, 3]"],
     );
     assert_err(laplacian_of(u, &x.narrow(0, 0, 0), &o), &["empty batch"]);
     // A linear u has H = 0 (its gradient does not depend on x).
-    let h = batch_hessian_of(
+    let h = per_sample_hessian_of(
         |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Double),
         &x,
         &o,

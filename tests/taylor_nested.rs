@@ -10,8 +10,8 @@
 //! (one session per thread) — an `Error::NoTaylorRule`.
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian_of, laplacian_of, Error, JacobianOptions, Laplacian, LaplacianMethod, Result,
-    Strategy,
+    laplacian_of, per_sample_jacobian_of, Error, JacobianOptions, Laplacian, LaplacianMethod,
+    Result, Strategy,
 };
 
 const O: (Kind, Device) = (Kind::Double, Device::Cpu);
@@ -196,7 +196,8 @@ fn laplacian_of_a_gradient_norm_by_every_route() {
     type Grad = Inner;
     let by_jacobian = |s: Strategy| -> Grad {
         Box::new(move |n: &Net, x: &Tensor| {
-            let j = batch_jacobian_of(|x: &Tensor| n.v(x).unsqueeze(1), x, &opts().strategy(s))?;
+            let j =
+                per_sample_jacobian_of(|x: &Tensor| n.v(x).unsqueeze(1), x, &opts().strategy(s))?;
             Ok(j.squeeze_dim(1)) // [B, N]
         })
     };
@@ -215,11 +216,17 @@ fn laplacian_of_a_gradient_norm_by_every_route() {
         Ok(Tensor::f_run_backward(&[&y], &[x], true, true)?.remove(0))
     });
     let mut routes: Vec<(&str, Grad)> = vec![
-        ("batch_jacobian_of Auto", by_jacobian(Strategy::Auto)),
-        ("batch_jacobian_of RowLoop", by_jacobian(Strategy::RowLoop)),
-        ("batch_jacobian_of Forward", by_jacobian(Strategy::Forward)),
+        ("per_sample_jacobian_of Auto", by_jacobian(Strategy::Auto)),
         (
-            "batch_jacobian_of Vectorized",
+            "per_sample_jacobian_of RowLoop",
+            by_jacobian(Strategy::RowLoop),
+        ),
+        (
+            "per_sample_jacobian_of Forward",
+            by_jacobian(Strategy::Forward),
+        ),
+        (
+            "per_sample_jacobian_of Vectorized",
             by_jacobian(Strategy::Vectorized { chunk_size: None }),
         ),
         (
@@ -237,7 +244,7 @@ fn laplacian_of_a_gradient_norm_by_every_route() {
     ];
     if tch_jacobian::native::available() {
         routes.push((
-            "batch_jacobian_of Batched",
+            "per_sample_jacobian_of Batched",
             by_jacobian(Strategy::Batched { chunk_size: None }),
         ));
     }
@@ -348,8 +355,8 @@ fn panics_are_errors_for_every_closure_taking_function() {
         "laplacian_of RowLoop",
     );
     msg(
-        tch_jacobian::batch_hessian_of(boom, &n.x, &o),
-        "batch_hessian_of",
+        tch_jacobian::per_sample_hessian_of(boom, &n.x, &o),
+        "per_sample_hessian_of",
     );
     msg(
         tch_jacobian::hessian_of(|x: &Tensor| boom(x).sum(Kind::Double), &n.x.get(0), &o),
@@ -361,8 +368,8 @@ fn panics_are_errors_for_every_closure_taking_function() {
             &format!("jacobian_of {s}"),
         );
         msg(
-            batch_jacobian_of(boom, &n.x, &o.strategy(s)),
-            &format!("batch_jacobian_of {s}"),
+            per_sample_jacobian_of(boom, &n.x, &o.strategy(s)),
+            &format!("per_sample_jacobian_of {s}"),
         );
     }
 }

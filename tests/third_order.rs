@@ -199,9 +199,9 @@ fn libtorch_is_wrong_through_the_norms() {
     for r in [
         "jacobian_with",
         "jacobian_of",
-        "batch_jacobian_of",
+        "per_sample_jacobian_of",
         "hessian_of",
-        "batch_hessian_of",
+        "per_sample_hessian_of",
         "laplacian_of",
     ] {
         assert!(routes.contains(r), "no {r} route in the CI subset");

@@ -1,4 +1,4 @@
-//! Held-out evaluation: reconstruction, exact ‖J‖_F by batch_jacobian, the mean spectrum of J.
+//! Held-out evaluation: reconstruction, exact ‖J‖_F by per_sample_jacobian, the mean spectrum of J.
 use super::*;
 
 /// Held-out statistics of one model.
@@ -12,7 +12,7 @@ pub(crate) struct Eval {
     pub(crate) closed_form_gap: f64,
 }
 
-/// Exact per-point Jacobians by [`batch_jacobian`] (chunks of `chunk` points).
+/// Exact per-point Jacobians by [`per_sample_jacobian`] (chunks of `chunk` points).
 pub(crate) fn evaluate(model: &AutoEncoder, test: &Tensor, chunk: i64) -> Result<Eval> {
     let n_test = test.size()[0];
     let (mut recon, mut fro, mut fro_sq, mut gap) = (0.0, 0.0, 0.0, 0.0f64);
@@ -27,7 +27,7 @@ pub(crate) fn evaluate(model: &AutoEncoder, test: &Tensor, chunk: i64) -> Result
             .set_requires_grad(true);
         lo += len;
         let h = model.encode(&x)?;
-        let j = batch_jacobian(&h, &x, &JacobianOptions::default())?; // [len, m, n]
+        let j = per_sample_jacobian(&h, &x, &JacobianOptions::default())?; // [len, m, n]
         let h = h.f_detach()?;
         let j_sq = j
             .f_square()?

@@ -7,7 +7,7 @@
 //! `data/digits/` (64-D, in `[0, 1]`) and `--mnist DIR` on MNIST instead.
 //!
 //! At the end it compares both on held-out points: reconstruction error, mean `‖J‖_F` (exact,
-//! by [`batch_jacobian`]) and the singular values of `J` averaged over the points — the CAE
+//! by [`per_sample_jacobian`]) and the singular values of `J` averaged over the points — the CAE
 //! keeps the few large ones (the manifold's tangent directions) and shrinks the rest. It prints a
 //! table and writes an SVG plot of both spectra.
 //!
@@ -42,7 +42,8 @@ use flags::*;
 use model::*;
 use plot::*;
 use tch_jacobian::{
-    batch_jacobian, contractive_penalty, sigmoid_linear_frobenius_sq, Estimator, JacobianOptions,
+    contractive_penalty, per_sample_jacobian, sigmoid_linear_frobenius_sq, Estimator,
+    JacobianOptions,
 };
 
 /// Draws per cell of the estimator-noise table.

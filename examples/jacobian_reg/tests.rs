@@ -145,7 +145,7 @@ fn exact_penalty_equals_the_row_loop() {
         // And the mean is what the training loss adds.
         let mean = contractive_penalty(&logits, &x, &Estimator::Exact).unwrap();
         assert!((mean.double_value(&[]) - rows.mean(None).double_value(&[])).abs() < 1e-5);
-        // The evaluation's mean ‖J‖_F (batch_jacobian) agrees too.
+        // The evaluation's mean ‖J‖_F (per_sample_jacobian) agrees too.
         let jf = mean_jacobian_norm(&net, &x).unwrap();
         assert!((jf - rows.sqrt().mean(None).double_value(&[])).abs() < 1e-4);
     }

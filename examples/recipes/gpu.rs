@@ -5,7 +5,7 @@
 //! it checks nothing about a GPU). `cargo run --release --example gpu`
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian_of, native, second_order, JacobianOptions, Progress, Result, Strategy,
+    native, per_sample_jacobian_of, second_order, JacobianOptions, Progress, Result, Strategy,
 };
 
 /// Per-sample Jacobians of a 2-layer tanh MLP (`[B, n] → [B, m]`) on `device` by `Strategy::Auto`;
@@ -22,7 +22,7 @@ fn check(device: Device, b: i64, n: i64, m: i64) -> Result<f64> {
     let ran = std::cell::Cell::new(None); // the strategy Auto resolved to, from its progress calls
     let progress = |p: Progress| ran.set(Some(p.strategy));
     let start = std::time::Instant::now();
-    let j = batch_jacobian_of(f, &x, &JacobianOptions::default().progress(&progress))?;
+    let j = per_sample_jacobian_of(f, &x, &JacobianOptions::default().progress(&progress))?;
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64); // kernels run asynchronously
     }
@@ -36,7 +36,7 @@ fn check(device: Device, b: i64, n: i64, m: i64) -> Result<f64> {
     // Each a possible 10–100× slowdown; empty when nothing was rerouted or fell back.
     println!("reroutes: {:?}", second_order::take_reroutes());
     println!("vmap fallbacks: {:?}", native::take_vmap_fallbacks());
-    let rows = batch_jacobian_of(
+    let rows = per_sample_jacobian_of(
         f,
         &x,
         &JacobianOptions::default().strategy(Strategy::RowLoop),

@@ -58,7 +58,7 @@ impl Run<'_> {
 
 /// Runs a resolved strategy on the rows view `y2` (`work` is what it was resolved for): one
 /// `[B, m, n_k]` block per input. The one
-/// dispatch shared by `jacobian_with`, `jacobian_of`, `batch_jacobian` and `batch_jacobian_of`;
+/// dispatch shared by `jacobian_with`, `jacobian_of`, `per_sample_jacobian` and `per_sample_jacobian_of`;
 /// `instead` names the call to use when a replicated strategy is asked for without a closure.
 ///
 /// Under `create_graph` the strategy first passes [`second_order::guard`] (which may reroute it

@@ -75,7 +75,7 @@ pub fn strategies() -> Vec<Strategy> {
     all
 }
 
-/// The strategies that need no closure (for `jacobian_with`, `batch_jacobian`, `hessian`).
+/// The strategies that need no closure (for `jacobian_with`, `per_sample_jacobian`, `hessian`).
 pub fn graph_strategies() -> Vec<Strategy> {
     strategies()
         .into_iter()

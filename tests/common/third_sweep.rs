@@ -13,8 +13,8 @@
 //!   `Φ = Σ_b w_b Δu_b`).
 //!
 //! Every route computes its first- or second-order object with `create_graph` (`J` by
-//! `jacobian_with` / `jacobian_of` / `batch_jacobian_of`, `H` by `hessian_of` /
-//! `batch_hessian_of`, `Δu` by `laplacian_of`), the rest of `Φ` by plain backward passes with
+//! `jacobian_with` / `jacobian_of` / `per_sample_jacobian_of`, `H` by `hessian_of` /
+//! `per_sample_hessian_of`, `Δu` by `laplacian_of`), the rest of `Φ` by plain backward passes with
 //! create_graph, and `T` by one more backward pass.
 #![allow(dead_code)]
 
@@ -24,8 +24,8 @@ use std::path::Path;
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian_of, hessian_of, jacobian_of, jacobian_with, laplacian_of,
-    Error, JacobianOptions, Strategy,
+    hessian_of, jacobian_of, jacobian_with, laplacian_of, per_sample_hessian_of,
+    per_sample_jacobian_of, Error, JacobianOptions, Strategy,
 };
 
 use crate::sweep::{self, first, Outcome, Side};
@@ -166,11 +166,11 @@ pub enum Route {
     Graph(Strategy),
     /// `jacobian_of(t_k ↦ f(ts))`.
     Closure(Strategy),
-    /// `batch_jacobian_of(t_0 ↦ f(ts))` (`batch` quantities).
+    /// `per_sample_jacobian_of(t_0 ↦ f(ts))` (`batch` quantities).
     Batch(Strategy),
     /// `hessian_of(t_k ↦ ⟨c, f(ts)⟩)` (`hess`, `lap`).
     Hessian(Strategy),
-    /// `batch_hessian_of(t_0 ↦ u)`, `u_b = ⟨c_b, f_b⟩` (`lap`).
+    /// `per_sample_hessian_of(t_0 ↦ u)`, `u_b = ⟨c_b, f_b⟩` (`lap`).
     BatchHessian(Strategy),
     /// `laplacian_of(t_0 ↦ u)` (`lap`).
     Laplacian(Strategy),
@@ -181,9 +181,9 @@ impl std::fmt::Display for Route {
         match self {
             Route::Graph(s) => write!(f, "jacobian_with {s}"),
             Route::Closure(s) => write!(f, "jacobian_of {s}"),
-            Route::Batch(s) => write!(f, "batch_jacobian_of {s}"),
+            Route::Batch(s) => write!(f, "per_sample_jacobian_of {s}"),
             Route::Hessian(s) => write!(f, "hessian_of {s}"),
-            Route::BatchHessian(s) => write!(f, "batch_hessian_of {s}"),
+            Route::BatchHessian(s) => write!(f, "per_sample_hessian_of {s}"),
             Route::Laplacian(s) => write!(f, "laplacian_of {s}"),
         }
     }
@@ -409,7 +409,7 @@ pub fn evaluate(
             jac_phi(&j, &a.get("r1"), a, &xs)?
         }
         Route::Batch(_) => {
-            let j = batch_jacobian_of(at, &xs[k], &opts)?; // [B, *out, *in]
+            let j = per_sample_jacobian_of(at, &xs[k], &opts)?; // [B, *out, *in]
             let b = xs[k].size()[0];
             let (o, i) = (j.numel() as i64 / b, xs[k].numel() as i64 / b);
             let o = o / i;
@@ -429,7 +429,7 @@ pub fn evaluate(
         }
         Route::BatchHessian(_) => {
             let c = a.get("c");
-            let h = batch_hessian_of(|x: &Tensor| per_sample(&c, &at(x)?), &xs[k], &opts)?;
+            let h = per_sample_hessian_of(|x: &Tensor| per_sample(&c, &at(x)?), &xs[k], &opts)?;
             let b = xs[k].size()[0];
             let n = xs[k].numel() as i64 / b;
             let traces = h

@@ -23,10 +23,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian,
-    jacobian_of, jacobian_with, jvp_batched, laplacian_of, per_sample_gradients,
-    per_sample_gradients_of, per_sample_gradients_of_module, sigmoid_linear_jacobian, vjp_batched,
-    Estimator, JacobianOptions, Progress, Strategy,
+    contractive_penalty, hessian_of, jacobian, jacobian_of, jacobian_with, jvp_batched,
+    laplacian_of, per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
+    per_sample_hessian_of, per_sample_jacobian, per_sample_jacobian_of, sigmoid_linear_jacobian,
+    vjp_batched, Estimator, JacobianOptions, Progress, Strategy,
 };
 use tch_jacobian_bench::{measure, reset_peak_rss, status_kib, Rule, Timing};
 
@@ -134,7 +134,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
         kind: Kind::Float,
     };
     let resolved = |s: Strategy| -> String { s.resolve_for(&work(true)).to_string() };
-    // The same without a closure (jacobian_with, batch_jacobian, the penalty).
+    // The same without a closure (jacobian_with, per_sample_jacobian, the penalty).
     let resolved_graph = |s: Strategy| -> String { s.resolve_for(&work(false)).to_string() };
     let run =
         |method: &str, strategy: String, g: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
@@ -186,18 +186,18 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
         "batch" => {
             let xg = x.detach().set_requires_grad(true);
             run(
-                "auto (batch_jacobian)",
+                "auto (per_sample_jacobian)",
                 resolved_graph(Strategy::Auto),
                 &mut || {
                     let y = f(&xg);
-                    Ok(batch_jacobian(&y, &xg, &opts(Strategy::Auto))?)
+                    Ok(per_sample_jacobian(&y, &xg, &opts(Strategy::Auto))?)
                 },
             )?;
             for s in CLOSURE_STRATEGIES {
                 run(
-                    &format!("{s} (batch_jacobian_of)"),
+                    &format!("{s} (per_sample_jacobian_of)"),
                     resolved(s),
-                    &mut || Ok(batch_jacobian_of(f, &x, &opts(s))?),
+                    &mut || Ok(per_sample_jacobian_of(f, &x, &opts(s))?),
                 )?;
             }
             run("closed form", "closed form".into(), &mut || {
@@ -428,7 +428,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
                 let loss = if lap {
                     laplacian_of(u, &x, &o)?.f_square()?.f_mean(Kind::Float)?
                 } else {
-                    batch_hessian_of(u, &x, &o)?
+                    per_sample_hessian_of(u, &x, &o)?
                         .f_square()?
                         .f_sum(Kind::Float)?
                         .f_div_scalar(b as f64)?

@@ -11,7 +11,7 @@
 use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian_of, contractive_penalty, jacobian_of, Estimator, JacobianOptions, Strategy,
+    contractive_penalty, jacobian_of, per_sample_jacobian_of, Estimator, JacobianOptions, Strategy,
 };
 use tch_jacobian_bench::{measure, Rule};
 
@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
     ] {
         let opts = JacobianOptions::default().strategy(strategy);
         let (s, reps) = time(device, budget_s, || {
-            let _ = batch_jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &xb, &opts)?;
+            let _ = per_sample_jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &xb, &opts)?;
             Ok(())
         })?;
         println!(
