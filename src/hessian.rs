@@ -97,12 +97,14 @@ where
     Ok((xg, y, g, b))
 }
 
-/// The strategy for the Jacobian of `g`: `Auto` is the row loop on the CPU and the batched pass
-/// on CUDA (see the module docs); the replicated strategies need the closure of `g`, which does
-/// not exist, so they fall back to `Auto` as in [`crate::hessian`].
-fn strategy_for(opts: &JacobianOptions, device: tch::Device) -> Strategy {
-    match opts.strategy {
-        Strategy::Auto | Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => {
+/// The inner pass of nested reverse mode — the Jacobian of `g = ∇u` — for `strategy` on
+/// `device`: `Auto` is the row loop on the CPU and the batched pass on CUDA (see the module
+/// docs; inside a Laplacian's collapsed Taylor pass the row loop, which that pass follows); the
+/// strategies that need `g`'s closure, which does not exist (the replicated ones, `Taylor`), are
+/// refused: `who` names the caller.
+pub(crate) fn nested_inner(strategy: Strategy, device: tch::Device, who: &str) -> Result<Strategy> {
+    Ok(match strategy.validate()? {
+        Strategy::Auto => {
             if crate::native::available()
                 && device.is_cuda()
                 && !crate::native::taylor::session_open()
@@ -112,8 +114,13 @@ fn strategy_for(opts: &JacobianOptions, device: tch::Device) -> Strategy {
                 Strategy::RowLoop
             }
         }
+        s @ (Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } | Strategy::Taylor) => {
+            return Err(Error::InvalidArgument(format!(
+                "{who}: Strategy::{s} needs the closure of the gradient ∇u, which does not exist (it is built by a backward pass); use auto, row-loop, batched or forward"
+            )))
+        }
         s => s,
-    }
+    })
 }
 
 /// Per-sample Hessians of a closure with one scalar per sample, shape `[B, *in, *in]`:
@@ -157,7 +164,7 @@ where
     crate::autograd::grad_mode_on(|| {
         let (xg, y, g, _) = gradient_of(u, x, opts)?;
         let inner = opts
-            .strategy(strategy_for(opts, x.device()))
+            .strategy(nested_inner(opts.strategy, x.device(), what)?)
             .strict(false)
             .check_independence(false);
         let h = per_sample_jacobian(&g, &xg, &inner)?;
@@ -183,7 +190,7 @@ where
     crate::autograd::grad_mode_on(|| {
         let (xg, y, g, b) = gradient_of(u, x, opts)?;
         let n = x.numel() as i64 / b;
-        let strategy = strategy_for(opts, x.device());
+        let strategy = nested_inner(opts.strategy, x.device(), what)?;
         if strategy != Strategy::RowLoop {
             let inner = opts
                 .strategy(strategy)
@@ -259,8 +266,9 @@ pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
 /// Hessian of a scalar `y`: `H[i..., j...] = ∂²y/∂x[i...]∂x[j...]`, shape `[*in, *in]`
 /// (PyTorch's `torch.autograd.functional.hessian`) — the Jacobian of `∇ₓy` (built with
 /// create_graph) with `opts.strategy` ([`Strategy::Batched`], [`Strategy::RowLoop`],
-/// [`Strategy::Forward`] or [`Strategy::Auto`]; the vectorized strategies need a closure and
-/// fall back to `Auto`). With `Auto` that is one backward pass for `∇ₓy` and one batched pass
+/// [`Strategy::Forward`] or [`Strategy::Auto`]; the strategies that need a closure of `∇ₓy` —
+/// the replicated ones and `Taylor` — are refused). With `Auto` that is one backward pass for
+/// `∇ₓy` and one batched pass
 /// over its `n` rows when the native engine is built, `1 + n` backward passes without it.
 ///
 /// ```
@@ -280,8 +288,12 @@ pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
         let names_v = input_names(1);
         let pass = opts.pass(y_names(&names_v)).create_graph(true);
         let g = vjp_into(&y.f_reshape([])?, &[x], pass)?.remove(0);
-        let strategy = match opts.strategy {
-            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } => Strategy::Auto,
+        let strategy = match opts.strategy.validate()? {
+            s @ (Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. } | Strategy::Taylor) => {
+                return Err(Error::InvalidArgument(format!(
+                    "hessian: Strategy::{s} needs the closure of the gradient ∇y, which does not exist (it is built by a backward pass); use auto, row-loop, batched or forward"
+                )))
+            }
             s => s,
         };
         let inner = opts.strategy(strategy).strict(false);

@@ -256,7 +256,11 @@ pub fn jacobians(
 /// assert_eq!(Vec::<f64>::try_from(out.jacobian.flatten(0, -1)).unwrap(), [2.0, 0.0, 0.0, 4.0]);
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn jacobian_of_aux<F, O, A>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<WithValue<A>>
+pub fn jacobian_of_aux<F, O, A>(
+    f: F,
+    x: &Tensor,
+    opts: &JacobianOptions,
+) -> Result<JacobianOutput<A>>
 where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
@@ -272,7 +276,8 @@ where
 
 /// What [`jacobian_of_aux`] and [`crate::per_sample_jacobian_of_aux`] return.
 #[derive(Debug)]
-pub struct WithValue<A> {
+#[non_exhaustive]
+pub struct JacobianOutput<A> {
     /// The Jacobian.
     pub jacobian: Tensor,
     /// `f(x)`, from the same forward pass.
@@ -281,6 +286,10 @@ pub struct WithValue<A> {
     pub aux: A,
 }
 
+/// 0.1's name for [`JacobianOutput`].
+#[deprecated(since = "0.2.0", note = "renamed JacobianOutput")]
+pub type WithValue<A> = JacobianOutput<A>;
+
 /// Runs `jacobian(call)` with a closure that keeps `f`'s first auxiliary output (the one for `x`
 /// itself; the replicated strategies call `f` again on stacked copies) and returns it with `J`
 /// and the value.
@@ -288,7 +297,7 @@ pub(crate) fn with_aux<F, O, A>(
     f: F,
     opts: &JacobianOptions,
     jacobian: impl FnOnce(&dyn Fn(&Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)>,
-) -> Result<WithValue<A>>
+) -> Result<JacobianOutput<A>>
 where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
@@ -307,7 +316,7 @@ where
     let aux = aux
         .into_inner()
         .ok_or_else(|| Error::Contract("f was never called".into()))?;
-    Ok(WithValue {
+    Ok(JacobianOutput {
         jacobian,
         value,
         aux,

@@ -45,14 +45,14 @@
 //! | `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(U)` | [`jvp_batched(&y, &x, &u, &opts)`](jvp_batched) |
 //! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
 //! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`per_sample_hessian_of(u, &x, &opts)`](per_sample_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
-//! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`Laplacian::new().compute(u, &x)`](Laplacian) |
+//! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`laplacian(u, &x, &LaplacianOptions::default())`](Laplacian) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
 //! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |
 //! | `J.pow(2).sum()` | [`frobenius_norm_sq`] |
 //! | `torch.diag(y*(1-y)).matmul(W)` | [`sigmoid_linear_jacobian`] |
 //! | CAE penalty `λ‖J_f(x)‖_F²` | [`contractive_penalty`] with an [`Estimator`] |
-//! | (none: Hutch++ for a trainable `‖J‖_F²`) | [`Estimator::HutchPlusPlus`] |
+//! | (none: Hutch++ for a trainable `‖J‖_F²`) | [`PenaltyEstimator::HutchPlusPlus`] |
 //! | `torch.allclose` in tests | [`Tolerance`], [`assert_allclose`] |
 //!
 //! Options ([`JacobianOptions`]) carry PyTorch's `create_graph` and `strict` and the
@@ -61,7 +61,7 @@
 //! described in [`strategy`]. Every function that differentiates, loads or compares returns
 //! [`Result`]: bad input (no `requires_grad`, integer dtypes, mixed devices, mismatched shapes,
 //! `chunk_size = 0`, …) is an [`Error`], not a panic. Helpers that cannot fail
-//! ([`trainable_parameters`], [`Strategy::resolve`], [`Estimator::sigmoid_closed_form`], …)
+//! ([`trainable_parameters`], [`Strategy::resolve`], [`PenaltyEstimator::sigmoid_closed_form`], …)
 //! return plain values, and [`assert_allclose`] panics by design: it is a test assertion.
 //! Results live on the inputs' device: CUDA tensors give CUDA Jacobians.
 
@@ -71,6 +71,7 @@
 mod autograd;
 pub mod closed_form;
 pub mod closure;
+mod deprecated;
 pub mod device;
 mod engine;
 pub mod error;
@@ -91,20 +92,22 @@ pub mod testing;
 
 pub use closed_form::{sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian};
 pub use closure::FnOutput;
-pub use device::parse_device;
 pub use error::{Error, Result};
 pub use hessian::{hessian, hessian_of, hvp, per_sample_hessian_of};
-pub use jacobian::{jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, WithValue};
+pub use jacobian::{
+    jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, JacobianOutput,
+};
 pub use laplacian::{
-    laplacian_of, Laplacian, LaplacianEstimator, LaplacianMethod, LaplacianOutput,
+    laplacian, laplacian_of, LaplacianEstimator, LaplacianOptions, LaplacianOutput,
 };
 pub use module::{load_module, module_jacobian, module_output, module_per_sample_jacobian};
 pub use params::{
     parameter_jacobian, per_sample_gradients, per_sample_gradients_of,
-    per_sample_gradients_of_module, trainable_parameters, PerSample,
+    per_sample_gradients_of_module, trainable_parameters, PerSampleOutput,
 };
 pub use penalty::{
-    contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
+    frobenius_norm_sq, jacobian_penalty, jacobian_penalty_per_sample, PenaltyEstimator,
+    PenaltyOptions,
 };
 pub use per_sample::{
     check_sample_independence, per_sample_jacobian, per_sample_jacobian_of,
@@ -112,7 +115,21 @@ pub use per_sample::{
 };
 pub use products::{jvp, jvp_batched, vjp, vjp_batched};
 pub use strategy::{JacobianOptions, Progress, Randomness, Strategy};
-pub use testing::{assert_allclose, Tolerance};
+
+// 0.1's names, deprecated (one release): src/deprecated.rs and the modules' aliases.
+#[allow(deprecated)]
+pub use deprecated::{
+    assert_allclose, batch_hessian_of, batch_jacobian, batch_jacobian_of, batch_jacobian_of_aux,
+    check_batch_independence, module_batch_jacobian, parse_device, Tolerance,
+};
+#[allow(deprecated)]
+pub use jacobian::WithValue;
+#[allow(deprecated)]
+pub use laplacian::{Laplacian, LaplacianMethod};
+#[allow(deprecated)]
+pub use params::PerSample;
+#[allow(deprecated)]
+pub use penalty::{contractive_penalty, contractive_penalty_per_sample, Estimator};
 
 /// The README's Rust snippets, compiled by `cargo test --doc`.
 #[doc = include_str!("../README.md")]

@@ -287,7 +287,7 @@ pub fn module_output(module: &CModule, x: &Tensor, output_index: Option<usize>) 
 ///
 /// ```
 /// use tch::Device;
-/// use tch_jacobian::{load_module, module_jacobian, JacobianOptions, Strategy, Tolerance};
+/// use tch_jacobian::{load_module, module_jacobian, JacobianOptions, Strategy, testing::Tolerance};
 ///
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ts");
 /// let model = load_module(format!("{dir}/mlp_tanh.pt"), Device::Cpu)?; // [5] -> [4]
@@ -331,7 +331,7 @@ pub fn module_jacobian(
 ///
 /// ```
 /// use tch::Device;
-/// use tch_jacobian::{load_module, module_per_sample_jacobian, JacobianOptions, Tolerance};
+/// use tch_jacobian::{load_module, module_per_sample_jacobian, JacobianOptions, testing::Tolerance};
 ///
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ts");
 /// let model = load_module(format!("{dir}/conv.pt"), Device::Cpu)?; // [B, 1, 8, 8] -> [B, 4]

@@ -130,12 +130,16 @@ pub fn per_sample_gradients(
 /// destructure it with `..`).
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct PerSample {
+pub struct PerSampleOutput {
     /// `(name, G_p)` with `G_p = [B, *θ_p.shape]`, in `params`' order.
     pub gradients: Vec<(String, Tensor)>,
     /// The per-sample losses, `[B]`.
     pub losses: Tensor,
 }
+
+/// 0.1's name for [`PerSampleOutput`].
+#[deprecated(since = "0.2.0", note = "renamed PerSampleOutput")]
+pub type PerSample = PerSampleOutput;
 
 /// Per-sample gradients of a loss written for **one sample**, in `O(B)` — PyTorch's
 /// `vmap(grad(lambda p, x: loss(functional_call(model, p, x))))`:
@@ -198,7 +202,7 @@ pub fn per_sample_gradients_of<F>(
     params: &[(String, Tensor)],
     inputs: &[&Tensor],
     opts: &JacobianOptions,
-) -> Result<PerSample>
+) -> Result<PerSampleOutput>
 where
     F: Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
 {
@@ -259,7 +263,7 @@ pub fn per_sample_gradients_of_module<M, B, L>(
     loss: L,
     inputs: &[&Tensor],
     opts: &JacobianOptions,
-) -> Result<PerSample>
+) -> Result<PerSampleOutput>
 where
     B: Fn(&nn::Path) -> M,
     L: Fn(&M, &[Tensor]) -> Result<Tensor>,
@@ -325,7 +329,7 @@ fn per_sample(
     params: &[(String, Tensor)],
     inputs: &[&Tensor],
     opts: &JacobianOptions,
-) -> Result<PerSample> {
+) -> Result<PerSampleOutput> {
     let randomness = opts.randomness;
     if params.is_empty() {
         return Err(Error::InvalidArgument(
@@ -390,7 +394,7 @@ fn per_sample(
             })
             .collect::<Result<Vec<_>>>()?;
         let losses = Tensor::f_zeros([0], (params[0].1.kind(), device))?;
-        return Ok(PerSample { gradients, losses });
+        return Ok(PerSampleOutput { gradients, losses });
     }
     let loop_over_samples = match opts.strategy.validate()? {
         Strategy::Auto | Strategy::Batched { .. } => !crate::native::available(),
@@ -434,7 +438,7 @@ fn per_sample(
             Ok((n, g))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(PerSample { gradients, losses })
+    Ok(PerSampleOutput { gradients, losses })
 }
 
 /// The loop over samples: one forward and one backward pass per sample.

@@ -22,7 +22,7 @@ use crate::autograd::{check_float, check_input, check_same_device, input_names, 
 use crate::closure::FnOutput;
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::jacobian::{closure_jacobian, with_aux, WithValue};
+use crate::jacobian::{closure_jacobian, with_aux, JacobianOutput};
 #[cfg(doc)]
 use crate::strategy::Strategy;
 use crate::strategy::{JacobianOptions, Work};
@@ -158,7 +158,7 @@ pub fn per_sample_jacobian_of_aux<F, O, A>(
     f: F,
     x: &Tensor,
     opts: &JacobianOptions,
-) -> Result<WithValue<A>>
+) -> Result<JacobianOutput<A>>
 where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// use tch::Tensor;
-/// use tch_jacobian::Tolerance;
+/// use tch_jacobian::testing::Tolerance;
 /// let a = Tensor::from_slice(&[1.0f64, 2.0]);
 /// let b = Tensor::from_slice(&[1.0f64, 2.0 + 1e-9]);
 /// assert!(Tolerance::default().check(&a, &b).is_ok());
@@ -66,7 +66,7 @@ impl Tolerance {
     ///
     /// ```
     /// use tch::{Kind, Tensor};
-    /// use tch_jacobian::{Error, Tolerance};
+    /// use tch_jacobian::{testing::Tolerance, Error};
     /// let a = Tensor::from_slice(&[1.0f32, 2.0]);
     /// let e = Tensor::from_slice(&[1.0f64, 2.0]);
     /// assert!(matches!(Tolerance::default().check(&a, &e), Err(Error::Kind(_))));
@@ -150,7 +150,7 @@ fn unravel(mut i: usize, shape: &[i64]) -> Vec<usize> {
 ///
 /// ```
 /// use tch::Tensor;
-/// use tch_jacobian::{assert_allclose, Tolerance};
+/// use tch_jacobian::testing::{assert_allclose, Tolerance};
 /// let j = Tensor::from_slice(&[0.018736986f32]);
 /// assert_allclose(&j, &Tensor::from_slice(&[0.018736986f32]), Tolerance::new(1e-6, 0.0));
 /// # Ok::<(), tch_jacobian::Error>(())

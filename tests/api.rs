@@ -6,8 +6,8 @@ use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     check_sample_independence, hessian, hvp, jacobian, jacobian_of, jacobian_with, jvp,
-    per_sample_gradients_of, per_sample_jacobian, per_sample_jacobian_of, vjp, Error,
-    JacobianOptions, Result, Strategy, Tolerance,
+    per_sample_gradients_of, per_sample_jacobian, per_sample_jacobian_of, testing::Tolerance, vjp,
+    Error, JacobianOptions, Result, Strategy,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {

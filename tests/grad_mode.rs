@@ -9,10 +9,10 @@ use common::{f64_tol, strategies};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    contractive_penalty, hessian_of, jacobian, jacobian_of, jacobian_with, laplacian_of,
+    hessian_of, jacobian, jacobian_of, jacobian_penalty, jacobian_with, laplacian_of,
     per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
-    per_sample_hessian_of, per_sample_jacobian, per_sample_jacobian_of, vjp, Error, Estimator,
-    JacobianOptions, Randomness, Result, Strategy,
+    per_sample_hessian_of, per_sample_jacobian, per_sample_jacobian_of, vjp, Error,
+    JacobianOptions, PenaltyEstimator, PenaltyOptions, Randomness, Result, Strategy,
 };
 
 /// The tests of this file one at a time: `Randomness::Same` in the loop over samples reseeds
@@ -122,7 +122,11 @@ fn built_graphs_inside_no_grad() -> Result<()> {
     same_inside_no_grad("vjp", || vjp(&y, &x, &v, &JacobianOptions::default()))?;
     let h = (&x * 2.0).sin();
     same_inside_no_grad("contractive_penalty", || {
-        contractive_penalty(&h, &x, &Estimator::Exact)
+        jacobian_penalty(
+            &h,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        )
     })?;
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! closures (f32 and f64, small and large batches) never trip it.
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    check_sample_independence, contractive_penalty, laplacian_of, per_sample_hessian_of,
-    per_sample_jacobian, per_sample_jacobian_of, Error, Estimator, JacobianOptions, Laplacian,
-    LaplacianEstimator, LaplacianMethod, Result, Strategy,
+    check_sample_independence, jacobian_penalty, laplacian, laplacian_of, per_sample_hessian_of,
+    per_sample_jacobian, per_sample_jacobian_of, Error, JacobianOptions, LaplacianEstimator,
+    LaplacianOptions, PenaltyEstimator, PenaltyOptions, Result, Strategy,
 };
 
 type Map = Box<dyn Fn(&Tensor) -> Tensor>;
@@ -130,19 +130,19 @@ fn batch_jacobians_refuse_mixing_closures() {
             name,
         );
         for est in [
-            Estimator::Exact,
-            Estimator::Projections {
-                k: 2,
+            PenaltyEstimator::Exact,
+            PenaltyEstimator::Projections {
+                directions: 2,
                 seed: Some(1),
             },
-            Estimator::HutchPlusPlus {
-                k: 6,
+            PenaltyEstimator::HutchPlusPlus {
+                directions: 6,
                 seed: Some(1),
             },
         ] {
             refused(
-                contractive_penalty(&f(&xg), &xg, &est),
-                "contractive_penalty",
+                jacobian_penalty(&f(&xg), &xg, &PenaltyOptions::default().estimator(&est)),
+                "jacobian_penalty",
                 &format!("{name}, {est:?}"),
             );
         }
@@ -162,40 +162,23 @@ fn hessians_and_laplacians_refuse_mixing_closures() {
                 &format!("{name}, {s}"),
             );
             let lap = laplacian_of(u, &x, &opts);
-            let who = if s == Strategy::Auto {
-                "Laplacian"
-            } else {
-                "laplacian_of"
-            };
-            refused(lap, who, &format!("laplacian_of {name}, {s}"));
+            refused(lap, "laplacian_of", &format!("laplacian_of {name}, {s}"));
             assert!(laplacian_of(u, &x, &opts.check_independence(false)).is_ok());
         }
-        for m in [
-            LaplacianMethod::Auto,
-            LaplacianMethod::Taylor,
-            LaplacianMethod::Nested,
-        ] {
+        for m in [Strategy::Auto, Strategy::Taylor, Strategy::RowLoop] {
             for cg in [false, true] {
-                let l = Laplacian::new().method(m).create_graph(cg);
+                let l = LaplacianOptions::default().strategy(m).create_graph(cg);
                 let what = format!("{name}, {m:?}, create_graph {cg}");
-                refused(l.compute(u, &x), "Laplacian", &what);
+                refused(laplacian(u, &x, &l), "laplacian", &what);
                 let sigma = Tensor::randn([3, 2], (Kind::Double, Device::Cpu));
-                refused(
-                    Laplacian::new().method(m).weights(&sigma).compute(u, &x),
-                    "Laplacian",
-                    &what,
-                );
+                refused(laplacian(u, &x, &l.weights(&sigma)), "laplacian", &what);
                 let est = LaplacianEstimator::Rademacher {
-                    samples: 3,
+                    directions: 3,
                     seed: Some(2),
                 };
-                refused(
-                    Laplacian::new().method(m).estimator(est).compute(u, &x),
-                    "Laplacian",
-                    &what,
-                );
+                refused(laplacian(u, &x, &l.estimator(est)), "laplacian", &what);
                 assert!(
-                    l.check_independence(false).compute(u, &x).is_ok(),
+                    laplacian(u, &x, &l.check_independence(false)).is_ok(),
                     "{what}: unchecked"
                 );
             }
@@ -243,28 +226,29 @@ fn independent_models_pass() {
         let _ = per_sample_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
         check_sample_independence(&f(&xg), &xg).unwrap();
         for est in [
-            Estimator::Exact,
-            Estimator::Projections {
-                k: 2,
+            PenaltyEstimator::Exact,
+            PenaltyEstimator::Projections {
+                directions: 2,
                 seed: Some(1),
             },
-            Estimator::HutchPlusPlus {
-                k: 6,
+            PenaltyEstimator::HutchPlusPlus {
+                directions: 6,
                 seed: Some(1),
             },
         ] {
-            let _ = contractive_penalty(&f(&xg), &xg, &est)
+            let _ = jacobian_penalty(&f(&xg), &xg, &PenaltyOptions::default().estimator(&est))
                 .unwrap_or_else(|e| panic!("{what} {est:?}: {e}"));
         }
         let _ = per_sample_hessian_of(u, &x, &JacobianOptions::default())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        for m in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
+        for m in [Strategy::Taylor, Strategy::RowLoop] {
             for cg in [false, true] {
-                let _ = Laplacian::new()
-                    .method(m)
-                    .create_graph(cg)
-                    .compute(u, &x)
-                    .unwrap_or_else(|e| panic!("{what} {m:?} {cg}: {e}"));
+                let _ = laplacian(
+                    u,
+                    &x,
+                    &LaplacianOptions::default().strategy(m).create_graph(cg),
+                )
+                .unwrap_or_else(|e| panic!("{what} {m:?} {cg}: {e}"));
             }
         }
     }

@@ -2,7 +2,7 @@
 //! the PINN loss's gradient against central differences.
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    laplacian_of, Error, JacobianOptions, Laplacian, LaplacianEstimator, LaplacianMethod, Strategy,
+    laplacian, laplacian_of, Error, JacobianOptions, LaplacianEstimator, LaplacianOptions, Strategy,
 };
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
@@ -123,16 +123,20 @@ fn taylor_equals_nested_reverse_mode_f64() {
     let x = rand(&[6, 3], 10) * 0.7;
     for name in CLOSURES {
         let u = closure(name);
-        let t = Laplacian::new()
-            .method(LaplacianMethod::Taylor)
-            .compute(&u, &x)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let n = Laplacian::new()
-            .method(LaplacianMethod::Nested)
-            .compute(&u, &x)
-            .unwrap();
-        assert_eq!(t.method, LaplacianMethod::Taylor);
-        assert_eq!(n.method, LaplacianMethod::Nested);
+        let t = laplacian(
+            &u,
+            &x,
+            &LaplacianOptions::default().strategy(Strategy::Taylor),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let n = laplacian(
+            &u,
+            &x,
+            &LaplacianOptions::default().strategy(Strategy::RowLoop),
+        )
+        .unwrap();
+        assert_eq!(t.strategy, Strategy::Taylor);
+        assert_eq!(n.strategy, Strategy::RowLoop);
         assert_close(
             &t.laplacian,
             &n.laplacian,
@@ -192,12 +196,13 @@ fn weighted_laplacian_matches_the_hessian_contraction() {
         let h = hessians(&u, &x);
         for sigma in [&shared, &per_sample] {
             let reference = weighted_reference(&h, sigma);
-            for method in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
-                let out = Laplacian::new()
-                    .weights(sigma)
-                    .method(method)
-                    .compute(&u, &x)
-                    .unwrap();
+            for method in [Strategy::Taylor, Strategy::RowLoop] {
+                let out = laplacian(
+                    &u,
+                    &x,
+                    &LaplacianOptions::default().weights(sigma).strategy(method),
+                )
+                .unwrap();
                 assert!(out.gradient.is_none());
                 assert_eq!(out.laplacian.kind(), Kind::Double);
                 assert_close(
@@ -260,21 +265,21 @@ fn estimates_match_the_hessian_contraction() {
             let reference = Tensor::einsum("kbn,bnp,kbp->b", &[&v, &h, &v], None::<i64>) / k as f64;
             let e = if rademacher {
                 LaplacianEstimator::Rademacher {
-                    samples: k as usize,
+                    directions: k as usize,
                     seed: Some(seed),
                 }
             } else {
                 LaplacianEstimator::Gaussian {
-                    samples: k as usize,
+                    directions: k as usize,
                     seed: Some(seed),
                 }
             };
-            for method in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
-                let mut l = Laplacian::new().estimator(e).method(method);
+            for method in [Strategy::Taylor, Strategy::RowLoop] {
+                let mut l = LaplacianOptions::default().estimator(e).strategy(method);
                 if let Some(s) = sigma {
                     l = l.weights(s);
                 }
-                let out = l.compute(&u, &x).unwrap();
+                let out = laplacian(&u, &x, &l).unwrap();
                 assert_close(
                     &out.laplacian,
                     &reference,
@@ -305,13 +310,17 @@ fn nested_strategies_match_the_hessian_contraction() {
         });
     }
     for s in all {
-        let nested = Laplacian::new()
-            .method(LaplacianMethod::Nested)
-            .nested_strategy(s);
-        let out = nested.compute(&u, &x).unwrap();
-        assert_eq!(out.method, LaplacianMethod::Nested);
+        // (Auto: Taylor mode, not nested; an explicit strategy is the nested inner pass.)
+        let nested = LaplacianOptions::default().strategy(s);
+        let out = laplacian(&u, &x, &nested).unwrap();
+        let expected = if s == Strategy::Auto {
+            Strategy::Taylor
+        } else {
+            s
+        };
+        assert_eq!(out.strategy, expected);
         assert_close(&out.laplacian, &exact, 1e-10, 1e-10, &format!("Δu, {s}"));
-        let out = nested.weights(&sigma).compute(&u, &x).unwrap();
+        let out = laplacian(&u, &x, &nested.weights(&sigma)).unwrap();
         assert_close(
             &out.laplacian,
             &weighted,
@@ -337,13 +346,13 @@ fn inputs_of_any_shape() {
     };
     let sigma = rand(&[6, 2], 17);
     for weights in [None, Some(&sigma)] {
-        let mut t = Laplacian::new().method(LaplacianMethod::Taylor);
-        let mut n = Laplacian::new().method(LaplacianMethod::Nested);
+        let mut t = LaplacianOptions::default().strategy(Strategy::Taylor);
+        let mut n = LaplacianOptions::default().strategy(Strategy::RowLoop);
         if let Some(s) = weights {
             t = t.weights(s);
             n = n.weights(s);
         }
-        let (t, n) = (t.compute(u, &x).unwrap(), n.compute(u, &x).unwrap());
+        let (t, n) = (laplacian(u, &x, &t).unwrap(), laplacian(u, &x, &n).unwrap());
         // The reference: the Hessian [B, 6, 6] of the flattened sample, contracted.
         let h = hessians(&u, &x);
         let reference = match weights {
@@ -382,24 +391,24 @@ fn estimators_are_unbiased() {
     // Mean over 400 seeds within 4 standard errors of the exact value, per sample.
     let x = rand(&[3, 3], 20) * 0.5;
     let u = closure("mlp-tanh");
-    let exact = Laplacian::new().compute(&u, &x).unwrap().laplacian;
+    let exact = laplacian(&u, &x, &LaplacianOptions::default())
+        .unwrap()
+        .laplacian;
     for gaussian in [false, true] {
         let draws: Vec<Tensor> = (0..400u64)
             .map(|seed| {
                 let e = if gaussian {
                     LaplacianEstimator::Gaussian {
-                        samples: 2,
+                        directions: 2,
                         seed: Some(seed),
                     }
                 } else {
                     LaplacianEstimator::Rademacher {
-                        samples: 2,
+                        directions: 2,
                         seed: Some(seed),
                     }
                 };
-                Laplacian::new()
-                    .estimator(e)
-                    .compute(&u, &x)
+                laplacian(&u, &x, &LaplacianOptions::default().estimator(e))
                     .unwrap()
                     .laplacian
             })
@@ -432,11 +441,14 @@ fn pinn_loss_gradient_equals_central_differences() {
                 .tanh()
                 .linear(&w2, None::<&Tensor>)
         };
-        let lap = Laplacian::new()
-            .create_graph(create_graph)
-            .method(LaplacianMethod::Taylor)
-            .compute(u, &x)
-            .unwrap();
+        let lap = laplacian(
+            u,
+            &x,
+            &LaplacianOptions::default()
+                .create_graph(create_graph)
+                .strategy(Strategy::Taylor),
+        )
+        .unwrap();
         (lap.laplacian - &f).square().mean(Kind::Double)
     };
     let w = w1.set_requires_grad(true);
@@ -475,9 +487,10 @@ fn values_do_not_depend_on_grad_mode_and_no_graph_without_create_graph() {
             .tanh()
             .sum_dim_intlist(1, false, Kind::Double)
     };
-    let plain = Laplacian::new().compute(u, &x).unwrap();
+    let plain = laplacian(u, &x, &LaplacianOptions::default()).unwrap();
     assert!(!plain.laplacian.requires_grad());
-    let under = tch::no_grad(|| Laplacian::new().create_graph(true).compute(u, &x).unwrap());
+    let under =
+        tch::no_grad(|| laplacian(u, &x, &LaplacianOptions::default().create_graph(true)).unwrap());
     assert!(under.laplacian.requires_grad());
     assert_close(&plain.laplacian, &under.laplacian, 0.0, 0.0, "no_grad");
 }
@@ -494,15 +507,16 @@ fn auto_falls_back_to_nested_for_ops_without_a_rule() {
         a.cholesky(false)
             .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)
     };
-    match Laplacian::new()
-        .method(LaplacianMethod::Taylor)
-        .compute(u, &x)
-    {
+    match laplacian(
+        u,
+        &x,
+        &LaplacianOptions::default().strategy(Strategy::Taylor),
+    ) {
         Err(Error::NoTaylorRule { op, .. }) => assert!(op.contains("cholesky"), "{op}"),
         other => panic!("expected NoTaylorRule, got {other:?}"),
     }
-    let auto = Laplacian::new().compute(u, &x).unwrap();
-    assert_eq!(auto.method, LaplacianMethod::Nested);
+    let auto = laplacian(u, &x, &LaplacianOptions::default()).unwrap();
+    assert_eq!(auto.strategy, Strategy::RowLoop);
     let rows = laplacian_of(
         u,
         &x,
@@ -512,8 +526,8 @@ fn auto_falls_back_to_nested_for_ops_without_a_rule() {
     assert_close(&auto.laplacian, &rows, 1e-12, 1e-12, "fallback");
     // The session is closed after the failure: the next call runs Taylor mode again.
     let v = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double);
-    let ok = Laplacian::new().compute(v, &x).unwrap();
-    assert_eq!(ok.method, LaplacianMethod::Taylor);
+    let ok = laplacian(v, &x, &LaplacianOptions::default()).unwrap();
+    assert_eq!(ok.strategy, Strategy::Taylor);
     assert_close(
         &ok.laplacian,
         &Tensor::full([4], 6.0, F64),
@@ -528,33 +542,37 @@ fn errors_name_shapes() {
     let x = rand(&[4, 3], 60);
     let u = |x: &Tensor| x.tanh(); // [B, 3]: not one scalar per sample
     assert!(matches!(
-        Laplacian::new().compute(u, &x),
+        laplacian(u, &x, &LaplacianOptions::default()),
         Err(Error::Shape(_))
     ));
     let v = |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Double);
     let bad = rand(&[2, 2], 61);
     assert!(matches!(
-        Laplacian::new().weights(&bad).compute(v, &x),
+        laplacian(v, &x, &LaplacianOptions::default().weights(&bad)),
         Err(Error::Shape(_))
     ));
     let e = LaplacianEstimator::Gaussian {
-        samples: 0,
+        directions: 0,
         seed: None,
     };
     assert!(matches!(
-        Laplacian::new().estimator(e).compute(v, &x),
+        laplacian(v, &x, &LaplacianOptions::default().estimator(e)),
         Err(Error::InvalidArgument(_))
     ));
     // A closure that panics is an error, and leaves no session open.
     let p = |_: &Tensor| -> Tensor { panic!("boom") };
     assert!(matches!(
-        Laplacian::new()
-            .method(LaplacianMethod::Taylor)
-            .compute(p, &x),
+        laplacian(
+            p,
+            &x,
+            &LaplacianOptions::default().strategy(Strategy::Taylor)
+        ),
         Err(Error::Contract(_))
     ));
     assert_eq!(
-        Laplacian::new().compute(v, &x).unwrap().method,
-        LaplacianMethod::Taylor
+        laplacian(v, &x, &LaplacianOptions::default())
+            .unwrap()
+            .strategy,
+        Strategy::Taylor
     );
 }

@@ -5,8 +5,8 @@ use approx::assert_abs_diff_eq;
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    assert_allclose, frobenius_norm_sq, jacobian, sigmoid_linear_frobenius_sq,
-    sigmoid_linear_jacobian, Error, Result, Tolerance,
+    frobenius_norm_sq, jacobian, sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian,
+    testing::assert_allclose, testing::Tolerance, Error, Result,
 };
 
 fn notebook_w_x(kind: Kind, device: Device) -> (Tensor, Tensor) {

@@ -13,7 +13,7 @@ use proptest::strategy::Strategy as _;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     jacobian_of, jacobian_with, laplacian_of, per_sample_hessian_of, per_sample_jacobian,
-    per_sample_jacobian_of, Strategy, Tolerance,
+    per_sample_jacobian_of, testing::Tolerance, Strategy,
 };
 
 /// A strategy with its chunk size set to `chunk` where it has one.

@@ -406,9 +406,18 @@ fn batch_hessian_matches(device: Device) -> Result<()> {
             .linear(&w3, Some(&b3))
     };
     let u = |x: &Tensor| u1(x).squeeze_dim(-1);
-    let mut all = graph_strategies();
-    all.push(Strategy::Vectorized { chunk_size: None }); // falls back to Auto
-    for s in all {
+    // The strategies that need the gradient's closure are refused (it does not exist).
+    for s in [
+        Strategy::Vectorized { chunk_size: None },
+        Strategy::VectorizedForward { chunk_size: None },
+    ] {
+        assert_err(
+            per_sample_hessian_of(u, &x, &opts(s)),
+            &["needs the closure of the gradient"],
+        );
+        assert_err(laplacian_of(u, &x, &opts(s)), &["makes no Laplacian"]);
+    }
+    for s in graph_strategies() {
         f64_tol()
             .check(
                 &per_sample_hessian_of(u, &x, &opts(s))?,

@@ -4,17 +4,17 @@
 //! each a TorchScript method `u: [3, 4] → [3]` of tests/data/taylor_opinfo/cases.pt
 //! (tests/gen-taylor-opinfo.py writes it, the inputs and the references).
 //!
-//! `LaplacianMethod::Taylor` must give the reference (|a − b| ≤ 1e-9 + 1e-7·|b|) or an
+//! `Strategy::Taylor` must give the reference (|a − b| ≤ 1e-9 + 1e-7·|b|) or an
 //! `Error::NoTaylorRule`; never another value, never another error, and the ops without a rule
 //! (with their case counts) must be exactly those of tests/expected/taylor_no_rule.tsv (the
 //! build without the engine, which has no generic rule: taylor_no_rule-no-engine.tsv).
-//! `LaplacianMethod::Auto` (nested reverse mode where Taylor has no rule) must give the reference
+//! `Strategy::Auto` (nested reverse mode where Taylor has no rule) must give the reference
 //! for every case.
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use tch::{CModule, Kind, Tensor};
-use tch_jacobian::{Error, Laplacian, LaplacianMethod};
+use tch_jacobian::{laplacian, Error, LaplacianOptions, Strategy};
 
 mod common;
 
@@ -101,10 +101,11 @@ fn taylor_rules_match_the_hessian_trace() {
         let x = &arrays[&format!("x_{id}")];
         let reference = values(&arrays[&format!("ref_{id}")]);
         let u = |x: &Tensor| module.method_ts(id, &[x.shallow_clone()]);
-        match Laplacian::new()
-            .method(LaplacianMethod::Taylor)
-            .compute(u, x)
-        {
+        match laplacian(
+            u,
+            x,
+            &LaplacianOptions::default().strategy(Strategy::Taylor),
+        ) {
             Ok(out) => {
                 let got = values(&out.laplacian);
                 if close(&got, &reference) {
@@ -131,14 +132,14 @@ fn taylor_rules_match_the_hessian_trace() {
             Err(e) if known(case, &e) => known_seen.push(format!("{id} {}", describe(case))),
             Err(e) => errors.push(format!("{id} {}: {e}", describe(case))),
         }
-        match Laplacian::new().method(LaplacianMethod::Auto).compute(u, x) {
+        match laplacian(u, x, &LaplacianOptions::default().strategy(Strategy::Auto)) {
             Ok(out) => {
                 let got = values(&out.laplacian);
                 if !close(&got, &reference) {
                     auto_wrong.push(format!(
                         "{id} {}: Auto ({:?}) {got:?}, reference {reference:?}",
                         describe(case),
-                        out.method
+                        out.strategy
                     ));
                 }
             }
@@ -257,14 +258,18 @@ fn index_from_tch_matches_nested() {
         h.f_index(&[None, Some(&idx)])
             .map(|g| (g.square() * h.narrow(1, 0, 4)).sum_dim_intlist(1, false, Kind::Double))
     };
-    let taylor = Laplacian::new()
-        .method(LaplacianMethod::Taylor)
-        .compute(u, &x)
-        .unwrap();
-    let nested = Laplacian::new()
-        .method(LaplacianMethod::Nested)
-        .compute(u, &x)
-        .unwrap();
+    let taylor = laplacian(
+        u,
+        &x,
+        &LaplacianOptions::default().strategy(Strategy::Taylor),
+    )
+    .unwrap();
+    let nested = laplacian(
+        u,
+        &x,
+        &LaplacianOptions::default().strategy(Strategy::RowLoop),
+    )
+    .unwrap();
     let (a, b) = (values(&taylor.laplacian), values(&nested.laplacian));
     assert!(close(&a, &b), "Taylor {a:?}, nested {b:?}");
 }

@@ -28,8 +28,8 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind};
 use tch_jacobian::{
-    load_module, module_jacobian, module_output, module_per_sample_jacobian, parse_device, Error,
-    JacobianOptions, Progress, Strategy,
+    device::parse_device, load_module, module_jacobian, module_output, module_per_sample_jacobian,
+    Error, JacobianOptions, Progress, Strategy,
 };
 
 const AFTER_HELP: &str = "\

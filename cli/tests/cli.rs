@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tch::{Kind, Tensor};
-use tch_jacobian::Tolerance;
+use tch_jacobian::testing::Tolerance;
 
 /// The binary under test: `TCH_JACOBIAN_BIN` when set (a bundle run on another machine, see
 /// scripts/gpu-run), else the one cargo built.

@@ -94,13 +94,25 @@ pub(crate) fn relative_noise(
     model: &AutoEncoder,
     x: &Tensor,
     draws: u64,
-    estimator: impl Fn(u64) -> Estimator,
+    estimator: impl Fn(u64) -> PenaltyEstimator,
 ) -> Result<f64> {
     let xg = x.f_detach()?.set_requires_grad(true);
     let h = model.encode(&xg)?;
-    let exact = contractive_penalty(&h, &xg, &Estimator::Exact)?.f_double_value(&[])?;
+    let exact = jacobian_penalty(
+        &h,
+        &xg,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+    )?
+    .f_double_value(&[])?;
     let values = (0..draws)
-        .map(|seed| Ok(contractive_penalty(&h, &xg, &estimator(seed))?.f_double_value(&[])?))
+        .map(|seed| {
+            Ok(jacobian_penalty(
+                &h,
+                &xg,
+                &PenaltyOptions::default().estimator(&estimator(seed)),
+            )?
+            .f_double_value(&[])?)
+        })
         .collect::<Result<Vec<f64>>>()?;
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;

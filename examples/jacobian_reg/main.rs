@@ -47,7 +47,9 @@ use flags::*;
 use model::*;
 use plot::*;
 use report::*;
-use tch_jacobian::{contractive_penalty, per_sample_jacobian, vjp, Estimator, JacobianOptions};
+use tch_jacobian::{
+    jacobian_penalty, per_sample_jacobian, vjp, JacobianOptions, PenaltyEstimator, PenaltyOptions,
+};
 
 /// MNIST test images evaluated (the first ones).
 const MNIST_TEST: i64 = 1000;

@@ -6,7 +6,7 @@ pub mod sweep;
 pub mod wrong;
 
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{JacobianOptions, Result, Strategy, Tolerance};
+use tch_jacobian::{testing::Tolerance, JacobianOptions, Result, Strategy};
 
 /// The repository root: `TCH_JACOBIAN_ROOT` when set (test binaries copied to another machine,
 /// see scripts/gpu-run), else the crate's directory at build time.

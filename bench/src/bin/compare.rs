@@ -23,10 +23,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    contractive_penalty, hessian_of, jacobian, jacobian_of, jacobian_with, jvp_batched,
-    laplacian_of, per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
+    hessian_of, jacobian, jacobian_of, jacobian_penalty, jacobian_with, jvp_batched, laplacian_of,
+    per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
     per_sample_hessian_of, per_sample_jacobian, per_sample_jacobian_of, sigmoid_linear_jacobian,
-    vjp_batched, Estimator, JacobianOptions, Progress, Strategy,
+    vjp_batched, JacobianOptions, PenaltyEstimator, PenaltyOptions, Progress, Strategy,
 };
 use tch_jacobian_bench::{measure, reset_peak_rss, status_kib, Rule, Timing};
 
@@ -213,7 +213,11 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
                 &mut || {
                     let xg = x.detach().set_requires_grad(true);
                     let h = xg.matmul(&wg.tr()).sigmoid();
-                    let p = contractive_penalty(&h, &xg, &Estimator::Exact)?;
+                    let p = jacobian_penalty(
+                        &h,
+                        &xg,
+                        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+                    )?;
                     Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
                 },
             )?;
@@ -760,7 +764,7 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(val()?)),
             "--threads" => threads = Some(val()?.parse()?),
-            "--device" => rule.device = tch_jacobian::parse_device(&val()?)?,
+            "--device" => rule.device = tch_jacobian::device::parse_device(&val()?)?,
             "--budget" => rule.budget_s = val()?.parse()?,
             "--breakdown" => breakdown_n = Some(val()?.parse()?),
             "--case" => only = Some(val()?),

@@ -88,7 +88,7 @@ fn parse_args() -> Result<Args> {
             "--device" => {
                 let v = value("--device")?;
                 args.passthrough.extend(["--device".into(), v.clone()]);
-                args.device = tch_jacobian::parse_device(&v)?;
+                args.device = tch_jacobian::device::parse_device(&v)?;
             }
             "--worker-from" => args.worker_from = Some(value("--worker-from")?.parse()?),
             "-h" | "--help" => {
