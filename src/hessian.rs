@@ -146,6 +146,7 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    opts.refuse_randomness("per_sample_hessian_of")?;
     Ok(nested_hessian("per_sample_hessian_of", u, x, opts)?.2)
 }
 
@@ -247,6 +248,7 @@ where
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_per_sample_options("hvp")?;
     crate::autograd::grad_mode_on(|| {
         check_pair(y, x)?;
         check_scalar(y)?;
@@ -282,6 +284,7 @@ pub fn hvp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn hessian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_per_sample_options("hessian")?;
     crate::autograd::grad_mode_on(|| {
         check_pair(y, x)?;
         check_scalar(y)?;
@@ -323,6 +326,7 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    opts.refuse_per_sample_options("hessian_of")?;
     crate::autograd::grad_mode_on(|| {
         check_float(x, "x")?;
         let xg = crate::closure::prepare_input(x, opts.create_graph)?;

@@ -87,6 +87,7 @@ pub fn jacobian(y: &Tensor, x: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Result<Vec<Tensor>> {
+    opts.refuse_per_sample_options("jacobian_with")?;
     crate::autograd::grad_mode_on(|| {
         let names_v = input_names(xs.len());
         let names = Names {
@@ -151,6 +152,7 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    opts.refuse_per_sample_options("jacobian_of")?;
     crate::autograd::grad_mode_on(|| {
         let call = |xr: &Tensor| crate::closure::call_guarded(|| f(xr).into_output());
         let (_, y, block) = closure_jacobian(&call, x, opts, |_| Ok(None))?;
@@ -265,6 +267,7 @@ where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
 {
+    opts.refuse_per_sample_options("jacobian_of_aux")?;
     crate::autograd::grad_mode_on(|| {
         with_aux(f, opts, |call| {
             let (_, y, block) = closure_jacobian(call, x, opts, |_| Ok(None))?;

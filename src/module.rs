@@ -306,6 +306,7 @@ pub fn module_jacobian(
     output_index: Option<usize>,
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
+    opts.refuse_per_sample_options("module_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         let f = |x: &Tensor| module_output(module, x, output_index);
         let _plain = opts.create_graph.then(PlainTorchScript::new);
@@ -347,6 +348,7 @@ pub fn module_per_sample_jacobian(
     output_index: Option<usize>,
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
+    opts.refuse_randomness("module_per_sample_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         let f = |x: &Tensor| module_output(module, x, output_index);
         let _plain = opts.create_graph.then(PlainTorchScript::new);

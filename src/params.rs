@@ -73,6 +73,7 @@ pub fn parameter_jacobian(
     params: &[(String, Tensor)],
     opts: &JacobianOptions,
 ) -> Result<Vec<(String, Tensor)>> {
+    opts.refuse_per_sample_options("parameter_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         if params.is_empty() {
             return Err(Error::InvalidArgument(
@@ -115,6 +116,7 @@ pub fn per_sample_gradients(
     params: &[(String, Tensor)],
     opts: &JacobianOptions,
 ) -> Result<Vec<(String, Tensor)>> {
+    opts.refuse_per_sample_options("per_sample_gradients")?;
     crate::autograd::grad_mode_on(|| {
         if losses.dim() != 1 {
             return Err(Error::Shape(format!(
@@ -206,6 +208,10 @@ pub fn per_sample_gradients_of<F>(
 where
     F: Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
 {
+    opts.refuse_unread(
+        "per_sample_gradients_of",
+        &[("check_independence(false)", !opts.check_independence)],
+    )?;
     crate::autograd::grad_mode_on(|| per_sample(&loss, params, inputs, opts))
 }
 
@@ -268,6 +274,10 @@ where
     B: Fn(&nn::Path) -> M,
     L: Fn(&M, &[Tensor]) -> Result<Tensor>,
 {
+    opts.refuse_unread(
+        "per_sample_gradients_of_module",
+        &[("check_independence(false)", !opts.check_independence)],
+    )?;
     crate::autograd::grad_mode_on(|| {
         let params = trainable_parameters(vs);
         let device = vs.device();

@@ -352,7 +352,7 @@ fn hutch_plus_plus(
             let tangents = q
                 .f_permute([2, 0, 1])?
                 .f_reshape(tangent_shape.as_slice())?;
-            jvp_batched(h, x, &tangents, &opts)?
+            jvp_batched(h, x, &tangents, &opts.check_independence(true))?
                 .f_reshape([s, b, -1])?
                 .f_square()?
                 .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?

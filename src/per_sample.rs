@@ -79,6 +79,7 @@ fn empty(y: &[i64], x: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn per_sample_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_randomness("per_sample_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         check_float(y, "y")?;
         check_input(x, "x")?;
@@ -132,6 +133,7 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    opts.refuse_randomness("per_sample_jacobian_of")?;
     crate::autograd::grad_mode_on(|| {
         let call = |xr: &Tensor| crate::closure::call_guarded(|| f(xr).into_output());
         let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
@@ -163,6 +165,7 @@ where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
 {
+    opts.refuse_randomness("per_sample_jacobian_of_aux")?;
     crate::autograd::grad_mode_on(|| {
         with_aux(f, opts, |call| {
             let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));

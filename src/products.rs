@@ -36,6 +36,7 @@ use crate::strategy::{JacobianOptions, Strategy};
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn vjp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_per_sample_options("vjp")?;
     crate::autograd::grad_mode_on(|| {
         check_pair(y, x)?;
         check_vector(v, "v", y, "y")?;
@@ -62,6 +63,7 @@ pub fn vjp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jvp(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_per_sample_options("jvp")?;
     crate::autograd::grad_mode_on(|| {
         check_pair(y, x)?;
         check_vector(u, "u", x, "x")?;
@@ -115,6 +117,7 @@ fn jacobian_instead(
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_per_sample_options("vjp_batched")?;
     crate::autograd::grad_mode_on(|| {
         check_pair(y, x)?;
         check_stack(v, "v", y, "y", 0, "vjp_batched")?;
@@ -141,6 +144,7 @@ pub fn vjp_batched(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jvp_batched(y: &Tensor, x: &Tensor, u: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_per_sample_options("jvp_batched")?;
     crate::autograd::grad_mode_on(|| {
         check_pair(y, x)?;
         check_stack(u, "u", x, "x", 0, "jvp_batched")?;

@@ -690,6 +690,28 @@ impl<'a> JacobianOptions<'a> {
         )))
     }
 
+    /// For the functions that compute no per-sample result from a closure that sees the batch:
+    /// `randomness` (read only by the per-sample gradients) and `check_independence(false)`
+    /// (read only by the per-sample functions) are refused when set.
+    pub(crate) fn refuse_per_sample_options(&self, func: &str) -> Result<()> {
+        self.refuse_unread(
+            func,
+            &[
+                ("randomness", self.randomness != Randomness::default()),
+                ("check_independence(false)", !self.check_independence),
+            ],
+        )
+    }
+
+    /// For the per-sample Jacobians and Hessians: `randomness` (read only by the per-sample
+    /// gradients) is refused when set.
+    pub(crate) fn refuse_randomness(&self, func: &str) -> Result<()> {
+        self.refuse_unread(
+            func,
+            &[("randomness", self.randomness != Randomness::default())],
+        )
+    }
+
     /// The settings of one pass, with the names used in its errors.
     pub(crate) fn pass<'n>(&self, names: Names<'n>) -> Pass<'n> {
         Pass {
