@@ -70,7 +70,7 @@ pub enum Error {
         op: String,
     },
 
-    /// Collapsed Taylor mode ([`crate::laplacian`]) met an op of the closure it has no rule for:
+    /// Collapsed Taylor mode ([`crate::laplacian`](mod@crate::laplacian)) met an op of the closure it has no rule for:
     /// no collapsed rule, and no forward-mode derivative for the generic rule (or a build
     /// without the engine, which has no generic rule). With
     /// [`Strategy::Auto`](crate::Strategy::Auto) this never reaches the caller: nested reverse
@@ -83,7 +83,7 @@ pub enum Error {
         detail: String,
     },
 
-    /// Collapsed Taylor mode ([`crate::laplacian`]) refused a closure it cannot follow — not for
+    /// Collapsed Taylor mode ([`crate::laplacian`](mod@crate::laplacian)) refused a closure it cannot follow — not for
     /// a missing rule ([`Error::NoTaylorRule`]) but for what the closure does: a collapsed
     /// Taylor pass inside a collapsed Taylor pass (one per thread), work on another thread that
     /// sees the pass's tensors, a backward pass of the closure's own over a tensor the pass did

@@ -1,5 +1,12 @@
-//! Per-sample second derivatives: [`per_sample_hessian_of`] and the Laplacian [`laplacian_of`] — the
-//! physics-informed (PINN) losses' derivatives.
+//! Hessians: of a scalar in a graph ([`hessian`], [`hvp`]) or of a closure ([`hessian_of`]), and
+//! per sample of a batch ([`per_sample_hessian_of`]), with the nested reverse-mode path of the
+//! Laplacian ([`crate::laplacian_of`]) — the physics-informed (PINN) losses' derivatives.
+//!
+//! | function | formula | shape | cost |
+//! |---|---|---|---|
+//! | [`hvp`] | `H v = ∂(∇y · v)/∂x` | `x` | 2 backward passes |
+//! | [`hessian`], [`hessian_of`] | `H[i, j] = ∂²y/∂x_i∂x_j` | `[*in, *in]` | 1 + one batched backward pass with the native engine (`Auto` → `Batched`); 1 + n without it |
+//! | [`per_sample_hessian_of`] | `H[b] = ∂²u(x)[b]/∂x[b]²` | `[B, *in, *in]` | as below |
 //!
 //! For a closure `u` that maps `x = [B, *in]` to one scalar per sample (`[B]` or `[B, 1]`),
 //!
@@ -19,8 +26,8 @@
 //! The Laplacian never forms `H` under [`Strategy::RowLoop`]: pass `i` keeps only
 //! `∂g[:, i]/∂x[:, i]` (memory `B·n` instead of `B·n²`).
 //!
-//! [`laplacian_of`] with `Strategy::Auto` does not run this reverse-over-reverse path but
-//! collapsed Taylor mode, one forward pass ([`crate::laplacian`]); the rest of this paragraph is
+//! [`crate::laplacian_of`] with `Strategy::Auto` does not run this reverse-over-reverse path but
+//! collapsed Taylor mode, one forward pass ([`crate::laplacian`](mod@crate::laplacian)); the rest of this paragraph is
 //! the inner strategy of the nested path ([`per_sample_hessian_of`], an explicit strategy, and the
 //! fallback). `Auto` picks from measurements of the PINN loss below (B = 1024, u: d → 64 → 64 → 1 tanh,
 //! Laplacian or Hessian loss and its backward to the weights, 2-core CPU, f32; docs/benchmarks.md):

@@ -1,7 +1,9 @@
 //! # tch-jacobian
 //!
-//! Jacobian matrices by reverse-mode autograd on [tch](https://docs.rs/tch) (libtorch), and the
-//! penalties built on them, on CPU or CUDA — with numbers checked against PyTorch.
+//! Jacobian matrices — by reverse mode, forward mode and collapsed Taylor mode — on
+//! [tch](https://docs.rs/tch) (libtorch), and the Hessians, Laplacians and penalties built on
+//! them, with numbers checked against PyTorch. CUDA tensors go through the same calls; the
+//! current engine has not yet run or been tested on a GPU (docs/limitations.md).
 //!
 //! It starts from a PyTorch notebook: for `F(x) = σ(Wx)` it computes `J_ij = ∂F_i/∂x_j` with one
 //! backward pass per output element (`retain_graph`), the squared Frobenius norm (the
@@ -45,25 +47,40 @@
 //! | `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(U)` | [`jvp_batched(&y, &x, &u, &opts)`](jvp_batched) |
 //! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
 //! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`per_sample_hessian_of(u, &x, &opts)`](per_sample_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
-//! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`laplacian(u, &x, &LaplacianOptions::default())`](Laplacian) |
+//! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`laplacian(u, &x, &LaplacianOptions::default())`](laplacian()) with [`LaplacianOptions`] |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
-//! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |
+//! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](fn@hessian) |
 //! | `J.pow(2).sum()` | [`frobenius_norm_sq`] |
 //! | `torch.diag(y*(1-y)).matmul(W)` | [`sigmoid_linear_jacobian`] |
-//! | CAE penalty `λ‖J_f(x)‖_F²` | [`contractive_penalty`] with an [`Estimator`] |
+//! | CAE penalty `λ‖J_f(x)‖_F²`, Jacobian regularization | [`jacobian_penalty`] with [`PenaltyOptions`] and a [`PenaltyEstimator`] |
 //! | (none: Hutch++ for a trainable `‖J‖_F²`) | [`PenaltyEstimator::HutchPlusPlus`] |
-//! | `torch.allclose` in tests | [`Tolerance`], [`assert_allclose`] |
+//! | `torch.allclose` in tests | [`testing::Tolerance`], [`testing::assert_allclose`] |
 //!
-//! Options ([`JacobianOptions`]) carry PyTorch's `create_graph` and `strict` and the
-//! [`Strategy`]. The engines behind the strategies — the row loop, the replicated forward, the
-//! native batched backward pass and the forward-mode columns — and when `Auto` uses each are
-//! described in [`strategy`]. Every function that differentiates, loads or compares returns
+//! ## One vocabulary
+//!
+//! Every configurable computation is a free function named after it, with an options struct as
+//! its last argument — [`JacobianOptions`], [`LaplacianOptions`], [`PenaltyOptions`] — built from
+//! `default()` and chainable setters named after PyTorch's arguments (`create_graph`, `strict`,
+//! `strategy`, `chunk_size` in the strategy, `check_independence`, …): the torch.func and SciPy
+//! style (a function and its arguments), with Rust's options structs (reusable across calls of a
+//! training loop, `Copy`). An option a function does not read is refused, never silently
+//! ignored. One name per concept: the algorithm is always a [`Strategy`] (collapsed Taylor mode
+//! too, [`Strategy::Taylor`]); "per-sample" functions compute one result per sample of a batch
+//! and check that the samples do not interact ([`independence`](mod@independence)); "batched"
+//! means a batch of cotangents or tangents in one pass ([`Strategy::Batched`], [`vjp_batched`]);
+//! the count of random directions of every estimator is `directions`; results are `*Output`
+//! structs. 0.1's names are deprecated aliases (CHANGELOG.md, "Migration from 0.1").
+//!
+//! The engines behind the strategies — the row loop, the replicated forward, the native batched
+//! backward pass, the forward-mode columns and collapsed Taylor mode — and when `Auto` uses each
+//! are described in [`strategy`]. Every function that differentiates, loads or compares returns
 //! [`Result`]: bad input (no `requires_grad`, integer dtypes, mixed devices, mismatched shapes,
 //! `chunk_size = 0`, …) is an [`Error`], not a panic. Helpers that cannot fail
 //! ([`trainable_parameters`], [`Strategy::resolve`], [`PenaltyEstimator::sigmoid_closed_form`], …)
-//! return plain values, and [`assert_allclose`] panics by design: it is a test assertion.
-//! Results live on the inputs' device: CUDA tensors give CUDA Jacobians.
+//! return plain values, and [`testing::assert_allclose`] panics by design: it is a test
+//! assertion. Results live on the inputs' device: CUDA tensors give CUDA Jacobians. What the
+//! crate changes for the whole process is listed in [`global`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

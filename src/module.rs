@@ -61,7 +61,7 @@ use crate::native::PlainTorchScript;
 use crate::per_sample::per_sample_jacobian_of;
 use crate::strategy::JacobianOptions;
 #[cfg(doc)]
-use crate::{batch::check_sample_independence, strategy::Strategy};
+use crate::{per_sample::check_sample_independence, strategy::Strategy};
 
 /// Loads a TorchScript model saved with `torch.jit.save` onto `device`, in evaluation mode
 /// (`model.eval()`: dropout off, batch norm on its running statistics — what a Jacobian of a
@@ -320,7 +320,7 @@ pub fn module_jacobian(
 /// `torch.func.vmap(torch.func.jacrev(model))(x)`.
 ///
 /// This is [`per_sample_jacobian_of`] with the model as the closure; the model must treat samples
-/// independently (see [`crate::batch`]). Under `create_graph` the model runs with the
+/// independently (see [`crate::per_sample`]). Under `create_graph` the model runs with the
 /// TorchScript executor's optimization off, as in [`module_jacobian`]. With [`Strategy::Auto`], if the chosen strategy fails
 /// (e.g. the model only accepts its own batch size, so it rejects `[B·c, *in]`), the samples
 /// are first checked for independence ([`check_sample_independence`], one backward pass) and

@@ -1,13 +1,13 @@
-//! Products with the Jacobian and the Hessian without forming them:
-//! [`vjp`], [`jvp`], [`hvp`], and the full [`hessian`] — PyTorch's
-//! `torch.autograd.functional` names, for tensors already in a graph.
+//! Products with the Jacobian without forming it: [`vjp`], [`jvp`] and many of each at once,
+//! [`vjp_batched`], [`jvp_batched`] — PyTorch's `torch.autograd.functional` names, for tensors
+//! already in a graph. (Hessian products: [`crate::hessian`](mod@crate::hessian).)
 //!
 //! | function | formula | shape | cost |
 //! |---|---|---|---|
 //! | [`vjp`] | `vᵀ J` | `x` | 1 backward pass |
 //! | [`jvp`] | `J u` | `y` | 2 backward passes (double-backward trick) |
-//! | [`hvp`] | `H v = ∂(∇y · v)/∂x` | `x` | 2 backward passes |
-//! | [`hessian`] | `H[i, j] = ∂²y/∂x_i∂x_j` | `[*in, *in]` | 1 + one batched backward pass with the native engine (`Auto` → `Batched`); 1 + n without it |
+//! | [`vjp_batched`] | `v[r]ᵀ J` for a stack `v = [k, *y.shape]` | `[k, *x.shape]` | 1 batched backward pass with the native engine; `k` without it |
+//! | [`jvp_batched`] | `J u[r]` for a stack `u = [k, *x.shape]` | `[k, *y.shape]` | 1 + 1 batched backward pass with the engine; 1 + `k` without it |
 
 use tch::{Kind, Tensor};
 

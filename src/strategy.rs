@@ -121,7 +121,7 @@ pub enum Strategy {
         /// At most this many input elements (columns) per pass; `Some(0)` is an error.
         chunk_size: Option<usize>,
     },
-    /// Collapsed Taylor mode ([`crate::laplacian`]): the closure runs once while every op it
+    /// Collapsed Taylor mode ([`crate::laplacian`](mod@crate::laplacian)): the closure runs once while every op it
     /// calls also pushes its input's coefficients along the identity directions forward by the
     /// op's rule — forward-mode AD without dual tensors or functorch, part of every build.
     ///

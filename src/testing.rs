@@ -9,7 +9,7 @@
 //!
 //! (asymmetric, like NumPy: `expected` scales the tolerance). NaNs pass only where both are NaN.
 //! Unlike NumPy, `actual` must have `expected`'s kind (dtype) and shape: a float32 result checked
-//! against a float64 reference fails with [`Error::Kind`](crate::Error::Kind) instead of passing
+//! against a float64 reference fails with [`Error::Kind`] instead of passing
 //! at float32 precision.
 
 use tch::{Device, Kind, Tensor};

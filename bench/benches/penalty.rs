@@ -51,7 +51,7 @@ impl Setup {
     }
 
     /// Forward, penalty, backward to `W` and `b`; returns the two gradients.
-    fn step(&self, estimator: &Estimator, x_needs_grad: bool) -> Vec<Tensor> {
+    fn step(&self, estimator: &PenaltyEstimator, x_needs_grad: bool) -> Vec<Tensor> {
         let x = if x_needs_grad {
             self.x.detach().set_requires_grad(true)
         } else {
@@ -79,7 +79,7 @@ fn output_dir() -> PathBuf {
 fn benches(c: &mut Criterion, setup: &Setup, dev: Device) {
     let mut group = c.benchmark_group(GROUP);
     group.sampling_mode(SamplingMode::Flat);
-    let cases: [(&str, Estimator, bool); 4] = [
+    let cases: [(&str, PenaltyEstimator, bool); 4] = [
         ("exact", PenaltyEstimator::Exact, true),
         (
             "closed_form",

@@ -1,5 +1,5 @@
 //! `Taylor`: the Jacobian's columns from one collapsed Taylor pass of the closure along the
-//! identity directions — `T[j] = J e_j`, every op of `f` evaluated once ([`crate::laplacian`]'s
+//! identity directions — `T[j] = J e_j`, every op of `f` evaluated once ([`crate::laplacian`](mod@crate::laplacian)'s
 //! engine, `csrc/taylor_*.cpp`).
 use tch::Tensor;
 

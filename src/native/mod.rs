@@ -21,7 +21,7 @@
 //!     whose derivatives are right at every order;
 //!   * `csrc/generator.cpp`, room `generator`: the default random generator's state, saved and
 //!     restored around `Randomness::Same`'s per-sample loop;
-//!   * collapsed Taylor mode (the Laplacians of [`crate::laplacian`] in one forward pass), room
+//!   * collapsed Taylor mode (the Laplacians of [`crate::laplacian`](mod@crate::laplacian) in one forward pass), room
 //!     `taylor`: `csrc/taylor.h` (what its parts share), `csrc/taylor_session.cpp` (the session,
 //!     the table of coefficients, the jet algebra), `csrc/taylor_fallback.cpp` (the dispatcher
 //!     fallback that pushes Taylor coefficients through every op of a Rust closure), and the rule

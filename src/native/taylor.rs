@@ -14,7 +14,7 @@
 //! This room opens and closes the session around the closure, and lets the crate's own
 //! derivatives inside a closure keep their jets ([`prepare_leaf`]) or refuse the session
 //! ([`refuse_unrecorded`]): the policy (which directions, when to use this engine) is
-//! [`crate::laplacian`]'s.
+//! [`crate::laplacian`](mod@crate::laplacian)'s.
 
 use tch::Tensor;
 
