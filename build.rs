@@ -11,8 +11,8 @@
 //! only to its direct dependents) exports the lib folder as `DEP_TCH_LIBTORCH_LIB`.
 //!
 //! `cargo:rustc-link-arg` reaches this package's own targets only. Crates that depend on us read
-//! the same folder from `DEP_TCH_JACOBIAN_LIBTORCH_LIB` and repeat the two lines below in their
-//! own build.rs (build-notes.md shows it); the `as-needed` link modifier that would propagate by
+//! the same folder from `DEP_TCH_JACOBIAN_LIBTORCH_LIB` and repeat the rpath and link lines below in
+//! their own build.rs (build-notes.md shows it); the `as-needed` link modifier that would propagate by
 //! itself is still unstable (rust-lang/rust#99424).
 //!
 //! It also compiles the crate's C++ files in `csrc/` with the `cc` crate against the same

@@ -62,6 +62,11 @@ pub enum Error {
     #[error("function contract violated: {0}")]
     Contract(String),
 
+    /// Values differ beyond a tolerance ([`crate::testing::Tolerance::check`]): how many, the
+    /// formula and the first differing elements.
+    #[error("values differ: {0}")]
+    Mismatch(String),
+
     /// An op in the graph has no vmap batching rule, and the batched engine was told not to use
     /// libtorch's per-op fallback (`JacobianOptions::vmap_fallback(false)`).
     #[error("{op} has no vmap batching rule and the vmap fallback is off (JacobianOptions::vmap_fallback(false)); turn the fallback on (the default: it loops over this op only) or use Strategy::RowLoop")]

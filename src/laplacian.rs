@@ -485,11 +485,19 @@ impl LaplacianOptions<'_> {
             Plan::Nested(inner) => self.nested(u, x, b, n, &directions, inner, base, who),
             Plan::Auto(inner) => match taylor() {
                 Err(e @ (Error::NoTaylorRule { .. } | Error::TaylorUnsupported { .. })) => {
-                    crate::native::warn_once(&format!(
-                        "{}: this Laplacian runs nested reverse mode (slower)",
-                        e.one_line()
-                    ));
-                    self.nested(u, x, b, n, &directions, inner, base, who)
+                    let out = self.nested(u, x, b, n, &directions, inner, base, who)?;
+                    // Recorded (take_reroutes) and logged: the nested pass is slower, and it
+                    // forms each sample's Hessian [B, n, n] even for an estimator or weights.
+                    crate::second_order::record(crate::second_order::Reroute {
+                        from: Strategy::Taylor,
+                        to: out.strategy,
+                        reason: format!(
+                            "{}: this Laplacian runs nested reverse mode (slower; it forms each \
+                             sample's [{b}, {n}, {n}] Hessian, estimators and weights included)",
+                            e.one_line()
+                        ),
+                    });
+                    Ok(out)
                 }
                 other => other,
             },

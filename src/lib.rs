@@ -82,6 +82,7 @@
 //! assertion. Results live on the inputs' device: CUDA tensors give CUDA Jacobians. What the
 //! crate changes for the whole process is listed in [`global`].
 
+#![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

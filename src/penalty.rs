@@ -297,8 +297,8 @@ fn hutch_plus_plus(
     // batch norm, see crate::second_order), every product comes from each sample's J instead
     // (the m create_graph rows that `Exact` computes): per sample, never the whole batch's
     // [B·m, B·n] Jacobian, and no further backward pass.
-    // Without the native engine the graph cannot be scanned for them, so the products always
-    // come from J there (correct, at the cost of `Exact`).
+    // Without the native engine there is no batched pass over the products: each sample's J
+    // (`m` passes, as for `Exact`) is what they cost anyway, so they always come from J there.
     let from_j = if !crate::native::available() {
         true
     } else if let Some(node) = crate::second_order::double_backward_fault(h, true)? {

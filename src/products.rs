@@ -46,11 +46,14 @@ pub fn vjp(y: &Tensor, x: &Tensor, v: &Tensor, opts: &JacobianOptions) -> Result
     })
 }
 
-/// The names of a call with output `y` and the one input `x`.
 /// Jacobian-vector product `J u`, shape of `y` (PyTorch's `torch.autograd.functional.jvp`).
 ///
 /// Computed with the double-backward trick: `g(w) = Jᵀw` is built with create_graph for a dummy
-/// `w`, then `J u = ∂(g(w)·u)/∂w`. Needs twice-differentiable ops.
+/// `w`, then `J u = ∂(g(w)·u)/∂w`. Needs twice-differentiable ops. With `create_graph` through a
+/// node whose double backward is wrong one order higher (layer, batch or instance norm; see
+/// [`crate::second_order`]) the trick would give wrong second derivatives, so the full `J` is
+/// formed instead ([`jacobian_with`], `Auto`) and `J u` taken from it: right, at the cost of a
+/// Jacobian, and recorded as a [`Reroute`](crate::second_order::Reroute).
 ///
 /// ```
 /// use tch::Tensor;

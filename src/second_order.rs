@@ -23,7 +23,7 @@
 //! `masked_select` with a broadcast mask: its batching rule fails where the row loop works) by
 //! running the row loop, also reported by [`take_reroutes`].
 //!
-//! Every reroute is also reported once per process (per reason and call site) through the `log`
+//! Every reroute is also reported once per distinct message through the `log`
 //! facade at warn level; install `env_logger` or `tracing-log` to see it.
 //!
 //! ```

@@ -62,7 +62,7 @@ impl Tolerance {
     /// The kinds must be equal ([`Error::Kind`] otherwise: a result computed in float32 where
     /// float64 was expected is a failure, not a rounding; convert the expected value on purpose
     /// to compare across kinds), and the shapes ([`Error::Shape`]). The values are then compared
-    /// in f64 on the CPU.
+    /// in f64 on the CPU; a difference beyond the tolerance is [`Error::Mismatch`].
     ///
     /// ```
     /// use tch::{Kind, Tensor};
@@ -71,6 +71,8 @@ impl Tolerance {
     /// let e = Tensor::from_slice(&[1.0f64, 2.0]);
     /// assert!(matches!(Tolerance::default().check(&a, &e), Err(Error::Kind(_))));
     /// Tolerance::default().check(&a, &e.to_kind(Kind::Float))?;
+    /// let off = Tensor::from_slice(&[1.0f32, 2.1]);
+    /// assert!(matches!(Tolerance::default().check(&off, &a), Err(Error::Mismatch(_))));
     /// # Ok::<(), tch_jacobian::Error>(())
     /// ```
     pub fn check(&self, actual: &Tensor, expected: &Tensor) -> Result<()> {
@@ -130,7 +132,7 @@ impl Tolerance {
                 abs / y.abs()
             ));
         }
-        Err(Error::InvalidArgument(msg))
+        Err(Error::Mismatch(msg))
     }
 }
 

@@ -515,8 +515,19 @@ fn auto_falls_back_to_nested_for_ops_without_a_rule() {
         Err(Error::NoTaylorRule { op, .. }) => assert!(op.contains("cholesky"), "{op}"),
         other => panic!("expected NoTaylorRule, got {other:?}"),
     }
+    let _ = tch_jacobian::second_order::take_reroutes();
     let auto = laplacian(u, &x, &LaplacianOptions::default()).unwrap();
     assert_eq!(auto.strategy, Strategy::RowLoop);
+    // The fallback is recorded, with its memory cost.
+    let reroutes = tch_jacobian::second_order::take_reroutes();
+    assert!(
+        reroutes.len() == 1
+            && reroutes[0].from == Strategy::Taylor
+            && reroutes[0].to == Strategy::RowLoop
+            && reroutes[0].reason.contains("cholesky")
+            && reroutes[0].reason.contains("[4, 3, 3] Hessian"),
+        "{reroutes:?}"
+    );
     let rows = laplacian_of(
         u,
         &x,

@@ -21,10 +21,9 @@ mod common;
 /// Known failures, by case op and a needle of the error (Taylor and Auto alike): strict, so a
 /// case listed here that passes fails the test until its entry is removed.
 ///
-/// `index`: the TorchScript interpreter passes `aten::index`'s indices as a generic list, and
-/// the rule's `toOptionalTensorList()` asserts (csrc/taylor.cpp, `linear_args`); the error is
-/// not a `NoTaylorRule`, so `Auto` does not fall back either. From tch the same op is right
-/// (`index_from_tch_matches_nested`).
+/// Empty: `index`, once listed (the TorchScript interpreter passes `aten::index`'s indices as a
+/// generic list), is read as either form by the rule since; `index_from_tch_matches_nested`
+/// covers the call from tch.
 const KNOWN_ERRORS: &[(&str, &str)] = &[];
 
 const RTOL: f64 = 1e-7;

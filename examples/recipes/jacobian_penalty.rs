@@ -35,8 +35,9 @@ fn train(lambda: f64, n: i64, epochs: usize) -> tch_jacobian::Result<(f64, f64)>
             let xb = x.index_select(0, &idx).set_requires_grad(true);
             let logits = net.forward(&xb);
             let ce = logits.cross_entropy_for_logits(&t.index_select(0, &idx));
-            // One random projection per sample and step (unbiased; k create_graph backward
-            // passes). `PenaltyEstimator::Exact` costs one pass per class; `HutchPlusPlus` is less noisy.
+            // One random projection per sample and step (unbiased; one create_graph backward
+            // pass). `PenaltyEstimator::Exact` is one batched pass over the classes with the
+            // engine (one pass per class without it); `HutchPlusPlus` is less noisy.
             let est = PenaltyEstimator::Projections {
                 directions: 1,
                 seed: None,
