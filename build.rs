@@ -11,8 +11,8 @@
 //! only to its direct dependents) exports the lib folder as `DEP_TCH_LIBTORCH_LIB`.
 //!
 //! `cargo:rustc-link-arg` reaches this package's own targets only. Crates that depend on us read
-//! the same folder from `DEP_TCH_JACOBIAN_LIBTORCH_LIB` and repeat the two lines below in their
-//! own build.rs (build-notes.md shows it); the `as-needed` link modifier that would propagate by
+//! the same folder from `DEP_TCH_JACOBIAN_LIBTORCH_LIB` and repeat the rpath and link lines below in
+//! their own build.rs (build-notes.md shows it); the `as-needed` link modifier that would propagate by
 //! itself is still unstable (rust-lang/rust#99424).
 //!
 //! It also compiles the crate's C++ files in `csrc/` with the `cc` crate against the same
@@ -101,11 +101,12 @@ fn main() {
 }
 
 /// The C++ files every build with libtorch compiles (they need only libtorch's own headers, so
-/// values never depend on the optional engine): the autograd graph scan, the normalizations'
-/// autograd kernels that are right at every order, and collapsed Taylor mode (Laplacians in one
-/// forward pass).
-const CORE: [&str; 8] = [
+/// values never depend on the optional engine): the autograd graph scan, the random generator's
+/// state, the normalizations' autograd kernels that are right at every order, and collapsed
+/// Taylor mode (Laplacians in one forward pass).
+const CORE: [&str; 9] = [
     "csrc/graph_scan.cpp",
+    "csrc/generator.cpp",
     "csrc/norm_autograd.cpp",
     "csrc/taylor_session.cpp",
     "csrc/taylor_fallback.cpp",

@@ -120,13 +120,13 @@ SINGLE_PAIRS = [
     ("closed form", "closed form"),
 ]
 BATCH_PAIRS = [
-    ("row-loop (batch_jacobian_of)", "row loop (autograd.grad of y[:, i].sum())"),
-    ("batched (batch_jacobian_of)", "vmap(jacrev)"),
-    ("auto (batch_jacobian)", "vmap(jacrev)"),
-    ("vectorized (batch_jacobian_of)", "vmap(jacrev)"),
-    ("forward (batch_jacobian_of)", "vmap(jacfwd)"),
-    ("vectorized-forward (batch_jacobian_of)", "vmap(jacfwd)"),
-    ("auto (batch_jacobian_of)", "vmap(jacrev)"),
+    ("row-loop (per_sample_jacobian_of)", "row loop (autograd.grad of y[:, i].sum())"),
+    ("batched (per_sample_jacobian_of)", "vmap(jacrev)"),
+    ("auto (per_sample_jacobian)", "vmap(jacrev)"),
+    ("vectorized (per_sample_jacobian_of)", "vmap(jacrev)"),
+    ("forward (per_sample_jacobian_of)", "vmap(jacfwd)"),
+    ("vectorized-forward (per_sample_jacobian_of)", "vmap(jacfwd)"),
+    ("auto (per_sample_jacobian_of)", "vmap(jacrev)"),
     ("best of ours", "best of PyTorch"),
     ("closed form", "closed form"),
 ]
@@ -1033,7 +1033,7 @@ def main():
             if sd == side:
                 p(f"| {who}: {k} | {fmt_ms(r)} |")
     p("")
-    p(f"`auto` ran: {bres.get(('rust', 'auto (batch_jacobian_of)'), {}).get('strategy', '?')}.")
+    p(f"`auto` ran: {bres.get(('rust', 'auto (per_sample_jacobian_of)'), {}).get('strategy', '?')}.")
     p("")
     p("| ours / PyTorch (< 1: we are faster) | ratio |")
     p("|---|---:|")
@@ -1166,7 +1166,7 @@ def main():
     parts3, ok3 = [], True
     explicit = tuple(k for k in OUR_STRATEGIES if k != "auto")
     for s in singles + [bname]:
-        auto = [v for (sd, k), v in results[s].items() if sd == "rust" and k.startswith("auto (batch_jacobian_of)" if s == bname else "auto (jacobian_of)")][0]
+        auto = [v for (sd, k), v in results[s].items() if sd == "rust" and k.startswith("auto (per_sample_jacobian_of)" if s == bname else "auto (jacobian_of)")][0]
         bl, bv = best(results[s], "rust", explicit)
         r = auto["median_ms"] / bv["median_ms"]
         same = auto.get("strategy") is not None and auto.get("strategy") == bv.get("strategy")
@@ -1185,11 +1185,11 @@ def main():
         f"resolves to that very strategy): {verdict(ok3)} — " + "; ".join(parts3) + "."
     )
     vj = ms(bname, "torch", "vmap(jacrev)")
-    ra = ms(bname, "rust", "auto (batch_jacobian_of)") / vj
-    rg = ms(bname, "rust", "auto (batch_jacobian)") / vj
+    ra = ms(bname, "rust", "auto (per_sample_jacobian_of)") / vj
+    rg = ms(bname, "rust", "auto (per_sample_jacobian)") / vj
     p(
         f"4. Per-sample Jacobians at B = 128 within 1.1× vmap(jacrev) (auto / vmap(jacrev) ≤ 1.1): "
-        f"{verdict(ra <= 1.1 and rg <= 1.1)} — batch_jacobian_of {ra:.2f}, batch_jacobian (built graph) {rg:.2f}."
+        f"{verdict(ra <= 1.1 and rg <= 1.1)} — per_sample_jacobian_of {ra:.2f}, per_sample_jacobian (built graph) {rg:.2f}."
     )
     ours_p, theirs_p = ms(pname, "rust", "Exact (contractive_penalty)"), ms(pname, "torch", "vmap(jacrev) penalty")
     if ours_p is None or theirs_p is None:

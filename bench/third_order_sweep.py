@@ -23,11 +23,11 @@ Quantities (``Φ``, a scalar built from second derivatives; ``T_m = ∂Φ/∂t_m
   ``Φ = Σ_j ⟨R2_j, g_j⟩``; ``R1`` standard normal like ``J_k``, ``R2_j`` like ``t_j``.
 * ``batch`` (norm cases batchable over dim 0, k = 0): ``jac`` with ``R1`` zero off the
   per-sample blocks, so that ``⟨R1, J⟩ = Σ_b ⟨R1_b, J_b⟩`` (the routes through
-  ``batch_jacobian_of`` give the same ``Φ``).
+  ``per_sample_jacobian_of`` give the same ``Φ``).
 * ``hess`` (k = 0 for OpInfo cases, k = 0 and 1 for norm cases): ``s = ⟨c, f⟩``,
   ``H = ∂²s/∂t_k²``, ``Φ = ⟨Q, H⟩``; ``c`` like ``f``'s output, ``Q`` like ``H``.
 * ``lap`` (batchable norm cases, k = 0): ``hess`` with ``Q = blockdiag(w_b I)``, so that
-  ``Φ = Σ_b w_b Δu_b`` with ``u_b = ⟨c_b, f_b⟩`` (``laplacian_of``, ``batch_hessian_of``).
+  ``Φ = Σ_b w_b Δu_b`` with ``u_b = ⟨c_b, f_b⟩`` (``laplacian_of``, ``per_sample_hessian_of``).
 
 Truth. ``Φ`` by PyTorch's autograd row loop (one ``autograd.grad`` per output element with
 create_graph; for ``hess`` one per element of ``∇s``), then:

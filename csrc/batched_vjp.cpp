@@ -10,7 +10,7 @@
 // at::functorch::addBatchDim (not the legacy at::_add_batch_dim), torch::autograd::grad with
 // retain_graph, unwrap each result at that level, pop the level (RAII: on every path).
 //
-// Contract with Rust (src/native.rs): no C++ exception crosses the boundary. Every function
+// Contract with Rust (src/native/batched_vjp.rs): no C++ exception crosses the boundary. Every function
 // returns nullptr on success or a malloc'd message (freed with tchj_free_string, csrc/graph_scan.cpp).
 #include <ATen/ATen.h>
 #include <ATen/functorch/BatchedFallback.h>
@@ -38,7 +38,7 @@ using tchj::VmapLevel;
 
 extern "C" {
 
-// Bumped when the signature below changes; src/native.rs checks it.
+// Bumped when the signature below changes; src/native/batched_vjp.rs checks it.
 int tchj_engine_version() {
   return 1;
 }

@@ -16,7 +16,7 @@
 // are serialized by a process-wide recursive mutex, so another thread waits, and a nested call on
 // the same thread gets libtorch's error instead of a deadlock.
 //
-// Contract with Rust (src/native.rs): as csrc/vmap_grad.cpp (the same callback type; here the
+// Contract with Rust (src/native/forward_ad.rs): as csrc/vmap_grad.cpp (the same callback type; here the
 // closure receives no parameters and one input, the dual x).
 #include <ATen/ATen.h>
 #include <ATen/functorch/BatchedTensorImpl.h>

@@ -5,7 +5,7 @@
 // and batched passes through a TorchScript executor's optimized differentiable subgraphs lose
 // terms, so some strategies are wrong on graphs that hold those nodes.
 //
-// Contract with Rust (src/native.rs): no C++ exception crosses the boundary; returns nullptr on
+// Contract with Rust (src/native/graph_scan.rs): no C++ exception crosses the boundary; returns nullptr on
 // success or a malloc'd message; `names` receives the distinct node names, '\n'-separated
 // (malloc'd; nullptr for a tensor without grad_fn).
 #include <ATen/ATen.h>

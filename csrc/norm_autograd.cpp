@@ -25,7 +25,7 @@
 // first create_graph pass (tchj_install_norm_autograd), replacing libtorch's kernels for every
 // create_graph pass in the process, which only makes those values right.
 //
-// Contract with Rust (src/native.rs): no C++ exception crosses the boundary.
+// Contract with Rust (src/native/norm_autograd.rs): no C++ exception crosses the boundary.
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/autograd.h>

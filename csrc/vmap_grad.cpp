@@ -14,7 +14,7 @@
 // (value moved to bdim 0, or expanded when a gradient does not depend on the sample), pop the
 // Vmap layer. RAII guards pop the layers on every path.
 //
-// Contract with Rust (src/native.rs): no C++ exception crosses the boundary, and no Rust panic
+// Contract with Rust (src/native/vmap_grad.rs): no C++ exception crosses the boundary, and no Rust panic
 // crosses into C++ (the Rust callback catches it and returns non-zero, after which this file
 // throws to unwind its own guards). The callback receives heap-allocated copies of the wrapped
 // tensors (owned by Rust from then on) and hands back a heap-allocated loss (owned here).

@@ -16,24 +16,38 @@ use crate::error::{Error, Result};
 /// `tch::no_grad` equal those outside (as with `torch.autograd.functional`, which enables grad
 /// itself, and torch.func's transforms, which ignore an outer `no_grad`).
 pub(crate) fn grad_mode_on<T>(f: impl FnOnce() -> T) -> T {
-    tch::with_grad(f)
+    with_grad_mode(true, f)
 }
 
-/// Runs a call of the user's closure, its panic turned into an [`Error::Contract`] ("the closure
-/// panicked: …"): every closure-taking function catches panics this one way, whatever its
-/// method. (Under `panic = "abort"` nothing can be caught: the process ends, as with any panic.)
-pub(crate) fn call_guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(panic) => Err(Error::Contract(format!(
-            "{PANICKED}{}",
-            crate::error::panic_message(panic.as_ref())
-        ))),
+/// Runs `f` with grad mode `enabled` and restores the caller's mode on every path out —
+/// including a panic of `f` (unlike `tch::with_grad` / `tch::no_grad`, which restore only when
+/// `f` returns).
+pub(crate) fn with_grad_mode<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    /// Restores the grad mode it was made with when dropped.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_grad_mode(self.0);
+        }
+    }
+    let _restore = Restore(set_grad_mode(enabled));
+    f()
+}
+
+/// Sets libtorch's thread-local grad mode; returns the previous one.
+fn set_grad_mode(enabled: bool) -> bool {
+    #[cfg(not(feature = "doc-only"))]
+    {
+        // SAFETY: a plain call into libtorch's GradMode (torch-sys's wrapper catches C++
+        // exceptions; it returns the previous mode, or -1 on an error it cannot have).
+        unsafe { torch_sys::at_grad_set_enabled(enabled as std::ffi::c_int) == 1 }
+    }
+    #[cfg(feature = "doc-only")]
+    {
+        let _ = enabled;
+        true
     }
 }
-
-/// The start of [`call_guarded`]'s message.
-pub(crate) const PANICKED: &str = "the closure panicked: ";
 
 /// Is `kind` a dtype autograd can differentiate?
 pub(crate) fn is_differentiable_kind(kind: Kind) -> bool {
@@ -126,6 +140,40 @@ pub(crate) fn check_stack(
         )));
     }
     Ok(())
+}
+
+/// Checks a floating output and an input that requires grad, on one device.
+pub(crate) fn check_pair(y: &Tensor, x: &Tensor) -> Result<()> {
+    check_float(y, "y")?;
+    check_input(x, "x")?;
+    check_same_device(y, "y", x, "x")?;
+    Ok(())
+}
+
+/// Checks `v` (named `v_name`): floating, on `like`'s device, of its shape.
+pub(crate) fn check_vector(v: &Tensor, v_name: &str, like: &Tensor, like_name: &str) -> Result<()> {
+    check_float(v, v_name)?;
+    check_same_device(v, v_name, like, like_name)?;
+    check_shape(v, v_name, &like.size(), like_name)
+}
+
+/// Checks that a Hessian's `y` is a scalar.
+pub(crate) fn check_scalar(y: &Tensor) -> Result<()> {
+    if y.numel() != 1 {
+        return Err(Error::Shape(format!(
+            "y must be a scalar (one element) for a Hessian, got shape {:?}; reduce it first (e.g. .sum())",
+            y.size()
+        )));
+    }
+    Ok(())
+}
+
+/// The names of a pass from output `y`.
+pub(crate) fn y_names(inputs: &[String]) -> Names<'_> {
+    Names {
+        output: "y",
+        inputs,
+    }
 }
 
 /// Names used in error messages for one call.

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// use tch::Device;
-/// use tch_jacobian::parse_device;
+/// use tch_jacobian::device::parse_device;
 /// assert_eq!(parse_device("cpu")?, Device::Cpu);
 /// assert_eq!(parse_device("auto")?, Device::cuda_if_available());
 /// if !tch::Cuda::is_available() {

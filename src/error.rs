@@ -62,6 +62,11 @@ pub enum Error {
     #[error("function contract violated: {0}")]
     Contract(String),
 
+    /// Values differ beyond a tolerance ([`crate::testing::Tolerance::check`]): how many, the
+    /// formula and the first differing elements.
+    #[error("values differ: {0}")]
+    Mismatch(String),
+
     /// An op in the graph has no vmap batching rule, and the batched engine was told not to use
     /// libtorch's per-op fallback (`JacobianOptions::vmap_fallback(false)`).
     #[error("{op} has no vmap batching rule and the vmap fallback is off (JacobianOptions::vmap_fallback(false)); turn the fallback on (the default: it loops over this op only) or use Strategy::RowLoop")]
@@ -70,16 +75,30 @@ pub enum Error {
         op: String,
     },
 
-    /// Collapsed Taylor mode ([`crate::laplacian`]) met an op of the closure it has no rule
-    /// for (or a use it cannot follow, e.g. an in-place write into a view). With
-    /// [`LaplacianMethod::Auto`](crate::LaplacianMethod::Auto) this never reaches the caller:
-    /// the nested reverse-mode path runs instead.
-    #[error("collapsed Taylor mode cannot follow {op}{}; use LaplacianMethod::Auto or LaplacianMethod::Nested (nested reverse mode, every op)", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+    /// Collapsed Taylor mode ([`crate::laplacian`](mod@crate::laplacian)) met an op of the closure it has no rule for:
+    /// no collapsed rule, and no forward-mode derivative for the generic rule (or a build
+    /// without the engine, which has no generic rule). With
+    /// [`Strategy::Auto`](crate::Strategy::Auto) this never reaches the caller: nested reverse
+    /// mode runs instead.
+    #[error("collapsed Taylor mode has no rule for {op}{}; use Strategy::Auto or a nested strategy (Strategy::RowLoop: every op with a double backward)", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
     NoTaylorRule {
         /// The op, e.g. `aten::native_batch_norm`.
         op: String,
         /// Why, when there is more to say.
         detail: String,
+    },
+
+    /// Collapsed Taylor mode ([`crate::laplacian`](mod@crate::laplacian)) refused a closure it cannot follow — not for
+    /// a missing rule ([`Error::NoTaylorRule`]) but for what the closure does: a collapsed
+    /// Taylor pass inside a collapsed Taylor pass (one per thread), work on another thread that
+    /// sees the pass's tensors, a backward pass of the closure's own over a tensor the pass did
+    /// not record (without `create_graph`), an in-place write into a view, a functorch transform
+    /// inside the closure. With [`Strategy::Auto`](crate::Strategy::Auto) this never reaches
+    /// the caller: nested reverse mode runs instead.
+    #[error("collapsed Taylor mode cannot follow this closure: {reason}; use Strategy::Auto or a nested strategy (Strategy::RowLoop)")]
+    TaylorUnsupported {
+        /// What the closure did.
+        reason: String,
     },
 
     /// The asked strategy would give wrong derivatives under `create_graph` through an op of the

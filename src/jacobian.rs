@@ -14,28 +14,10 @@
 use tch::Tensor;
 
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
+use crate::closure::{prepare_input, FnOutput};
 use crate::engine::{self, Closure};
 use crate::error::{Error, Result};
 use crate::strategy::{JacobianOptions, Strategy, Work};
-
-/// What a closure given to [`jacobian_of`] (and friends) may return: a `Tensor`, or a
-/// `Result<Tensor, E>` whose error converts into [`Error`] (e.g. `tch::TchError`).
-pub trait FnOutput {
-    /// The output tensor, or the closure's error.
-    fn into_output(self) -> Result<Tensor>;
-}
-
-impl FnOutput for Tensor {
-    fn into_output(self) -> Result<Tensor> {
-        Ok(self)
-    }
-}
-
-impl<E: Into<Error>> FnOutput for std::result::Result<Tensor, E> {
-    fn into_output(self) -> Result<Tensor> {
-        self.map_err(Into::into)
-    }
-}
 
 /// The notebook's Jacobian: `J[i, j] = ∂y_i/∂x_j`, one `run_backward(y_i)` per output element
 /// with the graph kept — exactly
@@ -105,6 +87,7 @@ pub fn jacobian(y: &Tensor, x: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 pub fn jacobian_with(y: &Tensor, xs: &[&Tensor], opts: &JacobianOptions) -> Result<Vec<Tensor>> {
+    opts.refuse_per_sample_options("jacobian_with")?;
     crate::autograd::grad_mode_on(|| {
         let names_v = input_names(xs.len());
         let names = Names {
@@ -142,22 +125,6 @@ fn unflatten(block: &Tensor, out: &[i64], inp: &[i64]) -> Result<Tensor> {
     Ok(block.f_reshape(shape.as_slice())?)
 }
 
-/// Prepares a closure's input like PyTorch's `_grad_preprocess`: with `create_graph` and an
-/// input that already requires grad, a view that stays connected to the caller's graph;
-/// otherwise a detached copy that requires grad.
-pub(crate) fn prepare_input(x: &Tensor, create_graph: bool) -> Result<Tensor> {
-    // Inside a Laplacian's closure (collapsed Taylor mode), the leaf keeps x's coefficients, so
-    // that the Laplacian follows this derivative rather than seeing a constant.
-    if let Some(leaf) = crate::native::taylor::prepare_leaf(x, create_graph)? {
-        return Ok(leaf);
-    }
-    if create_graph && x.requires_grad() {
-        Ok(x.f_view_as(x)?)
-    } else {
-        Ok(x.f_detach()?.set_requires_grad(true))
-    }
-}
-
 /// Jacobian of a closure, `J = ∂f(x)/∂x` of shape `[*out, *in]`, with any [`Strategy`]
 /// (PyTorch's `torch.autograd.functional.jacobian(f, x)` / `torch.func.jacrev(f)(x)`).
 ///
@@ -185,14 +152,15 @@ where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    opts.refuse_per_sample_options("jacobian_of")?;
     crate::autograd::grad_mode_on(|| {
-        let call = |xr: &Tensor| crate::autograd::call_guarded(|| f(xr).into_output());
+        let call = |xr: &Tensor| crate::closure::call_guarded(|| f(xr).into_output());
         let (_, y, block) = closure_jacobian(&call, x, opts, |_| Ok(None))?;
         unflatten(&block, &y.size(), &x.size())
     })
 }
 
-/// What `jacobian_of` and `batch_jacobian_of` share: prepares `x`, evaluates `f` once, checks
+/// What `jacobian_of` and `per_sample_jacobian_of` share: prepares `x`, evaluates `f` once, checks
 /// its output, and runs the resolved strategy with the closure. `samples(y)` says how many
 /// samples a batched call has (`None` for a plain Jacobian, and an error for bad shapes); an
 /// empty batch or output gives an empty block.
@@ -236,7 +204,7 @@ pub(crate) fn closure_jacobian(
     let strategy = strat.resolve_for(&work);
     let block = engine::run(strategy, &work, &y2, &[&xg], closure, opts, names, "")?.remove(0);
     if batch.is_some() && opts.check_independence {
-        crate::independence::check_jacobian("batch_jacobian_of", &y2, &xg, &block)?;
+        crate::independence::check_jacobian("per_sample_jacobian_of", &y2, &xg, &block)?;
     }
     Ok((xg, y, block))
 }
@@ -290,11 +258,16 @@ pub fn jacobians(
 /// assert_eq!(Vec::<f64>::try_from(out.jacobian.flatten(0, -1)).unwrap(), [2.0, 0.0, 0.0, 4.0]);
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn jacobian_of_aux<F, O, A>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<WithValue<A>>
+pub fn jacobian_of_aux<F, O, A>(
+    f: F,
+    x: &Tensor,
+    opts: &JacobianOptions,
+) -> Result<JacobianOutput<A>>
 where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
 {
+    opts.refuse_per_sample_options("jacobian_of_aux")?;
     crate::autograd::grad_mode_on(|| {
         with_aux(f, opts, |call| {
             let (_, y, block) = closure_jacobian(call, x, opts, |_| Ok(None))?;
@@ -304,9 +277,10 @@ where
     })
 }
 
-/// What [`jacobian_of_aux`] and [`crate::batch_jacobian_of_aux`] return.
+/// What [`jacobian_of_aux`] and [`crate::per_sample_jacobian_of_aux`] return.
 #[derive(Debug)]
-pub struct WithValue<A> {
+#[non_exhaustive]
+pub struct JacobianOutput<A> {
     /// The Jacobian.
     pub jacobian: Tensor,
     /// `f(x)`, from the same forward pass.
@@ -315,6 +289,10 @@ pub struct WithValue<A> {
     pub aux: A,
 }
 
+/// 0.1's name for [`JacobianOutput`].
+#[deprecated(since = "0.2.0", note = "renamed JacobianOutput")]
+pub type WithValue<A> = JacobianOutput<A>;
+
 /// Runs `jacobian(call)` with a closure that keeps `f`'s first auxiliary output (the one for `x`
 /// itself; the replicated strategies call `f` again on stacked copies) and returns it with `J`
 /// and the value.
@@ -322,14 +300,14 @@ pub(crate) fn with_aux<F, O, A>(
     f: F,
     opts: &JacobianOptions,
     jacobian: impl FnOnce(&dyn Fn(&Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)>,
-) -> Result<WithValue<A>>
+) -> Result<JacobianOutput<A>>
 where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
 {
     let aux: std::cell::RefCell<Option<A>> = std::cell::RefCell::new(None);
     let call = |xr: &Tensor| -> Result<Tensor> {
-        let (y, a) = crate::autograd::call_guarded(|| Ok(f(xr)))?;
+        let (y, a) = crate::closure::call_guarded(|| Ok(f(xr)))?;
         let mut slot = aux.borrow_mut();
         if slot.is_none() {
             *slot = Some(a);
@@ -341,7 +319,7 @@ where
     let aux = aux
         .into_inner()
         .ok_or_else(|| Error::Contract("f was never called".into()))?;
-    Ok(WithValue {
+    Ok(JacobianOutput {
         jacobian,
         value,
         aux,

@@ -1,5 +1,6 @@
 //! Laplacians of per-sample closures — the PINN and VMC operators — in one forward pass by
-//! collapsed Taylor mode, or by nested reverse mode.
+//! collapsed Taylor mode, or by nested reverse mode: [`laplacian`] with [`LaplacianOptions`], and
+//! the plain [`laplacian_of`].
 //!
 //! For `u` mapping `x = [B, *in]` to one scalar per sample (`[B]` or `[B, 1]`), samples not
 //! interacting, and `n = numel(in)`:
@@ -12,49 +13,53 @@
 //!                                                                           z_r → σ z_r weighted)
 //! ```
 //!
-//! and `u` and `∇u` beside them (boundary and Neumann terms need them), from [`Laplacian`], a
-//! reusable options builder, or the plain [`laplacian_of`](crate::laplacian_of).
+//! and `u` and `∇u` beside them (boundary and Neumann terms need them).
 //!
-//! # Methods
+//! # Strategies
 //!
-//! * [`LaplacianMethod::Taylor`] — **collapsed Taylor mode** (Dangel, Siebert, Zeinhofer,
-//!   Walther, NeurIPS 2025; the forward Laplacian of Li et al. 2023): `u` runs once, and every op
-//!   it calls also pushes its input's `D` first-order coefficients and one summed second-order
+//! * [`Strategy::Taylor`] — **collapsed Taylor mode** (Dangel, Siebert, Zeinhofer, Walther,
+//!   NeurIPS 2025; the forward Laplacian of Li et al. 2023): `u` runs once, and every op it calls
+//!   also pushes its input's `D` first-order coefficients and one summed second-order
 //!   coefficient forward by the op's collapsed rule (`2 + D` vectors per tensor, no reverse
-//!   pass). `D` = `n` for the exact Laplacian, `m` with weights, `k` for the estimators. Rules
-//!   cover the ops of MLPs and PINN networks: linear/matmul/addmm/bmm, elementwise ops (tanh,
-//!   sigmoid, sin, cos, exp, log, softplus, gelu, silu, relu, pow, sqrt, …), add/sub/mul/div,
-//!   sum/mean, views, cat/stack, softmax/log_softmax/logsumexp and layer_norm; ops without a rule
-//!   that libtorch composes from others are decomposed. Nothing is traced: the closure's own
+//!   pass). `D` = `n` for the exact Laplacian, `m` with weights, `k` for the estimators. Every op
+//!   with a forward-mode derivative has a rule: collapsed rules for the ops of MLPs, PINN and
+//!   CNN networks (docs/laplacian.md lists them), a generic one (`vmap(jvp∘jvp)` per op, with
+//!   the engine) for the rest, backward ops included — so derivatives taken inside `u` (a
+//!   biharmonic `Δ²v`, a loss on `‖∇v‖²`) are followed too. Nothing is traced: the closure's own
 //!   control flow runs every call. With `create_graph`, the result is an ordinary tensor in the
 //!   caller's graph (PINN training differentiates it to the weights `u` captures).
-//! * [`LaplacianMethod::Nested`] — nested reverse mode, PyTorch's autograd loop: `∇u` with
-//!   create_graph, then one backward pass per input dimension (the exact Laplacian, the row
-//!   loop) or the per-sample Hessian and its contraction (weights and estimators). Every op
-//!   with a double backward works; `JacobianOptions`' strategy picks the inner pass.
-//! * [`LaplacianMethod::Auto`] (the default) — collapsed Taylor mode; if the closure uses an op
-//!   without a collapsed rule (an [`Error::NoTaylorRule`]), the nested path, once more from the
-//!   start (logged once per call site at warn level).
+//! * [`Strategy::RowLoop`], [`Strategy::Batched`], [`Strategy::Forward`] — nested reverse mode,
+//!   PyTorch's autograd loop: `∇u` with create_graph, then one backward pass per input dimension
+//!   (the exact Laplacian by the row loop, which never forms `H`) or the per-sample Hessian by
+//!   that strategy and its contraction (weights, estimators). Every op with a double backward
+//!   works.
+//! * [`Strategy::Auto`] (the default) — collapsed Taylor mode; if the closure has an op without
+//!   any rule ([`Error::NoTaylorRule`]) or does something the mode cannot follow
+//!   ([`Error::TaylorUnsupported`]), nested reverse mode once more from the start (the row loop
+//!   on the CPU, the batched pass on CUDA; logged once at warn level).
 //!
-//! Measured (docs/benchmarks.md, "Laplacians": 2-core CPU, 2 threads, f32, PINN MLPs with tanh,
-//! d = 2 and 32 at B = 1024 and the 50 → 768 → 768 → 512 → 512 → 1 MLP at B = 64): collapsed
-//! Taylor mode takes 0.37–0.86× the time of PyTorch's best tool (nested loop or `vmap(hessian)`)
-//! on all six rows over two runs, Δu alone or loss + backward, and beats the nested path on every
-//! row, so `Auto` has no crossover on the CPU. On CUDA it is not measured yet; `Auto` takes it there
-//! too (its rules are ordinary aten ops; only the fused elementwise kernel is CPU-only).
+//! Every method gives the same answer for the same closure: a `tch::no_grad` region inside `u` is
+//! a constant for all of them (as reverse mode makes it), a panic of `u` is an
+//! [`Error::Contract`] for all of them, and samples that interact are an [`Error::Contract`]
+//! ([`crate::independence`](mod@crate::independence)).
+//!
+//! Measured (docs/benchmarks.md, "Laplacians"): collapsed Taylor mode beats PyTorch's nested
+//! loop and `vmap(hessian)` on every PINN row, and `Auto` has no crossover on the CPU. On CUDA it
+//! is not measured yet; `Auto` takes it there too (its rules are ordinary aten ops; only the
+//! fused elementwise kernel is CPU-only).
 //!
 //! ```
 //! use tch::{Kind, Tensor};
-//! use tch_jacobian::{Laplacian, LaplacianMethod};
+//! use tch_jacobian::{laplacian, LaplacianOptions, Strategy};
 //! // u(x) = ‖x‖⁴ per sample in ℝ²: ∇u = 4‖x‖² x, Δu = 16 ‖x‖²
 //! let x = Tensor::from_slice(&[1.0f64, 2.0, 0.5, 0.0]).view([2, 2]);
 //! let u = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double).square();
-//! let out = Laplacian::new().compute(u, &x)?;
+//! let out = laplacian(u, &x, &LaplacianOptions::default())?;
 //! assert_eq!(Vec::<f64>::try_from(&out.laplacian).unwrap(), [80.0, 4.0]);
 //! assert_eq!(Vec::<f64>::try_from(&out.value).unwrap(), [25.0, 0.0625]);
 //! let g = out.gradient.unwrap(); // [B, 2]
 //! assert_eq!(Vec::<f64>::try_from(g.flatten(0, -1)).unwrap(), [20.0, 40.0, 0.5, 0.0]);
-//! assert_eq!(out.method, LaplacianMethod::Taylor);
+//! assert_eq!(out.strategy, Strategy::Taylor);
 //! # Ok::<(), tch_jacobian::Error>(())
 //! ```
 
@@ -63,31 +68,266 @@ use rand_distr::StandardNormal;
 use tch::{Kind, Tensor};
 
 use crate::autograd::check_float;
-use crate::batch_hessian::{check_batch, check_per_sample};
+use crate::closure::FnOutput;
 use crate::error::{Error, Result};
-use crate::jacobian::FnOutput;
-use crate::strategy::{JacobianOptions, Strategy};
+use crate::hessian::{check_batch, check_per_sample};
+use crate::strategy::{JacobianOptions, Progress, Randomness, Strategy};
 
-/// How [`Laplacian`] computes: see the [module docs](self).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Options for [`laplacian`]; PyTorch's names and defaults where it has them.
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `create_graph` | `false` | the results are differentiable (to the weights `u` captures, and to `x` when it requires grad) — PyTorch's `create_graph`; PINN training needs it |
+/// | `strategy` | [`Strategy::Auto`] | collapsed Taylor mode, nested reverse mode with an inner strategy, or `Auto` (see the [module docs](self)); the replicated strategies are refused |
+/// | `estimator` | [`LaplacianEstimator::Exact`] | exact, or Hutchinson's estimate from random directions |
+/// | `weights` | none | the weighted Laplacian `tr(σσᵀ∇²u)` with `σ: [n, m]` shared by the batch or `[B, n, m]` per sample |
+/// | `check_independence` | `true` | check that the samples do not interact, one more forward pass (Taylor) or backward pass (nested); `false` for hot loops after a first checked call |
+///
+/// ```text
+/// LaplacianOptions::default()                      Δu, exact, Auto (collapsed Taylor mode)
+///     .weights(&sigma)                             tr(σσᵀ∇²u), σ: [n, m] or [B, n, m]
+///     .estimator(LaplacianEstimator::Rademacher { directions: 16, seed: None })
+///     .create_graph(true)                          differentiable (PINN training)
+///     .strategy(Strategy::RowLoop)                 nested reverse mode (PyTorch's autograd loop)
+/// ```
+///
+/// A PINN step for `−Δu = f` (`u` captures the trainable weights):
+///
+/// ```
+/// use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
+/// use tch_jacobian::{laplacian, LaplacianOptions};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let net = nn::seq()
+///     .add(nn::linear(vs.root() / "l1", 3, 16, Default::default()))
+///     .add_fn(|x| x.tanh())
+///     .add(nn::linear(vs.root() / "l2", 16, 1, Default::default()));
+/// let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
+/// let x = Tensor::rand([32, 3], (Kind::Float, Device::Cpu));
+/// let f = Tensor::ones([32], (Kind::Float, Device::Cpu));
+/// let pinn = LaplacianOptions::default().create_graph(true);
+/// let out = laplacian(|x: &Tensor| net.forward(x), &x, &pinn)?;
+/// let loss = (out.laplacian + f).square().mean(Kind::Float);
+/// opt.backward_step(&loss);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// `#[non_exhaustive]`: built from [`LaplacianOptions::default`] and the setters.
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub enum LaplacianMethod {
-    /// Collapsed Taylor mode, and the nested path for closures it cannot follow.
-    #[default]
-    Auto,
-    /// Collapsed Taylor mode only: an op without a rule is an [`Error::NoTaylorRule`].
-    Taylor,
-    /// Nested reverse mode (PyTorch's autograd loop).
-    Nested,
+pub struct LaplacianOptions<'a> {
+    /// Keep the graph (PyTorch's `create_graph`).
+    pub create_graph: bool,
+    /// How to compute it.
+    pub strategy: Strategy,
+    /// Exact, or an unbiased estimate.
+    pub estimator: LaplacianEstimator,
+    /// σ for `tr(σσᵀ∇²u)`.
+    pub weights: Option<&'a Tensor>,
+    /// Check that the samples do not interact.
+    pub check_independence: bool,
 }
 
-/// The exact operator, or an unbiased estimate of it from `samples` random directions per
-/// sample (Hutchinson's estimator, `E[z zᵀ] = I`): `(1/k) Σ_r z_rᵀ ∇²u z_r`.
+impl Default for LaplacianOptions<'_> {
+    fn default() -> Self {
+        LaplacianOptions {
+            create_graph: false,
+            strategy: Strategy::Auto,
+            estimator: LaplacianEstimator::Exact,
+            weights: None,
+            check_independence: true,
+        }
+    }
+}
+
+impl<'a> LaplacianOptions<'a> {
+    /// Sets `create_graph`.
+    ///
+    /// ```
+    /// let o = tch_jacobian::LaplacianOptions::default().create_graph(true);
+    /// assert!(o.create_graph);
+    /// ```
+    pub fn create_graph(mut self, create_graph: bool) -> Self {
+        self.create_graph = create_graph;
+        self
+    }
+
+    /// Sets the strategy (see the [module docs](self)).
+    ///
+    /// ```
+    /// use tch_jacobian::{LaplacianOptions, Strategy};
+    /// let o = LaplacianOptions::default().strategy(Strategy::RowLoop); // nested reverse mode
+    /// assert_eq!(o.strategy, Strategy::RowLoop);
+    /// ```
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the estimator.
+    ///
+    /// ```
+    /// use tch_jacobian::{LaplacianEstimator, LaplacianOptions};
+    /// let o = LaplacianOptions::default()
+    ///     .estimator(LaplacianEstimator::Rademacher { directions: 8, seed: Some(0) });
+    /// # let _ = o;
+    /// ```
+    pub fn estimator(mut self, estimator: LaplacianEstimator) -> Self {
+        self.estimator = estimator;
+        self
+    }
+
+    /// The weighted Laplacian `tr(σσᵀ∇²u) = Σ_d σ_dᵀ∇²u σ_d` (a diffusion's generator) with
+    /// `σ: [n, m]` shared by the batch or `[B, n, m]` per sample (`n = numel(in)`). A selection
+    /// of columns of the identity gives the Laplacian over a subset of the inputs (`Δₓ` of
+    /// `u(t, x)` without `t`).
+    ///
+    /// ```
+    /// use tch::{Kind, Tensor};
+    /// use tch_jacobian::{laplacian, LaplacianOptions};
+    /// // u = x₀² + 3 x₁² : ∇²u = diag(2, 6); σ = [[1], [1]] gives 1ᵀ∇²u 1 = 8
+    /// let x = Tensor::from_slice(&[0.5f64, -1.0]).view([1, 2]);
+    /// let sigma = Tensor::from_slice(&[1.0f64, 1.0]).view([2, 1]);
+    /// let u = |x: &Tensor| (x.square() * Tensor::from_slice(&[1.0f64, 3.0])).sum_dim_intlist(1, false, Kind::Double);
+    /// let out = laplacian(u, &x, &LaplacianOptions::default().weights(&sigma))?;
+    /// assert_eq!(out.laplacian.double_value(&[0]), 8.0);
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn weights(mut self, sigma: &'a Tensor) -> Self {
+        self.weights = Some(sigma);
+        self
+    }
+
+    /// Sets `check_independence` (default `true`): `false` skips the check that the samples do
+    /// not interact — for hot loops after a first checked call.
+    ///
+    /// ```
+    /// use tch::{Kind, Tensor};
+    /// use tch_jacobian::{laplacian, Error, LaplacianOptions};
+    /// let x = Tensor::from_slice(&[0.1f64, 0.4, -0.3, 0.8, 0.2, -0.6]).view([3, 2]);
+    /// // a batch statistic: every sample's u depends on the others' x
+    /// let u = |x: &Tensor| (x - x.mean_dim(0, true, Kind::Double)).tanh().sum_dim_intlist(1, false, Kind::Double);
+    /// assert!(matches!(laplacian(u, &x, &LaplacianOptions::default()), Err(Error::Contract(_))));
+    /// let unchecked = LaplacianOptions::default().check_independence(false);
+    /// assert!(laplacian(u, &x, &unchecked).is_ok()); // (wrong values)
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
+    pub fn check_independence(mut self, check: bool) -> Self {
+        self.check_independence = check;
+        self
+    }
+
+    /// The plan for `self.strategy`, or an error for the strategies that make no Laplacian.
+    fn plan(&self) -> Result<Plan> {
+        Ok(match self.strategy.validate()? {
+            Strategy::Auto => Plan::Auto(Strategy::Auto),
+            Strategy::Taylor => Plan::Taylor,
+            s @ (Strategy::RowLoop | Strategy::Batched { .. } | Strategy::Forward) => Plan::Nested(s),
+            s => {
+                return Err(Error::InvalidArgument(format!(
+                    "laplacian: Strategy::{s} makes no Laplacian; use auto, taylor, or a nested inner pass (row-loop, batched, forward)"
+                )))
+            }
+        })
+    }
+}
+
+/// How one call computes: Taylor mode (falling back to nested with the inner strategy), Taylor
+/// only, or nested with the inner strategy (`Auto`: the row loop on the CPU, batched on CUDA).
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    Auto(Strategy),
+    Taylor,
+    Nested(Strategy),
+}
+
+/// `u(x)`, `∇u` and the Laplacian (exact, weighted or estimated) of a per-sample closure, per
+/// the options (see the [module docs](self) and [`LaplacianOptions`]). `u` must return `[B]` or
+/// `[B, 1]`; another shape, an empty batch, `directions = 0` or weights of another shape are an
+/// [`Error::Shape`] / [`Error::InvalidArgument`]; samples that interact an [`Error::Contract`].
 ///
-/// `seed`, as in [`crate::Estimator::Projections`]: `Some(seed)` draws from a `StdRng` seeded
-/// with it (reproducible, independent of torch's generator — the same directions every call, so
-/// vary it in a training loop), `None` draws from torch's global generator
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{laplacian, LaplacianEstimator, LaplacianOptions};
+/// // u(x) = Σ sin(x_i): Δu = −Σ sin(x_i); Rademacher directions are exact for a diagonal ∇²u
+/// let x = Tensor::from_slice(&[0.3f64, -1.2, 2.0, 0.7]).view([2, 2]);
+/// let u = |x: &Tensor| x.sin().sum_dim_intlist(1, false, Kind::Double);
+/// let opts = LaplacianOptions::default()
+///     .estimator(LaplacianEstimator::Rademacher { directions: 3, seed: Some(1) });
+/// let est = laplacian(u, &x, &opts)?;
+/// let exact = -x.sin().sum_dim_intlist(1, false, Kind::Double);
+/// assert!(est.laplacian.allclose(&exact, 1e-12, 1e-12, false));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn laplacian<F, O>(u: F, x: &Tensor, opts: &LaplacianOptions) -> Result<LaplacianOutput>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    let plan = opts.plan()?;
+    opts.compute(&u, x, plan, &JacobianOptions::default(), "laplacian")
+}
+
+/// The Laplacian of a closure per sample, shape `[B]`: `Δu[b] = Σ_i ∂²u(x)[b]/∂x[b, i]²`, the
+/// trace of [`per_sample_hessian_of`](crate::per_sample_hessian_of) —
+/// `vmap(hessian(u))(x).diagonal(...).sum(-1)` in PyTorch. [`laplacian`] with the options
+/// `JacobianOptions` shares with it: `create_graph`, `strategy` (see the [module docs](self)),
+/// `check_independence`, `vmap_fallback` (the nested path's batched passes) and `progress`
+/// (reported by the nested path's passes; one report for the Taylor pass). `strict` and a
+/// `randomness` other than the default do not apply to a Laplacian and are refused
+/// ([`Error::InvalidArgument`]).
+///
+/// With `opts.create_graph` the result is differentiable: a PINN loss `‖Δu − f‖²` reaches the
+/// weights of `u`.
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// use tch_jacobian::{laplacian_of, JacobianOptions, Strategy};
+/// // u(x) = ‖x‖⁴ per sample in ℝ²: Δu = 16 ‖x‖²
+/// let x = Tensor::from_slice(&[1.0f64, 2.0, 0.5, 0.0]).view([2, 2]);
+/// let u = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double).square();
+/// let lap = laplacian_of(u, &x, &JacobianOptions::default())?; // collapsed Taylor mode
+/// assert_eq!(Vec::<f64>::try_from(lap).unwrap(), [80.0, 4.0]);
+/// let nested = laplacian_of(u, &x, &JacobianOptions::default().strategy(Strategy::RowLoop))?;
+/// assert_eq!(Vec::<f64>::try_from(nested).unwrap(), [80.0, 4.0]);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn laplacian_of<F, O>(u: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> O,
+    O: FnOutput,
+{
+    opts.refuse_unread(
+        "laplacian_of",
+        &[
+            ("strict", opts.strict),
+            ("randomness", opts.randomness != Randomness::default()),
+        ],
+    )?;
+    let lopts = LaplacianOptions::default()
+        .create_graph(opts.create_graph)
+        .strategy(opts.strategy)
+        .check_independence(opts.check_independence);
+    let plan = lopts.plan()?;
+    Ok(lopts.compute(&u, x, plan, opts, "laplacian_of")?.laplacian)
+}
+
+/// Which of [`LaplacianEstimator`]'s estimates; see [`LaplacianOptions::estimator`].
+///
+/// The exact operator, or an unbiased estimate of it from `directions` random directions per
+/// sample (Hutchinson's estimator, `E[z zᵀ] = I`): `(1/k) Σ_r z_rᵀ ∇²u z_r`, `k = directions`.
+/// Each direction costs about one first-order coefficient of the Taylor pass (one row of `T`),
+/// so an estimate pays off when `k` is well below `n` and the variance it adds is acceptable.
+///
+/// `seed`, as in [`crate::PenaltyEstimator::Projections`]: `Some(seed)` draws from a `StdRng`
+/// seeded with it (reproducible, independent of torch's generator — the same directions every
+/// call, so vary it in a training loop), `None` draws from torch's global generator
 /// (`tch::manual_seed` controls it).
+///
+/// ```
+/// use tch_jacobian::LaplacianEstimator;
+/// let e = LaplacianEstimator::Gaussian { directions: 4, seed: None };
+/// assert_ne!(e, LaplacianEstimator::Exact);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum LaplacianEstimator {
@@ -96,21 +336,21 @@ pub enum LaplacianEstimator {
     Exact,
     /// `z` with independent ±1 entries (the lowest-variance Hutchinson estimator).
     Rademacher {
-        /// Directions per sample, ≥ 1.
-        samples: usize,
+        /// Random directions per sample, ≥ 1.
+        directions: usize,
         /// Reproducible draws, or torch's generator.
         seed: Option<u64>,
     },
     /// `z` with independent standard normal entries.
     Gaussian {
-        /// Directions per sample, ≥ 1.
-        samples: usize,
+        /// Random directions per sample, ≥ 1.
+        directions: usize,
         /// Reproducible draws, or torch's generator.
         seed: Option<u64>,
     },
 }
 
-/// What [`Laplacian::compute`] returns; every tensor is differentiable when it was asked with
+/// What [`laplacian`] returns; every tensor is differentiable when it was asked with
 /// `create_graph`.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -122,176 +362,104 @@ pub struct LaplacianOutput {
     pub gradient: Option<Tensor>,
     /// `Δu`, `tr(σσᵀ∇²u)` or their estimate, shape `[B]`.
     pub laplacian: Tensor,
-    /// The method that computed it: `Taylor` or `Nested` (never `Auto`).
-    pub method: LaplacianMethod,
+    /// The strategy that computed it: [`Strategy::Taylor`], or the nested path's inner pass
+    /// ([`Strategy::RowLoop`], [`Strategy::Batched`], [`Strategy::Forward`]); never `Auto`.
+    pub strategy: Strategy,
 }
 
-/// Options for Laplacians — a reusable builder whose [`compute`](Laplacian::compute) applies
-/// them to any closure and input (nothing is traced or cached: each call runs the closure once).
-///
-/// ```text
-/// Laplacian::new()                                  Δu, exact, collapsed Taylor mode
-///     .weights(&sigma)                              tr(σσᵀ∇²u), σ: [n, m] or [B, n, m]
-///     .estimator(LaplacianEstimator::Rademacher { samples: 16, seed: None })
-///     .create_graph(true)                           differentiable (PINN training)
-///     .method(LaplacianMethod::Nested)              PyTorch's autograd loop instead
-///     .nested_strategy(Strategy::Batched { .. })    its inner pass
-///     .compute(u, &x)?                              → LaplacianOutput { value, gradient, laplacian, method }
-/// ```
-///
-/// A PINN step for `−Δu = f` (a sketch; `u` captures the trainable weights):
-///
-/// ```
-/// use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
-/// use tch_jacobian::Laplacian;
-/// let vs = nn::VarStore::new(Device::Cpu);
-/// let net = nn::seq()
-///     .add(nn::linear(vs.root() / "l1", 3, 16, Default::default()))
-///     .add_fn(|x| x.tanh())
-///     .add(nn::linear(vs.root() / "l2", 16, 1, Default::default()));
-/// let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
-/// let x = Tensor::rand([32, 3], (Kind::Float, Device::Cpu));
-/// let f = Tensor::ones([32], (Kind::Float, Device::Cpu));
-/// let pinn = Laplacian::new().create_graph(true);
-/// let out = pinn.compute(|x: &Tensor| net.forward(x), &x)?;
-/// let loss = (out.laplacian + f).square().mean(Kind::Float);
-/// opt.backward_step(&loss);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+/// How the deprecated [`Laplacian`] builder computes (0.1's name; [`LaplacianOptions::strategy`]
+/// now says it with the one [`Strategy`]).
+#[deprecated(
+    since = "0.2.0",
+    note = "use LaplacianOptions::strategy: Auto, Strategy::Taylor, or a nested inner strategy (RowLoop, Batched)"
+)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+#[allow(deprecated)]
+pub enum LaplacianMethod {
+    /// Collapsed Taylor mode, and the nested path for closures it cannot follow.
+    #[default]
+    Auto,
+    /// Collapsed Taylor mode only.
+    Taylor,
+    /// Nested reverse mode (PyTorch's autograd loop).
+    Nested,
+}
+
+/// 0.1's builder for Laplacians; [`laplacian`] with [`LaplacianOptions`] replaces it.
+#[deprecated(since = "0.2.0", note = "use laplacian(u, &x, &LaplacianOptions)")]
 #[derive(Debug, Default)]
+#[allow(deprecated)]
 pub struct Laplacian<'a> {
+    opts: LaplacianOptions<'a>,
     method: LaplacianMethod,
-    estimator: LaplacianEstimator,
-    weights: Option<&'a Tensor>,
-    create_graph: bool,
     nested: Strategy,
-    unchecked: bool,
 }
 
+#[allow(deprecated)]
 impl<'a> Laplacian<'a> {
-    /// The exact Laplacian by [`LaplacianMethod::Auto`], not differentiable.
-    ///
-    /// ```
-    /// # use tch_jacobian::Laplacian;
-    /// let _ = Laplacian::new();
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// The exact Laplacian, `Auto`, not differentiable.
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// Keep the graph: the results are differentiable (to the weights `u` captures, and to `x`
-    /// when it requires grad) — PyTorch's `create_graph`.
-    ///
-    /// ```
-    /// # use tch_jacobian::Laplacian;
-    /// let _ = Laplacian::new().create_graph(true);
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// Sets `create_graph`.
     pub fn create_graph(mut self, create_graph: bool) -> Self {
-        self.create_graph = create_graph;
+        self.opts.create_graph = create_graph;
         self
     }
-
-    /// Collapsed Taylor mode, nested reverse mode, or `Auto` (see the [module docs](self)).
-    ///
-    /// ```
-    /// # use tch_jacobian::{Laplacian, LaplacianMethod};
-    /// let _ = Laplacian::new().method(LaplacianMethod::Nested);
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// Sets the method.
     pub fn method(mut self, method: LaplacianMethod) -> Self {
         self.method = method;
         self
     }
-
-    /// Exact, or Hutchinson's estimate from random directions ([`LaplacianEstimator`]).
-    ///
-    /// ```
-    /// # use tch_jacobian::{Laplacian, LaplacianEstimator};
-    /// let _ = Laplacian::new().estimator(LaplacianEstimator::Rademacher { samples: 8, seed: Some(0) });
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// Sets the estimator.
     pub fn estimator(mut self, estimator: LaplacianEstimator) -> Self {
-        self.estimator = estimator;
+        self.opts.estimator = estimator;
         self
     }
-
-    /// The weighted Laplacian `tr(σσᵀ∇²u) = Σ_d σ_dᵀ∇²u σ_d` (a diffusion's generator) with
-    /// `σ: [n, m]` shared by the batch or `[B, n, m]` per sample (`n = numel(in)`).
-    ///
-    /// ```
-    /// use tch::{Kind, Tensor};
-    /// use tch_jacobian::Laplacian;
-    /// // u = x₀² + 3 x₁² : ∇²u = diag(2, 6); σ = [[1], [1]] gives 1ᵀ∇²u 1 = 8
-    /// let x = Tensor::from_slice(&[0.5f64, -1.0]).view([1, 2]);
-    /// let sigma = Tensor::from_slice(&[1.0f64, 1.0]).view([2, 1]);
-    /// let u = |x: &Tensor| (x.square() * Tensor::from_slice(&[1.0f64, 3.0])).sum_dim_intlist(1, false, Kind::Double);
-    /// let out = Laplacian::new().weights(&sigma).compute(u, &x)?;
-    /// assert_eq!(out.laplacian.double_value(&[0]), 8.0);
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// Sets the weights σ.
     pub fn weights(mut self, sigma: &'a Tensor) -> Self {
-        self.weights = Some(sigma);
+        self.opts.weights = Some(sigma);
         self
     }
-
-    /// The inner strategy of the nested path (`Auto`: the row loop on the CPU, the batched pass
-    /// on CUDA, as in [`crate::batch_hessian_of`]).
-    ///
-    /// ```
-    /// # use tch_jacobian::{Laplacian, Strategy};
-    /// let _ = Laplacian::new().nested_strategy(Strategy::RowLoop);
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// Sets the nested path's inner strategy.
     pub fn nested_strategy(mut self, strategy: Strategy) -> Self {
         self.nested = strategy;
         self
     }
-
-    /// Check that the samples do not interact (default `true`): one more forward pass (a
-    /// collapsed Taylor pass along one random direction per sample) or backward pass (nested),
-    /// and [`Error::Contract`] when they do ([`crate::independence`](mod@crate::independence)).
-    /// `false` skips it — for hot loops after a first checked call.
-    ///
-    /// ```
-    /// use tch::{Kind, Tensor};
-    /// use tch_jacobian::{Error, Laplacian};
-    /// let x = Tensor::from_slice(&[0.1f64, 0.4, -0.3, 0.8, 0.2, -0.6]).view([3, 2]);
-    /// // a batch statistic: every sample's u depends on the others' x
-    /// let u = |x: &Tensor| (x - x.mean_dim(0, true, Kind::Double)).tanh().sum_dim_intlist(1, false, Kind::Double);
-    /// assert!(matches!(Laplacian::new().compute(u, &x), Err(Error::Contract(_))));
-    /// assert!(Laplacian::new().check_independence(false).compute(u, &x).is_ok()); // (wrong values)
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// Sets `check_independence`.
     pub fn check_independence(mut self, check: bool) -> Self {
-        self.unchecked = !check;
+        self.opts.check_independence = check;
         self
     }
-
-    /// Whether [`check_independence`](Self::check_independence) is on.
-    fn checks(&self) -> bool {
-        !self.unchecked
-    }
-
-    /// Applies the options to `u` at `x = [B, *in]` (see the [module docs](self)). `u` must
-    /// return `[B]` or `[B, 1]`; another shape, an empty batch, `samples = 0` or weights of
-    /// another shape are an [`Error::Shape`] / [`Error::InvalidArgument`].
-    ///
-    /// ```
-    /// use tch::{Kind, Tensor};
-    /// use tch_jacobian::{Laplacian, LaplacianEstimator};
-    /// // u(x) = Σ sin(x_i): Δu = −Σ sin(x_i); Rademacher directions are exact for a diagonal ∇²u
-    /// let x = Tensor::from_slice(&[0.3f64, -1.2, 2.0, 0.7]).view([2, 2]);
-    /// let u = |x: &Tensor| x.sin().sum_dim_intlist(1, false, Kind::Double);
-    /// let est = Laplacian::new()
-    ///     .estimator(LaplacianEstimator::Rademacher { samples: 3, seed: Some(1) })
-    ///     .compute(u, &x)?;
-    /// let exact = -x.sin().sum_dim_intlist(1, false, Kind::Double);
-    /// assert!(est.laplacian.allclose(&exact, 1e-12, 1e-12, false));
-    /// # Ok::<(), tch_jacobian::Error>(())
-    /// ```
+    /// [`laplacian`] with these options.
     pub fn compute<F, O>(&self, u: F, x: &Tensor) -> Result<LaplacianOutput>
+    where
+        F: Fn(&Tensor) -> O,
+        O: FnOutput,
+    {
+        let plan = match self.method {
+            LaplacianMethod::Auto => Plan::Auto(self.nested),
+            LaplacianMethod::Taylor => Plan::Taylor,
+            LaplacianMethod::Nested => Plan::Nested(self.nested),
+        };
+        self.opts
+            .compute(&u, x, plan, &JacobianOptions::default(), "Laplacian")
+    }
+}
+
+impl LaplacianOptions<'_> {
+    /// Runs `plan` for `u` at `x`; `base` carries the nested path's pass settings
+    /// (`vmap_fallback`, `progress`: it gets the nested path's passes, one report for the Taylor
+    /// pass); `who` names the caller in errors.
+    fn compute<F, O>(
+        &self,
+        u: &F,
+        x: &Tensor,
+        plan: Plan,
+        base: &JacobianOptions,
+        who: &str,
+    ) -> Result<LaplacianOutput>
     where
         F: Fn(&Tensor) -> O,
         O: FnOutput,
@@ -299,22 +467,37 @@ impl<'a> Laplacian<'a> {
         let (b, n) = check_input(x)?;
         let directions = self.directions(x, b, n)?;
         let taylor = || -> Result<LaplacianOutput> {
-            let (out, first) = self.taylor(&u, x, b, &directions)?;
-            if self.checks() {
-                self.taylor_independence(&u, x, b, &directions, &first)?;
+            let (out, first) = self.taylor(u, x, b, &directions)?;
+            if self.check_independence {
+                self.taylor_independence(u, x, b, &directions, &first, who)?;
+            }
+            if let Some(p) = base.progress {
+                p(Progress {
+                    strategy: Strategy::Taylor,
+                    done: 1,
+                    total: 1,
+                });
             }
             Ok(out)
         };
-        match self.method {
-            LaplacianMethod::Taylor => taylor(),
-            LaplacianMethod::Nested => self.nested(&u, x, b, n, &directions),
-            LaplacianMethod::Auto => match taylor() {
-                Err(Error::NoTaylorRule { op, detail }) => {
-                    crate::native::warn_once(&format!(
-                        "collapsed Taylor mode cannot follow {op} ({detail}): this Laplacian \
-                         runs nested reverse mode (slower)"
-                    ));
-                    self.nested(&u, x, b, n, &directions)
+        match plan {
+            Plan::Taylor => taylor(),
+            Plan::Nested(inner) => self.nested(u, x, b, n, &directions, inner, base, who),
+            Plan::Auto(inner) => match taylor() {
+                Err(e @ (Error::NoTaylorRule { .. } | Error::TaylorUnsupported { .. })) => {
+                    let out = self.nested(u, x, b, n, &directions, inner, base, who)?;
+                    // Recorded (take_reroutes) and logged: the nested pass is slower, and it
+                    // forms each sample's Hessian [B, n, n] even for an estimator or weights.
+                    crate::second_order::record(crate::second_order::Reroute {
+                        from: Strategy::Taylor,
+                        to: out.strategy,
+                        reason: format!(
+                            "{}: this Laplacian runs nested reverse mode (slower; it forms each \
+                             sample's [{b}, {n}, {n}] Hessian, estimators and weights included)",
+                            e.one_line()
+                        ),
+                    });
+                    Ok(out)
                 }
                 other => other,
             },
@@ -369,12 +552,14 @@ impl<'a> Laplacian<'a> {
                     spans_gradient: false,
                 });
             }
-            LaplacianEstimator::Rademacher { samples, seed } => {
-                (draw(samples, b, m, seed, true, kind, device)?, samples)
-            }
-            LaplacianEstimator::Gaussian { samples, seed } => {
-                (draw(samples, b, m, seed, false, kind, device)?, samples)
-            }
+            LaplacianEstimator::Rademacher { directions, seed } => (
+                draw(directions, b, m, seed, true, kind, device)?,
+                directions,
+            ),
+            LaplacianEstimator::Gaussian { directions, seed } => (
+                draw(directions, b, m, seed, false, kind, device)?,
+                directions,
+            ),
         };
         // z: [k, B, m] → v = σ z
         let v = match sigma {
@@ -442,7 +627,7 @@ impl<'a> Laplacian<'a> {
                 value: detach(value)?,
                 gradient: gradient.map(detach).transpose()?,
                 laplacian: detach(lap)?,
-                method: LaplacianMethod::Taylor,
+                strategy: Strategy::Taylor,
             };
             Ok((out, first))
         };
@@ -461,6 +646,7 @@ impl<'a> Laplacian<'a> {
         b: i64,
         dirs: &Directions,
         first: &Tensor,
+        who: &str,
     ) -> Result<()>
     where
         F: Fn(&Tensor) -> O,
@@ -491,10 +677,11 @@ impl<'a> Laplacian<'a> {
                 .f_sum_dim_intlist([0i64].as_slice(), false, None::<Kind>)?
                 .f_reshape([b, 1])?;
             let reference = crate::independence::magnitude(&probe.value)?;
-            crate::independence::compare("Laplacian", &actual, &predicted, &scale, reference)
+            crate::independence::compare(who, &actual, &predicted, &scale, reference)
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn nested<F, O>(
         &self,
         u: &F,
@@ -502,20 +689,24 @@ impl<'a> Laplacian<'a> {
         b: i64,
         n: i64,
         dirs: &Directions,
+        inner: Strategy,
+        base: &JacobianOptions,
+        who: &str,
     ) -> Result<LaplacianOutput>
     where
         F: Fn(&Tensor) -> O,
         O: FnOutput,
     {
-        let opts = JacobianOptions::default()
+        let inner = crate::hessian::nested_inner(inner, x.device(), who)?;
+        let opts = base
             .create_graph(self.create_graph)
-            .strategy(self.nested)
-            .check_independence(self.checks());
+            .strategy(inner)
+            .check_independence(self.check_independence);
         let (value, g, lap) = if dirs.spans_gradient {
-            crate::batch_hessian::nested_laplacian("Laplacian", u, x, &opts)?
+            crate::hessian::nested_laplacian(who, u, x, &opts)?
         } else {
             // Σ_d v_dᵀ H v_d from the per-sample Hessians [B, n, n].
-            let (value, g, h) = crate::batch_hessian::nested_hessian("Laplacian", u, x, &opts)?;
+            let (value, g, h) = crate::hessian::nested_hessian(who, u, x, &opts)?;
             let d = dirs.v.size()[0];
             let v = dirs.v.f_reshape([d, b, n])?;
             let h = h.f_reshape([b, n, n])?; // [B, *in, *in] → [B, n, n]
@@ -537,7 +728,7 @@ impl<'a> Laplacian<'a> {
             value,
             gradient,
             laplacian: lap,
-            method: LaplacianMethod::Nested,
+            strategy: inner,
         })
     }
 }
@@ -601,7 +792,7 @@ fn draw(
 ) -> Result<Tensor> {
     if k == 0 {
         return Err(Error::InvalidArgument(
-            "a Laplacian estimator needs samples ≥ 1".into(),
+            "a Laplacian estimator needs directions ≥ 1".into(),
         ));
     }
     let shape = [k as i64, b, m];

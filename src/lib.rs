@@ -1,7 +1,9 @@
 //! # tch-jacobian
 //!
-//! Jacobian matrices by reverse-mode autograd on [tch](https://docs.rs/tch) (libtorch), and the
-//! penalties built on them, on CPU or CUDA — with numbers checked against PyTorch.
+//! Jacobian matrices — by reverse mode, forward mode and collapsed Taylor mode — on
+//! [tch](https://docs.rs/tch) (libtorch), and the Hessians, Laplacians and penalties built on
+//! them, with numbers checked against PyTorch. CUDA tensors go through the same calls; the
+//! current engine has not yet run or been tested on a GPU (docs/limitations.md).
 //!
 //! It starts from a PyTorch notebook: for `F(x) = σ(Wx)` it computes `J_ij = ∂F_i/∂x_j` with one
 //! backward pass per output element (`retain_graph`), the squared Frobenius norm (the
@@ -32,9 +34,9 @@
 //! | `torch.autograd.functional.jacobian(f, x, vectorize=True)` | [`jacobian_of`] or [`jacobian_with`] with [`Strategy::Batched`]: PyTorch's `vectorize=True` is also one vmapped backward pass (`is_grads_batched=True`), not a replicated forward |
 //! | `torch.func.jacfwd(f)(x)` | [`jacobian_of`] with [`Strategy::Forward`] (forward-mode AD on dual tensors with the engine; what `Auto` picks for tall Jacobians on the CPU; also in [`jacobian_with`], by double-backward JVPs) |
 //! | (no PyTorch twin; the closest is running `f` on stacked copies of `x` yourself) | [`jacobian_of`] with [`Strategy::Vectorized`] (replicated forward: `f` on stacked copies, one backward pass) or [`Strategy::VectorizedForward`] (double backward over stacked copies, column by column) — no native engine needed; what `Auto` picks for closures without it |
-//! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`batch_jacobian_of(f, &x, &opts)`](batch_jacobian_of) or [`batch_jacobian(&y, &x, &opts)`](batch_jacobian) |
+//! | `torch.func.vmap(torch.func.jacrev(f))(x)` | [`per_sample_jacobian_of(f, &x, &opts)`](per_sample_jacobian_of) or [`per_sample_jacobian(&y, &x, &opts)`](per_sample_jacobian) |
 //! | `torch._C._functorch._set_vmap_fallback_enabled(False)` | [`JacobianOptions::vmap_fallback(false)`](JacobianOptions::vmap_fallback); ops that fell back: [`native::take_vmap_fallbacks`] |
-//! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`batch_jacobian_of_aux`] |
+//! | `torch.func.jacrev(f, has_aux=True)(x)` (+ the value, JAX's `value_and_jacrev`) | [`jacobian_of_aux(f, &x, &opts)`](jacobian_of_aux), [`per_sample_jacobian_of_aux`] |
 //! | `torch.autograd.functional.jacobian(f, (a, b))` with tuple outputs | [`jacobians(&[&y0, &y1], &[&a, &b], &opts)`](jacobians) |
 //! | `vmap(grad(lambda p, x: loss(functional_call(model, p, x))))` (per-sample gradients, O(B)) | [`per_sample_gradients_of(loss, &params, &[&x, &t], &opts)`](per_sample_gradients_of) |
 //! | the same for a `tch::nn` model built by `fn(&nn::Path) -> M` | [`per_sample_gradients_of_module(&vs, build, loss, &[&x, &t], &opts)`](per_sample_gradients_of_module) |
@@ -44,36 +46,56 @@
 //! | `grad(y, x, V, is_grads_batched=True)` / `vmap(vjp_fn)(V)` | [`vjp_batched(&y, &x, &v, &opts)`](vjp_batched) |
 //! | `vmap(lambda u: torch.func.jvp(f, (x,), (u,))[1])(U)` | [`jvp_batched(&y, &x, &u, &opts)`](jvp_batched) |
 //! | `torch.func.hessian(f)(x)` | [`hessian_of(f, &x, &opts)`](hessian_of) |
-//! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`batch_hessian_of(u, &x, &opts)`](batch_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
-//! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`Laplacian::new().compute(u, &x)`](Laplacian) |
+//! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`per_sample_hessian_of(u, &x, &opts)`](per_sample_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
+//! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`laplacian(u, &x, &LaplacianOptions::default())`](laplacian()) with [`LaplacianOptions`] |
 //! | `scipy.optimize.least_squares(fun, x0)` in a loop over problems, `curve_fit` | [`least_squares(r, &x0, &opts)`](least_squares()) — B problems at once, LM / dogleg / Gauss–Newton, robust losses, bounds, covariance ([`mod@least_squares`]) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
-//! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](hessian) |
+//! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](fn@hessian) |
 //! | `J.pow(2).sum()` | [`frobenius_norm_sq`] |
 //! | `torch.diag(y*(1-y)).matmul(W)` | [`sigmoid_linear_jacobian`] |
-//! | CAE penalty `λ‖J_f(x)‖_F²` | [`contractive_penalty`] with an [`Estimator`] |
-//! | (none: Hutch++ for a trainable `‖J‖_F²`) | [`Estimator::HutchPlusPlus`] |
-//! | `torch.allclose` in tests | [`Tolerance`], [`assert_allclose`] |
+//! | CAE penalty `λ‖J_f(x)‖_F²`, Jacobian regularization | [`jacobian_penalty`] with [`PenaltyOptions`] and a [`PenaltyEstimator`] |
+//! | (none: Hutch++ for a trainable `‖J‖_F²`) | [`PenaltyEstimator::HutchPlusPlus`] |
+//! | `torch.allclose` in tests | [`testing::Tolerance`], [`testing::assert_allclose`] |
 //!
-//! Options ([`JacobianOptions`]) carry PyTorch's `create_graph` and `strict` and the
-//! [`Strategy`]. The engines behind the strategies — the row loop, the replicated forward, the
-//! native batched backward pass and the forward-mode columns — and when `Auto` uses each are
-//! described in [`strategy`]. Every function that differentiates, loads or compares returns
+//! ## One vocabulary
+//!
+//! Every configurable computation is a free function named after it, with an options struct as
+//! its last argument — [`JacobianOptions`], [`LaplacianOptions`], [`PenaltyOptions`] — built from
+//! `default()` and chainable setters named after PyTorch's arguments (`create_graph`, `strict`,
+//! `strategy`, `chunk_size` in the strategy, `check_independence`, …): the torch.func and SciPy
+//! style (a function and its arguments), with Rust's options structs (reusable across calls of a
+//! training loop, `Copy`). An option a function does not read is refused, never silently
+//! ignored. One name per concept: the algorithm is always a [`Strategy`] (collapsed Taylor mode
+//! too, [`Strategy::Taylor`]); "per-sample" functions compute one result per sample of a batch
+//! and check that the samples do not interact ([`independence`](mod@independence)); "batched"
+//! means a batch of cotangents or tangents in one pass ([`Strategy::Batched`], [`vjp_batched`]);
+//! the count of random directions of every estimator is `directions`; results are `*Output`
+//! structs. 0.1's names are deprecated aliases (CHANGELOG.md, "Migration from 0.1").
+//!
+//! The engines behind the strategies — the row loop, the replicated forward, the native batched
+//! backward pass, the forward-mode columns and collapsed Taylor mode — and when `Auto` uses each
+//! are described in [`strategy`]. Every function that differentiates, loads or compares returns
 //! [`Result`]: bad input (no `requires_grad`, integer dtypes, mixed devices, mismatched shapes,
 //! `chunk_size = 0`, …) is an [`Error`], not a panic. Helpers that cannot fail
-//! ([`trainable_parameters`], [`Strategy::resolve`], [`Estimator::sigmoid_closed_form`], …)
-//! return plain values, and [`assert_allclose`] panics by design: it is a test assertion.
-//! Results live on the inputs' device: CUDA tensors give CUDA Jacobians.
+//! ([`trainable_parameters`], [`Strategy::resolve`], [`PenaltyEstimator::sigmoid_closed_form`], …)
+//! return plain values, and [`testing::assert_allclose`] panics by design: it is a test
+//! assertion. Results live on the inputs' device: CUDA tensors give CUDA Jacobians. What the
+//! crate changes for the whole process is listed in [`global`].
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod autograd;
-pub mod batch;
-pub mod batch_hessian;
 pub mod closed_form;
-pub mod derivatives;
+pub mod closure;
+mod deprecated;
 pub mod device;
 mod engine;
 pub mod error;
+pub mod global;
+pub mod hessian;
 pub mod independence;
 pub mod jacobian;
 pub mod laplacian;
@@ -82,33 +104,53 @@ pub mod module;
 pub mod native;
 pub mod params;
 pub mod penalty;
+pub mod per_sample;
+pub mod products;
 pub mod second_order;
 pub mod strategy;
-pub mod tolerance;
+pub mod testing;
 
-pub use batch::{
-    batch_jacobian, batch_jacobian_of, batch_jacobian_of_aux, check_batch_independence,
-};
-pub use batch_hessian::{batch_hessian_of, laplacian_of};
 pub use closed_form::{sigmoid_linear_frobenius_sq, sigmoid_linear_jacobian};
-pub use derivatives::{hessian, hessian_of, hvp, jvp, jvp_batched, vjp, vjp_batched};
-pub use device::parse_device;
+pub use closure::FnOutput;
 pub use error::{Error, Result};
+pub use hessian::{hessian, hessian_of, hvp, per_sample_hessian_of};
 pub use jacobian::{
-    jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, FnOutput, WithValue,
+    jacobian, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, JacobianOutput,
 };
-pub use laplacian::{Laplacian, LaplacianEstimator, LaplacianMethod, LaplacianOutput};
+pub use laplacian::{
+    laplacian, laplacian_of, LaplacianEstimator, LaplacianOptions, LaplacianOutput,
+};
 pub use least_squares::{least_squares, LeastSquaresOptions, LeastSquaresOutput};
-pub use module::{load_module, module_batch_jacobian, module_jacobian, module_output};
+pub use module::{load_module, module_jacobian, module_output, module_per_sample_jacobian};
 pub use params::{
     parameter_jacobian, per_sample_gradients, per_sample_gradients_of,
-    per_sample_gradients_of_module, trainable_parameters, PerSample,
+    per_sample_gradients_of_module, trainable_parameters, PerSampleOutput,
 };
 pub use penalty::{
-    contractive_penalty, contractive_penalty_per_sample, frobenius_norm_sq, Estimator,
+    frobenius_norm_sq, jacobian_penalty, jacobian_penalty_per_sample, PenaltyEstimator,
+    PenaltyOptions,
 };
+pub use per_sample::{
+    check_sample_independence, per_sample_jacobian, per_sample_jacobian_of,
+    per_sample_jacobian_of_aux,
+};
+pub use products::{jvp, jvp_batched, vjp, vjp_batched};
 pub use strategy::{JacobianOptions, Progress, Randomness, Strategy};
-pub use tolerance::{assert_allclose, Tolerance};
+
+// 0.1's names, deprecated (one release): src/deprecated.rs and the modules' aliases.
+#[allow(deprecated)]
+pub use deprecated::{
+    assert_allclose, batch_hessian_of, batch_jacobian, batch_jacobian_of, batch_jacobian_of_aux,
+    check_batch_independence, module_batch_jacobian, parse_device, Tolerance,
+};
+#[allow(deprecated)]
+pub use jacobian::WithValue;
+#[allow(deprecated)]
+pub use laplacian::{Laplacian, LaplacianMethod};
+#[allow(deprecated)]
+pub use params::PerSample;
+#[allow(deprecated)]
+pub use penalty::{contractive_penalty, contractive_penalty_per_sample, Estimator};
 
 /// The README's Rust snippets, compiled by `cargo test --doc`.
 #[doc = include_str!("../README.md")]

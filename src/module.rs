@@ -1,5 +1,5 @@
 //! Jacobians of TorchScript models (`tch::CModule`): [`load_module`], [`module_output`],
-//! [`module_jacobian`] and [`module_batch_jacobian`].
+//! [`module_jacobian`] and [`module_per_sample_jacobian`].
 //!
 //! A model saved from Python with `torch.jit.save(torch.jit.script(model), "m.pt")` (or
 //! `torch.jit.trace`) is a function `f` of one tensor. Its Jacobian at `x` is
@@ -18,7 +18,7 @@
 //! `torch.func.vmap(torch.func.jacrev(model))(x)`. A model whose `forward` returns a tuple (or a
 //! list) is differentiated through one of its tensor outputs, chosen by `output_index`.
 //!
-//! These functions are [`jacobian_of`] and [`batch_jacobian_of`] with the closure
+//! These functions are [`jacobian_of`] and [`per_sample_jacobian_of`] with the closure
 //! `|x| module_output(module, x, output_index)`, so every [`Strategy`] and option applies. The
 //! vectorized strategies ([`Strategy::Vectorized`], [`Strategy::VectorizedForward`], which
 //! [`Strategy::Auto`] picks only when the native engine is not built) call the model on `c`
@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use tch::{Device, Kind, Tensor};
-//! use tch_jacobian::{load_module, module_batch_jacobian, module_jacobian, JacobianOptions};
+//! use tch_jacobian::{load_module, module_per_sample_jacobian, module_jacobian, JacobianOptions};
 //!
 //! // torch.jit.save(torch.jit.script(mlp), "mlp_tanh.pt"): Linear(5, 8), tanh, Linear(8, 4).
 //! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ts/mlp_tanh.pt");
@@ -38,7 +38,7 @@
 //! let x = Tensor::randn([5], (Kind::Double, Device::Cpu));
 //! assert_eq!(module_jacobian(&model, &x, None, &opts)?.size(), [4, 5]);
 //! let xs = Tensor::randn([32, 5], (Kind::Double, Device::Cpu));
-//! assert_eq!(module_batch_jacobian(&model, &xs, None, &opts)?.size(), [32, 4, 5]);
+//! assert_eq!(module_per_sample_jacobian(&model, &xs, None, &opts)?.size(), [32, 4, 5]);
 //! # Ok::<(), tch_jacobian::Error>(())
 //! ```
 //!
@@ -54,14 +54,14 @@ use std::path::Path;
 
 use tch::{CModule, Device, IValue, TchError, Tensor};
 
-use crate::batch::batch_jacobian_of;
 use crate::engine::WithoutForwardAd;
 use crate::error::{Error, Result};
 use crate::jacobian::jacobian_of;
 use crate::native::PlainTorchScript;
+use crate::per_sample::per_sample_jacobian_of;
 use crate::strategy::JacobianOptions;
 #[cfg(doc)]
-use crate::{batch::check_batch_independence, strategy::Strategy};
+use crate::{per_sample::check_sample_independence, strategy::Strategy};
 
 /// Loads a TorchScript model saved with `torch.jit.save` onto `device`, in evaluation mode
 /// (`model.eval()`: dropout off, batch norm on its running statistics — what a Jacobian of a
@@ -287,7 +287,7 @@ pub fn module_output(module: &CModule, x: &Tensor, output_index: Option<usize>) 
 ///
 /// ```
 /// use tch::Device;
-/// use tch_jacobian::{load_module, module_jacobian, JacobianOptions, Strategy, Tolerance};
+/// use tch_jacobian::{load_module, module_jacobian, JacobianOptions, Strategy, testing::Tolerance};
 ///
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ts");
 /// let model = load_module(format!("{dir}/mlp_tanh.pt"), Device::Cpu)?; // [5] -> [4]
@@ -306,6 +306,7 @@ pub fn module_jacobian(
     output_index: Option<usize>,
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
+    opts.refuse_per_sample_options("module_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         let f = |x: &Tensor| module_output(module, x, output_index);
         let _plain = opts.create_graph.then(PlainTorchScript::new);
@@ -318,39 +319,40 @@ pub fn module_jacobian(
 /// `J[b, i..., j...] = ∂f(x)[b, i...]/∂x[b, j...]`, shape `[B, *out, *in]` — PyTorch's
 /// `torch.func.vmap(torch.func.jacrev(model))(x)`.
 ///
-/// This is [`batch_jacobian_of`] with the model as the closure; the model must treat samples
-/// independently (see [`crate::batch`]). Under `create_graph` the model runs with the
+/// This is [`per_sample_jacobian_of`] with the model as the closure; the model must treat samples
+/// independently (see [`crate::per_sample`]). Under `create_graph` the model runs with the
 /// TorchScript executor's optimization off, as in [`module_jacobian`]. With [`Strategy::Auto`], if the chosen strategy fails
 /// (e.g. the model only accepts its own batch size, so it rejects `[B·c, *in]`), the samples
-/// are first checked for independence ([`check_batch_independence`], one backward pass) and
+/// are first checked for independence ([`check_sample_independence`], one backward pass) and
 /// the Jacobian is recomputed with [`Strategy::RowLoop`].
 ///
 /// # Errors
-/// Those of [`module_output`] and [`batch_jacobian_of`]; [`Error::Contract`] when the model
+/// Those of [`module_output`] and [`per_sample_jacobian_of`]; [`Error::Contract`] when the model
 /// mixes samples and the vectorized pass or the independence check notices.
 ///
 /// ```
 /// use tch::Device;
-/// use tch_jacobian::{load_module, module_batch_jacobian, JacobianOptions, Tolerance};
+/// use tch_jacobian::{load_module, module_per_sample_jacobian, JacobianOptions, testing::Tolerance};
 ///
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ts");
 /// let model = load_module(format!("{dir}/conv.pt"), Device::Cpu)?; // [B, 1, 8, 8] -> [B, 4]
 /// let x = tch::Tensor::read_npy(format!("{dir}/conv_bx.npy"))?; // B = 3
-/// let j = module_batch_jacobian(&model, &x, None, &JacobianOptions::default())?;
+/// let j = module_per_sample_jacobian(&model, &x, None, &JacobianOptions::default())?;
 /// assert_eq!(j.size(), [3, 4, 1, 8, 8]);
 /// Tolerance::default().check(&j, &tch::Tensor::read_npy(format!("{dir}/conv_bj.npy"))?)?;
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn module_batch_jacobian(
+pub fn module_per_sample_jacobian(
     module: &CModule,
     x: &Tensor,
     output_index: Option<usize>,
     opts: &JacobianOptions,
 ) -> Result<Tensor> {
+    opts.refuse_randomness("module_per_sample_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         let f = |x: &Tensor| module_output(module, x, output_index);
         let _plain = opts.create_graph.then(PlainTorchScript::new);
         let _reverse = WithoutForwardAd::new();
-        batch_jacobian_of(f, x, opts)
+        per_sample_jacobian_of(f, x, opts)
     })
 }

@@ -73,6 +73,7 @@ pub fn parameter_jacobian(
     params: &[(String, Tensor)],
     opts: &JacobianOptions,
 ) -> Result<Vec<(String, Tensor)>> {
+    opts.refuse_per_sample_options("parameter_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         if params.is_empty() {
             return Err(Error::InvalidArgument(
@@ -115,6 +116,7 @@ pub fn per_sample_gradients(
     params: &[(String, Tensor)],
     opts: &JacobianOptions,
 ) -> Result<Vec<(String, Tensor)>> {
+    opts.refuse_per_sample_options("per_sample_gradients")?;
     crate::autograd::grad_mode_on(|| {
         if losses.dim() != 1 {
             return Err(Error::Shape(format!(
@@ -130,12 +132,16 @@ pub fn per_sample_gradients(
 /// destructure it with `..`).
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct PerSample {
+pub struct PerSampleOutput {
     /// `(name, G_p)` with `G_p = [B, *θ_p.shape]`, in `params`' order.
     pub gradients: Vec<(String, Tensor)>,
     /// The per-sample losses, `[B]`.
     pub losses: Tensor,
 }
+
+/// 0.1's name for [`PerSampleOutput`].
+#[deprecated(since = "0.2.0", note = "renamed PerSampleOutput")]
+pub type PerSample = PerSampleOutput;
 
 /// Per-sample gradients of a loss written for **one sample**, in `O(B)` — PyTorch's
 /// `vmap(grad(lambda p, x: loss(functional_call(model, p, x))))`:
@@ -152,7 +158,8 @@ pub struct PerSample {
 /// every weight gradient is formed per sample. [`per_sample_gradients`] instead takes losses that
 /// already exist, through the caller's batch graph, and forms each weight gradient over the whole
 /// batch per sample (`O(B²)`): it wins only for small batches where the model is cheap; this one
-/// for DP-SGD batches (B = 256 … 4096). Without the engine, or with [`Strategy::RowLoop`], the
+/// for larger batches (measured at B = 64, 256 and 1024 against `vmap(grad)`: 0.65–2.27× on a
+/// 2-core VM whose runs move by ±20 %, docs/benchmarks.md). Without the engine, or with [`Strategy::RowLoop`], the
 /// closure runs once per sample (a loop of `B` backward passes).
 ///
 /// The results are plain tensors (`create_graph` is refused); the parameters need not require
@@ -198,10 +205,14 @@ pub fn per_sample_gradients_of<F>(
     params: &[(String, Tensor)],
     inputs: &[&Tensor],
     opts: &JacobianOptions,
-) -> Result<PerSample>
+) -> Result<PerSampleOutput>
 where
     F: Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
 {
+    opts.refuse_unread(
+        "per_sample_gradients_of",
+        &[("check_independence(false)", !opts.check_independence)],
+    )?;
     crate::autograd::grad_mode_on(|| per_sample(&loss, params, inputs, opts))
 }
 
@@ -216,7 +227,9 @@ where
 /// [`Strategy::RowLoop`]) and each variable is overwritten by the transformed parameter, so the
 /// gradients are formed per sample in `O(B)` like `vmap(grad(functional_call(model, ...)))`. The
 /// cost over [`per_sample_gradients_of`] is one model construction per call (its random
-/// initialization, then a copy per variable). Random ops inside follow
+/// initialization, then a copy per variable) and the gradients of every variable: on the conv net
+/// of docs/benchmarks.md 1.8× `per_sample_gradients_of` at B = 64, 1.4× at 256, 2.8× at 1024
+/// (0.92–3.06× PyTorch's `vmap(grad)` of the conv weight alone). Random ops inside follow
 /// [`JacobianOptions::randomness`]: by default each sample draws its own dropout mask
 /// ([`Randomness::Different`](crate::Randomness::Different)); `Same` shares one mask across
 /// the call; `Error` makes a random op of the loss an error. The model's construction always
@@ -259,11 +272,15 @@ pub fn per_sample_gradients_of_module<M, B, L>(
     loss: L,
     inputs: &[&Tensor],
     opts: &JacobianOptions,
-) -> Result<PerSample>
+) -> Result<PerSampleOutput>
 where
     B: Fn(&nn::Path) -> M,
     L: Fn(&M, &[Tensor]) -> Result<Tensor>,
 {
+    opts.refuse_unread(
+        "per_sample_gradients_of_module",
+        &[("check_independence(false)", !opts.check_independence)],
+    )?;
     crate::autograd::grad_mode_on(|| {
         let params = trainable_parameters(vs);
         let device = vs.device();
@@ -310,7 +327,7 @@ where
                         var.size()
                     ))
                 })?;
-                    tch::no_grad(|| var.shallow_clone().f_copy_(value))?;
+                    crate::autograd::with_grad_mode(false, || var.shallow_clone().f_copy_(value))?;
                 }
             }
             loss(&model, sample)
@@ -325,7 +342,7 @@ fn per_sample(
     params: &[(String, Tensor)],
     inputs: &[&Tensor],
     opts: &JacobianOptions,
-) -> Result<PerSample> {
+) -> Result<PerSampleOutput> {
     let randomness = opts.randomness;
     if params.is_empty() {
         return Err(Error::InvalidArgument(
@@ -390,7 +407,7 @@ fn per_sample(
             })
             .collect::<Result<Vec<_>>>()?;
         let losses = Tensor::f_zeros([0], (params[0].1.kind(), device))?;
-        return Ok(PerSample { gradients, losses });
+        return Ok(PerSampleOutput { gradients, losses });
     }
     let loop_over_samples = match opts.strategy.validate()? {
         Strategy::Auto | Strategy::Batched { .. } => !crate::native::available(),
@@ -434,7 +451,7 @@ fn per_sample(
             Ok((n, g))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(PerSample { gradients, losses })
+    Ok(PerSampleOutput { gradients, losses })
 }
 
 /// The loop over samples: one forward and one backward pass per sample.
@@ -445,7 +462,9 @@ fn sample_loop(
     batch: i64,
     randomness: crate::Randomness,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
-    // `Same`: every sample starts from one seed drawn here, so it sees the same numbers.
+    // `Same`: every sample starts from one seed drawn here, so it sees the same numbers; the
+    // generators' states after that draw are restored when the loop ends (the caller's stream
+    // moves on by that one draw only).
     let seed = match randomness {
         crate::Randomness::Same => Some(
             Tensor::f_randint(i64::MAX, [1], (tch::Kind::Int64, tch::Device::Cpu))?
@@ -453,6 +472,13 @@ fn sample_loop(
         ),
         _ => None,
     };
+    let mut _restore = Vec::new();
+    if seed.is_some() {
+        _restore.push(crate::native::GeneratorState::save(tch::Device::Cpu)?);
+        for d in inputs.iter().map(|x| x.device()).filter(|d| d.is_cuda()) {
+            _restore.push(crate::native::GeneratorState::save(d)?);
+        }
+    }
     let mut per_param: Vec<Vec<Tensor>> = ps.iter().map(|_| Vec::new()).collect();
     let mut losses = Vec::new();
     let param_names = input_names(ps.len());

@@ -5,19 +5,19 @@
 //! `h: [B, m]` (or `[B, *out]`),
 //!
 //! ```text
-//! penalty_b = ‖J_f(x_b)‖_F² = Σ_{i,j} (∂h_{b,i}/∂x_{b,j})²        contractive_penalty = mean_b penalty_b
+//! penalty_b = ‖J_f(x_b)‖_F² = Σ_{i,j} (∂h_{b,i}/∂x_{b,j})²        jacobian_penalty = mean_b penalty_b
 //! ```
 //!
-//! these [`Estimator`]s compute it:
+//! these [`PenaltyEstimator`]s compute it (`k` below is the estimator's `directions`):
 //!
 //! | estimator | formula | cost (create_graph backward passes) with the native engine | without it |
 //! |---|---|---|---|
-//! | [`Estimator::Exact`] | `Σ_i ‖∂h_{·,i}/∂x‖²` | one [`batch_jacobian`] with `Auto`: one batched pass over the `m` rows (chunked only above 2²⁸ elements; for `m ≥ 4·n` on the CPU, `Jᵀw` once and one batched pass over the `n` columns) | `m` (one per hidden unit, whole batch) |
-//! | [`Estimator::SigmoidClosedForm`] | `Σ_i (h_i(1−h_i))² Σ_j W_ij²` | 0 (only for `h = σ(Wx + b)`) | 0 |
-//! | [`Estimator::Projections`] | `(m/k) Σ_{r<k} ‖v_rᵀ J‖²`, `v_r` uniform on the unit sphere | one batched pass over the `k` directions (a plain pass for `k = 1`) | `k` |
-//! | [`Estimator::FixedProjections`] | the same with given directions | the same | `k` |
-//! | [`Estimator::HutchPlusPlus`] | `‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²`, `Q = orth(Jᵀ S)` | `k` products per sample in three batched passes (`s` sketch VJPs without create_graph, `s` JVPs after `Jᵀw` is built, `g` VJPs); through layer, batch or instance norm under create_graph as without the engine | each sample's `J` as for `Exact` (`m` passes), the products then by matrix products: as costly as `Exact` |
-//! | [`Estimator::FixedHutchPlusPlus`] | the same with given draws (`s + g` directions) | the same | the same |
+//! | [`PenaltyEstimator::Exact`] | `Σ_i ‖∂h_{·,i}/∂x‖²` | one [`per_sample_jacobian`] with `Auto`: one batched pass over the `m` rows (chunked only above 2²⁸ elements; for `m ≥ 4·n` on the CPU, `Jᵀw` once and one batched pass over the `n` columns) | `m` (one per hidden unit, whole batch) |
+//! | [`PenaltyEstimator::SigmoidClosedForm`] | `Σ_i (h_i(1−h_i))² Σ_j W_ij²` | 0 (only for `h = σ(Wx + b)`) | 0 |
+//! | [`PenaltyEstimator::Projections`] | `(m/k) Σ_{r<k} ‖v_rᵀ J‖²`, `v_r` uniform on the unit sphere | one batched pass over the `k` directions (a plain pass for `k = 1`) | `k` |
+//! | [`PenaltyEstimator::FixedProjections`] | the same with given directions | the same | `k` |
+//! | [`PenaltyEstimator::HutchPlusPlus`] | `‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²`, `Q = orth(Jᵀ S)` | `k` products per sample in three batched passes (`s` sketch VJPs without create_graph, `s` JVPs after `Jᵀw` is built, `g` VJPs); through layer, batch or instance norm under create_graph as without the engine | each sample's `J` as for `Exact` (`m` passes), the products then by matrix products: as costly as `Exact` |
+//! | [`PenaltyEstimator::FixedHutchPlusPlus`] | the same with given draws (`s + g` directions) | the same | the same |
 //!
 //! The projection estimator (Hoffman, Roberts & Yaida, 2019) is unbiased because
 //! `E[v vᵀ] = I/m` for `v` uniform on the sphere in ℝᵐ.
@@ -29,10 +29,10 @@ use tch::{Kind, Tensor};
 use crate::autograd::{
     check_float, check_input, check_same_device, check_stack, input_names, vjp_stack, Names, Pass,
 };
-use crate::batch::batch_jacobian;
 use crate::closed_form;
-use crate::derivatives::jvp_batched;
 use crate::error::{Error, Result};
+use crate::per_sample::per_sample_jacobian;
+use crate::products::jvp_batched;
 use crate::strategy::{JacobianOptions, Strategy};
 
 /// Squared Frobenius norm `‖J‖_F² = Σ J²` over all elements (the notebook's `J.pow(2).sum()`).
@@ -49,14 +49,14 @@ pub fn frobenius_norm_sq(j: &Tensor) -> Result<Tensor> {
     Ok(j.f_square()?.f_sum(None::<Kind>)?)
 }
 
-/// How [`contractive_penalty`] computes `‖J‖_F²`.
+/// How [`jacobian_penalty`] computes `‖J‖_F²` ([`PenaltyOptions::estimator`]).
 ///
 /// `#[non_exhaustive]`: estimators may be added, so a `match` on it outside this crate needs a
-/// `_` arm; its variants are built as usual (`Estimator::Projections { k: 4, seed: None }`).
+/// `_` arm; its variants are built as usual (`PenaltyEstimator::Projections { directions: 4, seed: None }`).
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Estimator {
-    /// Exact: the per-sample Jacobians by one [`batch_jacobian`] with
+pub enum PenaltyEstimator {
+    /// Exact: the per-sample Jacobians by one [`per_sample_jacobian`] with
     /// `create_graph` and [`Strategy::Auto`] — one batched create_graph
     /// pass with the native engine (see the module docs for the tall case), one create_graph
     /// backward pass per hidden unit over the whole batch without it.
@@ -73,15 +73,15 @@ pub enum Estimator {
     /// directions with the native engine (a plain backward pass for `k = 1`), `k` create_graph
     /// backward passes without it.
     Projections {
-        /// Number of projections, ≥ 1.
-        k: usize,
+        /// Number of random directions (projections), ≥ 1.
+        directions: usize,
         /// `Some(seed)`: directions drawn from a `StdRng` seeded with it (reproducible, and
         /// independent of torch's generator) — the same directions on every call, so in a training
         /// loop vary it (e.g. the step number) or use `None`; `None`: fresh directions from
         /// torch's global generator on every call (`tch::manual_seed` controls it).
         seed: Option<u64>,
     },
-    /// [`Estimator::Projections`] with given directions `v: [k, B, *out]` (unit norm per sample
+    /// [`PenaltyEstimator::Projections`] with given directions `v: [k, B, *out]` (unit norm per sample
     /// and projection, not checked): `(m/k) Σ_r ‖v_{r,b}ᵀ J_b‖²`. For reproducing another
     /// implementation's draws, e.g. PyTorch's.
     FixedProjections {
@@ -100,25 +100,26 @@ pub enum Estimator {
     ///
     /// Unbiased for any `Q` (the projections are drawn independently of the sketch), trainable
     /// (create_graph through the JVPs and the projections), and far less noisy than
-    /// [`Estimator::Projections`] at the same `k` when a few directions carry most of `‖J‖_F²`
+    /// [`PenaltyEstimator::Projections`] at the same `k` when a few directions carry most of `‖J‖_F²`
     /// (a trained contractive encoder). For `k < 3` it is plain projections.
     ///
     /// Cost: with the native engine, three batched passes (the sketch's VJPs without
     /// create_graph, the JVPs after `Jᵀw` is built, the projections' VJPs) — cheaper than
-    /// [`Estimator::Exact`] when `k ≪ m`. But without the engine, and with it when `h`'s graph
+    /// [`PenaltyEstimator::Exact`] when `k ≪ m`. But without the engine, and with it when `h`'s graph
     /// goes through layer, batch or instance norm (where the double-backward JVPs would be
     /// wrong, see [`crate::second_order`]; the reroute is reported by
     /// [`take_reroutes`](crate::second_order::take_reroutes)), every product comes from each
     /// sample's `J`, computed as for `Exact`: it then costs as much as `Exact` (a CNN with
     /// LayerNorm: 290.8 ms per epoch against 291.9 ms for `Exact`), for a noisier value.
     HutchPlusPlus {
-        /// Products per sample, ≥ 1 (a third sketch, a third exact, the rest projections).
-        k: usize,
-        /// As in [`Estimator::Projections`]: `Some(seed)` for reproducible draws (`StdRng`),
+        /// Random directions (products) per sample, ≥ 1 (a third sketch, a third exact, the rest
+        /// projections).
+        directions: usize,
+        /// As in [`PenaltyEstimator::Projections`]: `Some(seed)` for reproducible draws (`StdRng`),
         /// `None` for torch's generator.
         seed: Option<u64>,
     },
-    /// [`Estimator::HutchPlusPlus`] with given draws: the sketch `s: [s, B, *out]` and the
+    /// [`PenaltyEstimator::HutchPlusPlus`] with given draws: the sketch `s: [s, B, *out]` and the
     /// projection directions `v: [g, B, *out]` (unit norm per sample, not checked) — for
     /// reproducing another implementation's draws.
     FixedHutchPlusPlus {
@@ -129,18 +130,18 @@ pub enum Estimator {
     },
 }
 
-impl Estimator {
+impl PenaltyEstimator {
     /// The closed form for the sigmoid layer with weight `w` (a shallow clone: gradients still
     /// reach the variable).
     ///
     /// ```
     /// use tch::{Kind, Tensor};
     /// let w = Tensor::zeros([4, 3], (Kind::Float, tch::Device::Cpu));
-    /// let est = tch_jacobian::Estimator::sigmoid_closed_form(&w);
+    /// let est = tch_jacobian::PenaltyEstimator::sigmoid_closed_form(&w);
     /// # Ok::<(), tch_jacobian::Error>(())
     /// ```
     pub fn sigmoid_closed_form(w: &Tensor) -> Self {
-        Estimator::SigmoidClosedForm {
+        PenaltyEstimator::SigmoidClosedForm {
             w: w.shallow_clone(),
         }
     }
@@ -150,24 +151,33 @@ impl Estimator {
 /// estimators).
 ///
 /// `x` must require grad *before* `h` is computed from it (it is differentiated against),
-/// except for [`Estimator::SigmoidClosedForm`], which only reads shapes from it.
+/// except for [`PenaltyEstimator::SigmoidClosedForm`], which only reads shapes from it.
 ///
 /// ```
 /// use tch::{Kind, Tensor};
-/// use tch_jacobian::{contractive_penalty_per_sample, Estimator};
+/// use tch_jacobian::{jacobian_penalty_per_sample, PenaltyEstimator, PenaltyOptions};
 /// let w = Tensor::randn([4, 3], (Kind::Double, tch::Device::Cpu));
 /// let x = Tensor::randn([2, 3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
 /// let h = x.matmul(&w.tr()).sigmoid();
-/// let exact = contractive_penalty_per_sample(&h, &x, &Estimator::Exact)?;
-/// let closed = contractive_penalty_per_sample(&h, &x, &Estimator::sigmoid_closed_form(&w))?;
+/// let exact = jacobian_penalty_per_sample(&h, &x, &PenaltyOptions::default())?;
+/// let closed_form = PenaltyEstimator::sigmoid_closed_form(&w);
+/// let closed = jacobian_penalty_per_sample(&h, &x, &PenaltyOptions::default().estimator(&closed_form))?;
 /// assert!(exact.allclose(&closed, 1e-10, 1e-12, false));
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn contractive_penalty_per_sample(
+pub fn jacobian_penalty_per_sample(
     h: &Tensor,
     x: &Tensor,
-    estimator: &Estimator,
+    opts: &PenaltyOptions,
 ) -> Result<Tensor> {
+    match opts.estimator {
+        Some(e) => per_sample(h, x, e, opts.check_independence),
+        None => per_sample(h, x, &PenaltyEstimator::Exact, opts.check_independence),
+    }
+}
+
+/// [`jacobian_penalty_per_sample`] for one estimator; `check`: the independence check.
+fn per_sample(h: &Tensor, x: &Tensor, estimator: &PenaltyEstimator, check: bool) -> Result<Tensor> {
     crate::autograd::grad_mode_on(|| {
         check_float(h, "h")?;
         check_float(x, "x")?;
@@ -185,27 +195,29 @@ pub fn contractive_penalty_per_sample(
             )));
         }
         match estimator {
-            Estimator::Exact => {
+            PenaltyEstimator::Exact => {
                 check_input(x, "x")?;
                 let opts = JacobianOptions::default()
                     .create_graph(true)
                     .strict(true)
                     .check_independence(false);
-                let j = batch_jacobian(h, x, &opts)?;
+                let j = per_sample_jacobian(h, x, &opts)?;
                 let (m, n) = (h.numel() as i64 / b, x.numel() as i64 / b);
-                crate::independence::check_jacobian(
-                    "contractive_penalty",
-                    &h.f_reshape([b, m])?,
-                    x,
-                    &j.f_reshape([b, m, n])?,
-                )?;
+                if check {
+                    crate::independence::check_jacobian(
+                        "jacobian_penalty",
+                        &h.f_reshape([b, m])?,
+                        x,
+                        &j.f_reshape([b, m, n])?,
+                    )?;
+                }
                 // Summed in place over every per-sample dimension: J may be a strided view
                 // (Batched's [B, rows, n] block), which a reshape to [B, -1] would copy.
                 let dims: Vec<i64> = (1..j.dim() as i64).collect();
                 Ok(j.f_square()?
                     .f_sum_dim_intlist(dims.as_slice(), false, None::<Kind>)?)
             }
-            Estimator::SigmoidClosedForm { w } => {
+            PenaltyEstimator::SigmoidClosedForm { w } => {
                 if hs.len() != 2 || xs.len() != 2 || w.dim() != 2 || w.size()[1] != xs[1] {
                     return Err(Error::Shape(format!(
                     "sigmoid closed form needs h: [B, m], x: [B, n] and w: [m, n]; got h {hs:?}, x {xs:?}, w {:?}",
@@ -214,25 +226,31 @@ pub fn contractive_penalty_per_sample(
                 }
                 closed_form::frobenius_sq(w, h, "h")
             }
-            Estimator::Projections { k, seed } => {
+            PenaltyEstimator::Projections {
+                directions: k,
+                seed,
+            } => {
                 if *k == 0 {
                     return Err(Error::InvalidArgument(
-                        "Projections needs k ≥ 1 projections, got k = 0".into(),
+                        "Projections needs directions ≥ 1, got 0".into(),
                     ));
                 }
                 check_input(x, "x")?;
                 let dirs = sphere_directions(*k, &hs, *seed, h.kind(), h.device())?;
-                projections(h, x, &dirs)
+                projections(h, x, &dirs, check)
             }
-            Estimator::FixedProjections { v } => {
+            PenaltyEstimator::FixedProjections { v } => {
                 check_input(x, "x")?;
                 check_stack(v, "v", h, "h", 1, "FixedProjections")?;
-                projections(h, x, v)
+                projections(h, x, v, check)
             }
-            Estimator::HutchPlusPlus { k, seed } => {
+            PenaltyEstimator::HutchPlusPlus {
+                directions: k,
+                seed,
+            } => {
                 if *k == 0 {
                     return Err(Error::InvalidArgument(
-                        "HutchPlusPlus needs k ≥ 1 products, got k = 0".into(),
+                        "HutchPlusPlus needs directions ≥ 1, got 0".into(),
                     ));
                 }
                 check_input(x, "x")?;
@@ -240,18 +258,18 @@ pub fn contractive_penalty_per_sample(
                 let g = k - 2 * s;
                 let v = sphere_directions(g, &hs, *seed, h.kind(), h.device())?;
                 if s == 0 {
-                    return projections(h, x, &v);
+                    return projections(h, x, &v, check);
                 }
                 // The sketch's own stream: another seed, or torch's generator.
                 let sketch_seed = seed.map(|s| s ^ 0x9E37_79B9_7F4A_7C15);
                 let sketch = sphere_directions(s, &hs, sketch_seed, h.kind(), h.device())?;
-                hutch_plus_plus(h, x, &sketch, &v)
+                hutch_plus_plus(h, x, &sketch, &v, check)
             }
-            Estimator::FixedHutchPlusPlus { sketch, v } => {
+            PenaltyEstimator::FixedHutchPlusPlus { sketch, v } => {
                 check_input(x, "x")?;
                 check_stack(sketch, "sketch", h, "h", 1, "FixedHutchPlusPlus")?;
                 check_stack(v, "v", h, "h", 1, "FixedHutchPlusPlus")?;
-                hutch_plus_plus(h, x, sketch, v)
+                hutch_plus_plus(h, x, sketch, v, check)
             }
         }
     })
@@ -259,7 +277,13 @@ pub fn contractive_penalty_per_sample(
 
 /// Hutch++ per sample: `‖J Q‖_F² + (m/g) Σ_r ‖v_rᵀ J (I − QQᵀ)‖²` with `Q = orth(Jᵀ S)`
 /// (detached), for the sketch `S = [s, B, *out]` and the directions `v = [g, B, *out]`.
-fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Result<Tensor> {
+fn hutch_plus_plus(
+    h: &Tensor,
+    x: &Tensor,
+    sketch: &Tensor,
+    v: &Tensor,
+    check: bool,
+) -> Result<Tensor> {
     let b = h.size()[0];
     let m = h.numel() as i64 / b;
     let (s, g) = (sketch.size()[0], v.size()[0]);
@@ -273,8 +297,8 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     // batch norm, see crate::second_order), every product comes from each sample's J instead
     // (the m create_graph rows that `Exact` computes): per sample, never the whole batch's
     // [B·m, B·n] Jacobian, and no further backward pass.
-    // Without the native engine the graph cannot be scanned for them, so the products always
-    // come from J there (correct, at the cost of `Exact`).
+    // Without the native engine there is no batched pass over the products: each sample's J
+    // (`m` passes, as for `Exact`) is what they cost anyway, so they always come from J there.
     let from_j = if !crate::native::available() {
         true
     } else if let Some(node) = crate::second_order::double_backward_fault(h, true)? {
@@ -290,8 +314,10 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
         false
     };
     let per_sample_j = if from_j {
-        let j = batch_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?; // [B, m, n]
-        crate::independence::check_jacobian("contractive_penalty", &h.f_reshape([b, m])?, x, &j)?;
+        let j = per_sample_jacobian(h, x, &opts)?.f_reshape([b, m, -1])?; // [B, m, n]
+        if check {
+            crate::independence::check_jacobian("jacobian_penalty", &h.f_reshape([b, m])?, x, &j)?;
+        }
         Some(j)
     } else {
         None
@@ -326,7 +352,7 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
             let tangents = q
                 .f_permute([2, 0, 1])?
                 .f_reshape(tangent_shape.as_slice())?;
-            jvp_batched(h, x, &tangents, &opts)?
+            jvp_batched(h, x, &tangents, &opts.check_independence(true))?
                 .f_reshape([s, b, -1])?
                 .f_square()?
                 .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?
@@ -337,13 +363,15 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
         Some(j) => v.f_reshape([g, b, m])?.f_permute([1, 0, 2])?.f_matmul(j)?,
         None => {
             let vj = vjp_stack(h, x, v, pass)?.f_reshape([g, b, n])?;
-            crate::independence::check_scaled(
-                "contractive_penalty",
-                h,
-                x,
-                Some(&v.f_select(0, 0)?),
-                Some(&vj.f_select(0, 0)?),
-            )?;
+            if check {
+                crate::independence::check_scaled(
+                    "jacobian_penalty",
+                    h,
+                    x,
+                    Some(&v.f_select(0, 0)?),
+                    Some(&vj.f_select(0, 0)?),
+                )?;
+            }
             vj.f_permute([1, 0, 2])?
         }
     };
@@ -356,41 +384,131 @@ fn hutch_plus_plus(h: &Tensor, x: &Tensor, sketch: &Tensor, v: &Tensor) -> Resul
     Ok(exact.f_add(&rest)?)
 }
 
-/// The contractive auto-encoder penalty: the batch mean of [`contractive_penalty_per_sample`],
-/// a differentiable scalar — add `λ ·` it to the reconstruction loss.
+/// The Jacobian penalty `mean_b ‖J_f(x_b)‖_F²` — the contractive auto-encoder penalty (Rifai et
+/// al., 2011), Jacobian regularization (Hoffman et al., 2019) — the batch mean of
+/// [`jacobian_penalty_per_sample`], a differentiable scalar: add `λ ·` it to the training loss.
 ///
 /// ```
 /// use tch::{Kind, Tensor};
-/// use tch_jacobian::{contractive_penalty, Estimator};
+/// use tch_jacobian::{jacobian_penalty, PenaltyEstimator, PenaltyOptions};
 /// let w = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
 /// let x = Tensor::randn([8, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
 /// let h = x.matmul(&w.tr()).sigmoid();
-/// let penalty = contractive_penalty(&h, &x, &Estimator::Projections { k: 2, seed: Some(7) })?;
+/// let est = PenaltyEstimator::Projections { directions: 2, seed: Some(7) };
+/// let penalty = jacobian_penalty(&h, &x, &PenaltyOptions::default().estimator(&est))?;
 /// penalty.backward(); // reaches w
 /// assert_eq!(w.grad().size(), [4, 3]);
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn contractive_penalty(h: &Tensor, x: &Tensor, estimator: &Estimator) -> Result<Tensor> {
+pub fn jacobian_penalty(h: &Tensor, x: &Tensor, opts: &PenaltyOptions) -> Result<Tensor> {
     crate::autograd::grad_mode_on(|| {
-        Ok(contractive_penalty_per_sample(h, x, estimator)?.f_mean(None::<Kind>)?)
+        Ok(jacobian_penalty_per_sample(h, x, opts)?.f_mean(None::<Kind>)?)
     })
 }
 
+/// Options for [`jacobian_penalty`] and [`jacobian_penalty_per_sample`].
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `estimator` | `None`: [`PenaltyEstimator::Exact`] | how `‖J‖_F²` is computed (the module docs compare them) |
+/// | `check_independence` | `true` | check that the samples do not interact (one more backward pass); `false` for hot loops after a first checked call |
+///
+/// ```
+/// use tch_jacobian::{PenaltyEstimator, PenaltyOptions};
+/// let est = PenaltyEstimator::HutchPlusPlus { directions: 6, seed: None };
+/// let opts = PenaltyOptions::default().estimator(&est).check_independence(false);
+/// assert!(!opts.check_independence);
+/// ```
+///
+/// `#[non_exhaustive]`: built from [`PenaltyOptions::default`] and the setters.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct PenaltyOptions<'a> {
+    /// The estimator; `None` is [`PenaltyEstimator::Exact`].
+    pub estimator: Option<&'a PenaltyEstimator>,
+    /// Check that the samples do not interact.
+    pub check_independence: bool,
+}
+
+impl Default for PenaltyOptions<'_> {
+    fn default() -> Self {
+        PenaltyOptions {
+            estimator: None,
+            check_independence: true,
+        }
+    }
+}
+
+impl<'a> PenaltyOptions<'a> {
+    /// Sets the estimator.
+    ///
+    /// ```
+    /// use tch_jacobian::{PenaltyEstimator, PenaltyOptions};
+    /// let est = PenaltyEstimator::Projections { directions: 4, seed: Some(1) };
+    /// let _ = PenaltyOptions::default().estimator(&est);
+    /// ```
+    pub fn estimator(mut self, estimator: &'a PenaltyEstimator) -> Self {
+        self.estimator = Some(estimator);
+        self
+    }
+
+    /// Sets `check_independence`.
+    ///
+    /// ```
+    /// let _ = tch_jacobian::PenaltyOptions::default().check_independence(false);
+    /// ```
+    pub fn check_independence(mut self, check: bool) -> Self {
+        self.check_independence = check;
+        self
+    }
+}
+
+/// 0.1's name for [`jacobian_penalty`] (the estimator passed directly).
+#[deprecated(
+    since = "0.2.0",
+    note = "use jacobian_penalty(h, x, &PenaltyOptions::default().estimator(&estimator))"
+)]
+pub fn contractive_penalty(h: &Tensor, x: &Tensor, estimator: &PenaltyEstimator) -> Result<Tensor> {
+    jacobian_penalty(h, x, &PenaltyOptions::default().estimator(estimator))
+}
+
+/// 0.1's name for [`jacobian_penalty_per_sample`].
+#[deprecated(
+    since = "0.2.0",
+    note = "use jacobian_penalty_per_sample(h, x, &PenaltyOptions::default().estimator(&estimator))"
+)]
+pub fn contractive_penalty_per_sample(
+    h: &Tensor,
+    x: &Tensor,
+    estimator: &PenaltyEstimator,
+) -> Result<Tensor> {
+    jacobian_penalty_per_sample(h, x, &PenaltyOptions::default().estimator(estimator))
+}
+
+/// 0.1's name for [`PenaltyEstimator`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed PenaltyEstimator (its counts k are now `directions`)"
+)]
+pub type Estimator = PenaltyEstimator;
+
 /// `(m/k) Σ_r ‖v_rᵀ J‖²` per sample, one create_graph VJP per direction.
-fn projections(h: &Tensor, x: &Tensor, dirs: &Tensor) -> Result<Tensor> {
+fn projections(h: &Tensor, x: &Tensor, dirs: &Tensor, check: bool) -> Result<Tensor> {
     let b = h.size()[0];
     let m = h.numel() as i64 / b;
     let k = dirs.size()[0];
     let names_v = input_names(1);
     // [k, B, *in]: v_{r,b}ᵀ J_b for every direction, in one batched pass.
     let g = vjp_stack(h, x, dirs, Pass::new(true, true, h_names(&names_v)))?;
-    crate::independence::check_scaled(
-        "contractive_penalty",
-        h,
-        x,
-        Some(&dirs.f_select(0, 0)?),
-        Some(&g.f_select(0, 0)?),
-    )?;
+    if check {
+        crate::independence::check_scaled(
+            "jacobian_penalty",
+            h,
+            x,
+            Some(&dirs.f_select(0, 0)?),
+            Some(&g.f_select(0, 0)?),
+        )?;
+    }
     Ok(g.f_reshape([k, b, -1])?
         .f_square()?
         .f_sum_dim_intlist([0i64, 2].as_slice(), false, None::<Kind>)?

@@ -94,7 +94,7 @@ pub enum Strategy {
     },
     /// Column by column, `J[:, j] = J e_j`, by forward-mode products.
     ///
-    /// With a closure (`jacobian_of`, `batch_jacobian_of`), the native engine and no
+    /// With a closure (`jacobian_of`, `per_sample_jacobian_of`), the native engine and no
     /// `create_graph`: true forward-mode AD, `torch.func.jacfwd` — the closure is evaluated once
     /// more on dual tensors whose tangents are all the identity columns at one vmap level
     /// (`csrc/forward_ad.cpp`, chunked like `Batched`); no reverse graph, no row-wise
@@ -121,6 +121,16 @@ pub enum Strategy {
         /// At most this many input elements (columns) per pass; `Some(0)` is an error.
         chunk_size: Option<usize>,
     },
+    /// Collapsed Taylor mode ([`crate::laplacian`](mod@crate::laplacian)): the closure runs once while every op it
+    /// calls also pushes its input's coefficients along the identity directions forward by the
+    /// op's rule — forward-mode AD without dual tensors or functorch, part of every build.
+    ///
+    /// For Jacobians of a closure (`jacobian_of`, `per_sample_jacobian_of`): all `n` columns
+    /// `J e_j` in one pass, each op of `f` evaluated once (tall Jacobians; memory
+    /// `O(n · cost(f))`). For Laplacians it is what `Auto` runs first. It needs the closure
+    /// itself; an op without a rule is an [`Error::NoTaylorRule`], a closure the mode cannot
+    /// follow an [`Error::TaylorUnsupported`]. `Auto` never picks it for Jacobians.
+    Taylor,
 }
 
 // The tuning constants of `Auto` and the memory rule below are `#[doc(hidden)]`: public only so
@@ -664,6 +674,44 @@ impl<'a> JacobianOptions<'a> {
         self
     }
 
+    /// Refuses the options `func` does not read that are set away from their defaults: each
+    /// `(name, set)` pair names one such option and whether it is set. Every accepted option is
+    /// read or refused — never silently ignored.
+    pub(crate) fn refuse_unread(&self, func: &str, unread: &[(&str, bool)]) -> Result<()> {
+        let set: Vec<&str> = unread.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect();
+        if set.is_empty() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "{func} does not read the option{} {} of JacobianOptions; leave {} at the default",
+            if set.len() > 1 { "s" } else { "" },
+            set.join(", "),
+            if set.len() > 1 { "them" } else { "it" }
+        )))
+    }
+
+    /// For the functions that compute no per-sample result from a closure that sees the batch:
+    /// `randomness` (read only by the per-sample gradients) and `check_independence(false)`
+    /// (read only by the per-sample functions) are refused when set.
+    pub(crate) fn refuse_per_sample_options(&self, func: &str) -> Result<()> {
+        self.refuse_unread(
+            func,
+            &[
+                ("randomness", self.randomness != Randomness::default()),
+                ("check_independence(false)", !self.check_independence),
+            ],
+        )
+    }
+
+    /// For the per-sample Jacobians and Hessians: `randomness` (read only by the per-sample
+    /// gradients) is refused when set.
+    pub(crate) fn refuse_randomness(&self, func: &str) -> Result<()> {
+        self.refuse_unread(
+            func,
+            &[("randomness", self.randomness != Randomness::default())],
+        )
+    }
+
     /// The settings of one pass, with the names used in its errors.
     pub(crate) fn pass<'n>(&self, names: Names<'n>) -> Pass<'n> {
         Pass {
@@ -697,6 +745,7 @@ impl std::fmt::Display for Strategy {
             Strategy::Vectorized { chunk_size } => ("vectorized", chunk_size),
             Strategy::Forward => ("forward", None),
             Strategy::VectorizedForward { chunk_size } => ("vectorized-forward", chunk_size),
+            Strategy::Taylor => ("taylor", None),
         };
         match chunk {
             Some(c) => write!(f, "{name}:{c}"),
@@ -715,6 +764,7 @@ impl Strategy {
         "vectorized",
         "forward",
         "vectorized-forward",
+        "taylor",
     ];
 
     /// The same strategy with `chunk_size` set, for those that have one; an error for the
@@ -765,6 +815,7 @@ impl std::str::FromStr for Strategy {
             "vectorized" => Strategy::Vectorized { chunk_size: None },
             "forward" => Strategy::Forward,
             "vectorized-forward" => Strategy::VectorizedForward { chunk_size: None },
+            "taylor" => Strategy::Taylor,
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown strategy {other:?}; one of {}",

@@ -5,9 +5,9 @@ mod common;
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian, batch_jacobian_of, check_batch_independence, hessian, hvp, jacobian,
-    jacobian_of, jacobian_with, jvp, per_sample_gradients_of, vjp, Error, JacobianOptions, Result,
-    Strategy, Tolerance,
+    check_sample_independence, hessian, hvp, jacobian, jacobian_of, jacobian_with, jvp,
+    per_sample_gradients_of, per_sample_jacobian, per_sample_jacobian_of, testing::Tolerance, vjp,
+    Error, JacobianOptions, Result, Strategy,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {
@@ -46,7 +46,7 @@ fn shapes_scalars_empty(device: Device) -> Result<()> {
             [0, 4, 0, 4]
         );
         assert_eq!(
-            batch_jacobian_of(f, &Tensor::zeros([0, 4], k), &opts(st))?.size(),
+            per_sample_jacobian_of(f, &Tensor::zeros([0, 4], k), &opts(st))?.size(),
             [0, 4, 4]
         );
     }
@@ -119,14 +119,14 @@ fn caller_graph_usable_everywhere(device: Device) -> Result<()> {
     let _ = jacobian_with(&y, &[&x, &w], &opts(Strategy::Forward).create_graph(true))?;
     for b in batched() {
         let _ = jacobian_with(&y, &[&x, &w], &opts(b).create_graph(true))?;
-        let _ = batch_jacobian(&y, &x, &opts(b))?;
+        let _ = per_sample_jacobian(&y, &x, &opts(b))?;
     }
-    let _ = batch_jacobian(&y, &x, &o)?;
+    let _ = per_sample_jacobian(&y, &x, &o)?;
     let _ = vjp(&y, &x, &y.ones_like(), &o)?;
     let _ = jvp(&y, &x, &x.ones_like(), &o)?;
     let _ = hvp(&s, &x, &x.ones_like(), &o)?;
     let _ = hessian(&s, &w, &o)?;
-    check_batch_independence(&y, &x)?;
+    check_sample_independence(&y, &x)?;
     assert!(
         !x.grad().defined() && !w.grad().defined(),
         "no call may accumulate into .grad"
@@ -149,7 +149,7 @@ fn bad_inputs(device: Device) -> Result<()> {
         &["x (shape [2, 3], Float) does not require grad"],
     );
     assert_err(
-        batch_jacobian(&plain.sin(), &plain, &o),
+        per_sample_jacobian(&plain.sin(), &plain, &o),
         &["does not require grad"],
     );
     // Integer and bool dtypes.
@@ -230,7 +230,7 @@ fn bad_inputs(device: Device) -> Result<()> {
         &["f was given", "returned shape [1, 2, 3]"],
     );
     assert_err(
-        batch_jacobian_of(|t: &Tensor| t.narrow(0, 0, 1), &x, &o),
+        per_sample_jacobian_of(|t: &Tensor| t.narrow(0, 0, 1), &x, &o),
         &["batch sizes differ", "[1, 3]", "[2, 3]"],
     );
     // A closure that mixes rows of the leading dimension.
@@ -253,7 +253,7 @@ fn bad_inputs(device: Device) -> Result<()> {
     );
     // Batch sizes that differ.
     let x4 = Tensor::randn([4, 3], k).set_requires_grad(true);
-    assert_err(batch_jacobian(&y, &x4, &o), &["batch sizes differ"]);
+    assert_err(per_sample_jacobian(&y, &x4, &o), &["batch sizes differ"]);
     // A closure's own error is passed on.
     let failing = |t: &Tensor| t.f_matmul(&Tensor::ones([7, 7], k));
     let err = jacobian_of(failing, &x, &o).unwrap_err();
@@ -264,11 +264,11 @@ fn bad_inputs(device: Device) -> Result<()> {
 fn cross_sample_check(device: Device) -> Result<()> {
     let k = (Kind::Float, device);
     let x = Tensor::randn([6, 4], k).set_requires_grad(true);
-    check_batch_independence(&x.tanh(), &x)?;
+    check_sample_independence(&x.tanh(), &x)?;
     // Batch norm in training mode mixes samples.
     let mixed = (&x - x.mean_dim(0, true, Kind::Float)) / (x.var_dim(0, false, true) + 1e-5).sqrt();
     assert_err(
-        check_batch_independence(&mixed, &x),
+        check_sample_independence(&mixed, &x),
         &["samples interact", "sample ", "batch norm"],
     );
     Ok(())
@@ -298,7 +298,7 @@ fn resnet_block_f32(device: Device) -> Result<()> {
         (h + x).relu().flatten(1, -1)
     };
     let x = Tensor::randn([2, 3, 6, 6], (Kind::Float, device));
-    let reference = batch_jacobian_of(f, &x, &opts(Strategy::RowLoop))?;
+    let reference = per_sample_jacobian_of(f, &x, &opts(Strategy::RowLoop))?;
     assert_eq!(reference.size(), [2, 108, 3, 6, 6]);
     let scale = reference.abs().max().double_value(&[]);
     let rtol = if device.is_cuda() { 1e-2 } else { 1e-4 };
@@ -311,7 +311,7 @@ fn resnet_block_f32(device: Device) -> Result<()> {
     ];
     cases.extend(batched());
     for s in cases {
-        let j = batch_jacobian_of(f, &x, &opts(s))?;
+        let j = per_sample_jacobian_of(f, &x, &opts(s))?;
         Tolerance::new(rtol, rtol * scale)
             .check(&j, &reference)
             .unwrap_or_else(|e| panic!("{s:?}: {e}"));
@@ -395,10 +395,9 @@ fn native_engine_build() -> Result<()> {
 /// With the vmap fallback off, an op without a batching rule is an error naming it; with it on
 /// (the default) the Jacobian is exact and the op is reported.
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn vmap_fallback_reported_or_refused() -> Result<()> {
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     // cummax's backward (aten::cummaxmin_backward) has no batching rule in libtorch 2.11.
     let k = (Kind::Double, Device::Cpu);
     let x = Tensor::randn([5, 3], k).set_requires_grad(true);
@@ -430,10 +429,9 @@ fn vmap_fallback_reported_or_refused() -> Result<()> {
 /// off, equal to the row loop — for J of the per-sample losses and, with create_graph, for the
 /// gradient of ‖J‖² (second order through the rules).
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn loss_backward_rules_without_fallback() -> Result<()> {
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     let k = (Kind::Double, Device::Cpu);
     tch::manual_seed(3);
     let target = Tensor::randn([4, 3], k);
@@ -612,8 +610,8 @@ fn forward_mode_closures(device: Device) -> Result<()> {
     let h = |v: &Tensor| v.matmul(&w.tr()).sin();
     f64_tol()
         .check(
-            &batch_jacobian_of(h, &xb, &fwd)?,
-            &batch_jacobian_of(h, &xb, &row)?,
+            &per_sample_jacobian_of(h, &xb, &fwd)?,
+            &per_sample_jacobian_of(h, &xb, &row)?,
         )
         .unwrap_or_else(|e| panic!("batch: {e}"));
     Ok(())

@@ -9,10 +9,10 @@ use common::{f64_tol, strategies};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian,
-    jacobian_of, jacobian_with, laplacian_of, per_sample_gradients, per_sample_gradients_of,
-    per_sample_gradients_of_module, vjp, Error, Estimator, JacobianOptions, Randomness, Result,
-    Strategy,
+    hessian_of, jacobian, jacobian_of, jacobian_penalty, jacobian_with, laplacian_of,
+    per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
+    per_sample_hessian_of, per_sample_jacobian, per_sample_jacobian_of, vjp, Error,
+    JacobianOptions, PenaltyEstimator, PenaltyOptions, Randomness, Result, Strategy,
 };
 
 /// The tests of this file one at a time: `Randomness::Same` in the loop over samples reseeds
@@ -51,8 +51,8 @@ fn closures_inside_no_grad() -> Result<()> {
     for s in strategies() {
         let opts = JacobianOptions::default().strategy(s);
         same_inside_no_grad(&format!("jacobian_of {s}"), || jacobian_of(f, &x, &opts))?;
-        same_inside_no_grad(&format!("batch_jacobian_of {s}"), || {
-            batch_jacobian_of(f, &xb, &opts)
+        same_inside_no_grad(&format!("per_sample_jacobian_of {s}"), || {
+            per_sample_jacobian_of(f, &xb, &opts)
         })?;
     }
     let u = |x: &Tensor| {
@@ -65,8 +65,8 @@ fn closures_inside_no_grad() -> Result<()> {
         same_inside_no_grad(&format!("hessian_of {s}"), || {
             hessian_of(|x: &Tensor| u(x), &x, &opts)
         })?;
-        same_inside_no_grad(&format!("batch_hessian_of {s}"), || {
-            batch_hessian_of(u, &xb, &opts)
+        same_inside_no_grad(&format!("per_sample_hessian_of {s}"), || {
+            per_sample_hessian_of(u, &xb, &opts)
         })?;
         same_inside_no_grad(&format!("laplacian_of {s}"), || laplacian_of(u, &xb, &opts))?;
     }
@@ -109,8 +109,8 @@ fn built_graphs_inside_no_grad() -> Result<()> {
         same_inside_no_grad(&format!("jacobian_with {s}"), || {
             Ok(jacobian_with(&y, &[&x], &opts)?.remove(0))
         })?;
-        same_inside_no_grad(&format!("batch_jacobian {s}"), || {
-            batch_jacobian(&y, &x, &opts)
+        same_inside_no_grad(&format!("per_sample_jacobian {s}"), || {
+            per_sample_jacobian(&y, &x, &opts)
         })?;
         let cg = opts.create_graph(true);
         let j = tch::no_grad(|| jacobian_with(&y, &[&x], &cg))?.remove(0);
@@ -122,7 +122,11 @@ fn built_graphs_inside_no_grad() -> Result<()> {
     same_inside_no_grad("vjp", || vjp(&y, &x, &v, &JacobianOptions::default()))?;
     let h = (&x * 2.0).sin();
     same_inside_no_grad("contractive_penalty", || {
-        contractive_penalty(&h, &x, &Estimator::Exact)
+        jacobian_penalty(
+            &h,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        )
     })?;
     Ok(())
 }
@@ -253,11 +257,10 @@ fn auto_never_errors_where_the_loop_works() -> Result<()> {
 /// An op without a batching rule in a per-sample loss, with the fallback off, is
 /// `Error::NoBatchingRule` (as in a batched pass).
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn no_batching_rule_in_the_loss() -> Result<()> {
     let _serial = serial();
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     let w = randn(&[5]);
     let x = randn(&[3, 5]);
     let r = per_sample_gradients_of(

@@ -11,7 +11,7 @@ mod common;
 
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, hessian_of, jacobian_of, laplacian_of, JacobianOptions, Result, Strategy,
+    hessian_of, jacobian_of, laplacian_of, per_sample_hessian_of, JacobianOptions, Result, Strategy,
 };
 
 /// `|a − b| ≤ atol + rtol·|b|` elementwise, with central differences' accuracy in f64
@@ -124,8 +124,8 @@ fn hessian_penalty_through_layer_norm(device: Device) -> Result<()> {
             )?;
             Ok((hess * &r).sum(Kind::Double))
         })?;
-        check_third_order(&format!("batch_hessian_of {s}"), &net.w1, &|w1| {
-            let hess = batch_hessian_of(|x: &Tensor| net.u(w1, x), &x, &opts)?;
+        check_third_order(&format!("per_sample_hessian_of {s}"), &net.w1, &|w1| {
+            let hess = per_sample_hessian_of(|x: &Tensor| net.u(w1, x), &x, &opts)?;
             Ok((hess * &rb).sum(Kind::Double))
         })?;
     }

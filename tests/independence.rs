@@ -5,9 +5,9 @@
 //! closures (f32 and f64, small and large batches) never trip it.
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, check_batch_independence,
-    contractive_penalty, laplacian_of, Error, Estimator, JacobianOptions, Laplacian,
-    LaplacianEstimator, LaplacianMethod, Result, Strategy,
+    check_sample_independence, jacobian_penalty, laplacian, laplacian_of, per_sample_hessian_of,
+    per_sample_jacobian, per_sample_jacobian_of, Error, JacobianOptions, LaplacianEstimator,
+    LaplacianOptions, PenaltyEstimator, PenaltyOptions, Result, Strategy,
 };
 
 type Map = Box<dyn Fn(&Tensor) -> Tensor>;
@@ -98,7 +98,7 @@ fn batch_jacobians_refuse_mixing_closures() {
             if matches!(s, Strategy::Vectorized { .. }) {
                 // The replicated strategy's own row-wise check refuses first, checked or not.
                 for o in [opts, opts.check_independence(false)] {
-                    match batch_jacobian_of(&f, &x, &o) {
+                    match per_sample_jacobian_of(&f, &x, &o) {
                         Err(Error::Contract(m)) => assert!(m.contains("mixes rows"), "{m}"),
                         other => panic!("{name}, {s}: {other:?}"),
                     }
@@ -106,43 +106,43 @@ fn batch_jacobians_refuse_mixing_closures() {
                 continue;
             }
             refused(
-                batch_jacobian_of(&f, &x, &opts),
-                "batch_jacobian_of",
+                per_sample_jacobian_of(&f, &x, &opts),
+                "per_sample_jacobian_of",
                 &format!("{name}, {s}"),
             );
             assert!(
-                batch_jacobian_of(&f, &x, &opts.check_independence(false)).is_ok(),
+                per_sample_jacobian_of(&f, &x, &opts.check_independence(false)).is_ok(),
                 "{name}, {s}: unchecked"
             );
             {
                 let xg = x.detach().set_requires_grad(true);
                 refused(
-                    batch_jacobian(&f(&xg), &xg, &opts),
-                    "batch_jacobian",
+                    per_sample_jacobian(&f(&xg), &xg, &opts),
+                    "per_sample_jacobian",
                     &format!("{name}, {s}"),
                 );
             }
         }
         let xg = x.detach().set_requires_grad(true);
         refused(
-            check_batch_independence(&f(&xg), &xg),
-            "check_batch_independence",
+            check_sample_independence(&f(&xg), &xg),
+            "check_sample_independence",
             name,
         );
         for est in [
-            Estimator::Exact,
-            Estimator::Projections {
-                k: 2,
+            PenaltyEstimator::Exact,
+            PenaltyEstimator::Projections {
+                directions: 2,
                 seed: Some(1),
             },
-            Estimator::HutchPlusPlus {
-                k: 6,
+            PenaltyEstimator::HutchPlusPlus {
+                directions: 6,
                 seed: Some(1),
             },
         ] {
             refused(
-                contractive_penalty(&f(&xg), &xg, &est),
-                "contractive_penalty",
+                jacobian_penalty(&f(&xg), &xg, &PenaltyOptions::default().estimator(&est)),
+                "jacobian_penalty",
                 &format!("{name}, {est:?}"),
             );
         }
@@ -157,45 +157,28 @@ fn hessians_and_laplacians_refuse_mixing_closures() {
         for s in [Strategy::Auto, Strategy::RowLoop] {
             let opts = JacobianOptions::default().strategy(s);
             refused(
-                batch_hessian_of(u, &x, &opts),
-                "batch_hessian_of",
+                per_sample_hessian_of(u, &x, &opts),
+                "per_sample_hessian_of",
                 &format!("{name}, {s}"),
             );
             let lap = laplacian_of(u, &x, &opts);
-            let who = if s == Strategy::Auto {
-                "Laplacian"
-            } else {
-                "laplacian_of"
-            };
-            refused(lap, who, &format!("laplacian_of {name}, {s}"));
+            refused(lap, "laplacian_of", &format!("laplacian_of {name}, {s}"));
             assert!(laplacian_of(u, &x, &opts.check_independence(false)).is_ok());
         }
-        for m in [
-            LaplacianMethod::Auto,
-            LaplacianMethod::Taylor,
-            LaplacianMethod::Nested,
-        ] {
+        for m in [Strategy::Auto, Strategy::Taylor, Strategy::RowLoop] {
             for cg in [false, true] {
-                let l = Laplacian::new().method(m).create_graph(cg);
+                let l = LaplacianOptions::default().strategy(m).create_graph(cg);
                 let what = format!("{name}, {m:?}, create_graph {cg}");
-                refused(l.compute(u, &x), "Laplacian", &what);
+                refused(laplacian(u, &x, &l), "laplacian", &what);
                 let sigma = Tensor::randn([3, 2], (Kind::Double, Device::Cpu));
-                refused(
-                    Laplacian::new().method(m).weights(&sigma).compute(u, &x),
-                    "Laplacian",
-                    &what,
-                );
+                refused(laplacian(u, &x, &l.weights(&sigma)), "laplacian", &what);
                 let est = LaplacianEstimator::Rademacher {
-                    samples: 3,
+                    directions: 3,
                     seed: Some(2),
                 };
-                refused(
-                    Laplacian::new().method(m).estimator(est).compute(u, &x),
-                    "Laplacian",
-                    &what,
-                );
+                refused(laplacian(u, &x, &l.estimator(est)), "laplacian", &what);
                 assert!(
-                    l.check_independence(false).compute(u, &x).is_ok(),
+                    laplacian(u, &x, &l.check_independence(false)).is_ok(),
                     "{what}: unchecked"
                 );
             }
@@ -236,34 +219,36 @@ fn independent_models_pass() {
         let what = format!("{kind:?}, B = {b}");
         for s in strategies() {
             let opts = JacobianOptions::default().strategy(s);
-            let _ = batch_jacobian_of(f, &x, &opts).unwrap_or_else(|e| panic!("{what} {s}: {e}"));
+            let _ =
+                per_sample_jacobian_of(f, &x, &opts).unwrap_or_else(|e| panic!("{what} {s}: {e}"));
         }
         let xg = x.detach().set_requires_grad(true);
-        let _ = batch_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
-        check_batch_independence(&f(&xg), &xg).unwrap();
+        let _ = per_sample_jacobian(&f(&xg), &xg, &JacobianOptions::default()).unwrap();
+        check_sample_independence(&f(&xg), &xg).unwrap();
         for est in [
-            Estimator::Exact,
-            Estimator::Projections {
-                k: 2,
+            PenaltyEstimator::Exact,
+            PenaltyEstimator::Projections {
+                directions: 2,
                 seed: Some(1),
             },
-            Estimator::HutchPlusPlus {
-                k: 6,
+            PenaltyEstimator::HutchPlusPlus {
+                directions: 6,
                 seed: Some(1),
             },
         ] {
-            let _ = contractive_penalty(&f(&xg), &xg, &est)
+            let _ = jacobian_penalty(&f(&xg), &xg, &PenaltyOptions::default().estimator(&est))
                 .unwrap_or_else(|e| panic!("{what} {est:?}: {e}"));
         }
-        let _ = batch_hessian_of(u, &x, &JacobianOptions::default())
+        let _ = per_sample_hessian_of(u, &x, &JacobianOptions::default())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        for m in [LaplacianMethod::Taylor, LaplacianMethod::Nested] {
+        for m in [Strategy::Taylor, Strategy::RowLoop] {
             for cg in [false, true] {
-                let _ = Laplacian::new()
-                    .method(m)
-                    .create_graph(cg)
-                    .compute(u, &x)
-                    .unwrap_or_else(|e| panic!("{what} {m:?} {cg}: {e}"));
+                let _ = laplacian(
+                    u,
+                    &x,
+                    &LaplacianOptions::default().strategy(m).create_graph(cg),
+                )
+                .unwrap_or_else(|e| panic!("{what} {m:?} {cg}: {e}"));
             }
         }
     }

@@ -2,7 +2,7 @@
 //! the PINN loss's gradient against central differences.
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    laplacian_of, Error, JacobianOptions, Laplacian, LaplacianEstimator, LaplacianMethod, Strategy,
+    laplacian, laplacian_of, Error, JacobianOptions, LaplacianEstimator, LaplacianOptions, Strategy,
 };
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
@@ -15,8 +15,9 @@ fn rand(shape: &[i64], seed: i64) -> Tensor {
 /// The first mismatches of `a` against `b` (`|a − b| ≤ atol + rtol·|b|`), or nothing.
 fn assert_close(a: &Tensor, b: &Tensor, rtol: f64, atol: f64, what: &str) {
     assert_eq!(a.size(), b.size(), "{what}: shapes");
-    let av = Vec::<f64>::try_from(a.to_kind(Kind::Double).flatten(0, -1)).unwrap();
-    let bv = Vec::<f64>::try_from(b.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    assert_eq!(a.kind(), b.kind(), "{what}: kinds (shape {:?})", a.size());
+    let av = Vec::<f64>::try_from(a.flatten(0, -1)).unwrap();
+    let bv = Vec::<f64>::try_from(b.flatten(0, -1)).unwrap();
     let bad: Vec<String> = av
         .iter()
         .zip(&bv)
@@ -122,16 +123,20 @@ fn taylor_equals_nested_reverse_mode_f64() {
     let x = rand(&[6, 3], 10) * 0.7;
     for name in CLOSURES {
         let u = closure(name);
-        let t = Laplacian::new()
-            .method(LaplacianMethod::Taylor)
-            .compute(&u, &x)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let n = Laplacian::new()
-            .method(LaplacianMethod::Nested)
-            .compute(&u, &x)
-            .unwrap();
-        assert_eq!(t.method, LaplacianMethod::Taylor);
-        assert_eq!(n.method, LaplacianMethod::Nested);
+        let t = laplacian(
+            &u,
+            &x,
+            &LaplacianOptions::default().strategy(Strategy::Taylor),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let n = laplacian(
+            &u,
+            &x,
+            &LaplacianOptions::default().strategy(Strategy::RowLoop),
+        )
+        .unwrap();
+        assert_eq!(t.strategy, Strategy::Taylor);
+        assert_eq!(n.strategy, Strategy::RowLoop);
         assert_close(
             &t.laplacian,
             &n.laplacian,
@@ -159,6 +164,28 @@ fn taylor_equals_nested_reverse_mode_f64() {
     }
 }
 
+/// The per-sample Hessians `[B, n, n]` of `u` (flattened per sample) by `per_sample_hessian_of` and
+/// the row loop, which tests/pytorch_parity.rs's `batch_hessian_matches` anchors to PyTorch:
+/// the reference the weighted and estimated Laplacians are contracted from here, independent of
+/// `Laplacian`'s directions (`[D, B, *in]`, the σ permutation, the 1/k scale).
+fn hessians(u: &dyn Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {
+    let b = x.size()[0];
+    let n = x.numel() as i64 / b;
+    let opts = JacobianOptions::default().strategy(Strategy::RowLoop);
+    let h = tch_jacobian::per_sample_hessian_of(|x: &Tensor| u(x).reshape([b]), x, &opts).unwrap();
+    assert_eq!(h.kind(), Kind::Double);
+    h.reshape([b, n, n])
+}
+
+/// `tr(σσᵀH_b) = Σ_d σ_dᵀ H_b σ_d` by einsum, `σ: [n, m]` or `[B, n, m]`.
+fn weighted_reference(h: &Tensor, sigma: &Tensor) -> Tensor {
+    if sigma.dim() == 2 {
+        Tensor::einsum("nd,bnp,pd->b", &[sigma, h, sigma], None::<i64>)
+    } else {
+        Tensor::einsum("bnd,bnp,bpd->b", &[sigma, h, sigma], None::<i64>)
+    }
+}
+
 #[test]
 fn weighted_laplacian_matches_the_hessian_contraction() {
     let x = rand(&[4, 3], 11);
@@ -166,32 +193,148 @@ fn weighted_laplacian_matches_the_hessian_contraction() {
     let per_sample = rand(&[4, 3, 5], 13);
     for name in ["mlp-tanh", "layer-norm-softmax"] {
         let u = closure(name);
+        let h = hessians(&u, &x);
         for sigma in [&shared, &per_sample] {
-            let t = Laplacian::new()
-                .weights(sigma)
-                .method(LaplacianMethod::Taylor)
-                .compute(&u, &x)
+            let reference = weighted_reference(&h, sigma);
+            for method in [Strategy::Taylor, Strategy::RowLoop] {
+                let out = laplacian(
+                    &u,
+                    &x,
+                    &LaplacianOptions::default().weights(sigma).strategy(method),
+                )
                 .unwrap();
-            let n = Laplacian::new()
-                .weights(sigma)
-                .method(LaplacianMethod::Nested)
-                .compute(&u, &x)
-                .unwrap();
-            assert!(t.gradient.is_none());
-            assert_close(
-                &t.laplacian,
-                &n.laplacian,
-                1e-10,
-                1e-10,
-                &format!("{name}: tr(σσᵀH)"),
-            );
+                assert!(out.gradient.is_none());
+                assert_eq!(out.laplacian.kind(), Kind::Double);
+                assert_close(
+                    &out.laplacian,
+                    &reference,
+                    1e-10,
+                    1e-10,
+                    &format!("{name}: tr(σσᵀH), σ {:?}, {method:?}", sigma.size()),
+                );
+            }
         }
+    }
+}
+
+/// The directions `z: [k, B, m]` that `LaplacianEstimator::{Rademacher, Gaussian} { seed:
+/// Some(seed) }` draws: a `StdRng` seeded with `seed`, `k·B·m` values in row-major order (±1 with
+/// probability ½, or standard normal). This reproduces the crate's draws (src/laplacian.rs,
+/// `draw`) so that the estimate can be checked value for value; the estimators' distribution is
+/// `estimators_are_unbiased`'s business.
+fn draws(k: i64, b: i64, m: i64, seed: u64, rademacher: bool) -> Tensor {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vals: Vec<f64> = (0..k * b * m)
+        .map(|_| {
+            if rademacher {
+                if rng.random_bool(0.5) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            } else {
+                rng.sample(rand_distr::StandardNormal)
+            }
+        })
+        .collect();
+    Tensor::from_slice(&vals).reshape([k, b, m])
+}
+
+/// Hutchinson's estimates `(1/k) Σ_r v_rᵀ H_b v_r` (`v = z`, or `σ z` with weights) against the
+/// einsum of the same directions with `per_sample_hessian_of`, both methods, with and without
+/// (shared and per-sample) weights.
+#[test]
+fn estimates_match_the_hessian_contraction() {
+    let x = rand(&[4, 3], 21) * 0.5;
+    let shared = rand(&[3, 2], 22);
+    let per_sample = rand(&[4, 3, 5], 23);
+    let u = closure("mlp-tanh");
+    let h = hessians(&u, &x);
+    let (k, b, n) = (3i64, 4i64, 3i64);
+    for rademacher in [true, false] {
+        for sigma in [None, Some(&shared), Some(&per_sample)] {
+            let m = sigma.map_or(n, |s| s.size()[s.dim() - 1]);
+            let seed = 7 + m as u64;
+            let z = draws(k, b, m, seed, rademacher);
+            let v = match sigma {
+                None => z,
+                Some(s) if s.dim() == 2 => Tensor::einsum("nm,kbm->kbn", &[s, &z], None::<i64>),
+                Some(s) => Tensor::einsum("bnm,kbm->kbn", &[s, &z], None::<i64>),
+            };
+            let reference = Tensor::einsum("kbn,bnp,kbp->b", &[&v, &h, &v], None::<i64>) / k as f64;
+            let e = if rademacher {
+                LaplacianEstimator::Rademacher {
+                    directions: k as usize,
+                    seed: Some(seed),
+                }
+            } else {
+                LaplacianEstimator::Gaussian {
+                    directions: k as usize,
+                    seed: Some(seed),
+                }
+            };
+            for method in [Strategy::Taylor, Strategy::RowLoop] {
+                let mut l = LaplacianOptions::default().estimator(e).strategy(method);
+                if let Some(s) = sigma {
+                    l = l.weights(s);
+                }
+                let out = laplacian(&u, &x, &l).unwrap();
+                assert_close(
+                    &out.laplacian,
+                    &reference,
+                    1e-10,
+                    1e-10,
+                    &format!("{e:?}, σ {:?}, {method:?}", sigma.map(|s| s.size())),
+                );
+            }
+        }
+    }
+}
+
+/// `nested_strategy`: every inner strategy of the nested path gives the trace of the per-sample
+/// Hessian, exact and weighted.
+#[test]
+fn nested_strategies_match_the_hessian_contraction() {
+    let x = rand(&[4, 3], 41);
+    let sigma = rand(&[4, 3, 2], 42);
+    let u = closure("matmul-sigmoid-softplus");
+    let h = hessians(&u, &x);
+    let exact = h.diagonal(0, 1, 2).sum_dim_intlist(1, false, Kind::Double);
+    let weighted = weighted_reference(&h, &sigma);
+    let mut all = vec![Strategy::Auto, Strategy::RowLoop];
+    if tch_jacobian::native::available() {
+        all.push(Strategy::Batched { chunk_size: None });
+        all.push(Strategy::Batched {
+            chunk_size: Some(2),
+        });
+    }
+    for s in all {
+        // (Auto: Taylor mode, not nested; an explicit strategy is the nested inner pass.)
+        let nested = LaplacianOptions::default().strategy(s);
+        let out = laplacian(&u, &x, &nested).unwrap();
+        let expected = if s == Strategy::Auto {
+            Strategy::Taylor
+        } else {
+            s
+        };
+        assert_eq!(out.strategy, expected);
+        assert_close(&out.laplacian, &exact, 1e-10, 1e-10, &format!("Δu, {s}"));
+        let out = laplacian(&u, &x, &nested.weights(&sigma)).unwrap();
+        assert_close(
+            &out.laplacian,
+            &weighted,
+            1e-10,
+            1e-10,
+            &format!("tr(σσᵀH), {s}"),
+        );
     }
 }
 
 #[test]
 fn inputs_of_any_shape() {
-    // x: [B, 2, 3]; u flattens each sample. Both methods, exact and weighted, agree.
+    // x: [B, 2, 3]; u flattens each sample. Both methods, exact and weighted, give the
+    // contraction of the per-sample Hessian.
     let x = rand(&[3, 2, 3], 15) * 0.5;
     let w = rand(&[4, 6], 16);
     let u = |x: &Tensor| {
@@ -203,14 +346,33 @@ fn inputs_of_any_shape() {
     };
     let sigma = rand(&[6, 2], 17);
     for weights in [None, Some(&sigma)] {
-        let mut t = Laplacian::new().method(LaplacianMethod::Taylor);
-        let mut n = Laplacian::new().method(LaplacianMethod::Nested);
+        let mut t = LaplacianOptions::default().strategy(Strategy::Taylor);
+        let mut n = LaplacianOptions::default().strategy(Strategy::RowLoop);
         if let Some(s) = weights {
             t = t.weights(s);
             n = n.weights(s);
         }
-        let (t, n) = (t.compute(u, &x).unwrap(), n.compute(u, &x).unwrap());
-        assert_close(&t.laplacian, &n.laplacian, 1e-10, 1e-10, "[B, 2, 3]: Δu");
+        let (t, n) = (laplacian(u, &x, &t).unwrap(), laplacian(u, &x, &n).unwrap());
+        // The reference: the Hessian [B, 6, 6] of the flattened sample, contracted.
+        let h = hessians(&u, &x);
+        let reference = match weights {
+            None => h.diagonal(0, 1, 2).sum_dim_intlist(1, false, Kind::Double),
+            Some(s) => weighted_reference(&h, s),
+        };
+        assert_close(
+            &t.laplacian,
+            &reference,
+            1e-10,
+            1e-10,
+            "[B, 2, 3]: Δu, Taylor",
+        );
+        assert_close(
+            &n.laplacian,
+            &reference,
+            1e-10,
+            1e-10,
+            "[B, 2, 3]: Δu, nested",
+        );
         if weights.is_none() {
             assert_eq!(t.gradient.as_ref().unwrap().size(), [3, 2, 3]);
             assert_close(
@@ -229,24 +391,24 @@ fn estimators_are_unbiased() {
     // Mean over 400 seeds within 4 standard errors of the exact value, per sample.
     let x = rand(&[3, 3], 20) * 0.5;
     let u = closure("mlp-tanh");
-    let exact = Laplacian::new().compute(&u, &x).unwrap().laplacian;
+    let exact = laplacian(&u, &x, &LaplacianOptions::default())
+        .unwrap()
+        .laplacian;
     for gaussian in [false, true] {
         let draws: Vec<Tensor> = (0..400u64)
             .map(|seed| {
                 let e = if gaussian {
                     LaplacianEstimator::Gaussian {
-                        samples: 2,
+                        directions: 2,
                         seed: Some(seed),
                     }
                 } else {
                     LaplacianEstimator::Rademacher {
-                        samples: 2,
+                        directions: 2,
                         seed: Some(seed),
                     }
                 };
-                Laplacian::new()
-                    .estimator(e)
-                    .compute(&u, &x)
+                laplacian(&u, &x, &LaplacianOptions::default().estimator(e))
                     .unwrap()
                     .laplacian
             })
@@ -260,28 +422,6 @@ fn estimators_are_unbiased() {
             "gaussian={gaussian}: |mean − exact| = {z} standard errors"
         );
     }
-    // Nested reverse mode takes the same directions: the same estimate.
-    let e = LaplacianEstimator::Rademacher {
-        samples: 3,
-        seed: Some(7),
-    };
-    let t = Laplacian::new()
-        .estimator(e)
-        .method(LaplacianMethod::Taylor)
-        .compute(&u, &x)
-        .unwrap();
-    let n = Laplacian::new()
-        .estimator(e)
-        .method(LaplacianMethod::Nested)
-        .compute(&u, &x)
-        .unwrap();
-    assert_close(
-        &t.laplacian,
-        &n.laplacian,
-        1e-10,
-        1e-10,
-        "Rademacher: Taylor vs nested",
-    );
 }
 
 /// The PINN loss mean((Δu − f)²) and its gradient to W1: Taylor mode with create_graph against
@@ -301,11 +441,14 @@ fn pinn_loss_gradient_equals_central_differences() {
                 .tanh()
                 .linear(&w2, None::<&Tensor>)
         };
-        let lap = Laplacian::new()
-            .create_graph(create_graph)
-            .method(LaplacianMethod::Taylor)
-            .compute(u, &x)
-            .unwrap();
+        let lap = laplacian(
+            u,
+            &x,
+            &LaplacianOptions::default()
+                .create_graph(create_graph)
+                .strategy(Strategy::Taylor),
+        )
+        .unwrap();
         (lap.laplacian - &f).square().mean(Kind::Double)
     };
     let w = w1.set_requires_grad(true);
@@ -344,9 +487,10 @@ fn values_do_not_depend_on_grad_mode_and_no_graph_without_create_graph() {
             .tanh()
             .sum_dim_intlist(1, false, Kind::Double)
     };
-    let plain = Laplacian::new().compute(u, &x).unwrap();
+    let plain = laplacian(u, &x, &LaplacianOptions::default()).unwrap();
     assert!(!plain.laplacian.requires_grad());
-    let under = tch::no_grad(|| Laplacian::new().create_graph(true).compute(u, &x).unwrap());
+    let under =
+        tch::no_grad(|| laplacian(u, &x, &LaplacianOptions::default().create_graph(true)).unwrap());
     assert!(under.laplacian.requires_grad());
     assert_close(&plain.laplacian, &under.laplacian, 0.0, 0.0, "no_grad");
 }
@@ -363,15 +507,27 @@ fn auto_falls_back_to_nested_for_ops_without_a_rule() {
         a.cholesky(false)
             .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)
     };
-    match Laplacian::new()
-        .method(LaplacianMethod::Taylor)
-        .compute(u, &x)
-    {
+    match laplacian(
+        u,
+        &x,
+        &LaplacianOptions::default().strategy(Strategy::Taylor),
+    ) {
         Err(Error::NoTaylorRule { op, .. }) => assert!(op.contains("cholesky"), "{op}"),
         other => panic!("expected NoTaylorRule, got {other:?}"),
     }
-    let auto = Laplacian::new().compute(u, &x).unwrap();
-    assert_eq!(auto.method, LaplacianMethod::Nested);
+    let _ = tch_jacobian::second_order::take_reroutes();
+    let auto = laplacian(u, &x, &LaplacianOptions::default()).unwrap();
+    assert_eq!(auto.strategy, Strategy::RowLoop);
+    // The fallback is recorded, with its memory cost.
+    let reroutes = tch_jacobian::second_order::take_reroutes();
+    assert!(
+        reroutes.len() == 1
+            && reroutes[0].from == Strategy::Taylor
+            && reroutes[0].to == Strategy::RowLoop
+            && reroutes[0].reason.contains("cholesky")
+            && reroutes[0].reason.contains("[4, 3, 3] Hessian"),
+        "{reroutes:?}"
+    );
     let rows = laplacian_of(
         u,
         &x,
@@ -381,8 +537,8 @@ fn auto_falls_back_to_nested_for_ops_without_a_rule() {
     assert_close(&auto.laplacian, &rows, 1e-12, 1e-12, "fallback");
     // The session is closed after the failure: the next call runs Taylor mode again.
     let v = |x: &Tensor| x.square().sum_dim_intlist(1, false, Kind::Double);
-    let ok = Laplacian::new().compute(v, &x).unwrap();
-    assert_eq!(ok.method, LaplacianMethod::Taylor);
+    let ok = laplacian(v, &x, &LaplacianOptions::default()).unwrap();
+    assert_eq!(ok.strategy, Strategy::Taylor);
     assert_close(
         &ok.laplacian,
         &Tensor::full([4], 6.0, F64),
@@ -397,33 +553,37 @@ fn errors_name_shapes() {
     let x = rand(&[4, 3], 60);
     let u = |x: &Tensor| x.tanh(); // [B, 3]: not one scalar per sample
     assert!(matches!(
-        Laplacian::new().compute(u, &x),
+        laplacian(u, &x, &LaplacianOptions::default()),
         Err(Error::Shape(_))
     ));
     let v = |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Double);
     let bad = rand(&[2, 2], 61);
     assert!(matches!(
-        Laplacian::new().weights(&bad).compute(v, &x),
+        laplacian(v, &x, &LaplacianOptions::default().weights(&bad)),
         Err(Error::Shape(_))
     ));
     let e = LaplacianEstimator::Gaussian {
-        samples: 0,
+        directions: 0,
         seed: None,
     };
     assert!(matches!(
-        Laplacian::new().estimator(e).compute(v, &x),
+        laplacian(v, &x, &LaplacianOptions::default().estimator(e)),
         Err(Error::InvalidArgument(_))
     ));
     // A closure that panics is an error, and leaves no session open.
     let p = |_: &Tensor| -> Tensor { panic!("boom") };
     assert!(matches!(
-        Laplacian::new()
-            .method(LaplacianMethod::Taylor)
-            .compute(p, &x),
+        laplacian(
+            p,
+            &x,
+            &LaplacianOptions::default().strategy(Strategy::Taylor)
+        ),
         Err(Error::Contract(_))
     ));
     assert_eq!(
-        Laplacian::new().compute(v, &x).unwrap().method,
-        LaplacianMethod::Taylor
+        laplacian(v, &x, &LaplacianOptions::default())
+            .unwrap()
+            .strategy,
+        Strategy::Taylor
     );
 }

@@ -452,7 +452,11 @@ fn jacobian_routes_agree() {
     let x0 = Tensor::from_slice(&[p.start(1.0), p.start(10.0)].concat()).view([2, p.n]);
     let reference = least_squares(p.residual, &x0, &LeastSquaresOptions::default()).unwrap();
     let jac = |x: &Tensor| -> tch_jacobian::Result<Tensor> {
-        tch_jacobian::batch_jacobian_of(p.residual, x, &tch_jacobian::JacobianOptions::default())
+        tch_jacobian::per_sample_jacobian_of(
+            p.residual,
+            x,
+            &tch_jacobian::JacobianOptions::default(),
+        )
     };
     let mut all = vec![
         LeastSquaresOptions::default().strategy(Strategy::RowLoop),
@@ -646,7 +650,7 @@ fn interacting_problems_are_an_error() {
     };
     let x0 = Tensor::from_slice(&[0.5f64, 1.0, 1.5, 0.2, 0.7, 0.1]).view([3, 2]);
     let jac = |x: &Tensor| -> tch_jacobian::Result<Tensor> {
-        tch_jacobian::batch_jacobian_of(
+        tch_jacobian::per_sample_jacobian_of(
             f,
             x,
             &tch_jacobian::JacobianOptions::default().check_independence(false),

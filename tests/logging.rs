@@ -40,11 +40,10 @@ fn warnings(needle: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn a_vmap_fallback_is_logged_once() -> Result<()> {
     install();
-    if !native::available() {
-        return Ok(());
-    }
+    assert!(native::available(), "{}", native::build_status());
     // cummax's backward (aten::cummaxmin_backward) has no batching rule in libtorch 2.11.
     let opts = JacobianOptions::default().strategy(Strategy::Batched { chunk_size: None });
     for _ in 0..2 {
@@ -63,11 +62,10 @@ fn a_vmap_fallback_is_logged_once() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn a_reroute_is_logged_once() -> Result<()> {
     install();
-    if !native::available() {
-        return Ok(());
-    }
+    assert!(native::available(), "{}", native::build_status());
     // A batched pass that libtorch refuses (masked_select's batching rule with a mask that
     // broadcasts x): Auto redoes it by the row loop, and says so.
     let k = (Kind::Double, Device::Cpu);

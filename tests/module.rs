@@ -1,15 +1,15 @@
 //! TorchScript models (tests/gen-torchscript.py, tests/data/ts/) against PyTorch's Jacobians:
-//! `module_jacobian` (`torch.autograd.functional.jacobian`) and `module_batch_jacobian`
+//! `module_jacobian` (`torch.autograd.functional.jacobian`) and `module_per_sample_jacobian`
 //! (`torch.func.vmap(torch.func.jacrev(model))`) with every strategy, tuple outputs, and the
 //! errors: no tensor output, output index out of range, inputs the model rejects, integer
-//! inputs, files that are missing or not TorchScript. f64, allclose defaults.
+//! inputs, files that are missing or not TorchScript. f64 at rtol 1e-10 (`common::f64_tol`).
 mod common;
 
 use common::*;
 use tch::{CModule, Device, Kind, Tensor};
 use tch_jacobian::{
-    load_module, module_batch_jacobian, module_jacobian, module_output, Error, JacobianOptions,
-    Result, Strategy,
+    jacobian_of, load_module, module_jacobian, module_output, module_per_sample_jacobian, Error,
+    JacobianOptions, Result, Strategy,
 };
 
 fn path(name: &str) -> String {
@@ -33,7 +33,7 @@ fn opts(s: Strategy) -> JacobianOptions<'static> {
     fast_opts(s)
 }
 
-/// Checks `module_jacobian` and `module_batch_jacobian` with every strategy against
+/// Checks `module_jacobian` and `module_per_sample_jacobian` with every strategy against
 /// `<case>_j` / `<case>_bj`.
 fn check_case(m: &CModule, case: &str, index: Option<usize>, device: Device) -> Result<()> {
     let (x, bx) = (
@@ -50,10 +50,10 @@ fn check_case(m: &CModule, case: &str, index: Option<usize>, device: Device) -> 
         f64_tol()
             .check(&got, &j)
             .unwrap_or_else(|e| panic!("{case} module_jacobian {s:?}: {e}"));
-        let got = module_batch_jacobian(m, &bx, index, &opts(s))?;
+        let got = module_per_sample_jacobian(m, &bx, index, &opts(s))?;
         f64_tol()
             .check(&got, &bj)
-            .unwrap_or_else(|e| panic!("{case} module_batch_jacobian {s:?}: {e}"));
+            .unwrap_or_else(|e| panic!("{case} module_per_sample_jacobian {s:?}: {e}"));
     }
     Ok(())
 }
@@ -96,19 +96,157 @@ fn tuple_outputs_by_index(device: Device) -> Result<()> {
     Ok(())
 }
 
-/// create_graph: the Jacobian stays differentiable (∂‖J‖²/∂x through the model).
+/// Three create_graph training steps with the executor's optimization on (as training with a
+/// Jacobian penalty does), after which the profiling executor runs its optimized graph.
+fn warm_up(m: &CModule, x: &Tensor) {
+    for _ in 0..3 {
+        let xs = x.detach().set_requires_grad(true);
+        let y = m.forward_ts(&[&xs]).unwrap().sum(Kind::Double);
+        let g = Tensor::run_backward(&[&y], &[&xs], true, true);
+        g[0].sum(Kind::Double).backward();
+    }
+}
+
+/// `(J, ∂‖J‖²/∂x, ∂‖J‖²/∂θ)` for J by `jac` at `x`, θ the model's parameters.
+fn penalty_grads(
+    m: &CModule,
+    x: &Tensor,
+    jac: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let x = x.detach().set_requires_grad(true);
+    let params: Vec<Tensor> = m.named_parameters()?.into_iter().map(|(_, p)| p).collect();
+    assert!(!params.is_empty());
+    let j = jac(&x)?;
+    let mut wrt = vec![&x];
+    wrt.extend(params.iter());
+    let g = Tensor::f_run_backward(&[j.square().sum(Kind::Double)], &wrt, false, false)?;
+    // A weight that J does not depend on (the last bias): zeros, however autograd says it.
+    let g = g
+        .into_iter()
+        .zip(&wrt)
+        .map(|(g, w)| if g.defined() { g } else { w.zeros_like() })
+        .collect();
+    Ok((j.detach(), g))
+}
+
+/// create_graph: `module_jacobian`'s Jacobian is PyTorch's, and the gradient of the penalty
+/// `‖J‖²` with respect to the input and the model's weights equals the row loop's on a closure
+/// of the same model with the executor's optimization off (eager autograd, which `RowLoop` runs
+/// as PyTorch's loop does), every strategy, on a fresh module (the crate turns the executor's
+/// optimization off: the batched pass stays, nothing is rerouted) and on a module warmed up by
+/// three create_graph training steps with the optimization on.
+///
+/// On the warm module libtorch keeps the optimized plan it made (its profiling executor returns
+/// a plan once made before reading the switch), so the graph holds `DifferentiableGraphBackward`
+/// and the guard reroutes the batched strategies to the row loop: right values, slower
+/// ([`CREATE_GRAPH_NATIVE`]; an explicit forward-mode strategy is refused there,
+/// `WrongDerivative`).
 fn create_graph_through_model(device: Device) -> Result<()> {
     let m = model("mlp_tanh", device);
-    let x = ts("mlp_tanh_x", device).set_requires_grad(true);
-    for s in strategies() {
-        let j = module_jacobian(&m, &x, None, &opts(s).create_graph(true))?;
-        assert!(j.requires_grad(), "{s:?}");
-        let g = Tensor::run_backward(&[j.square().sum(Kind::Double)], &[&x], false, false);
-        assert_eq!(g[0].size(), [5]);
-        assert!(g[0].abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    let x = ts("mlp_tanh_x", device);
+    let expected = ts("mlp_tanh_j", device);
+    tch::jit::set_graph_executor_optimize(false);
+    let reference = penalty_grads(&m, &x, |x| {
+        jacobian_of(
+            |x: &Tensor| m.forward_ts(&[x]),
+            x,
+            &opts(Strategy::RowLoop).create_graph(true),
+        )
+    });
+    tch::jit::set_graph_executor_optimize(true);
+    let (_, want) = reference?;
+    let m = model("mlp_tanh", device);
+    let mut outcomes = Vec::new();
+    for warm in [false, true] {
+        if warm {
+            warm_up(&m, &x);
+        }
+        let _ = tch_jacobian::second_order::take_reroutes();
+        for s in strategies() {
+            let phase = if warm { "warm" } else { "fresh" };
+            let what = format!("{s:?} ({phase})");
+            let result = penalty_grads(&m, &x, |x| {
+                module_jacobian(&m, x, None, &opts(s).create_graph(true))
+            });
+            let reroutes: Vec<String> = tch_jacobian::second_order::take_reroutes()
+                .iter()
+                .map(|r| format!(" {}->{}", r.from, r.to))
+                .collect();
+            let (j, got) = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    outcomes.push(format!("{phase} {s}: {}", common::sweep::variant(&e)));
+                    continue;
+                }
+            };
+            assert_eq!(j.kind(), Kind::Double, "{what}");
+            f64_tol()
+                .check(&j, &expected)
+                .unwrap_or_else(|e| panic!("create_graph J {what}: {e}"));
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                f64_tol()
+                    .check(g, w)
+                    .unwrap_or_else(|e| panic!("create_graph ∂‖J‖²/∂(x, θ)[{k}] {what}: {e}"));
+            }
+            outcomes.push(format!("{phase} {s}: ok{}", reroutes.join("")));
+        }
     }
+    let expected_outcomes: &[&str] = if tch_jacobian::native::available() {
+        CREATE_GRAPH_NATIVE
+    } else {
+        CREATE_GRAPH_NO_ENGINE
+    };
+    assert_eq!(
+        outcomes,
+        expected_outcomes,
+        "module_jacobian with create_graph ({} build)",
+        common::build()
+    );
     Ok(())
 }
+
+/// `create_graph_through_model`, per module (fresh, warm) and strategy: `ok` (the values
+/// checked) and the reroutes (`from->to`), or the error's variant. With the engine a fresh module
+/// keeps the batched pass (the executor's optimization is off under `create_graph`).
+const CREATE_GRAPH_NATIVE: &[&str] = &[
+    "fresh auto: ok",
+    "fresh row-loop: ok",
+    "fresh forward: ok",
+    "fresh vectorized: ok",
+    "fresh vectorized:3: ok",
+    "fresh vectorized-forward: ok",
+    "fresh vectorized-forward:2: ok",
+    "fresh batched: ok",
+    "fresh batched:2: ok",
+    "warm auto: ok batched->row-loop",
+    "warm row-loop: ok",
+    "warm forward: WrongDerivative",
+    "warm vectorized: ok",
+    "warm vectorized:3: ok",
+    "warm vectorized-forward: WrongDerivative",
+    "warm vectorized-forward:2: WrongDerivative",
+    "warm batched: ok batched->row-loop",
+    "warm batched:2: ok batched:2->row-loop",
+];
+
+/// Without the engine the executor's switch is not there: the module's own calls warm it up,
+/// and an explicit forward-mode strategy is refused on the fresh module too.
+const CREATE_GRAPH_NO_ENGINE: &[&str] = &[
+    "fresh auto: ok",
+    "fresh row-loop: ok",
+    "fresh forward: WrongDerivative",
+    "fresh vectorized: ok",
+    "fresh vectorized:3: ok",
+    "fresh vectorized-forward: WrongDerivative",
+    "fresh vectorized-forward:2: WrongDerivative",
+    "warm auto: ok",
+    "warm row-loop: ok",
+    "warm forward: WrongDerivative",
+    "warm vectorized: ok",
+    "warm vectorized:3: ok",
+    "warm vectorized-forward: WrongDerivative",
+    "warm vectorized-forward:2: WrongDerivative",
+];
 
 fn errors_are_errors(device: Device) -> Result<()> {
     let o = JacobianOptions::default();
@@ -123,7 +261,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
             assert!(e.to_string().contains("not a tensor"), "{e}");
         }
         assert_err(
-            module_batch_jacobian(&m, &ts("mlp_tanh_bx", device), None, &o),
+            module_per_sample_jacobian(&m, &ts("mlp_tanh_bx", device), None, &o),
             &["not a tensor"],
         );
     }
@@ -165,7 +303,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
         &["the model rejected an input of shape [5] (Float"],
     );
     assert_err(
-        module_batch_jacobian(&mlp, &ts("bad_shape_x", device).view([1, 3]), None, &o),
+        module_per_sample_jacobian(&mlp, &ts("bad_shape_x", device).view([1, 3]), None, &o),
         &["shapes cannot be multiplied"],
     );
     // Integer inputs.
@@ -175,7 +313,7 @@ fn errors_are_errors(device: Device) -> Result<()> {
         assert!(e.to_string().contains("Int64"), "{e}");
     }
     assert_err(
-        module_batch_jacobian(&mlp, &ts("int_x", device).view([1, 5]), None, &o),
+        module_per_sample_jacobian(&mlp, &ts("int_x", device).view([1, 5]), None, &o),
         &["Int64", "floating-point"],
     );
     Ok(())
@@ -198,13 +336,22 @@ fn auto_falls_back_for_fixed_shape_models(device: Device) -> Result<()> {
     let expected = (1f64 - x.matmul(&w.tr()).tanh().square()).unsqueeze(1) * &w;
     let j = module_jacobian(&traced, &x, None, &JacobianOptions::default())?;
     f64_tol().check(&j, &expected).unwrap();
-    assert!(module_jacobian(
+    let e = module_jacobian(
         &traced,
         &x,
         None,
-        &opts(Strategy::Vectorized { chunk_size: None })
+        &opts(Strategy::Vectorized { chunk_size: None }),
     )
-    .is_err());
+    .unwrap_err();
+    // The model itself rejects the stacked copies; its message is passed on.
+    assert!(matches!(e, Error::Torch(_)), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!(
+            "the model rejected an input of shape [2, 5] (Double, {device:?})"
+        )) && msg.contains("shape '[1, 5]' is invalid for input of size 10"),
+        "{msg}"
+    );
     Ok(())
 }
 
@@ -266,10 +413,9 @@ fn shared_between_threads() {
 /// `nn.TransformerEncoderLayer`. With the vmap fallback off, the batched engine names it; on
 /// (the default), J equals PyTorch's and the row loop's, and the op is reported.
 #[test]
+#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
 fn transformer_takes_the_vmap_fallback() -> Result<()> {
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     let device = Device::Cpu;
     let m = model("transformer", device);
     let x = ts("transformer_x", device);

@@ -5,7 +5,8 @@ mod common;
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    contractive_penalty, contractive_penalty_per_sample, Estimator, Result, Tolerance,
+    jacobian_penalty, jacobian_penalty_per_sample, testing::Tolerance, PenaltyEstimator,
+    PenaltyOptions, Result,
 };
 
 /// The fixture's encoder h = σ(x Wᵀ + b) with W, b as leaves that require grad.
@@ -28,18 +29,30 @@ fn matches_pytorch(device: Device) -> Result<()> {
     // Exact.
     let (w, b, x, h) = encoder(device);
     tol.check(
-        &contractive_penalty_per_sample(&h, &x, &Estimator::Exact)?,
+        &jacobian_penalty_per_sample(
+            &h,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        )?,
         &fx("penalty", "per_sample", device),
     )
     .unwrap();
-    let p = contractive_penalty(&h, &x, &Estimator::Exact)?;
+    let p = jacobian_penalty(
+        &h,
+        &x,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+    )?;
     tol.check(&p, &fx("penalty", "exact", device)).unwrap();
     let (gw, gb) = grads(&p, &w, &b);
     tol.check(&gw, &fx("penalty", "grad_w", device)).unwrap();
     tol.check(&gb, &fx("penalty", "grad_b", device)).unwrap();
     // Closed form: same value, and gradients through both factors (h and W²).
     let (w, b, x, h) = encoder(device);
-    let p = contractive_penalty(&h, &x, &Estimator::sigmoid_closed_form(&w))?;
+    let p = jacobian_penalty(
+        &h,
+        &x,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::sigmoid_closed_form(&w)),
+    )?;
     tol.check(&p, &fx("penalty", "closed", device)).unwrap();
     tol.check(&p, &fx("penalty", "exact", device)).unwrap();
     let (gw, gb) = grads(&p, &w, &b);
@@ -50,12 +63,12 @@ fn matches_pytorch(device: Device) -> Result<()> {
         .unwrap();
     // Projections with PyTorch's directions.
     let (w, b, x, h) = encoder(device);
-    let p = contractive_penalty(
+    let p = jacobian_penalty(
         &h,
         &x,
-        &Estimator::FixedProjections {
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::FixedProjections {
             v: fx("penalty", "v", device),
-        },
+        }),
     )?;
     tol.check(&p, &fx("penalty", "proj", device)).unwrap();
     let (gw, gb) = grads(&p, &w, &b);
@@ -66,7 +79,7 @@ fn matches_pytorch(device: Device) -> Result<()> {
     Ok(())
 }
 
-/// Closed form equals exact (relative 1e-5) on random sigmoid encoders, f32 and f64.
+/// Closed form equals exact (relative 1e-5 in f32, 1e-10 in f64) on random sigmoid encoders.
 fn closed_form_equals_exact(device: Device) -> Result<()> {
     tch::manual_seed(3);
     for kind in [Kind::Float, Kind::Double] {
@@ -75,10 +88,18 @@ fn closed_form_equals_exact(device: Device) -> Result<()> {
             let b = Tensor::randn([m], (kind, device));
             let x = Tensor::randn([batch, n], (kind, device)).set_requires_grad(true);
             let h = (x.matmul(&w.tr()) + &b).sigmoid();
-            let exact = contractive_penalty_per_sample(&h, &x, &Estimator::Exact)?;
-            let closed =
-                contractive_penalty_per_sample(&h, &x, &Estimator::sigmoid_closed_form(&w))?;
-            Tolerance::new(1e-5, 0.0)
+            let exact = jacobian_penalty_per_sample(
+                &h,
+                &x,
+                &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+            )?;
+            let closed = jacobian_penalty_per_sample(
+                &h,
+                &x,
+                &PenaltyOptions::default().estimator(&PenaltyEstimator::sigmoid_closed_form(&w)),
+            )?;
+            let rtol = if kind == Kind::Double { 1e-10 } else { 1e-5 };
+            Tolerance::new(rtol, 0.0)
                 .check(&closed, &exact)
                 .unwrap_or_else(|e| panic!("{kind:?} {batch}x{n}->{m}: {e}"));
         }
@@ -98,18 +119,23 @@ fn projections_unbiased(device: Device) -> Result<()> {
         .to_device(device)
         .set_requires_grad(true);
     let h = x.matmul(&w.tr()).sigmoid();
-    let exact = contractive_penalty(&h, &x, &Estimator::Exact)?.double_value(&[]);
+    let exact = jacobian_penalty(
+        &h,
+        &x,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+    )?
+    .double_value(&[]);
     let mut spreads = Vec::new();
     for k in [1usize, 4, 16] {
         let draws: Vec<f64> = (0..200u64)
             .map(|seed| {
-                contractive_penalty(
+                jacobian_penalty(
                     &h,
                     &x,
-                    &Estimator::Projections {
-                        k,
+                    &PenaltyOptions::default().estimator(&PenaltyEstimator::Projections {
+                        directions: k,
                         seed: Some(seed),
-                    },
+                    }),
                 )
                 .map(|p| p.double_value(&[]))
             })
@@ -135,17 +161,24 @@ fn projections_unbiased(device: Device) -> Result<()> {
     );
     // Same seed, same value; torch's generator when no seed.
     let seeded = || {
-        let est = Estimator::Projections {
-            k: 2,
+        let est = PenaltyEstimator::Projections {
+            directions: 2,
             seed: Some(9),
         };
-        contractive_penalty(&h, &x, &est)
+        jacobian_penalty(&h, &x, &PenaltyOptions::default().estimator(&est))
     };
     let (a, b) = (seeded()?, seeded()?);
     assert_eq!(a.double_value(&[]), b.double_value(&[]));
     assert!(
-        contractive_penalty(&h, &x, &Estimator::Projections { k: 2, seed: None })?
-            .double_value(&[])
+        jacobian_penalty(
+            &h,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Projections {
+                directions: 2,
+                seed: None
+            })
+        )?
+        .double_value(&[])
             > 0.0
     );
     Ok(())
@@ -158,64 +191,91 @@ fn bad_inputs(device: Device) -> Result<()> {
     let h = x.matmul(&w.tr()).sigmoid();
     // Closed form with shapes that are not a sigmoid layer's.
     assert_err(
-        contractive_penalty(
+        jacobian_penalty(
             &h,
             &x,
-            &Estimator::sigmoid_closed_form(&Tensor::randn([3, 4], k)),
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::sigmoid_closed_form(
+                &Tensor::randn([3, 4], k),
+            )),
         ),
         &["w: [m, n]", "[3, 4]"],
     );
     assert_err(
-        contractive_penalty(
+        jacobian_penalty(
             &h,
             &x,
-            &Estimator::sigmoid_closed_form(&Tensor::randn([4], k)),
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::sigmoid_closed_form(
+                &Tensor::randn([4], k),
+            )),
         ),
         &["w [4]"],
     );
     // k = 0.
     assert_err(
-        contractive_penalty(&h, &x, &Estimator::Projections { k: 0, seed: None }),
-        &["k = 0"],
+        jacobian_penalty(
+            &h,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Projections {
+                directions: 0,
+                seed: None,
+            }),
+        ),
+        &["directions ≥ 1"],
     );
     // h not connected to x.
     let detached = x.detach().matmul(&w.tr()).sigmoid();
     assert_err(
-        contractive_penalty(&detached, &x, &Estimator::Exact),
+        jacobian_penalty(
+            &detached,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        ),
         &["not connected to x"],
     );
     assert_err(
-        contractive_penalty(
+        jacobian_penalty(
             &detached,
             &x,
-            &Estimator::Projections {
-                k: 1,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Projections {
+                directions: 1,
                 seed: Some(1),
-            },
+            }),
         ),
         &["not connected"],
     );
     // x without requires_grad, batch mismatch, empty batch, wrong fixed directions.
     assert_err(
-        contractive_penalty(&h, &x.detach(), &Estimator::Exact),
+        jacobian_penalty(
+            &h,
+            &x.detach(),
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        ),
         &["does not require grad"],
     );
     assert_err(
-        contractive_penalty(&h.narrow(0, 0, 2), &x, &Estimator::Exact),
+        jacobian_penalty(
+            &h.narrow(0, 0, 2),
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        ),
         &["same batch size", "[2, 4]", "[5, 3]"],
     );
     let e = Tensor::zeros([0, 3], k).set_requires_grad(true);
     assert_err(
-        contractive_penalty(&e.sigmoid(), &e, &Estimator::Exact),
+        jacobian_penalty(
+            &e.sigmoid(),
+            &e,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        ),
         &["empty batch"],
     );
     assert_err(
-        contractive_penalty(
+        jacobian_penalty(
             &h,
             &x,
-            &Estimator::FixedProjections {
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::FixedProjections {
                 v: Tensor::ones([2, 5, 3], k),
-            },
+            }),
         ),
         &[
             "FixedProjections needs v: [k ≥ 1, *h.shape] = [k, 5, 4]",
@@ -235,11 +295,12 @@ fn hutch_plus_plus_matches_pytorch(device: Device) -> Result<()> {
         fx_var(c, "x", device),
     );
     let h = (x.matmul(&w.tr()) + &b).sigmoid();
-    let est = Estimator::FixedHutchPlusPlus {
+    let est = PenaltyEstimator::FixedHutchPlusPlus {
         sketch: fx(c, "s", device),
         v: fx(c, "v", device),
     };
-    let per_sample = contractive_penalty_per_sample(&h, &x, &est)?;
+    let per_sample =
+        jacobian_penalty_per_sample(&h, &x, &PenaltyOptions::default().estimator(&est))?;
     f64_tol()
         .check(&per_sample, &fx(c, "per_sample", device))
         .unwrap();
@@ -264,10 +325,18 @@ fn hutch_plus_plus_unbiased_and_tighter(device: Device) -> Result<()> {
         .to_device(device)
         .set_requires_grad(true);
     let h = x.matmul(&w.tr()).sigmoid();
-    let exact = contractive_penalty(&h, &x, &Estimator::Exact)?.double_value(&[]);
-    let stats = |est: &dyn Fn(u64) -> Estimator| -> Result<(f64, f64)> {
+    let exact = jacobian_penalty(
+        &h,
+        &x,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+    )?
+    .double_value(&[]);
+    let stats = |est: &dyn Fn(u64) -> PenaltyEstimator| -> Result<(f64, f64)> {
         let draws: Vec<f64> = (0..200u64)
-            .map(|seed| contractive_penalty(&h, &x, &est(seed)).map(|p| p.double_value(&[])))
+            .map(|seed| {
+                jacobian_penalty(&h, &x, &PenaltyOptions::default().estimator(&est(seed)))
+                    .map(|p| p.double_value(&[]))
+            })
             .collect::<Result<_>>()?;
         let mean = draws.iter().sum::<f64>() / draws.len() as f64;
         let sd = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (draws.len() - 1) as f64)
@@ -275,8 +344,8 @@ fn hutch_plus_plus_unbiased_and_tighter(device: Device) -> Result<()> {
         Ok((mean, sd))
     };
     for k in [4usize, 8] {
-        let (mean, sd) = stats(&|seed| Estimator::HutchPlusPlus {
-            k,
+        let (mean, sd) = stats(&|seed| PenaltyEstimator::HutchPlusPlus {
+            directions: k,
             seed: Some(seed),
         })?;
         let se = sd / 200f64.sqrt();
@@ -285,8 +354,8 @@ fn hutch_plus_plus_unbiased_and_tighter(device: Device) -> Result<()> {
             "k={k}: mean {mean} vs exact {exact}, 4 SE = {:.3e}",
             4.0 * se
         );
-        let (_, sd_proj) = stats(&|seed| Estimator::Projections {
-            k,
+        let (_, sd_proj) = stats(&|seed| PenaltyEstimator::Projections {
+            directions: k,
             seed: Some(seed),
         })?;
         eprintln!("k={k}: Hutch++ sd {sd:.3e}, projections sd {sd_proj:.3e}, exact {exact:.3e}");
@@ -312,13 +381,17 @@ fn hutch_plus_plus_through_layer_norm(device: Device) -> Result<()> {
     let h = x
         .matmul(&w.tr())
         .layer_norm([m], None::<Tensor>, None::<Tensor>, 1e-5, false);
-    let exact = contractive_penalty(&h, &x, &Estimator::Exact)?;
+    let exact = jacobian_penalty(
+        &h,
+        &x,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+    )?;
     let _ = tch_jacobian::second_order::take_reroutes();
-    let est = Estimator::FixedHutchPlusPlus {
+    let est = PenaltyEstimator::FixedHutchPlusPlus {
         sketch: Tensor::randn([n, batch, m], k),
         v: Tensor::randn([1, batch, m], k),
     };
-    let hpp = contractive_penalty(&h, &x, &est)?;
+    let hpp = jacobian_penalty(&h, &x, &PenaltyOptions::default().estimator(&est))?;
     if tch_jacobian::native::available() {
         let reroutes = tch_jacobian::second_order::take_reroutes();
         assert!(

@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, jacobian_of, jacobian_with, laplacian_of,
-    Strategy, Tolerance,
+    jacobian_of, jacobian_with, laplacian_of, per_sample_hessian_of, per_sample_jacobian,
+    per_sample_jacobian_of, testing::Tolerance, Strategy,
 };
 
 /// A strategy with its chunk size set to `chunk` where it has one.
@@ -140,7 +140,16 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
         }
     };
     let check_second = |what: &str, got: &[Tensor], want: &[Tensor]| -> tch_jacobian::Result<()> {
-        if case.create_graph && m > 0 && got.iter().all(|j| j.requires_grad()) {
+        if case.create_graph && m > 0 {
+            // A strategy that dropped create_graph must fail here, not skip the check.
+            for (k, j) in got.iter().enumerate() {
+                assert!(
+                    j.requires_grad(),
+                    "{what} block {k} (shape {:?}, {:?}) does not require grad under create_graph, {case:?}",
+                    j.size(),
+                    j.kind()
+                );
+            }
             compare(&format!("{what} d‖J‖²/dA"), &second(got)?, &second(want)?);
         }
         Ok(())
@@ -167,16 +176,16 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
             }
         }
         Some(_) => {
-            let reference = vec![batch_jacobian(&y, &xs[0], &base)?];
+            let reference = vec![per_sample_jacobian(&y, &xs[0], &base)?];
             let g = |x: &Tensor| f(&[x]);
             for s in &strategies {
                 if !needs_closure(*s) {
-                    let got = vec![batch_jacobian(&y, &xs[0], &base.strategy(*s))?];
-                    compare(&format!("batch_jacobian {s:?}"), &got, &reference);
-                    check_second(&format!("batch_jacobian {s:?}"), &got, &reference)?;
+                    let got = vec![per_sample_jacobian(&y, &xs[0], &base.strategy(*s))?];
+                    compare(&format!("per_sample_jacobian {s:?}"), &got, &reference);
+                    check_second(&format!("per_sample_jacobian {s:?}"), &got, &reference)?;
                 }
-                let got = vec![batch_jacobian_of(g, &xs[0], &base.strategy(*s))?];
-                compare(&format!("batch_jacobian_of {s:?}"), &got, &reference);
+                let got = vec![per_sample_jacobian_of(g, &xs[0], &base.strategy(*s))?];
+                compare(&format!("per_sample_jacobian_of {s:?}"), &got, &reference);
             }
             // Per-sample Hessians and Laplacians of u(x) = ‖f(x)_b‖² against the row loop.
             let b = xs[0].size()[0];
@@ -187,13 +196,13 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
                         .square()
                         .sum_dim_intlist(1, false, kind)
                 };
-                let h_ref = vec![batch_hessian_of(u, &xs[0], &base)?];
+                let h_ref = vec![per_sample_hessian_of(u, &xs[0], &base)?];
                 let l_ref = vec![laplacian_of(u, &xs[0], &base)?];
                 for s in strategies.iter().filter(|s| !needs_closure(**s)) {
                     let o = base.strategy(*s);
                     compare(
-                        &format!("batch_hessian_of {s:?}"),
-                        &[batch_hessian_of(u, &xs[0], &o)?],
+                        &format!("per_sample_hessian_of {s:?}"),
+                        &[per_sample_hessian_of(u, &xs[0], &o)?],
                         &h_ref,
                     );
                     compare(
@@ -208,8 +217,25 @@ fn check(case: &Case) -> tch_jacobian::Result<()> {
     Ok(())
 }
 
+/// The generator's seed: fixed, so that every run (CI included) checks the same 48 cases and a
+/// failure reproduces; `PROPTEST_RNG_SEED=<u64>` picks other cases on purpose. The failing case
+/// is printed in full by the panic message (failure files are not kept: `failure_persistence`
+/// off, the seed reproduces it).
+fn rng_seed() -> proptest::test_runner::RngSeed {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_251_126);
+    proptest::test_runner::RngSeed::Fixed(seed)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        rng_seed: rng_seed(),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn every_strategy_equals_the_row_loop(case in case()) {

@@ -1,15 +1,16 @@
 //! The API against PyTorch fixtures (tests/gen-fixtures.py): `jacobian_with` / `jacobian_of`
 //! with every strategy, several inputs, strict, create_graph second-order values, batch
-//! Jacobians, vjp/jvp/hvp/hessian. f64 to allclose defaults unless a reason is stated.
+//! Jacobians, vjp/jvp/hvp/hessian. f64 at rtol 1e-10 (`common::f64_tol`; the result's kind is
+//! checked too) unless a reason is stated.
 mod common;
 
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, frobenius_norm_sq, hessian, hessian_of,
-    hvp, jacobian_of, jacobian_of_aux, jacobian_with, jacobians, jvp, jvp_batched, laplacian_of,
-    per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module, vjp,
-    vjp_batched, JacobianOptions, Result, Strategy,
+    frobenius_norm_sq, hessian, hessian_of, hvp, jacobian_of, jacobian_of_aux, jacobian_with,
+    jacobians, jvp, jvp_batched, laplacian_of, per_sample_gradients, per_sample_gradients_of,
+    per_sample_gradients_of_module, per_sample_hessian_of, per_sample_jacobian,
+    per_sample_jacobian_of, vjp, vjp_batched, JacobianOptions, Result, Strategy,
 };
 
 fn opts(s: Strategy) -> JacobianOptions<'static> {
@@ -54,10 +55,14 @@ fn mlps(device: Device) -> Result<()> {
         );
         let f = |x: &Tensor| f_act(&(x.matmul(&w1.tr()) + &b1)).matmul(&w2.tr()) + &b2;
         check_all(&case, &f, &fx(&case, "x", device), device)?;
-        // jacrev agrees with functional.jacobian.
+        // PyTorch's other tool, torch.func.jacrev, as a second reference for the default call.
+        let x = fx(&case, "x", device);
         f64_tol()
-            .check(&fx(&case, "j_rev", device), &fx(&case, "j", device))
-            .unwrap();
+            .check(
+                &jacobian_of(f, &x, &JacobianOptions::default())?,
+                &fx(&case, "j_rev", device),
+            )
+            .unwrap_or_else(|e| panic!("{case} against jacrev: {e}"));
     }
     Ok(())
 }
@@ -217,23 +222,23 @@ fn batch_matches_vmap_jacrev(device: Device) -> Result<()> {
     let f = |x: &Tensor| (x.matmul(&w1.tr()) + &b1).tanh().matmul(&w2.tr()) + &b2;
     let x = fx(c, "x", device);
     for s in strategies() {
-        let j = batch_jacobian_of(f, &x, &opts(s))?;
+        let j = per_sample_jacobian_of(f, &x, &opts(s))?;
         f64_tol()
             .check(&j, &fx(c, "j", device))
-            .unwrap_or_else(|e| panic!("batch_jacobian_of {s:?}: {e}"));
+            .unwrap_or_else(|e| panic!("per_sample_jacobian_of {s:?}: {e}"));
         if !needs_closure(s) {
             let xg = x.detach().set_requires_grad(true);
-            let j = batch_jacobian(&f(&xg), &xg, &opts(s))?;
+            let j = per_sample_jacobian(&f(&xg), &xg, &opts(s))?;
             f64_tol()
                 .check(&j, &fx(c, "j", device))
-                .unwrap_or_else(|e| panic!("batch_jacobian {s:?}: {e}"));
+                .unwrap_or_else(|e| panic!("per_sample_jacobian {s:?}: {e}"));
         }
     }
     // Per-sample 2-D inputs: [B, 2, 4] -> [B, 3] -> J [B, 3, 2, 4].
     let w = fx("batch_2d", "w", device);
     let f2 = |x: &Tensor| x.flatten(1, -1).matmul(&w.tr()).sigmoid();
     for s in strategies() {
-        let j = batch_jacobian_of(f2, &fx("batch_2d", "x", device), &opts(s))?;
+        let j = per_sample_jacobian_of(f2, &fx("batch_2d", "x", device), &opts(s))?;
         assert_eq!(j.size(), [5, 3, 2, 4]);
         f64_tol()
             .check(&j, &fx("batch_2d", "j", device))
@@ -379,7 +384,7 @@ fn hessian_of_closure(device: Device) -> Result<()> {
     Ok(())
 }
 
-/// `batch_hessian_of` and `laplacian_of` against `vmap(hessian(u))` for a PINN-style tanh MLP
+/// `per_sample_hessian_of` and `laplacian_of` against `vmap(hessian(u))` for a PINN-style tanh MLP
 /// u: ℝ³ → ℝ, and the gradient of the Laplacian loss `mean((Δu)²)` to `W1` (third derivatives)
 /// against PyTorch's, with every strategy.
 fn batch_hessian_matches(device: Device) -> Result<()> {
@@ -401,12 +406,24 @@ fn batch_hessian_matches(device: Device) -> Result<()> {
             .linear(&w3, Some(&b3))
     };
     let u = |x: &Tensor| u1(x).squeeze_dim(-1);
-    let mut all = graph_strategies();
-    all.push(Strategy::Vectorized { chunk_size: None }); // falls back to Auto
-    for s in all {
+    // The strategies that need the gradient's closure are refused (it does not exist).
+    for s in [
+        Strategy::Vectorized { chunk_size: None },
+        Strategy::VectorizedForward { chunk_size: None },
+    ] {
+        assert_err(
+            per_sample_hessian_of(u, &x, &opts(s)),
+            &["needs the closure of the gradient"],
+        );
+        assert_err(laplacian_of(u, &x, &opts(s)), &["makes no Laplacian"]);
+    }
+    for s in graph_strategies() {
         f64_tol()
-            .check(&batch_hessian_of(u, &x, &opts(s))?, &fx(c, "h", device))
-            .unwrap_or_else(|e| panic!("batch_hessian_of {s:?}: {e}"));
+            .check(
+                &per_sample_hessian_of(u, &x, &opts(s))?,
+                &fx(c, "h", device),
+            )
+            .unwrap_or_else(|e| panic!("per_sample_hessian_of {s:?}: {e}"));
         f64_tol()
             .check(&laplacian_of(u1, &x, &opts(s))?, &fx(c, "lap", device))
             .unwrap_or_else(|e| panic!("laplacian_of {s:?}: {e}"));
@@ -419,12 +436,12 @@ fn batch_hessian_matches(device: Device) -> Result<()> {
     // Bad input is an error: a closure with more than one value per sample, an empty batch.
     let o = JacobianOptions::default();
     assert_err(
-        batch_hessian_of(|x: &Tensor| x.tanh(), &x, &o),
+        per_sample_hessian_of(|x: &Tensor| x.tanh(), &x, &o),
         &["one scalar per sample", "[4, 3]"],
     );
     assert_err(laplacian_of(u, &x.narrow(0, 0, 0), &o), &["empty batch"]);
     // A linear u has H = 0 (its gradient does not depend on x).
-    let h = batch_hessian_of(
+    let h = per_sample_hessian_of(
         |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Double),
         &x,
         &o,

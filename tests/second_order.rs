@@ -11,17 +11,21 @@ mod common;
 
 use std::path::Path;
 
+use common::expect;
 use common::sweep::{self, Mode, Outcome, Route};
 use common::wrong;
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{
-    hessian_of, jacobian_of, jacobian_with, Error, JacobianOptions, Result, Strategy,
-};
+use tch_jacobian::{hessian_of, jacobian_of, jacobian_with, JacobianOptions, Result, Strategy};
 
-/// Every route in every mode on the committed cases: no wrong value and no panic anywhere;
-/// `Auto` (graph and closure) and the row loop always right; the others right or refused on
-/// purpose (an explicit `Batched` may also fail where libtorch refuses the batched pass; without
-/// the C++ part an explicit forward-mode strategy is unchecked).
+/// Every route in every mode on the committed cases, in both builds:
+///
+/// * no wrong value, no result of a wrong shape and no panic anywhere; `Auto` (graph and
+///   closure) and the row loop always right;
+/// * every `(case, mode, k, route)`'s outcome (`ok`, or the error's variant: `WrongDerivative`,
+///   `Contract`, `Torch`, …), its reroutes (`second_order::take_reroutes`) and its vmap fallbacks
+///   equal to the committed tests/expected/second_order-<build>.tsv: a new refusal, error or
+///   reroute (Auto's row-loop recovery hiding a batching-rule regression) fails until the file
+///   is blessed on purpose (`TCH_JACOBIAN_BLESS=1`).
 fn opinfo_subset(device: Device) -> Result<()> {
     let dir = Path::new(&common::root()).join("tests/data/second_order");
     let cases = sweep::read_manifest(&dir);
@@ -33,31 +37,29 @@ fn opinfo_subset(device: Device) -> Result<()> {
     );
     let routes = sweep::routes();
     let mut bad = Vec::new();
-    let mut ok = 0;
+    let mut table = sweep::table();
+    let mut n = 0;
     for case in &cases {
         for row in sweep::run_case(&dir, case, &Mode::ALL, &routes, device) {
+            n += 1;
             let must_be_ok = matches!(
                 row.route,
                 Route::Graph(Strategy::Auto | Strategy::RowLoop) | Route::Closure(Strategy::Auto)
             );
-            // Without the C++ part an explicit forward-mode strategy runs unchecked.
-            let unchecked = !tch_jacobian::native::available()
-                && matches!(row.route, Route::Graph(s) | Route::Closure(s) if forward_mode(s));
             let fine = match &row.outcome {
-                Outcome::Ok => true,
-                Outcome::Wrong { .. } => unchecked,
-                Outcome::Panic(_) => false,
-                Outcome::Refused(_) | Outcome::Error(_) => !must_be_ok,
-                Outcome::NotApplicable(_) => true,
+                Outcome::Ok | Outcome::NotApplicable(_) => true,
+                Outcome::Wrong { .. }
+                | Outcome::WrongShape(_)
+                | Outcome::WrongKind(_)
+                | Outcome::Panic(_) => false,
+                Outcome::Error { .. } => !must_be_ok,
             };
-            if fine {
-                ok += 1;
-            } else {
+            table.push(row.fields());
+            if !fine {
                 bad.push(row);
             }
         }
     }
-    let _ = tch_jacobian::second_order::take_reroutes();
     if !bad.is_empty() {
         let first: Vec<String> = bad
             .iter()
@@ -76,18 +78,31 @@ fn opinfo_subset(device: Device) -> Result<()> {
             })
             .collect();
         panic!(
-            "{} of {} sweep results are wrong or failed; first ones:\n{}",
+            "{} of {n} sweep results are wrong or failed ({} build, {device:?}); first ones:\n{}",
             bad.len(),
-            bad.len() + ok,
+            common::build(),
             first.join("\n")
         );
     }
+    let path = common::expected_path("second_order", device);
+    expect::check(
+        &path,
+        EXPECTED_COMMENT,
+        &table,
+        |_| true,
+        &format!("opinfo_subset ({} build, {device:?})", common::build()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     Ok(())
 }
 
-fn forward_mode(s: Strategy) -> bool {
-    matches!(s, Strategy::Forward | Strategy::VectorizedForward { .. })
-}
+const EXPECTED_COMMENT: &str =
+    "The CI subset of the second-order sweep (tests/second_order.rs, opinfo_subset): every\n\
+(case, mode, k, route)'s outcome (ok, or err:<the Error variant>), the reroutes the crate\n\
+recorded (from->to) and the ops that took libtorch's vmap fallback. Written by\n\
+TCH_JACOBIAN_BLESS=1 cargo test --test second_order (add --no-default-features for the\n\
+no-engine file); review the diff before committing. detail (an error's first line) is not\n\
+compared.";
 
 fn cg(s: Strategy) -> JacobianOptions<'static> {
     JacobianOptions::default().create_graph(true).strategy(s)
@@ -131,9 +146,44 @@ fn norm_grads(
 /// A normalization `(x, w, b) ↦ y`.
 type Norm = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
 
+/// The `norm | J with respect to | strategy | error variant` that `norms_eager` expects to
+/// refuse, in its order. `WrongDerivative`: the forward-mode strategies through layer, batch and
+/// instance norm. `Torch`: the replicated strategies call the closure on stacked copies
+/// `[k, *x]`, which batch, instance and group norm read as another channel count (libtorch
+/// rejects the shape); layer_norm over the last dimension is row-wise and must succeed.
+const NORM_REFUSALS: &[&str] = &[
+    "layer_norm | input | forward | WrongDerivative",
+    "layer_norm | input | vectorized-forward | WrongDerivative",
+    "layer_norm | input | vectorized-forward:2 | WrongDerivative",
+    "layer_norm | weight | forward | WrongDerivative",
+    "batch_norm train | input | forward | WrongDerivative",
+    "batch_norm train | input | vectorized | Torch",
+    "batch_norm train | input | vectorized:3 | Torch",
+    "batch_norm train | input | vectorized-forward | WrongDerivative",
+    "batch_norm train | input | vectorized-forward:2 | WrongDerivative",
+    "batch_norm train | weight | forward | WrongDerivative",
+    "batch_norm eval | input | forward | WrongDerivative",
+    "batch_norm eval | input | vectorized | Torch",
+    "batch_norm eval | input | vectorized:3 | Torch",
+    "batch_norm eval | input | vectorized-forward | WrongDerivative",
+    "batch_norm eval | input | vectorized-forward:2 | WrongDerivative",
+    "batch_norm eval | weight | forward | WrongDerivative",
+    "instance_norm | input | forward | WrongDerivative",
+    "instance_norm | input | vectorized | Torch",
+    "instance_norm | input | vectorized:3 | Torch",
+    "instance_norm | input | vectorized-forward | WrongDerivative",
+    "instance_norm | input | vectorized-forward:2 | WrongDerivative",
+    "instance_norm | weight | forward | WrongDerivative",
+    "group_norm | input | vectorized | Torch",
+    "group_norm | input | vectorized:3 | Torch",
+    "group_norm | input | vectorized-forward | Torch",
+    "group_norm | input | vectorized-forward:2 | Torch",
+];
+
 /// Eager closures through layer_norm, batch_norm (train and eval), instance_norm and
 /// group_norm: every strategy gives the row loop's second-order value (within 1e-10 in f64), or
-/// refuses with `WrongDerivative` (the forward-mode strategies through layer and batch norm).
+/// refuses as [`NORM_REFUSALS`] lists, in both builds (the graph scan and the `WrongDerivative`
+/// guard are in every build).
 fn norms_eager(device: Device) -> Result<()> {
     let o = (Kind::Double, device);
     tch::manual_seed(7);
@@ -215,6 +265,7 @@ fn norms_eager(device: Device) -> Result<()> {
             }),
         ),
     ];
+    let mut refusals = Vec::new();
     for (name, shape, norm) in &cases {
         let x = Tensor::randn(shape.as_slice(), o);
         let (w, b) = (Tensor::randn([4], o), Tensor::randn([4], o));
@@ -238,44 +289,47 @@ fn norms_eager(device: Device) -> Result<()> {
                 if !wrt_input && common::needs_closure(s) {
                     continue;
                 }
-                if !tch_jacobian::native::available() && forward_mode(s) {
-                    continue; // unchecked without the C++ part (see second_order's docs)
-                }
+                let wrt = if wrt_input { "input" } else { "weight" };
                 match norm_grads(norm.as_ref(), &x, (&w, &b), &r, wrt_input, s) {
                     Ok(g) => {
                         for (got, want) in g.iter().zip(&truth) {
+                            assert_eq!(got.kind(), Kind::Double, "{name} {wrt} {s}");
                             let d = (got - want).abs().max().double_value(&[]);
                             let scale = want.abs().max().double_value(&[]).max(1.0);
                             assert!(
                                 d <= 1e-10 * scale,
-                                "{name} (J w.r.t. {}) {s}: max |Δ| {d:e} from the row loop",
-                                if wrt_input { "the input" } else { "the weight" }
+                                "{name} (J w.r.t. the {wrt}) {s}: max |Δ| {d:e} from the row loop",
                             );
                         }
                     }
-                    Err(Error::WrongDerivative { .. }) if forward_mode(s) => {
-                        assert!(
-                            name.contains("_norm") && !name.starts_with("group"),
-                            "{name} refused {s}"
-                        );
-                    }
-                    // The replicated strategies call the closure on stacked copies, which these
-                    // norms do not treat row-wise: refused, or rejected by the norm itself.
-                    Err(Error::Contract(_) | Error::Torch(_)) if common::needs_closure(s) => {}
-                    Err(e) => panic!("{name} {s}: {e}"),
+                    Err(e) => refusals.push(format!(
+                        "{name} | {wrt} | {s} | {}",
+                        common::sweep::variant(&e)
+                    )),
                 }
             }
         }
     }
+    // Exactly these (norm, J w.r.t., strategy) pairs refuse, in both builds: the forward-mode
+    // strategies through layer, batch and instance norm (`WrongDerivative`: libtorch's double
+    // backward is wrong one order higher), and the replicated strategies where the norm does not
+    // treat stacked copies row-wise (the crate's row-wise check: `Contract`; or the norm itself
+    // rejects the stacked shape: `Torch`). Everything else gives the row loop's value.
+    let expected: Vec<String> = NORM_REFUSALS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        refusals,
+        expected,
+        "the (norm, J w.r.t., strategy) pairs that refuse ({} build, {device:?}); now:\n{}",
+        common::build(),
+        refusals.join("\n")
+    );
     Ok(())
 }
 
 /// A tall Jacobian through layer_norm under create_graph: `Auto` would pick `Forward` (tall),
 /// which is wrong there, and takes one batched pass instead — not the row loop.
 fn tall_through_norm_stays_batched(device: Device) -> Result<()> {
-    if !tch_jacobian::native::available() {
-        return Ok(());
-    }
+    common::needs_engine();
     let o = (Kind::Double, device);
     let x = Tensor::randn([8, 32], o);
     let gamma = Tensor::ones([32], o).set_requires_grad(true);
@@ -345,9 +399,6 @@ fn pytorch_is_wrong_here(device: Device) -> Result<()> {
             (fast - rows).abs() > 1e3 * rows.abs(),
             "{case}: PyTorch's {fast} is right now?"
         );
-        if case == "layer_norm_jvp" && !tch_jacobian::native::available() {
-            continue; // unchecked without the C++ part
-        }
         let ours = wrong::ours(&root, case, device)?;
         assert!(
             (ours - rows).abs() <= 1e-9 * rows.abs(),
@@ -361,6 +412,7 @@ fn pytorch_is_wrong_here(device: Device) -> Result<()> {
 device_tests!(
     opinfo_subset,
     norms_eager,
+    #[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]
     tall_through_norm_stays_batched,
     zero_tensors_are_materialized,
     pytorch_is_wrong_here

@@ -4,31 +4,36 @@
 //! each a TorchScript method `u: [3, 4] → [3]` of tests/data/taylor_opinfo/cases.pt
 //! (tests/gen-taylor-opinfo.py writes it, the inputs and the references).
 //!
-//! `LaplacianMethod::Taylor` must give the reference (|a − b| ≤ 1e-9 + 1e-7·|b|) or an
-//! `Error::NoTaylorRule`; never another value, never another error. `LaplacianMethod::Auto`
-//! (nested reverse mode where Taylor has no rule) must give the reference for every case.
+//! `Strategy::Taylor` must give the reference (|a − b| ≤ 1e-9 + 1e-7·|b|) or an
+//! `Error::NoTaylorRule`; never another value, never another error, and the ops without a rule
+//! (with their case counts) must be exactly those of tests/expected/taylor_no_rule.tsv (the
+//! build without the engine, which has no generic rule: taylor_no_rule-no-engine.tsv).
+//! `Strategy::Auto` (nested reverse mode where Taylor has no rule) must give the reference
+//! for every case.
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use tch::{CModule, Kind, Tensor};
-use tch_jacobian::{Error, Laplacian, LaplacianMethod};
+use tch_jacobian::{laplacian, Error, LaplacianOptions, Strategy};
 
 mod common;
 
 /// Known failures, by case op and a needle of the error (Taylor and Auto alike): strict, so a
 /// case listed here that passes fails the test until its entry is removed.
 ///
-/// `index`: the TorchScript interpreter passes `aten::index`'s indices as a generic list, and
-/// the rule's `toOptionalTensorList()` asserts (csrc/taylor.cpp, `linear_args`); the error is
-/// not a `NoTaylorRule`, so `Auto` does not fall back either. From tch the same op is right
-/// (`index_from_tch_matches_nested`).
+/// Empty: `index`, once listed (the TorchScript interpreter passes `aten::index`'s indices as a
+/// generic list), is read as either form by the rule since; `index_from_tch_matches_nested`
+/// covers the call from tch.
 const KNOWN_ERRORS: &[(&str, &str)] = &[];
 
 const RTOL: f64 = 1e-7;
 const ATOL: f64 = 1e-9;
 
+/// The values of a float64 tensor (every case and its reference are float64: a result of another
+/// kind is a failure, not a rounding).
 fn values(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    assert_eq!(t.kind(), Kind::Double, "shape {:?}", t.size());
+    Vec::<f64>::try_from(t.flatten(0, -1)).unwrap()
 }
 
 fn close(a: &[f64], b: &[f64]) -> bool {
@@ -95,10 +100,11 @@ fn taylor_rules_match_the_hessian_trace() {
         let x = &arrays[&format!("x_{id}")];
         let reference = values(&arrays[&format!("ref_{id}")]);
         let u = |x: &Tensor| module.method_ts(id, &[x.shallow_clone()]);
-        match Laplacian::new()
-            .method(LaplacianMethod::Taylor)
-            .compute(u, x)
-        {
+        match laplacian(
+            u,
+            x,
+            &LaplacianOptions::default().strategy(Strategy::Taylor),
+        ) {
             Ok(out) => {
                 let got = values(&out.laplacian);
                 if close(&got, &reference) {
@@ -125,14 +131,14 @@ fn taylor_rules_match_the_hessian_trace() {
             Err(e) if known(case, &e) => known_seen.push(format!("{id} {}", describe(case))),
             Err(e) => errors.push(format!("{id} {}: {e}", describe(case))),
         }
-        match Laplacian::new().method(LaplacianMethod::Auto).compute(u, x) {
+        match laplacian(u, x, &LaplacianOptions::default().strategy(Strategy::Auto)) {
             Ok(out) => {
                 let got = values(&out.laplacian);
                 if !close(&got, &reference) {
                     auto_wrong.push(format!(
                         "{id} {}: Auto ({:?}) {got:?}, reference {reference:?}",
                         describe(case),
-                        out.method
+                        out.strategy
                     ));
                 }
             }
@@ -204,6 +210,37 @@ fn taylor_rules_match_the_hessian_trace() {
         auto_wrong.len(),
         &auto_wrong[..auto_wrong.len().min(5)]
     );
+    // The ops without a rule, and how many cases reach each, exactly as committed: a rule that
+    // stops firing (or a new one) fails until tests/expected/taylor_no_rule.tsv is blessed
+    // (TCH_JACOBIAN_BLESS=1 cargo test --test taylor_opinfo).
+    let mut table = common::expect::Table::new(&["op", "cases", "examples"], 1, 2);
+    for (op, which) in &no_rule {
+        let mut examples = which[..which.len().min(3)].join("; ");
+        if which.len() > 3 {
+            examples += "; …";
+        }
+        table.push(vec![op.clone(), which.len().to_string(), examples]);
+    }
+    assert_eq!(right + no_rule_cases + known_seen.len(), cases.len());
+    // The build without the engine has no generic rule (vmap(jvp∘jvp) needs functorch): its own
+    // expectation.
+    let file = if tch_jacobian::native::available() {
+        "tests/expected/taylor_no_rule.tsv"
+    } else {
+        "tests/expected/taylor_no_rule-no-engine.tsv"
+    };
+    common::expect::check(
+        &std::path::Path::new(&common::root()).join(file),
+        "The ops without a collapsed Taylor rule in tests/taylor_opinfo.rs's OpInfo sweep (the cases\n\
+that end in Error::NoTaylorRule { op }), with how many cases reach each; every other case\n\
+must be right. Written by TCH_JACOBIAN_BLESS=1 cargo test --test taylor_opinfo; review the diff\n\
+before committing (a rule added removes its op; an op added means a rule stopped firing).\n\
+examples is not compared.",
+        &table,
+        |_| true,
+        "taylor_opinfo",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `aten::index` from tch (a `c10::List<optional<Tensor>>`, where the TorchScript interpreter
@@ -220,14 +257,18 @@ fn index_from_tch_matches_nested() {
         h.f_index(&[None, Some(&idx)])
             .map(|g| (g.square() * h.narrow(1, 0, 4)).sum_dim_intlist(1, false, Kind::Double))
     };
-    let taylor = Laplacian::new()
-        .method(LaplacianMethod::Taylor)
-        .compute(u, &x)
-        .unwrap();
-    let nested = Laplacian::new()
-        .method(LaplacianMethod::Nested)
-        .compute(u, &x)
-        .unwrap();
+    let taylor = laplacian(
+        u,
+        &x,
+        &LaplacianOptions::default().strategy(Strategy::Taylor),
+    )
+    .unwrap();
+    let nested = laplacian(
+        u,
+        &x,
+        &LaplacianOptions::default().strategy(Strategy::RowLoop),
+    )
+    .unwrap();
     let (a, b) = (values(&taylor.laplacian), values(&nested.laplacian));
     assert!(close(&a, &b), "Taylor {a:?}, nested {b:?}");
 }

@@ -21,6 +21,7 @@ mod third_sweep;
 
 use std::path::{Path, PathBuf};
 
+use common::expect;
 use common::sweep::{self, Outcome};
 use tch::Device;
 use tch_jacobian::{Result, Strategy};
@@ -30,27 +31,31 @@ fn dir() -> PathBuf {
     Path::new(&common::root()).join("tests/data/third_order")
 }
 
-fn forward_mode(s: Strategy) -> bool {
-    matches!(s, Strategy::Forward | Strategy::VectorizedForward { .. })
-}
-
-/// Whether a result is acceptable: the truth, or — for strategies other than `Auto` and the
-/// row loop — a refusal on purpose or an error libtorch raises (an explicit `Batched` where it
-/// refuses the batched pass). Without the C++ part an explicit forward-mode strategy runs
-/// unchecked (see `tch_jacobian::second_order`), so a wrong value there is not counted.
+/// Whether a result is acceptable in itself: the truth, or — for strategies other than `Auto`
+/// and the row loop — an error (which one is the expected-outcome file's business). Never a
+/// wrong value, a wrong shape or a panic, in either build.
 fn fine(row: &Row) -> bool {
-    let s = row.route.strategy();
-    let must_be_ok = matches!(s, Strategy::Auto | Strategy::RowLoop);
-    let unchecked = !tch_jacobian::native::available() && forward_mode(s);
+    let must_be_ok = matches!(row.route.strategy(), Strategy::Auto | Strategy::RowLoop);
     match &row.outcome {
         Outcome::Ok | Outcome::NotApplicable(_) => true,
-        Outcome::Wrong { .. } => unchecked,
-        Outcome::Panic(_) => false,
-        Outcome::Refused(_) | Outcome::Error(_) => !must_be_ok,
+        Outcome::Wrong { .. }
+        | Outcome::WrongShape(_)
+        | Outcome::WrongKind(_)
+        | Outcome::Panic(_) => false,
+        Outcome::Error { .. } => !must_be_ok,
     }
 }
 
-/// Runs the cases whose op satisfies `pick` in `modes`; panics with the first bad rows.
+const EXPECTED_COMMENT: &str =
+    "The CI subset of the third-order sweep (tests/third_order.rs): every (case, mode,\n\
+quantity, route)'s outcome (ok, or err:<the Error variant>), the reroutes the crate recorded\n\
+(from->to) and the ops that took libtorch's vmap fallback. Written by\n\
+TCH_JACOBIAN_BLESS=1 cargo test --test third_order (add --no-default-features for the no-engine\n\
+file); review the diff before committing. detail (an error's first line) is not compared.";
+
+/// Runs the cases whose op satisfies `pick` in `modes`; panics with the first bad rows, then
+/// compares every row with tests/expected/third_order-<build>.tsv (the rows of these cases and
+/// modes; `TCH_JACOBIAN_BLESS=1` rewrites them).
 fn check(device: Device, modes: &[Mode], pick: impl Fn(&str) -> bool) -> Result<()> {
     let dir = dir();
     let cases: Vec<_> = third_sweep::read_manifest(&dir)
@@ -59,16 +64,17 @@ fn check(device: Device, modes: &[Mode], pick: impl Fn(&str) -> bool) -> Result<
         .collect();
     assert!(!cases.is_empty(), "no cases in {}", dir.display());
     let mut bad = Vec::new();
+    let mut table = third_sweep::table();
     let mut n = 0;
     for case in &cases {
         for row in third_sweep::run_case(&dir, case, modes, device) {
             n += 1;
+            table.push(row.fields());
             if !fine(&row) {
                 bad.push(row);
             }
         }
     }
-    let _ = tch_jacobian::second_order::take_reroutes();
     if !bad.is_empty() {
         let first: Vec<String> = bad
             .iter()
@@ -89,11 +95,22 @@ fn check(device: Device, modes: &[Mode], pick: impl Fn(&str) -> bool) -> Result<
             })
             .collect();
         panic!(
-            "{} of {n} third-order results are wrong or failed; first ones:\n{}",
+            "{} of {n} third-order results are wrong or failed ({} build, {device:?}); first ones:\n{}",
             bad.len(),
+            common::build(),
             first.join("\n")
         );
     }
+    let ids: std::collections::HashSet<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+    let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
+    expect::check(
+        &common::expected_path("third_order", device),
+        EXPECTED_COMMENT,
+        &table,
+        |k| ids.contains(k[0].as_str()) && names.contains(&k[1].as_str()),
+        &format!("third_order ({} build, {device:?})", common::build()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     Ok(())
 }
 
@@ -182,9 +199,9 @@ fn libtorch_is_wrong_through_the_norms() {
     for r in [
         "jacobian_with",
         "jacobian_of",
-        "batch_jacobian_of",
+        "per_sample_jacobian_of",
         "hessian_of",
-        "batch_hessian_of",
+        "per_sample_hessian_of",
         "laplacian_of",
     ] {
         assert!(routes.contains(r), "no {r} route in the CI subset");

@@ -11,7 +11,7 @@
 //! Shapes: `n = m ∈ {3, 64, 256, 1024}` and the tall `16 → 1024`, each through `jacobian_of`
 //! (RowLoop, Vectorized with `chunk_size` None / 64 / 256 where the chunk is smaller than `m`,
 //! Forward, VectorizedForward, Auto) and through `jacobian_with` on a `y` computed inside the
-//! timed call (RowLoop, Forward, Auto); per-sample Jacobians through `batch_jacobian_of` at
+//! timed call (RowLoop, Forward, Auto); per-sample Jacobians through `per_sample_jacobian_of` at
 //! `B = 128`, `784 → 64` (RowLoop, Vectorized, Forward, VectorizedForward, Auto). Every timed call
 //! includes the forward pass.
 //!
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{batch_jacobian_of, jacobian_of, jacobian_with, JacobianOptions, Strategy};
+use tch_jacobian::{jacobian_of, jacobian_with, per_sample_jacobian_of, JacobianOptions, Strategy};
 
 use tch_jacobian_bench::{env_device as device, sync};
 
@@ -187,9 +187,12 @@ fn batch(c: &mut Criterion, dev: Device) {
         .sampling_mode(SamplingMode::Flat);
     for s in strategies() {
         let o = opts(s);
-        bench(&mut group, &format!("batch_jacobian_of/{s}"), dev, || {
-            batch_jacobian_of(f, &x, &o).expect("batch_jacobian_of")
-        });
+        bench(
+            &mut group,
+            &format!("per_sample_jacobian_of/{s}"),
+            dev,
+            || per_sample_jacobian_of(f, &x, &o).expect("per_sample_jacobian_of"),
+        );
     }
     group.finish();
 }

@@ -6,12 +6,12 @@
 //!
 //! Setting: a `784 → 256` sigmoid encoder `h = σ(x Wᵀ + b)`, a batch of 128, f32. One timed call
 //! is what a training step spends on the penalty: the encoder's forward pass,
-//! `contractive_penalty(h, x, estimator)` and its backward pass to `W` and `b`
+//! `jacobian_penalty(h, x, &PenaltyOptions::default().estimator(estimator))` and its backward pass to `W` and `b`
 //! (`Tensor::run_backward` onto `[W, b]`, so no gradient is accumulated into `x`):
 //!
-//! * `exact`: [`Estimator::Exact`], 256 create_graph backward passes;
-//! * `closed_form`: [`Estimator::SigmoidClosedForm`], no backward pass inside the penalty;
-//! * `projections_k1`, `projections_k4`: [`Estimator::Projections`] with `k` = 1, 4 (directions
+//! * `exact`: [`PenaltyEstimator::Exact`], 256 create_graph backward passes;
+//! * `closed_form`: [`PenaltyEstimator::SigmoidClosedForm`], no backward pass inside the penalty;
+//! * `projections_k1`, `projections_k4`: [`PenaltyEstimator::Projections`] with `k` = 1, 4 (directions
 //!   from torch's generator, as in training).
 //!
 //! The thread count is libtorch's default (printed at the start). On CUDA the clock stops after
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{contractive_penalty, Estimator};
+use tch_jacobian::{jacobian_penalty, PenaltyEstimator, PenaltyOptions};
 
 use tch_jacobian_bench::{env_device as device, sync};
 
@@ -51,14 +51,15 @@ impl Setup {
     }
 
     /// Forward, penalty, backward to `W` and `b`; returns the two gradients.
-    fn step(&self, estimator: &Estimator, x_needs_grad: bool) -> Vec<Tensor> {
+    fn step(&self, estimator: &PenaltyEstimator, x_needs_grad: bool) -> Vec<Tensor> {
         let x = if x_needs_grad {
             self.x.detach().set_requires_grad(true)
         } else {
             self.x.shallow_clone()
         };
         let h = (x.matmul(&self.w.tr()) + &self.b).sigmoid();
-        let p = contractive_penalty(&h, &x, estimator).expect("contractive_penalty");
+        let p = jacobian_penalty(&h, &x, &PenaltyOptions::default().estimator(estimator))
+            .expect("contractive_penalty");
         Tensor::run_backward(&[p], &[&self.w, &self.b], false, false)
     }
 }
@@ -78,21 +79,27 @@ fn output_dir() -> PathBuf {
 fn benches(c: &mut Criterion, setup: &Setup, dev: Device) {
     let mut group = c.benchmark_group(GROUP);
     group.sampling_mode(SamplingMode::Flat);
-    let cases: [(&str, Estimator, bool); 4] = [
-        ("exact", Estimator::Exact, true),
+    let cases: [(&str, PenaltyEstimator, bool); 4] = [
+        ("exact", PenaltyEstimator::Exact, true),
         (
             "closed_form",
-            Estimator::sigmoid_closed_form(&setup.w),
+            PenaltyEstimator::sigmoid_closed_form(&setup.w),
             false,
         ),
         (
             "projections_k1",
-            Estimator::Projections { k: 1, seed: None },
+            PenaltyEstimator::Projections {
+                directions: 1,
+                seed: None,
+            },
             true,
         ),
         (
             "projections_k4",
-            Estimator::Projections { k: 4, seed: None },
+            PenaltyEstimator::Projections {
+                directions: 4,
+                seed: None,
+            },
             true,
         ),
     ];

@@ -16,7 +16,7 @@ pub fn sync(device: Device) {
 /// device is not there.
 pub fn env_device() -> Device {
     let name = std::env::var("TCH_JACOBIAN_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    tch_jacobian::parse_device(&name.to_ascii_lowercase())
+    tch_jacobian::device::parse_device(&name.to_ascii_lowercase())
         .unwrap_or_else(|e| panic!("TCH_JACOBIAN_BENCH_DEVICE={name}: {e}"))
 }
 

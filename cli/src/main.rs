@@ -28,8 +28,8 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind};
 use tch_jacobian::{
-    load_module, module_batch_jacobian, module_jacobian, module_output, parse_device, Error,
-    JacobianOptions, Progress, Strategy,
+    device::parse_device, load_module, module_jacobian, module_output, module_per_sample_jacobian,
+    Error, JacobianOptions, Progress, Strategy,
 };
 
 const AFTER_HELP: &str = "\
@@ -225,7 +225,7 @@ fn run(args: &Args) -> Result<(), String> {
         .strategy(strategy)
         .progress(&report);
     let j = if args.batch {
-        module_batch_jacobian(&model, &x, args.output_index, &opts)
+        module_per_sample_jacobian(&model, &x, args.output_index, &opts)
     } else {
         module_jacobian(&model, &x, args.output_index, &opts)
     };

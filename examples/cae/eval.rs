@@ -1,4 +1,4 @@
-//! Held-out evaluation: reconstruction, exact ‖J‖_F by batch_jacobian, the mean spectrum of J.
+//! Held-out evaluation: reconstruction, exact ‖J‖_F by per_sample_jacobian, the mean spectrum of J.
 use super::*;
 
 /// Held-out statistics of one model.
@@ -12,7 +12,7 @@ pub(crate) struct Eval {
     pub(crate) closed_form_gap: f64,
 }
 
-/// Exact per-point Jacobians by [`batch_jacobian`] (chunks of `chunk` points).
+/// Exact per-point Jacobians by [`per_sample_jacobian`] (chunks of `chunk` points).
 pub(crate) fn evaluate(model: &AutoEncoder, test: &Tensor, chunk: i64) -> Result<Eval> {
     let n_test = test.size()[0];
     let (mut recon, mut fro, mut fro_sq, mut gap) = (0.0, 0.0, 0.0, 0.0f64);
@@ -27,7 +27,7 @@ pub(crate) fn evaluate(model: &AutoEncoder, test: &Tensor, chunk: i64) -> Result
             .set_requires_grad(true);
         lo += len;
         let h = model.encode(&x)?;
-        let j = batch_jacobian(&h, &x, &JacobianOptions::default())?; // [len, m, n]
+        let j = per_sample_jacobian(&h, &x, &JacobianOptions::default())?; // [len, m, n]
         let h = h.f_detach()?;
         let j_sq = j
             .f_square()?
@@ -94,13 +94,25 @@ pub(crate) fn relative_noise(
     model: &AutoEncoder,
     x: &Tensor,
     draws: u64,
-    estimator: impl Fn(u64) -> Estimator,
+    estimator: impl Fn(u64) -> PenaltyEstimator,
 ) -> Result<f64> {
     let xg = x.f_detach()?.set_requires_grad(true);
     let h = model.encode(&xg)?;
-    let exact = contractive_penalty(&h, &xg, &Estimator::Exact)?.f_double_value(&[])?;
+    let exact = jacobian_penalty(
+        &h,
+        &xg,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+    )?
+    .f_double_value(&[])?;
     let values = (0..draws)
-        .map(|seed| Ok(contractive_penalty(&h, &xg, &estimator(seed))?.f_double_value(&[])?))
+        .map(|seed| {
+            Ok(jacobian_penalty(
+                &h,
+                &xg,
+                &PenaltyOptions::default().estimator(&estimator(seed)),
+            )?
+            .f_double_value(&[])?)
+        })
         .collect::<Result<Vec<f64>>>()?;
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;

@@ -7,7 +7,7 @@
 //! `data/digits/` (64-D, in `[0, 1]`) and `--mnist DIR` on MNIST instead.
 //!
 //! At the end it compares both on held-out points: reconstruction error, mean `‖J‖_F` (exact,
-//! by [`batch_jacobian`]) and the singular values of `J` averaged over the points — the CAE
+//! by [`per_sample_jacobian`]) and the singular values of `J` averaged over the points — the CAE
 //! keeps the few large ones (the manifold's tangent directions) and shrinks the rest. It prints a
 //! table and writes an SVG plot of both spectra.
 //!
@@ -42,7 +42,8 @@ use flags::*;
 use model::*;
 use plot::*;
 use tch_jacobian::{
-    batch_jacobian, contractive_penalty, sigmoid_linear_frobenius_sq, Estimator, JacobianOptions,
+    jacobian_penalty, per_sample_jacobian, sigmoid_linear_frobenius_sq, JacobianOptions,
+    PenaltyEstimator, PenaltyOptions,
 };
 
 /// Draws per cell of the estimator-noise table.
@@ -52,7 +53,7 @@ const ABOUT: &str = "\
 cae: a plain and a contractive auto-encoder (sigmoid encoder, linear decoder), compared on
 held-out points: reconstruction error, mean |J|_F and the singular values of J.";
 
-/// Which [`Estimator`] the CAE trains with.
+/// Which [`PenaltyEstimator`] the CAE trains with.
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum EstimatorArg {
     /// Exact, in closed form from the sigmoid layer's weights (no backward pass)
@@ -233,13 +234,13 @@ fn run(args: Args) -> Result<()> {
         let noise = |model: &AutoEncoder, hutch: bool| -> Result<f64> {
             relative_noise(model, &batch, NOISE_DRAWS, |seed| {
                 if hutch {
-                    Estimator::HutchPlusPlus {
-                        k,
+                    PenaltyEstimator::HutchPlusPlus {
+                        directions: k,
                         seed: Some(seed),
                     }
                 } else {
-                    Estimator::Projections {
-                        k,
+                    PenaltyEstimator::Projections {
+                        directions: k,
                         seed: Some(seed),
                     }
                 }

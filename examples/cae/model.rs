@@ -43,17 +43,17 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    pub(crate) fn estimator(&self, model: &AutoEncoder) -> Estimator {
+    pub(crate) fn estimator(&self, model: &AutoEncoder) -> PenaltyEstimator {
         match self.estimator {
-            EstimatorArg::ClosedForm => Estimator::sigmoid_closed_form(&model.enc.ws),
-            EstimatorArg::Exact => Estimator::Exact,
+            EstimatorArg::ClosedForm => PenaltyEstimator::sigmoid_closed_form(&model.enc.ws),
+            EstimatorArg::Exact => PenaltyEstimator::Exact,
             // Fresh directions at every step from torch's (seeded) generator.
-            EstimatorArg::Projections => Estimator::Projections {
-                k: self.k,
+            EstimatorArg::Projections => PenaltyEstimator::Projections {
+                directions: self.k,
                 seed: None,
             },
-            EstimatorArg::HutchPlusPlus => Estimator::HutchPlusPlus {
-                k: self.k,
+            EstimatorArg::HutchPlusPlus => PenaltyEstimator::HutchPlusPlus {
+                directions: self.k,
                 seed: None,
             },
         }
@@ -99,7 +99,11 @@ pub(crate) fn train(
             let per_sample = sq_error(&x, &model.decode(&h))?;
             let rec = per_sample.f_mean(None::<Kind>)?;
             let loss = if penalized {
-                let penalty = contractive_penalty(&h, &x, &cfg.estimator(&model))?;
+                let penalty = jacobian_penalty(
+                    &h,
+                    &x,
+                    &PenaltyOptions::default().estimator(&cfg.estimator(&model)),
+                )?;
                 rec.f_add(&penalty.f_mul_scalar(lambda)?)?
             } else {
                 rec.shallow_clone()

@@ -1,5 +1,5 @@
 //! The evaluation on the test images: clean accuracy, mean `‖J‖_F` (exact, by
-//! [`batch_jacobian`]), accuracy under Gaussian noise, FGSM and PGD (L∞). The attacks' input
+//! [`per_sample_jacobian`]), accuracy under Gaussian noise, FGSM and PGD (L∞). The attacks' input
 //! gradients are the crate's [`vjp`] of the per-sample cross-entropies.
 use super::*;
 
@@ -107,14 +107,14 @@ fn attacked_accuracy(
     Ok(hits as f64 / n as f64)
 }
 
-/// Mean over the points of the exact `‖J_b‖_F`, `J_b = ∂ logits_b / ∂ x_b`, by [`batch_jacobian`].
+/// Mean over the points of the exact `‖J_b‖_F`, `J_b = ∂ logits_b / ∂ x_b`, by [`per_sample_jacobian`].
 pub(crate) fn mean_jacobian_norm(net: &Net, x: &Tensor) -> Result<f64> {
     let n = x.size()[0];
     let mut sum = 0.0;
     for (lo, len) in chunks(n) {
         let xc = x.f_narrow(0, lo, len)?.f_detach()?.set_requires_grad(true);
         let logits = net.forward(&xc);
-        let j = batch_jacobian(&logits, &xc, &JacobianOptions::default())?; // [len, 10, *in]
+        let j = per_sample_jacobian(&logits, &xc, &JacobianOptions::default())?; // [len, 10, *in]
         let dims: Vec<i64> = (1..j.dim() as i64).collect();
         sum += j
             .f_square()?

@@ -47,7 +47,7 @@ pub(crate) fn positive(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// `cpu`, `cuda`, `cuda:N` or `auto` ([`tch_jacobian::parse_device`]).
+/// `cpu`, `cuda`, `cuda:N` or `auto` ([`tch_jacobian::device::parse_device`]).
 pub(crate) fn device(s: &str) -> Result<Device, String> {
-    tch_jacobian::parse_device(s).map_err(|e| e.to_string())
+    tch_jacobian::device::parse_device(s).map_err(|e| e.to_string())
 }

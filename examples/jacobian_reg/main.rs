@@ -5,7 +5,7 @@
 //! `CE + λ·mean_b ‖J_b‖_F²`, `J_b = ∂ logits_b / ∂ x_b`, the penalty by [`contractive_penalty`]
 //! with each estimator: `exact` (all 10 rows), `projections` (one random direction per sample,
 //! Hoffman's estimator) and `hutchpp` (Hutch++ with 3 products). Then, on the test images: clean
-//! accuracy, the mean exact `‖J‖_F` ([`batch_jacobian`]), and accuracy under Gaussian noise, FGSM
+//! accuracy, the mean exact `‖J‖_F` ([`per_sample_jacobian`]), and accuracy under Gaussian noise, FGSM
 //! and PGD, the attacks' input gradients by the crate's [`vjp`]. It prints the time per epoch of
 //! each estimator and the accuracies, writes one JSON line per (model, estimator, seed) with
 //! `--json` (the schema of the PyTorch twin `bench/jacobian_reg.py`; both follow the same spec),
@@ -47,7 +47,9 @@ use flags::*;
 use model::*;
 use plot::*;
 use report::*;
-use tch_jacobian::{batch_jacobian, contractive_penalty, vjp, Estimator, JacobianOptions};
+use tch_jacobian::{
+    jacobian_penalty, per_sample_jacobian, vjp, JacobianOptions, PenaltyEstimator, PenaltyOptions,
+};
 
 /// MNIST test images evaluated (the first ones).
 const MNIST_TEST: i64 = 1000;

@@ -1,5 +1,4 @@
-//! The two classifiers and the training loop: cross-entropy, plus `λ·contractive_penalty(logits,
-//! x, estimator)` when an estimator is chosen.
+//! The two classifiers and the training loop: cross-entropy, plus `λ·jacobian_penalty(logits, //! x, &PenaltyOptions::default().estimator(estimator))` when an estimator is chosen.
 use super::*;
 
 /// Which network.
@@ -62,12 +61,18 @@ impl EstimatorArg {
     }
 
     /// The crate's estimator; fresh draws at every step from torch's (seeded) generator.
-    pub(crate) fn estimator(self) -> Option<Estimator> {
+    pub(crate) fn estimator(self) -> Option<PenaltyEstimator> {
         match self {
             EstimatorArg::None => None,
-            EstimatorArg::Exact => Some(Estimator::Exact),
-            EstimatorArg::Projections => Some(Estimator::Projections { k: 1, seed: None }),
-            EstimatorArg::HutchPlusPlus => Some(Estimator::HutchPlusPlus { k: 3, seed: None }),
+            EstimatorArg::Exact => Some(PenaltyEstimator::Exact),
+            EstimatorArg::Projections => Some(PenaltyEstimator::Projections {
+                directions: 1,
+                seed: None,
+            }),
+            EstimatorArg::HutchPlusPlus => Some(PenaltyEstimator::HutchPlusPlus {
+                directions: 3,
+                seed: None,
+            }),
         }
     }
 }
@@ -247,7 +252,8 @@ pub(crate) fn train(
                 logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0)?;
             let loss = match &estimator {
                 Some(e) => {
-                    let penalty = contractive_penalty(&logits, &x, e)?;
+                    let penalty =
+                        jacobian_penalty(&logits, &x, &PenaltyOptions::default().estimator(e))?;
                     pen_sum = pen_sum.f_add(&penalty.f_detach()?.f_mul_scalar(len as f64)?)?;
                     ce.f_add(&penalty.f_mul_scalar(cfg.lambda)?)?
                 }

@@ -134,8 +134,12 @@ fn exact_penalty_equals_the_row_loop() {
             .detach()
             .set_requires_grad(true);
         let logits = net.forward(&x);
-        let exact =
-            tch_jacobian::contractive_penalty_per_sample(&logits, &x, &Estimator::Exact).unwrap();
+        let exact = tch_jacobian::jacobian_penalty_per_sample(
+            &logits,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        )
+        .unwrap();
         let rows = row_loop_penalty(&logits, &x);
         assert_eq!(exact.size(), [16]);
         assert!(
@@ -143,9 +147,14 @@ fn exact_penalty_equals_the_row_loop() {
             "{kind:?}: {exact:?} vs {rows:?}"
         );
         // And the mean is what the training loss adds.
-        let mean = contractive_penalty(&logits, &x, &Estimator::Exact).unwrap();
+        let mean = jacobian_penalty(
+            &logits,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        )
+        .unwrap();
         assert!((mean.double_value(&[]) - rows.mean(None).double_value(&[])).abs() < 1e-5);
-        // The evaluation's mean ‖J‖_F (batch_jacobian) agrees too.
+        // The evaluation's mean ‖J‖_F (per_sample_jacobian) agrees too.
         let jf = mean_jacobian_norm(&net, &x).unwrap();
         assert!((jf - rows.sqrt().mean(None).double_value(&[])).abs() < 1e-4);
     }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use clap::Parser;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{Laplacian, LaplacianMethod, Result};
+use tch_jacobian::{laplacian, LaplacianOptions, Result, Strategy};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 
@@ -57,7 +57,7 @@ struct Run {
 }
 
 /// `steps` Adam steps with the given method, from a fixed seed.
-fn train(dim: i64, steps: usize, batch: i64, method: LaplacianMethod) -> Result<Run> {
+fn train(dim: i64, steps: usize, batch: i64, method: Strategy) -> Result<Run> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let (p, c) = (vs.root(), Default::default());
@@ -69,14 +69,14 @@ fn train(dim: i64, steps: usize, batch: i64, method: LaplacianMethod) -> Result<
         .add(nn::linear(&p / "l3", 64, 1, c));
     let mut opt = nn::Adam::default().build(&vs, 3e-3)?;
     // create_graph: Δu stays in the graph, so the residual trains the weights.
-    let laplacian = Laplacian::new().create_graph(true).method(method);
+    let opts = LaplacianOptions::default()
+        .create_graph(true)
+        .strategy(method);
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     let start = Instant::now();
     for step in 0..steps {
         let x = Tensor::rand([batch, dim], CPU);
-        let lap = laplacian
-            .compute(|x: &Tensor| net.forward(x), &x)?
-            .laplacian;
+        let lap = laplacian(|x: &Tensor| net.forward(x), &x, &opts)?.laplacian;
         let residual = (lap + exact(&x) * (PI * PI)).square().mean(Kind::Float);
         let xb = Tensor::rand([batch / 2, dim], CPU);
         let side = Tensor::randint(dim, [batch / 2], (Kind::Int64, Device::Cpu)).one_hot(dim);
@@ -107,14 +107,13 @@ fn train(dim: i64, steps: usize, batch: i64, method: LaplacianMethod) -> Result<
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tch::set_num_threads(tch::get_num_threads());
     println!(
         "PINN −Δu = f on [0,1]^{}, u* = (1/d) Σ sin(π x_i); d → 64 → 64 → 1 tanh, B = {}, f32, {} threads",
         args.dim,
         args.batch,
         tch::get_num_threads()
     );
-    let taylor = train(args.dim, args.steps, args.batch, LaplacianMethod::Taylor)?;
+    let taylor = train(args.dim, args.steps, args.batch, Strategy::Taylor)?;
     println!(
         "collapsed Taylor mode: {} steps, loss {:.3e} → {:.3e}, relative L2 error {:.2e}, {:.2} ms/step",
         args.steps,
@@ -124,12 +123,7 @@ fn main() -> Result<()> {
         taylor.step_secs * 1e3
     );
     if args.nested_steps > 0 {
-        let nested = train(
-            args.dim,
-            args.nested_steps,
-            args.batch,
-            LaplacianMethod::Nested,
-        )?;
+        let nested = train(args.dim, args.nested_steps, args.batch, Strategy::RowLoop)?;
         println!(
             "nested reverse mode:   {} steps, {:.2} ms/step ({:.2}× the collapsed step)",
             args.nested_steps,
@@ -150,7 +144,7 @@ mod tests {
     #[test]
     fn the_pinn_learns_in_ten_dimensions() {
         let _one = SEED.lock().unwrap_or_else(|e| e.into_inner());
-        let run = train(10, 400, 128, LaplacianMethod::Taylor).unwrap();
+        let run = train(10, 400, 128, Strategy::Taylor).unwrap();
         println!(
             "loss {:.3e} → {:.3e}, error {:.2e}",
             run.first_loss, run.last_loss, run.error
@@ -168,8 +162,8 @@ mod tests {
     fn both_methods_take_the_same_first_steps() {
         // Same seed, same points: the two methods' losses agree to float32 rounding.
         let _one = SEED.lock().unwrap_or_else(|e| e.into_inner());
-        let a = train(10, 3, 64, LaplacianMethod::Taylor).unwrap();
-        let b = train(10, 3, 64, LaplacianMethod::Nested).unwrap();
+        let a = train(10, 3, 64, Strategy::Taylor).unwrap();
+        let b = train(10, 3, 64, Strategy::RowLoop).unwrap();
         assert!((a.first_loss - b.first_loss).abs() <= 1e-4 * b.first_loss.abs());
         assert!((a.last_loss - b.last_loss).abs() <= 1e-3 * b.last_loss.abs());
     }

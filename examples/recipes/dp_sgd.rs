@@ -8,7 +8,8 @@ use tch_jacobian::{per_sample_gradients_of_module, trainable_parameters, Jacobia
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 type Step = (Vec<Tensor>, Tensor); // the update per variable, the per-sample norms after clipping
 
-/// The model, by a path so that the per-sample door can rebuild it (no dropout: see limitations.md).
+/// The model, by a path so that the per-sample door can rebuild it. Dropout would work too: each
+/// sample draws its own mask (`Randomness::Different`, the default).
 fn net(p: &nn::Path) -> impl Module {
     nn::seq()
         .add(nn::linear(p / "fc1", 20, 32, Default::default()))

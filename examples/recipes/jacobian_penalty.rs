@@ -6,7 +6,7 @@
 //! `cargo run --release --example jacobian_penalty`
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{contractive_penalty, Estimator};
+use tch_jacobian::{jacobian_penalty, PenaltyEstimator, PenaltyOptions};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 
@@ -35,11 +35,16 @@ fn train(lambda: f64, n: i64, epochs: usize) -> tch_jacobian::Result<(f64, f64)>
             let xb = x.index_select(0, &idx).set_requires_grad(true);
             let logits = net.forward(&xb);
             let ce = logits.cross_entropy_for_logits(&t.index_select(0, &idx));
-            // One random projection per sample and step (unbiased; k create_graph backward
-            // passes). `Estimator::Exact` costs one pass per class; `HutchPlusPlus` is less noisy.
-            let est = Estimator::Projections { k: 1, seed: None };
+            // One random projection per sample and step (unbiased; one create_graph backward
+            // pass). `PenaltyEstimator::Exact` is one batched pass over the classes with the
+            // engine (one pass per class without it); `HutchPlusPlus` is less noisy.
+            let est = PenaltyEstimator::Projections {
+                directions: 1,
+                seed: None,
+            };
             let loss = if lambda > 0.0 {
-                ce + lambda * contractive_penalty(&logits, &xb, &est)?
+                ce + lambda
+                    * jacobian_penalty(&logits, &xb, &PenaltyOptions::default().estimator(&est))?
             } else {
                 ce
             };
@@ -52,7 +57,11 @@ fn train(lambda: f64, n: i64, epochs: usize) -> tch_jacobian::Result<(f64, f64)>
         .argmax(1, false)
         .eq_tensor(&t_test)
         .to_kind(Kind::Float);
-    let j2 = contractive_penalty(&logits, &xe, &Estimator::Exact)?; // mean_b ‖J_b‖²_F
+    let j2 = jacobian_penalty(
+        &logits,
+        &xe,
+        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+    )?; // mean_b ‖J_b‖²_F
     Ok((
         acc.mean(Kind::Float).double_value(&[]),
         j2.double_value(&[]),

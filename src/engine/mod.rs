@@ -10,7 +10,9 @@
 //! * [`rows`] — `RowLoop`: one backward pass per output element;
 //! * [`columns`] — `Forward`: one JVP per input element (double backward);
 //! * [`replicated`] — `Vectorized`, `VectorizedForward`: `f` on stacked copies of `x`;
-//! * [`batched`] — `Batched`: native batched backward passes over identity cotangents.
+//! * [`batched`] — `Batched`: native batched backward passes over identity cotangents;
+//! * [`taylor`] — `Taylor`: one collapsed Taylor pass of the closure along the identity
+//!   directions (the first-order coefficients are the columns).
 //!
 //! Chunked engines write their chunks into one preallocated `J` ([`Blocks`]) and report progress
 //! after each pass.
@@ -18,6 +20,7 @@ mod batched;
 mod columns;
 mod replicated;
 mod rows;
+mod taylor;
 
 use tch::{Device, Kind, Tensor};
 
@@ -58,7 +61,7 @@ impl Run<'_> {
 
 /// Runs a resolved strategy on the rows view `y2` (`work` is what it was resolved for): one
 /// `[B, m, n_k]` block per input. The one
-/// dispatch shared by `jacobian_with`, `jacobian_of`, `batch_jacobian` and `batch_jacobian_of`;
+/// dispatch shared by `jacobian_with`, `jacobian_of`, `per_sample_jacobian` and `per_sample_jacobian_of`;
 /// `instead` names the call to use when a replicated strategy is asked for without a closure.
 ///
 /// Under `create_graph` the strategy first passes [`second_order::guard`] (which may reroute it
@@ -171,6 +174,14 @@ fn run_resolved(
                 }
             }
             columns::columns(y2, xs, &run)
+        }
+        Strategy::Taylor => {
+            let Some(c) = closure else {
+                return Err(Error::InvalidArgument(format!(
+                    "Strategy::Taylor needs the function itself: call {instead}"
+                )));
+            };
+            Ok(vec![taylor::taylor(c, xs[0], y2, &run)?])
         }
         Strategy::Vectorized { chunk_size } | Strategy::VectorizedForward { chunk_size } => {
             let Some(c) = closure else {

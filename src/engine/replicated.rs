@@ -2,9 +2,10 @@
 use tch::{Kind, Tensor};
 
 use super::{chunk_len, dims, row, Blocks, Closure, Run};
-use crate::autograd::{vjp_into, Linearized, PANICKED};
+use crate::autograd::{vjp_into, Linearized};
+use crate::closure::PANICKED;
 use crate::error::{Error, Result};
-use crate::tolerance::contract_rtol;
+use crate::testing::contract_rtol;
 
 /// `f` evaluated once on `x` stacked `c` times per sample (`X`, shape `[B·c, *in]`, `Y = f(X)`
 /// viewed as `[B, c, m]`), for each chunk of `c` rows (reverse) or columns (forward) starting at
@@ -59,7 +60,7 @@ pub(super) fn replicated(
         // A closure written for one input shape may panic on the stacked copies (a tch method
         // that unwraps, e.g. `view([1, 3])`): that is the same broken contract as a wrong shape,
         // an error, not a panic through the caller.
-        let yr = crate::autograd::call_guarded(|| (closure.call)(&xr)).map_err(|e| match e {
+        let yr = crate::closure::call_guarded(|| (closure.call)(&xr)).map_err(|e| match e {
             Error::Contract(m) if m.starts_with(PANICKED) => Error::Contract(format!(
                 "Vectorized strategy: f panicked on {} stacked copies of the input (shape {:?}): {}; f must act row-wise on a leading batch dimension (or use Strategy::RowLoop)",
                 b * len,
@@ -157,7 +158,7 @@ fn check_first(got: &Tensor, reference: &Tensor, x2: &Tensor) -> Result<()> {
 /// `Some(max|a − b|)` when `max|a − b| > rtol · max|b| + rtol · 1e-3` with
 /// [`contract_rtol`]`(dtype, device)`, or when exactly one of them has NaNs; else `None`.
 fn differs(a: &Tensor, b: &Tensor) -> Result<Option<f64>> {
-    tch::no_grad(|| {
+    crate::autograd::with_grad_mode(false, || {
         let diff = a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])?;
         let scale = b.f_abs()?.f_max()?.f_double_value(&[])?;
         let rtol = contract_rtol(b.kind(), b.device());

@@ -73,7 +73,7 @@
 //! With [`Strategy::Auto`](crate::Strategy::Auto) and `m ≥ n`, collapsed Taylor mode
 //! ([`crate::laplacian`]'s engine) along the `n` identity directions: `r(x)` and every column of
 //! `J` in **one** forward pass of the residual. An op it has no rule for, an explicit strategy,
-//! or `m < n`: the crate's [`batch_jacobian_of`](crate::batch_jacobian_of). Or your own closure
+//! or `m < n`: the crate's [`per_sample_jacobian_of`](crate::per_sample_jacobian_of). Or your own closure
 //! ([`LeastSquaresOptions::jacobian`]). Once per solve, on the first Jacobian, the B problems are
 //! checked not to interact ([`crate::independence`](mod@crate::independence)): a residual that
 //! mixes rows (a mean over the batch) is an [`Error::Contract`], not a wrong fit.
@@ -106,14 +106,14 @@ pub use output::{LeastSquaresOutput, Status};
 
 use tch::{Kind, Tensor};
 
+use crate::closure::FnOutput;
 use crate::error::{Error, Result};
-use crate::jacobian::FnOutput;
 
 /// Minimizes `½ C² Σᵢ ρ(rᵢ(x)²/C²)` (`½‖r(x)‖²` by default) from `x0`, for B problems at once —
 /// SciPy's `least_squares`, batched, on the device of `x0`.
 ///
 /// `x0` is `[B, n]` (B independent problems; `residual` maps `[B, n]` to `[B, m]` row by row,
-/// as [`batch_jacobian_of`](crate::batch_jacobian_of)'s closures do) or `[n]` (one problem;
+/// as [`per_sample_jacobian_of`](crate::per_sample_jacobian_of)'s closures do) or `[n]` (one problem;
 /// `residual` maps `[n]` to `[m]`). `f32` or `f64`. The Jacobian comes from the crate (collapsed
 /// Taylor mode: value and `J` in one forward pass; see [`LeastSquaresOptions::strategy`]) or from
 /// [`LeastSquaresOptions::jacobian`]. Each problem has its own damping, step acceptance,
@@ -203,7 +203,7 @@ where
         )));
     }
     let call = |x: &Tensor| -> Result<Tensor> {
-        crate::autograd::call_guarded(|| {
+        crate::closure::call_guarded(|| {
             if !single {
                 return residual(x).into_output();
             }
@@ -219,7 +219,7 @@ where
     };
     let jac_call = |x: &Tensor| -> Result<Tensor> {
         let jac = opts.jacobian.expect("only called with a Jacobian closure");
-        crate::autograd::call_guarded(|| {
+        crate::closure::call_guarded(|| {
             if !single {
                 return jac(x);
             }

@@ -222,7 +222,7 @@ pub type JacobianFn<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
 /// | `gtol` | `1e-12` | stop when `max_j |gⱼ| / (‖Jⱼ‖ ‖r‖) ≤ gtol` (MINPACK's cosine; `g = Jᵀr`) |
 /// | `max_iterations` | `1000` | the cap on iterations (each one residual evaluation) per problem |
 /// | `jacobian` | none | your Jacobian closure, instead of the crate's |
-/// | `strategy` | [`Strategy::Auto`] | the crate's Jacobian strategy; `Auto`: collapsed Taylor mode (value and `J` in one forward pass) for `m ≥ n`, the crate's `Auto` otherwise |
+/// | `strategy` | [`Strategy::Auto`] | the crate's Jacobian strategy; `Auto`: collapsed Taylor mode (value and `J` in one forward pass) for `m ≥ n`, the crate's `Auto` otherwise; `Taylor`: collapsed Taylor mode or its error |
 /// | `covariance` | `false` | compute `σ²(JᵀJ)⁻¹` and the standard errors at the solution |
 /// | `keep_jacobian` | `false` | return the Jacobian at the solution |
 /// | `progress` | none | called after every iteration with a [`Progress`] |

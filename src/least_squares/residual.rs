@@ -4,9 +4,11 @@
 //! * **Taylor** — collapsed Taylor mode ([`crate::native::taylor::collapsed`]) along the `n`
 //!   identity directions, broadcast over the batch: one forward pass gives `r(x)` and every
 //!   column `J e_j` (its first-order coefficients), each op of the closure run once. `Auto`'s
-//!   choice for `m ≥ n` (forward mode's shape); when the closure uses an op without a collapsed
-//!   rule, the crate's batched Jacobian instead, for the rest of the solve.
-//! * **Crate** — [`batch_jacobian_of_aux`](crate::batch_jacobian_of_aux) with the asked
+//!   choice for `m ≥ n` (forward mode's shape: `Auto` starts with it, and a residual found wide,
+//!   `m < n`, on the first pass goes to the crate's `Auto` for the rest of the solve); when the
+//!   closure uses an op without a collapsed rule or one the mode refuses, the crate's batched
+//!   Jacobian instead, for the rest of the solve. An explicit `Strategy::Taylor` never falls back.
+//! * **Crate** — [`per_sample_jacobian_of_aux`](crate::per_sample_jacobian_of_aux) with the asked
 //!   [`Strategy`] (`Auto` for wide problems, `m < n`: the batched backward pass).
 //! * **User** — the caller's Jacobian closure.
 //!
@@ -41,6 +43,9 @@ pub(crate) struct Residual<'a> {
     device: Device,
     route: Cell<Route>,
     taylor_second: Cell<bool>,
+    /// `Auto`: a residual collapsed Taylor mode cannot follow goes to the crate's Jacobians
+    /// (an explicit `Strategy::Taylor` returns the error).
+    taylor_fallback: bool,
     /// The independence check is still to run (on the first Jacobian).
     check: Cell<bool>,
 }
@@ -72,7 +77,7 @@ impl<'a> Residual<'a> {
         let s = x0.size();
         let route = match (jac, strategy) {
             (Some(_), _) => Route::User,
-            (None, Strategy::Auto) => Route::Taylor,
+            (None, Strategy::Auto | Strategy::Taylor) => Route::Taylor,
             (None, s) => Route::Crate(s.validate()?),
         };
         Ok(Residual {
@@ -84,7 +89,10 @@ impl<'a> Residual<'a> {
             kind: x0.kind(),
             device: x0.device(),
             route: Cell::new(route),
-            taylor_second: Cell::new(jac.is_none() || strategy == Strategy::Auto),
+            taylor_second: Cell::new(
+                jac.is_none() || matches!(strategy, Strategy::Auto | Strategy::Taylor),
+            ),
+            taylor_fallback: strategy == Strategy::Auto,
             check: Cell::new(check_independence && s[0] >= 2),
         })
     }
@@ -137,10 +145,19 @@ impl<'a> Residual<'a> {
         loop {
             match self.route.get() {
                 Route::Taylor => match self.taylor(x) {
-                    Ok(v) => return Ok(v),
-                    Err(Error::NoTaylorRule { op, detail }) => {
+                    Ok(v) => {
+                        if self.taylor_fallback && self.m.get() < self.n {
+                            // a wide residual (known after the first pass): n directions cost
+                            // more than the m backward rows of the crate's Auto
+                            self.route.set(Route::Crate(Strategy::Auto));
+                        }
+                        return Ok(v);
+                    }
+                    Err(e @ (Error::NoTaylorRule { .. } | Error::TaylorUnsupported { .. }))
+                        if self.taylor_fallback =>
+                    {
                         log::debug!(
-                            "least_squares: collapsed Taylor mode cannot follow the residual ({op}: {detail}); using the crate's batched Jacobian"
+                            "least_squares: collapsed Taylor mode cannot follow the residual ({e}); using the crate's batched Jacobian"
                         );
                         self.route.set(Route::Crate(Strategy::Auto));
                     }
@@ -206,7 +223,7 @@ impl<'a> Residual<'a> {
             .strategy(s)
             .check_independence(self.check.replace(false));
         let call = self.call;
-        let out = crate::batch_jacobian_of_aux(|z: &Tensor| (call(z), ()), x, &opts)?;
+        let out = crate::per_sample_jacobian_of_aux(|z: &Tensor| (call(z), ()), x, &opts)?;
         let r = self.checked(out.value, "r(x) of the batched Jacobian")?;
         Ok((r, out.jacobian.f_detach()?, true))
     }
@@ -253,7 +270,9 @@ impl<'a> Residual<'a> {
             });
             match run {
                 Ok(t) => return Ok(t.second.f_detach()?.f_reshape([self.b, -1])?),
-                Err(Error::NoTaylorRule { .. }) => self.taylor_second.set(false),
+                Err(Error::NoTaylorRule { .. } | Error::TaylorUnsupported { .. }) => {
+                    self.taylor_second.set(false)
+                }
                 Err(e) => return Err(e),
             }
         }

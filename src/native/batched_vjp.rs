@@ -54,9 +54,11 @@ pub(crate) fn batched_vjp(
             &mut ops,
         )
     };
+    // SAFETY: null or a malloc'd message from the call above, taken once.
     if let Some(msg) = unsafe { take_string(err) } {
         return Err(engine_error(msg));
     }
+    // SAFETY: null or a malloc'd list of ops from the call above, taken once.
     if let Some(ops) = unsafe { take_string(ops) } {
         record_fallbacks(&ops);
     }

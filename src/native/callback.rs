@@ -55,16 +55,21 @@ pub(super) unsafe extern "C" fn callback(
     out: *mut *mut torch_sys::C_tensor,
 ) -> std::ffi::c_int {
     use std::panic::{catch_unwind, AssertUnwindSafe};
-    let ctx = &*(ctx as *const Callback<'_, '_>);
+    // SAFETY: the caller (csrc/vmap_grad.cpp, csrc/forward_ad.cpp) passes the `Callback` it was
+    // given, alive for the whole C++ call that runs this callback.
+    let ctx = unsafe { &*(ctx as *const Callback<'_, '_>) };
     let take = |ptrs: *mut *mut torch_sys::C_tensor, n: i64| -> Vec<Tensor> {
         (0..n as usize)
-            .map(|i| Tensor::from_ptr(*ptrs.add(i)))
+            // SAFETY: `ptrs` holds `n` non-null heap tensors (`new at::Tensor`) handed over to
+            // us; each is read once and owned by the `Tensor` made from it.
+            .map(|i| unsafe { Tensor::from_ptr(*ptrs.add(i)) })
             .collect()
     };
     let (ps, xs) = (take(params, n_params), take(inputs, n_inputs));
     match catch_unwind(AssertUnwindSafe(|| (ctx.f)(&ps, &xs))) {
         Ok(Ok(mut t)) => {
-            *out = t.as_mut_ptr();
+            // SAFETY: `out` is the C++ side's slot for the result, valid for this call.
+            unsafe { *out = t.as_mut_ptr() };
             std::mem::forget(t); // owned by the C++ side now
             0
         }
@@ -96,8 +101,10 @@ pub(super) unsafe fn finish_call(
     err: *mut std::ffi::c_char,
     ops: *mut std::ffi::c_char,
 ) -> Result<()> {
-    let ops = take_string(ops);
-    if let Some(msg) = take_string(err) {
+    // SAFETY: the caller's contract (see above): each string is taken once.
+    let ops = unsafe { take_string(ops) };
+    // SAFETY: as above.
+    if let Some(msg) = unsafe { take_string(err) } {
         return Err(match ctx.error.into_inner() {
             // An op of the closure without a batching rule, the fallback off: the closure's
             // own error says so in libtorch's words; it is the same NoBatchingRule as anywhere.

@@ -60,7 +60,12 @@ pub(crate) fn jacfwd(
     };
     // SAFETY: the strings come from the call above.
     unsafe { finish_call(ctx, err, ops) }?;
-    // SAFETY: on success both are `new at::Tensor`s that nobody else owns.
+    if columns.is_null() || value.is_null() {
+        return Err(crate::error::Error::from(tch::TchError::Torch(
+            "forward-mode AD: the engine returned no columns".into(),
+        )));
+    }
+    // SAFETY: both are non-null (checked above) `new at::Tensor`s that nobody else owns.
     Ok(unsafe { (Tensor::from_ptr(columns), Tensor::from_ptr(value)) })
 }
 

@@ -19,7 +19,9 @@
 //!     hands back);
 //!   * `csrc/norm_autograd.cpp`, room `norm_autograd`: autograd kernels for the normalizations
 //!     whose derivatives are right at every order;
-//!   * collapsed Taylor mode (the Laplacians of [`crate::laplacian`] in one forward pass), room
+//!   * `csrc/generator.cpp`, room `generator`: the default random generator's state, saved and
+//!     restored around `Randomness::Same`'s per-sample loop;
+//!   * collapsed Taylor mode (the Laplacians of [`crate::laplacian`](mod@crate::laplacian) in one forward pass), room
 //!     `taylor`: `csrc/taylor.h` (what its parts share), `csrc/taylor_session.cpp` (the session,
 //!     the table of coefficients, the jet algebra), `csrc/taylor_fallback.cpp` (the dispatcher
 //!     fallback that pushes Taylor coefficients through every op of a Rust closure), and the rule
@@ -70,6 +72,7 @@
 mod batched_vjp;
 mod callback;
 mod forward_ad;
+mod generator;
 mod graph_scan;
 mod jit_executor;
 mod norm_autograd;
@@ -81,9 +84,10 @@ pub(crate) use batched_vjp::batched_vjp;
 pub use batched_vjp::cuda_free_memory;
 pub(crate) use callback::LossFn;
 pub(crate) use forward_ad::jacfwd;
+pub(crate) use generator::GeneratorState;
 pub(crate) use graph_scan::graph_node_names;
 pub(crate) use jit_executor::PlainTorchScript;
-pub(crate) use norm_autograd::ensure_norm_autograd;
+pub(crate) use norm_autograd::{ensure_norm_autograd, norm_autograd_installed};
 #[cfg(tch_jacobian_core)]
 pub(crate) use shared::take_string;
 pub(crate) use shared::{unavailable, warn_missing_engine, warn_once};

@@ -2,6 +2,22 @@
 //! every order, installed once per process before the crate's first backward pass.
 use crate::error::Result;
 
+/// The outcome of the one installation.
+#[cfg(tch_jacobian_core)]
+static INSTALLED: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+
+/// Whether [`ensure_norm_autograd`] has installed the kernels.
+pub(crate) fn norm_autograd_installed() -> bool {
+    #[cfg(tch_jacobian_core)]
+    {
+        matches!(INSTALLED.get(), Some(Ok(())))
+    }
+    #[cfg(not(tch_jacobian_core))]
+    {
+        false
+    }
+}
+
 /// Installs the normalizations' autograd kernels that are right at every order
 /// (csrc/norm_autograd.cpp: libtorch's double-backward formulas for `layer_norm`, `batch_norm`
 /// and `instance_norm` record a graph that is wrong one order higher, pytorch#175754 and
@@ -12,8 +28,6 @@ pub(crate) fn ensure_norm_autograd() -> Result<()> {
     {
         use super::take_string;
         use crate::error::Error;
-        static INSTALLED: std::sync::OnceLock<std::result::Result<(), String>> =
-            std::sync::OnceLock::new();
         extern "C" {
             fn tchj_install_norm_autograd() -> *mut std::ffi::c_char;
         }

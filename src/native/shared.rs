@@ -10,7 +10,6 @@ thread_local! {
 }
 
 #[cfg_attr(not(tch_jacobian_native), allow(dead_code))]
-#[track_caller]
 pub(super) fn record_fallbacks(ops: &str) {
     FALLBACKS.with(|f| {
         let mut f = f.borrow_mut();
@@ -25,18 +24,29 @@ pub(super) fn record_fallbacks(ops: &str) {
     });
 }
 
-/// Logs `message` at warn level (the `log` facade) the first time this process sees it from
-/// this call site (the caller of a `#[track_caller]` chain); later calls log nothing.
-#[track_caller]
+/// How many distinct warnings [`warn_once`] remembers (then it says so once, and logs no more).
+pub(crate) const WARN_ONCE_LIMIT: usize = 256;
+
+/// Logs `message` at warn level (the `log` facade) the first time this process sees this
+/// message; later calls with the same message log nothing. The set of messages seen is bounded
+/// ([`WARN_ONCE_LIMIT`]): past it, one last warning says that further ones are not logged.
 pub(crate) fn warn_once(message: &str) {
     static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let at = std::panic::Location::caller();
-    let key = format!("{}:{}: {message}", at.file(), at.line());
-    let first = SEEN.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
-    if first {
-        log::warn!("{message}");
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(message) {
+        return;
     }
+    if seen.len() >= WARN_ONCE_LIMIT {
+        if seen.insert(String::new()) {
+            log::warn!(
+                "tch-jacobian has logged {WARN_ONCE_LIMIT} distinct warnings; further ones are not logged"
+            );
+        }
+        return;
+    }
+    seen.insert(message.to_string());
+    log::warn!("{message}");
 }
 
 /// Logs, once per process, that the engine is not built, the first time `Strategy::Auto` would
@@ -68,8 +78,12 @@ pub(crate) unsafe fn take_string(s: *mut std::ffi::c_char) -> Option<String> {
     if s.is_null() {
         return None;
     }
-    let text = std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned();
-    tchj_free_string(s);
+    // SAFETY: `s` is non-null and NUL-terminated (the caller's contract).
+    let text = unsafe { std::ffi::CStr::from_ptr(s) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: `s` came from `malloc` on the C++ side and is freed once, here.
+    unsafe { tchj_free_string(s) };
     Some(text)
 }
 

@@ -14,7 +14,7 @@
 //! This room opens and closes the session around the closure, and lets the crate's own
 //! derivatives inside a closure keep their jets ([`prepare_leaf`]) or refuse the session
 //! ([`refuse_unrecorded`]): the policy (which directions, when to use this engine) is
-//! [`crate::laplacian`]'s.
+//! [`crate::laplacian`](mod@crate::laplacian)'s.
 
 use tch::Tensor;
 
@@ -110,10 +110,12 @@ where
             None if first.is_null() || second.is_null() => Err(Error::from(tch::TchError::Torch(
                 "collapsed Taylor mode: the session returned no coefficients".into(),
             ))),
-            // SAFETY: non-null heap tensors handed over by tchj_taylor_end (checked above).
             None => Ok(Taylor {
                 value,
+                // SAFETY: non-null heap tensors handed over by tchj_taylor_end (checked above),
+                // each owned by the `Tensor` made here.
                 first: unsafe { Tensor::from_ptr(first) },
+                // SAFETY: as above.
                 second: unsafe { Tensor::from_ptr(second) },
             }),
         },
@@ -123,9 +125,8 @@ where
         // refusal (nested reverse mode records it).
         Ok(Err(e)) => Err(match session_error {
             Some(msg) => taylor_error(msg),
-            None if !create_graph && unrecorded(&e) => Error::NoTaylorRule {
-                op: "(refused)".into(),
-                detail: format!(
+            None if !create_graph && unrecorded(&e) => Error::TaylorUnsupported {
+                reason: format!(
                     "the closure differentiates a tensor that collapsed Taylor mode computed \
                      without create_graph ({})",
                     e.one_line()
@@ -272,10 +273,7 @@ pub(crate) fn refuse_unrecorded(root: &Tensor, what: &str) -> Result<()> {
                 // SAFETY: a NUL-terminated string borrowed for the call.
                 unsafe { ffi::tchj_taylor_refuse(msg.as_ptr()) };
             }
-            return Err(Error::NoTaylorRule {
-                op: "(refused)".into(),
-                detail,
-            });
+            return Err(Error::TaylorUnsupported { reason: detail });
         }
     }
     Ok(())
@@ -311,10 +309,7 @@ pub(crate) fn refuse_transform(ts: &[&Tensor], what: &str) -> Result<()> {
         // SAFETY: a NUL-terminated string borrowed for the call.
         unsafe { ffi::tchj_taylor_refuse(msg.as_ptr()) };
     }
-    Err(Error::NoTaylorRule {
-        op: "(refused)".into(),
-        detail,
-    })
+    Err(Error::TaylorUnsupported { reason: detail })
 }
 
 /// The C++ side's message as an [`Error`]: a missing rule names the op; a refusal says why.
@@ -336,8 +331,7 @@ fn taylor_error(msg: String) -> Error {
         Some(at) => &msg[at + REFUSED.len()..],
         None => &msg,
     };
-    Error::NoTaylorRule {
-        op: "(refused)".into(),
-        detail: detail.lines().next().unwrap_or(detail).to_string(),
+    Error::TaylorUnsupported {
+        reason: detail.lines().next().unwrap_or(detail).to_string(),
     }
 }

@@ -79,11 +79,17 @@ pub(crate) fn vmap_grad(
     };
     // SAFETY: the strings come from the call above.
     unsafe { finish_call(ctx, err, ops) }?;
-    // SAFETY: non-null slots are `new at::Tensor`s that nobody else owns.
     let grads = grads
         .into_iter()
+        // SAFETY: non-null slots are `new at::Tensor`s that nobody else owns.
         .map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
         .collect();
+    if losses.is_null() {
+        return Err(crate::error::Error::from(tch::TchError::Torch(
+            "vmap(grad): the engine returned no losses".into(),
+        )));
+    }
+    // SAFETY: a non-null `new at::Tensor` (checked above) that nobody else owns.
     Ok((grads, unsafe { Tensor::from_ptr(losses) }))
 }
 

@@ -1,16 +1,44 @@
 //! Shared test helpers: fixtures written by tests/gen-fixtures.py, and the per-device macro.
 #![allow(dead_code)]
 
+pub mod expect;
 pub mod sweep;
 pub mod wrong;
 
 use tch::{Device, Kind, Tensor};
-use tch_jacobian::{JacobianOptions, Result, Strategy, Tolerance};
+use tch_jacobian::{testing::Tolerance, JacobianOptions, Result, Strategy};
 
 /// The repository root: `TCH_JACOBIAN_ROOT` when set (test binaries copied to another machine,
 /// see scripts/gpu-run), else the crate's directory at build time.
 pub fn root() -> String {
     std::env::var("TCH_JACOBIAN_ROOT").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
+/// Which build runs: `native` (the C++ engine) or `no-engine`.
+pub fn build() -> &'static str {
+    if tch_jacobian::native::available() {
+        "native"
+    } else {
+        "no-engine"
+    }
+}
+
+/// The committed expected outcomes of a CI subset: `tests/expected/<name>-<build>.tsv` on the
+/// CPU; on another device `<name>-<build>-<device>.tsv` when it exists, else the CPU file (a
+/// difference from the CPU is then worth a look; blessing writes the device's own file).
+pub fn expected_path(name: &str, device: Device) -> std::path::PathBuf {
+    let dir = std::path::Path::new(&root()).join("tests/expected");
+    let cpu = dir.join(format!("{name}-{}.tsv", build()));
+    if device == Device::Cpu {
+        return cpu;
+    }
+    let dev = if device.is_cuda() { "cuda" } else { "other" };
+    let own = dir.join(format!("{name}-{}-{dev}.tsv", build()));
+    if own.exists() || expect::blessing() || !cpu.exists() {
+        own
+    } else {
+        cpu
+    }
 }
 
 /// Loads `tests/data/<case>_<name>.npy` onto `device`.
@@ -47,7 +75,7 @@ pub fn strategies() -> Vec<Strategy> {
     all
 }
 
-/// The strategies that need no closure (for `jacobian_with`, `batch_jacobian`, `hessian`).
+/// The strategies that need no closure (for `jacobian_with`, `per_sample_jacobian`, `hessian`).
 pub fn graph_strategies() -> Vec<Strategy> {
     strategies()
         .into_iter()
@@ -103,9 +131,11 @@ pub fn notebook_f(device: Device, kind: Kind) -> f64 {
         .unwrap_or_else(|| panic!("no {dev} {dt} value in tests/data/notebook_f.txt"))
 }
 
-/// allclose defaults: rtol 1e-5, atol 1e-8.
+/// For float64 results compared with float64 PyTorch (the same math, another summation order):
+/// rtol 1e-10, atol 1e-12 (for entries that are zero up to rounding). Tolerance::check also
+/// refuses a result of another kind, so a float32 path cannot pass.
 pub fn f64_tol() -> Tolerance {
-    Tolerance::default()
+    Tolerance::new(1e-10, 1e-12)
 }
 
 /// For float32 results compared with float32 PyTorch: a few ulps of relative error.
@@ -136,17 +166,21 @@ pub fn assert_err<T: std::fmt::Debug>(result: Result<T>, needles: &[&str]) {
 
 /// Instantiates `fn case(device: Device) -> Result<()>` once per device: `case::cpu` always,
 /// `case::cuda` with the `cuda-tests` feature (it fails, rather than skips, without a GPU).
+/// Attributes before a case apply to both, e.g. [`needs_engine`]'s
+/// `#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]`.
 #[macro_export]
 macro_rules! device_tests {
-    ($($case:ident),* $(,)?) => {
+    ($($(#[$attr:meta])* $case:ident),* $(,)?) => {
         $(
             mod $case {
                 #[test]
+                $(#[$attr])*
                 fn cpu() -> tch_jacobian::Result<()> {
                     super::$case(tch::Device::Cpu)
                 }
                 #[cfg(feature = "cuda-tests")]
                 #[test]
+                $(#[$attr])*
                 fn cuda() -> tch_jacobian::Result<()> {
                     assert!(tch::Cuda::is_available(), "feature cuda-tests is on but CUDA is not available");
                     super::$case(tch::Device::Cuda(0))
@@ -154,4 +188,18 @@ macro_rules! device_tests {
             }
         )*
     };
+}
+
+/// Engine-only tests are marked
+/// `#[cfg_attr(not(feature = "native"), ignore = "needs the native engine")]`: without the
+/// engine (`--no-default-features`) they show as ignored with that reason, never as a pass that
+/// returned early. This asserts, in such a test, that the feature and the build agree (a build
+/// with the feature but without the engine fails the build itself, see build.rs).
+#[track_caller]
+pub fn needs_engine() {
+    assert!(
+        tch_jacobian::native::available(),
+        "this test needs the native engine: {}",
+        tch_jacobian::native::build_status()
+    );
 }

@@ -148,11 +148,16 @@ pub enum Outcome {
     Ok,
     /// A value, not the truth: the largest difference and the truth's scale.
     Wrong { max_diff: f64, scale: f64 },
-    /// The crate said no on purpose: [`Error::WrongDerivative`], or a closure that is not
-    /// row-wise ([`Error::Contract`]) for the replicated strategies.
-    Refused(String),
-    /// Any other error.
-    Error(String),
+    /// A result of another shape than the truth's.
+    WrongShape(String),
+    /// A result of another kind (dtype) than the truth's.
+    WrongKind(String),
+    /// An error of the crate: its [`Error`] variant (`WrongDerivative`, `Contract`, `Torch`, …,
+    /// see [`variant`]) and its first line.
+    Error {
+        variant: &'static str,
+        message: String,
+    },
     /// A Rust panic (caught).
     Panic(String),
     /// The case cannot run in this mode: libtorch itself fails to warm the module up (its
@@ -160,16 +165,57 @@ pub enum Outcome {
     NotApplicable(String),
 }
 
+/// The name of `e`'s variant: `WrongDerivative`, `Contract`, `Torch`, `NoBatchingRule`, …
+pub fn variant(e: &Error) -> &'static str {
+    match e {
+        Error::NoGrad { .. } => "NoGrad",
+        Error::NotConnected { .. } => "NotConnected",
+        Error::Shape(_) => "Shape",
+        Error::Kind(_) => "Kind",
+        Error::Device(_) => "Device",
+        Error::InvalidArgument(_) => "InvalidArgument",
+        Error::Contract(_) => "Contract",
+        Error::NoBatchingRule { .. } => "NoBatchingRule",
+        Error::NoTaylorRule { .. } => "NoTaylorRule",
+        Error::WrongDerivative { .. } => "WrongDerivative",
+        Error::OutOfMemory { .. } => "OutOfMemory",
+        Error::Io { .. } => "Io",
+        Error::Torch(_) => "Torch",
+        _ => "Other",
+    }
+}
+
 impl Outcome {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Wrong { .. } => "wrong",
-            Outcome::Refused(_) => "refused",
-            Outcome::Error(_) => "error",
-            Outcome::Panic(_) => "panic",
-            Outcome::NotApplicable(_) => "n/a",
+    /// The error `e` as an outcome.
+    pub fn error(e: &Error) -> Outcome {
+        Outcome::Error {
+            variant: variant(e),
+            message: first(&e.to_string()),
         }
+    }
+    /// `ok`, `wrong`, `wrong-shape`, `err:<Variant>`, `panic` or `n/a`: the expected-outcome
+    /// files' column.
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Ok => "ok".into(),
+            Outcome::Wrong { .. } => "wrong".into(),
+            Outcome::WrongShape(_) => "wrong-shape".into(),
+            Outcome::WrongKind(_) => "wrong-kind".into(),
+            Outcome::Error { variant, .. } => format!("err:{variant}"),
+            Outcome::Panic(_) => "panic".into(),
+            Outcome::NotApplicable(_) => "n/a".into(),
+        }
+    }
+    /// A refusal on purpose: the crate's `WrongDerivative`, or a `Contract` error (a closure that
+    /// is not row-wise for the replicated strategies).
+    pub fn refused(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Error {
+                variant: "WrongDerivative" | "Contract",
+                ..
+            }
+        )
     }
     pub fn detail(&self) -> String {
         match self {
@@ -177,10 +223,42 @@ impl Outcome {
             Outcome::Wrong { max_diff, scale } => {
                 format!("max |Δ| {max_diff:.3e} (scale {scale:.3e})")
             }
-            Outcome::Refused(s)
-            | Outcome::Error(s)
+            Outcome::Error { message, .. } => message.clone(),
+            Outcome::WrongShape(s)
+            | Outcome::WrongKind(s)
             | Outcome::Panic(s)
             | Outcome::NotApplicable(s) => s.clone(),
+        }
+    }
+}
+
+/// What a route did besides its value: the reroutes the crate recorded
+/// (`second_order::take_reroutes`, as `from->to`) and the ops that took libtorch's vmap fallback
+/// (`native::take_vmap_fallbacks`), each list `,`-joined, `-` when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Side {
+    pub reroutes: String,
+    pub fallbacks: String,
+}
+
+impl Side {
+    /// Takes (and clears) this thread's records.
+    pub fn take() -> Side {
+        let join = |v: Vec<String>| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        Side {
+            reroutes: join(
+                tch_jacobian::second_order::take_reroutes()
+                    .iter()
+                    .map(|r| format!("{}->{}", r.from, r.to))
+                    .collect(),
+            ),
+            fallbacks: join(tch_jacobian::native::take_vmap_fallbacks()),
         }
     }
 }
@@ -194,6 +272,52 @@ pub struct Row {
     pub k: usize,
     pub route: Route,
     pub outcome: Outcome,
+    pub side: Side,
+}
+
+/// The expected-outcome table of the second-order sweep: key `case mode k route`, compared
+/// `outcome reroutes fallbacks`, note `detail` (an error's first line).
+pub fn table() -> super::expect::Table {
+    super::expect::Table::new(
+        &[
+            "case",
+            "mode",
+            "k",
+            "route",
+            "outcome",
+            "reroutes",
+            "fallbacks",
+            "detail",
+        ],
+        4,
+        7,
+    )
+}
+
+impl Row {
+    /// The row's fields in [`table`]'s columns.
+    pub fn fields(&self) -> Vec<String> {
+        vec![
+            self.case.clone(),
+            self.mode.name().into(),
+            self.k.to_string(),
+            self.route.to_string(),
+            self.outcome.label(),
+            self.side.reroutes.clone(),
+            self.side.fallbacks.clone(),
+            note(&self.outcome),
+        ]
+    }
+}
+
+/// The note column: an error's or a panic's first line (80 characters), else `-`.
+pub fn note(o: &Outcome) -> String {
+    match o {
+        Outcome::Error { message, .. } | Outcome::Panic(message) => {
+            message.chars().take(80).collect()
+        }
+        _ => "-".into(),
+    }
 }
 
 /// The case's arrays: `t*`, `r*`, `g*_*`.
@@ -311,14 +435,16 @@ fn compare(got: &[Tensor], truth: &[Tensor]) -> Outcome {
     let mut wrong = false;
     for (g, t) in got.iter().zip(truth) {
         if g.size() != t.size() {
-            return Outcome::Error(format!("shape {:?}, expected {:?}", g.size(), t.size()));
+            return Outcome::WrongShape(format!("shape {:?}, expected {:?}", g.size(), t.size()));
         }
         if t.numel() == 0 {
             continue;
         }
-        let g = g.to_kind(Kind::Double);
+        if g.kind() != t.kind() {
+            return Outcome::WrongKind(format!("{:?}, expected {:?}", g.kind(), t.kind()));
+        }
         let scale = t.abs().max().double_value(&[]).max(1.0);
-        let diff = (&g - t).abs();
+        let diff = (g - t).abs();
         let bound = t.abs() * 1e-6 + 1e-8 * scale;
         let bad = diff.gt_tensor(&bound).any().int64_value(&[]) != 0
             || g.isnan().any().int64_value(&[]) != t.isnan().any().int64_value(&[]);
@@ -340,25 +466,7 @@ fn compare(got: &[Tensor], truth: &[Tensor]) -> Outcome {
     }
 }
 
-fn classify(route: Route, e: Error) -> Outcome {
-    match e {
-        Error::WrongDerivative { op, .. } => {
-            Outcome::Refused(format!("wrong derivative through {op}"))
-        }
-        // The replicated strategies call the closure on stacked copies: an op that is not
-        // row-wise on them is refused by the crate (Contract) or by the op itself.
-        e if matches!(
-            route,
-            Route::Closure(Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. })
-        ) =>
-        {
-            Outcome::Refused(format!("not row-wise: {}", first(&e.to_string())))
-        }
-        other => Outcome::Error(first(&other.to_string())),
-    }
-}
-
-fn first(s: &str) -> String {
+pub fn first(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(160).collect()
 }
 
@@ -398,6 +506,7 @@ pub fn run_case(
                 .map(|j| get(&format!("g{k}_{j}")))
                 .collect();
             for &route in routes {
+                let _ = Side::take();
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
                     let fresh;
                     let module = match (&warm, mode) {
@@ -411,14 +520,14 @@ pub fn run_case(
                         (Ok(None), _) => {
                             fresh = match load() {
                                 Ok(m) => m,
-                                Err(e) => return Outcome::Error(first(&e.to_string())),
+                                Err(e) => return Outcome::error(&e),
                             };
                             &fresh
                         }
                     };
                     match evaluate(module, &ts, k, &r, route) {
                         Ok(g) => compare(&g, &truth),
-                        Err(e) => classify(route, e),
+                        Err(e) => Outcome::error(&e),
                     }
                 }))
                 .unwrap_or_else(|p| {
@@ -436,12 +545,12 @@ pub fn run_case(
                     k,
                     route,
                     outcome,
+                    side: Side::take(),
                 });
             }
         }
     }
     tch::jit::set_graph_executor_optimize(true);
-    let _ = tch_jacobian::second_order::take_reroutes();
-    let _ = tch_jacobian::native::take_vmap_fallbacks();
+    let _ = Side::take();
     rows
 }

@@ -13,8 +13,8 @@
 //!   `Φ = Σ_b w_b Δu_b`).
 //!
 //! Every route computes its first- or second-order object with `create_graph` (`J` by
-//! `jacobian_with` / `jacobian_of` / `batch_jacobian_of`, `H` by `hessian_of` /
-//! `batch_hessian_of`, `Δu` by `laplacian_of`), the rest of `Φ` by plain backward passes with
+//! `jacobian_with` / `jacobian_of` / `per_sample_jacobian_of`, `H` by `hessian_of` /
+//! `per_sample_hessian_of`, `Δu` by `laplacian_of`), the rest of `Φ` by plain backward passes with
 //! create_graph, and `T` by one more backward pass.
 #![allow(dead_code)]
 
@@ -24,11 +24,11 @@ use std::path::Path;
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian_of, hessian_of, jacobian_of, jacobian_with, laplacian_of,
-    Error, JacobianOptions, Strategy,
+    hessian_of, jacobian_of, jacobian_with, laplacian_of, per_sample_hessian_of,
+    per_sample_jacobian_of, Error, JacobianOptions, Strategy,
 };
 
-use crate::sweep::{self, Outcome};
+use crate::sweep::{self, first, Outcome, Side};
 
 /// The kind of `Φ`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,11 +166,11 @@ pub enum Route {
     Graph(Strategy),
     /// `jacobian_of(t_k ↦ f(ts))`.
     Closure(Strategy),
-    /// `batch_jacobian_of(t_0 ↦ f(ts))` (`batch` quantities).
+    /// `per_sample_jacobian_of(t_0 ↦ f(ts))` (`batch` quantities).
     Batch(Strategy),
     /// `hessian_of(t_k ↦ ⟨c, f(ts)⟩)` (`hess`, `lap`).
     Hessian(Strategy),
-    /// `batch_hessian_of(t_0 ↦ u)`, `u_b = ⟨c_b, f_b⟩` (`lap`).
+    /// `per_sample_hessian_of(t_0 ↦ u)`, `u_b = ⟨c_b, f_b⟩` (`lap`).
     BatchHessian(Strategy),
     /// `laplacian_of(t_0 ↦ u)` (`lap`).
     Laplacian(Strategy),
@@ -181,9 +181,9 @@ impl std::fmt::Display for Route {
         match self {
             Route::Graph(s) => write!(f, "jacobian_with {s}"),
             Route::Closure(s) => write!(f, "jacobian_of {s}"),
-            Route::Batch(s) => write!(f, "batch_jacobian_of {s}"),
+            Route::Batch(s) => write!(f, "per_sample_jacobian_of {s}"),
             Route::Hessian(s) => write!(f, "hessian_of {s}"),
-            Route::BatchHessian(s) => write!(f, "batch_hessian_of {s}"),
+            Route::BatchHessian(s) => write!(f, "per_sample_hessian_of {s}"),
             Route::Laplacian(s) => write!(f, "laplacian_of {s}"),
         }
     }
@@ -409,7 +409,7 @@ pub fn evaluate(
             jac_phi(&j, &a.get("r1"), a, &xs)?
         }
         Route::Batch(_) => {
-            let j = batch_jacobian_of(at, &xs[k], &opts)?; // [B, *out, *in]
+            let j = per_sample_jacobian_of(at, &xs[k], &opts)?; // [B, *out, *in]
             let b = xs[k].size()[0];
             let (o, i) = (j.numel() as i64 / b, xs[k].numel() as i64 / b);
             let o = o / i;
@@ -429,7 +429,7 @@ pub fn evaluate(
         }
         Route::BatchHessian(_) => {
             let c = a.get("c");
-            let h = batch_hessian_of(|x: &Tensor| per_sample(&c, &at(x)?), &xs[k], &opts)?;
+            let h = per_sample_hessian_of(|x: &Tensor| per_sample(&c, &at(x)?), &xs[k], &opts)?;
             let b = xs[k].size()[0];
             let n = xs[k].numel() as i64 / b;
             let traces = h
@@ -470,13 +470,15 @@ pub fn compare(got: &[Tensor], truth: &[Tensor], source: &str) -> Outcome {
     let mut wrong = false;
     for (g, t) in got.iter().zip(truth) {
         if g.size() != t.size() {
-            return Outcome::Error(format!("shape {:?}, expected {:?}", g.size(), t.size()));
+            return Outcome::WrongShape(format!("shape {:?}, expected {:?}", g.size(), t.size()));
         }
         if t.numel() == 0 {
             continue;
         }
-        let g = g.to_kind(Kind::Double);
-        let diff = (&g - t).abs();
+        if g.kind() != t.kind() {
+            return Outcome::WrongKind(format!("{:?}, expected {:?}", g.kind(), t.kind()));
+        }
+        let diff = (g - t).abs();
         let bound = t.abs() * rtol + atol * scale;
         let bad = diff.gt_tensor(&bound).any().int64_value(&[]) != 0
             || g.isnan().any().int64_value(&[]) != 0;
@@ -498,26 +500,6 @@ pub fn compare(got: &[Tensor], truth: &[Tensor], source: &str) -> Outcome {
     }
 }
 
-fn classify(route: Route, e: Error) -> Outcome {
-    match e {
-        Error::WrongDerivative { op, .. } => {
-            Outcome::Refused(format!("wrong derivative through {op}"))
-        }
-        e if matches!(
-            route.strategy(),
-            Strategy::Vectorized { .. } | Strategy::VectorizedForward { .. }
-        ) =>
-        {
-            Outcome::Refused(format!("not row-wise: {}", first(&e.to_string())))
-        }
-        other => Outcome::Error(first(&other.to_string())),
-    }
-}
-
-fn first(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(160).collect()
-}
-
 /// One result line.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -531,6 +513,42 @@ pub struct Row {
     pub truth: String,
     pub route: Route,
     pub outcome: Outcome,
+    pub side: Side,
+}
+
+/// The expected-outcome table of the third-order sweep: key `case mode quantity route`
+/// (`quantity` = set and k, e.g. `jac1`), compared `outcome reroutes fallbacks`, note `detail`.
+pub fn table() -> crate::expect::Table {
+    crate::expect::Table::new(
+        &[
+            "case",
+            "mode",
+            "quantity",
+            "route",
+            "outcome",
+            "reroutes",
+            "fallbacks",
+            "detail",
+        ],
+        4,
+        7,
+    )
+}
+
+impl Row {
+    /// The row's fields in [`table`]'s columns.
+    pub fn fields(&self) -> Vec<String> {
+        vec![
+            self.case.clone(),
+            self.mode.name().into(),
+            format!("{}{}", self.set.name(), self.k),
+            self.route.to_string(),
+            self.outcome.label(),
+            self.side.reroutes.clone(),
+            self.side.fallbacks.clone(),
+            sweep::note(&self.outcome),
+        ]
+    }
 }
 
 /// Runs every route on every quantity of one case in each of `modes` (`rust` only for the
@@ -573,6 +591,7 @@ pub fn run_case(dir: &Path, case: &Case, modes: &[Mode], device: Device) -> Vec<
                 .map(|m| a.get(&format!("T{m}")))
                 .collect();
             for route in routes(q.set) {
+                let _ = Side::take();
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
                     let fresh;
                     let func = match (&warm, mode) {
@@ -587,14 +606,14 @@ pub fn run_case(dir: &Path, case: &Case, modes: &[Mode], device: Device) -> Vec<
                         (Ok(None), _) => {
                             fresh = match load() {
                                 Ok(m) => m,
-                                Err(e) => return Outcome::Error(first(&e.to_string())),
+                                Err(e) => return Outcome::error(&e),
                             };
                             Func::Module(&fresh)
                         }
                     };
                     match evaluate(&func, &ts, q, &a, route) {
                         Ok(g) => compare(&g, &truth, &q.truth),
-                        Err(e) => classify(route, e),
+                        Err(e) => Outcome::error(&e),
                     }
                 }))
                 .unwrap_or_else(|p| {
@@ -615,12 +634,12 @@ pub fn run_case(dir: &Path, case: &Case, modes: &[Mode], device: Device) -> Vec<
                     truth: q.truth.clone(),
                     route,
                     outcome,
+                    side: Side::take(),
                 });
             }
         }
     }
     tch::jit::set_graph_executor_optimize(true);
-    let _ = tch_jacobian::second_order::take_reroutes();
-    let _ = tch_jacobian::native::take_vmap_fallbacks();
+    let _ = Side::take();
     rows
 }

@@ -29,10 +29,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_hessian_of, batch_jacobian, batch_jacobian_of, contractive_penalty, hessian_of, jacobian,
-    jacobian_of, jacobian_with, jvp_batched, laplacian_of, per_sample_gradients,
-    per_sample_gradients_of, per_sample_gradients_of_module, sigmoid_linear_jacobian, vjp_batched,
-    Estimator, JacobianOptions, Progress, Strategy,
+    hessian_of, jacobian, jacobian_of, jacobian_penalty, jacobian_with, jvp_batched, laplacian_of,
+    per_sample_gradients, per_sample_gradients_of, per_sample_gradients_of_module,
+    per_sample_hessian_of, per_sample_jacobian, per_sample_jacobian_of, sigmoid_linear_jacobian,
+    vjp_batched, JacobianOptions, PenaltyEstimator, PenaltyOptions, Progress, Strategy,
 };
 use tch_jacobian_bench::{measure, reset_peak_rss, status_kib, Rule, Timing};
 
@@ -140,7 +140,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
         kind: Kind::Float,
     };
     let resolved = |s: Strategy| -> String { s.resolve_for(&work(true)).to_string() };
-    // The same without a closure (jacobian_with, batch_jacobian, the penalty).
+    // The same without a closure (jacobian_with, per_sample_jacobian, the penalty).
     let resolved_graph = |s: Strategy| -> String { s.resolve_for(&work(false)).to_string() };
     let run =
         |method: &str, strategy: String, g: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
@@ -192,18 +192,18 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
         "batch" => {
             let xg = x.detach().set_requires_grad(true);
             run(
-                "auto (batch_jacobian)",
+                "auto (per_sample_jacobian)",
                 resolved_graph(Strategy::Auto),
                 &mut || {
                     let y = f(&xg);
-                    Ok(batch_jacobian(&y, &xg, &opts(Strategy::Auto))?)
+                    Ok(per_sample_jacobian(&y, &xg, &opts(Strategy::Auto))?)
                 },
             )?;
             for s in CLOSURE_STRATEGIES {
                 run(
-                    &format!("{s} (batch_jacobian_of)"),
+                    &format!("{s} (per_sample_jacobian_of)"),
                     resolved(s),
-                    &mut || Ok(batch_jacobian_of(f, &x, &opts(s))?),
+                    &mut || Ok(per_sample_jacobian_of(f, &x, &opts(s))?),
                 )?;
             }
             run("closed form", "closed form".into(), &mut || {
@@ -219,7 +219,11 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
                 &mut || {
                     let xg = x.detach().set_requires_grad(true);
                     let h = xg.matmul(&wg.tr()).sigmoid();
-                    let p = contractive_penalty(&h, &xg, &Estimator::Exact)?;
+                    let p = jacobian_penalty(
+                        &h,
+                        &xg,
+                        &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+                    )?;
                     Ok(Tensor::f_run_backward(&[p], &[&wg], false, false)?.remove(0))
                 },
             )?;
@@ -434,7 +438,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
                 let loss = if lap {
                     laplacian_of(u, &x, &o)?.f_square()?.f_mean(Kind::Float)?
                 } else {
-                    batch_hessian_of(u, &x, &o)?
+                    per_sample_hessian_of(u, &x, &o)?
                         .f_square()?
                         .f_sum(Kind::Float)?
                         .f_div_scalar(b as f64)?
@@ -860,7 +864,7 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(val()?)),
             "--threads" => threads = Some(val()?.parse()?),
-            "--device" => rule.device = tch_jacobian::parse_device(&val()?)?,
+            "--device" => rule.device = tch_jacobian::device::parse_device(&val()?)?,
             "--budget" => rule.budget_s = val()?.parse()?,
             "--breakdown" => breakdown_n = Some(val()?.parse()?),
             "--case" => only = Some(val()?),

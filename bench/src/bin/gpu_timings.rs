@@ -11,7 +11,8 @@
 use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
-    batch_jacobian_of, contractive_penalty, jacobian_of, Estimator, JacobianOptions, Strategy,
+    jacobian_of, jacobian_penalty, per_sample_jacobian_of, JacobianOptions, PenaltyEstimator,
+    PenaltyOptions, Strategy,
 };
 use tch_jacobian_bench::{measure, Rule};
 
@@ -52,7 +53,7 @@ fn main() -> anyhow::Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let device = tch_jacobian::parse_device(get("--device").as_deref().unwrap_or("auto"))?;
+    let device = tch_jacobian::device::parse_device(get("--device").as_deref().unwrap_or("auto"))?;
     let sizes: Vec<i64> = get("--sizes")
         .unwrap_or_else(|| "64,256,1024,4096".into())
         .split(',')
@@ -150,7 +151,7 @@ fn main() -> anyhow::Result<()> {
     ] {
         let opts = JacobianOptions::default().strategy(strategy);
         let (s, reps) = time(device, budget_s, || {
-            let _ = batch_jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &xb, &opts)?;
+            let _ = per_sample_jacobian_of(|x: &Tensor| x.matmul(&w.tr()).sigmoid(), &xb, &opts)?;
             Ok(())
         })?;
         println!(
@@ -172,12 +173,15 @@ fn main() -> anyhow::Result<()> {
     let w = (Tensor::randn([256, 784], k) / 28.0).set_requires_grad(true);
     let b = Tensor::zeros([256], k).set_requires_grad(true);
     for (name, est) in [
-        ("Exact", Estimator::Exact),
-        ("SigmoidClosedForm", Estimator::sigmoid_closed_form(&w)),
+        ("Exact", PenaltyEstimator::Exact),
+        (
+            "SigmoidClosedForm",
+            PenaltyEstimator::sigmoid_closed_form(&w),
+        ),
         (
             "Projections(k=1)",
-            Estimator::Projections {
-                k: 1,
+            PenaltyEstimator::Projections {
+                directions: 1,
                 seed: Some(0),
             },
         ),
@@ -185,7 +189,7 @@ fn main() -> anyhow::Result<()> {
         let (s, reps) = time(device, budget_s, || {
             let x = xb.detach().set_requires_grad(true);
             let h = (x.matmul(&w.tr()) + &b).sigmoid();
-            let p = contractive_penalty(&h, &x, &est)?;
+            let p = jacobian_penalty(&h, &x, &PenaltyOptions::default().estimator(&est))?;
             let _ = Tensor::f_run_backward(&[&p], &[&w, &b], false, false)?;
             Ok(())
         })?;

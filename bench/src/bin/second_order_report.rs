@@ -24,6 +24,8 @@ use tch_jacobian_bench::{measure, Rule};
 #[path = "../../../tests/common/wrong.rs"]
 mod wrong;
 
+#[path = "../../../tests/common/expect.rs"]
+mod expect;
 #[path = "../../../tests/common/sweep.rs"]
 mod sweep;
 

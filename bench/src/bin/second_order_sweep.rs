@@ -4,7 +4,14 @@
 //! a route and a mode are.
 //!
 //!     cargo run --release -p tch-jacobian-bench --bin second_order_sweep -- DIR \
-//!         [--modes eager,cold,warm] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda]
+//!         [--modes eager,cold,warm] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda] \
+//!         [--expect FILE.tsv [--bless]]
+//!
+//! With `--expect`, every `(case, mode, k, route)`'s outcome (`ok`, `wrong`, `err:<the Error
+//! variant>`, `panic`, `crash`, …), its reroutes and its vmap fallbacks are compared with the
+//! committed FILE (bench/expected/second_order.tsv for scripts/second-order-sweep's cases), every
+//! difference printed, and the exit status is 1 on any; `--bless` rewrites FILE instead (the
+//! rows of the cases and modes run).
 //!
 //! Cases run in worker processes (this binary with `--worker-from I`), so a crash (a segfault in
 //! libtorch, an abort) is counted against its case and the sweep goes on with the next one.
@@ -17,6 +24,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
+#[path = "../../../tests/common/expect.rs"]
+mod expect;
 #[path = "../../../tests/common/sweep.rs"]
 mod sweep;
 
@@ -30,10 +39,12 @@ struct Args {
     device: Device,
     worker_from: Option<usize>,
     passthrough: Vec<String>,
+    expect: Option<PathBuf>,
+    bless: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let usage = "usage: second_order_sweep DIR [--modes eager,cold,warm] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda]";
+    let usage = "usage: second_order_sweep DIR [--modes eager,cold,warm] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda] [--expect FILE.tsv [--bless]]";
     let mut it = std::env::args().skip(1);
     let mut args = Args {
         dir: PathBuf::new(),
@@ -43,6 +54,8 @@ fn parse_args() -> Result<Args> {
         device: Device::Cpu,
         worker_from: None,
         passthrough: Vec::new(),
+        expect: None,
+        bless: false,
     };
     let mut dir = None;
     while let Some(a) = it.next() {
@@ -70,10 +83,12 @@ fn parse_args() -> Result<Args> {
                 args.ops = Some(v.split(',').map(str::to_string).collect());
             }
             "--report" => args.report = Some(value("--report")?.into()),
+            "--expect" => args.expect = Some(value("--expect")?.into()),
+            "--bless" => args.bless = true,
             "--device" => {
                 let v = value("--device")?;
                 args.passthrough.extend(["--device".into(), v.clone()]);
-                args.device = tch_jacobian::parse_device(&v)?;
+                args.device = tch_jacobian::device::parse_device(&v)?;
             }
             "--worker-from" => args.worker_from = Some(value("--worker-from")?.parse()?),
             "-h" | "--help" => {
@@ -85,6 +100,9 @@ fn parse_args() -> Result<Args> {
         }
     }
     args.dir = dir.context(usage)?;
+    if args.bless && args.expect.is_none() {
+        bail!("--bless needs --expect FILE; {usage}");
+    }
     Ok(args)
 }
 
@@ -105,15 +123,16 @@ fn worker(args: &Args, from: usize) -> Result<()> {
         writeln!(out, "BEGIN\t{i}")?;
         out.flush()?;
         for row in sweep::run_case(&args.dir, case, &args.modes, &routes, args.device) {
+            let fields: Vec<String> = row
+                .fields()
+                .into_iter()
+                .map(|f| f.replace(['\t', '\n'], " "))
+                .collect();
             writeln!(
                 out,
-                "ROW\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                row.case,
+                "ROW\t{}\t{}\t{}",
                 row.op,
-                row.mode.name(),
-                row.k,
-                row.route,
-                row.outcome.label(),
+                fields.join("\t"),
                 row.outcome.detail().replace(['\t', '\n'], " ")
             )?;
         }
@@ -123,15 +142,37 @@ fn worker(args: &Args, from: usize) -> Result<()> {
     Ok(())
 }
 
-/// One parsed result line (or a crash).
+/// One parsed result line (or a crash): the expected-outcome table's fields
+/// (`sweep::table`), the op and the whole detail.
 struct Line {
-    case: String,
     op: String,
+    fields: Vec<String>,
     mode: String,
     k: usize,
     route: String,
+    /// `ok`, `wrong`, `err:<variant>`, `panic`, `n/a` or `crash`.
     label: String,
     detail: String,
+}
+
+impl Line {
+    /// The report's bucket: `ok`, `wrong`, `refused` (the crate said no on purpose:
+    /// `WrongDerivative`; or a closure that is not row-wise for the replicated strategies:
+    /// `Contract`, or the op itself rejecting the stacked copies), `error`, `panic`, `n/a`,
+    /// `crash`.
+    fn bucket(&self) -> &'static str {
+        let replicated = self.route.starts_with("closure vectorized");
+        match self.label.as_str() {
+            "ok" => "ok",
+            "wrong" | "wrong-shape" | "wrong-kind" => "wrong",
+            "err:WrongDerivative" => "refused",
+            l if l.starts_with("err:") && replicated => "refused",
+            l if l.starts_with("err:") => "error",
+            "panic" => "panic",
+            "n/a" => "n/a",
+            _ => "crash",
+        }
+    }
 }
 
 fn drive(args: &Args) -> Result<Vec<Line>> {
@@ -168,14 +209,14 @@ fn drive(args: &Args) -> Result<Vec<Line>> {
                         );
                     }
                 }
-                Some("ROW") if f.len() >= 8 => lines.push(Line {
-                    case: f[1].into(),
-                    op: f[2].into(),
+                Some("ROW") if f.len() >= 11 => lines.push(Line {
+                    op: f[1].into(),
+                    fields: f[2..10].iter().map(|x| x.to_string()).collect(),
                     mode: f[3].into(),
                     k: f[4].parse()?,
                     route: f[5].into(),
                     label: f[6].into(),
-                    detail: f[7].into(),
+                    detail: f[10].into(),
                 }),
                 _ => {}
             }
@@ -183,14 +224,17 @@ fn drive(args: &Args) -> Result<Vec<Line>> {
         let status = child.wait()?;
         if let Some(i) = current {
             let case = &cases[i];
+            let detail = format!("the worker died ({status})");
             lines.push(Line {
-                case: case.id.clone(),
                 op: case.op.clone(),
+                fields: [&case.id, "-", "-", "-", "crash", "-", "-", &detail]
+                    .map(String::from)
+                    .to_vec(),
                 mode: "-".into(),
                 k: 0,
                 route: "-".into(),
                 label: "crash".into(),
-                detail: format!("the worker died ({status})"),
+                detail,
             });
             from = i + 1;
         } else if !status.success() {
@@ -219,7 +263,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
     // later one (weights, targets, …).
     let mut counts: BTreeMap<(String, String, &str), BTreeMap<String, usize>> = BTreeMap::new();
     let mut route_order: Vec<String> = Vec::new();
-    for l in lines.iter().filter(|l| l.label != "crash") {
+    for l in lines.iter().filter(|l| l.bucket() != "crash") {
         if !route_order.contains(&l.route) {
             route_order.push(l.route.clone());
         }
@@ -227,7 +271,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
         *counts
             .entry((l.route.clone(), l.mode.clone(), wrt))
             .or_default()
-            .entry(l.label.clone())
+            .entry(l.bucket().to_string())
             .or_default() += 1;
     }
     let columns: Vec<(String, &str)> = args
@@ -273,7 +317,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
         }
         s += "\n";
     }
-    let crashes = lines.iter().filter(|l| l.label == "crash").count();
+    let crashes = lines.iter().filter(|l| l.bucket() == "crash").count();
     s += &format!("\nCrashes (a worker process died): {crashes}.\n");
     // torch.func, from the manifest.
     let tf_wrong = |warm: bool| -> Vec<String> {
@@ -299,7 +343,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
     // Every bad line.
     let bad: Vec<&Line> = lines
         .iter()
-        .filter(|l| !matches!(l.label.as_str(), "ok" | "refused" | "n/a"))
+        .filter(|l| !matches!(l.bucket(), "ok" | "refused" | "n/a"))
         .collect();
     if !bad.is_empty() {
         s += "\n| op | case | mode | k | route | outcome | detail |\n|---|---|---|---|---|---|---|\n";
@@ -307,7 +351,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
             s += &format!(
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
                 l.op,
-                l.case,
+                l.fields[0],
                 l.mode,
                 l.k,
                 l.route,
@@ -336,6 +380,38 @@ fn main() -> Result<()> {
     println!("{text}");
     if let Some(path) = &args.report {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.expect {
+        let mut table = sweep::table();
+        for l in &lines {
+            table.push(l.fields.clone());
+        }
+        let ids: std::collections::HashSet<String> =
+            cases(&args).into_iter().map(|c| c.id).collect();
+        let modes: Vec<&str> = args.modes.iter().map(|m| m.name()).collect();
+        let comment = "The full second-order sweep's expected outcomes (scripts/second-order-sweep with its default\n\
+generator options, on the CPU): every (case, mode, k, route)'s outcome (ok, or err:<the Error\n\
+variant>), the reroutes the crate recorded (from->to) and the ops that took libtorch's vmap\n\
+fallback. Written by scripts/second-order-sweep --bless; review the diff before committing.\n\
+detail (an error's first line) is not compared.";
+        if let Err(e) = expect::check_or_bless(
+            path,
+            comment,
+            &table,
+            |k| ids.contains(&k[0]) && (k[1] == "-" || modes.contains(&k[1].as_str())),
+            "second_order_sweep",
+            args.bless,
+        ) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        if !args.bless {
+            eprintln!(
+                "second_order_sweep: all {} rows as expected ({})",
+                table.rows.len(),
+                path.display()
+            );
+        }
     }
     Ok(())
 }

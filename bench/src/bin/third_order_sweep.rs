@@ -5,7 +5,14 @@
 //! case, a quantity and a route are.
 //!
 //!     cargo run --release -p tch-jacobian-bench --bin third_order_sweep -- DIR \
-//!         [--modes eager,cold,warm,rust] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda]
+//!         [--modes eager,cold,warm,rust] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda] \
+//!         [--expect FILE.tsv [--bless]]
+//!
+//! With `--expect`, every `(case, mode, quantity, route)`'s outcome (`ok`, `wrong`, `err:<the
+//! Error variant>`, `panic`, `crash`, …), its reroutes and its vmap fallbacks are compared with
+//! the committed FILE (bench/expected/third_order.tsv for scripts/third-order-sweep's cases),
+//! every difference printed, and the exit status is 1 on any; `--bless` rewrites FILE instead
+//! (the rows of the cases and modes run).
 //!
 //! Cases run in worker processes (this binary with `--worker-from I`), so a crash is counted
 //! against its case and the sweep goes on. Prints the markdown report (and writes `--report`).
@@ -17,6 +24,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
+#[path = "../../../tests/common/expect.rs"]
+mod expect;
 #[path = "../../../tests/common/sweep.rs"]
 mod sweep;
 #[path = "../../../tests/common/third_sweep.rs"]
@@ -32,10 +41,12 @@ struct Args {
     device: Device,
     worker_from: Option<usize>,
     passthrough: Vec<String>,
+    expect: Option<PathBuf>,
+    bless: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let usage = "usage: third_order_sweep DIR [--modes eager,cold,warm,rust] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda]";
+    let usage = "usage: third_order_sweep DIR [--modes eager,cold,warm,rust] [--ops OP,OP] [--report FILE.md] [--device cpu|cuda] [--expect FILE.tsv [--bless]]";
     let mut it = std::env::args().skip(1);
     let mut args = Args {
         dir: PathBuf::new(),
@@ -45,6 +56,8 @@ fn parse_args() -> Result<Args> {
         device: Device::Cpu,
         worker_from: None,
         passthrough: Vec::new(),
+        expect: None,
+        bless: false,
     };
     let mut dir = None;
     while let Some(a) = it.next() {
@@ -71,10 +84,12 @@ fn parse_args() -> Result<Args> {
                 args.ops = Some(v.split(',').map(str::to_string).collect());
             }
             "--report" => args.report = Some(value("--report")?.into()),
+            "--expect" => args.expect = Some(value("--expect")?.into()),
+            "--bless" => args.bless = true,
             "--device" => {
                 let v = value("--device")?;
                 args.passthrough.extend(["--device".into(), v.clone()]);
-                args.device = tch_jacobian::parse_device(&v)?;
+                args.device = tch_jacobian::device::parse_device(&v)?;
             }
             "--worker-from" => args.worker_from = Some(value("--worker-from")?.parse()?),
             "-h" | "--help" => {
@@ -86,6 +101,9 @@ fn parse_args() -> Result<Args> {
         }
     }
     args.dir = dir.context(usage)?;
+    if args.bless && args.expect.is_none() {
+        bail!("--bless needs --expect FILE; {usage}");
+    }
     Ok(args)
 }
 
@@ -105,9 +123,14 @@ fn worker(args: &Args, from: usize) -> Result<()> {
         writeln!(out, "BEGIN\t{i}")?;
         out.flush()?;
         for row in third_sweep::run_case(&args.dir, case, &args.modes, args.device) {
+            let fields: Vec<String> = row
+                .fields()
+                .into_iter()
+                .map(|f| f.replace(['\t', '\n'], " "))
+                .collect();
             writeln!(
                 out,
-                "ROW\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                "ROW\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 row.case,
                 row.op,
                 row.mode.name(),
@@ -115,7 +138,8 @@ fn worker(args: &Args, from: usize) -> Result<()> {
                 row.k,
                 row.route,
                 row.outcome.label(),
-                row.outcome.detail().replace(['\t', '\n'], " ")
+                row.outcome.detail().replace(['\t', '\n'], " "),
+                fields.join("\t")
             )?;
         }
         writeln!(out, "END\t{i}")?;
@@ -132,8 +156,35 @@ struct Line {
     set: String,
     k: usize,
     route: String,
+    /// `ok`, `wrong`, `err:<variant>`, `panic`, `n/a` or `crash`.
     label: String,
     detail: String,
+    /// The expected-outcome table's fields (`third_sweep::table`).
+    fields: Vec<String>,
+}
+
+impl Line {
+    /// The report's bucket: `ok`, `wrong`, `refused` (the crate said no on purpose:
+    /// `WrongDerivative`; or a closure that is not row-wise for the replicated strategies:
+    /// `Contract`, or the op itself rejecting the stacked copies), `error`, `panic`, `n/a`,
+    /// `crash`.
+    fn bucket(&self) -> &'static str {
+        let replicated = self
+            .route
+            .split(' ')
+            .nth(1)
+            .is_some_and(|s| s.starts_with("vectorized"));
+        match self.label.as_str() {
+            "ok" => "ok",
+            "wrong" | "wrong-shape" | "wrong-kind" => "wrong",
+            "err:WrongDerivative" => "refused",
+            l if l.starts_with("err:") && replicated => "refused",
+            l if l.starts_with("err:") => "error",
+            "panic" => "panic",
+            "n/a" => "n/a",
+            _ => "crash",
+        }
+    }
 }
 
 fn drive(args: &Args) -> Result<Vec<Line>> {
@@ -170,7 +221,7 @@ fn drive(args: &Args) -> Result<Vec<Line>> {
                         );
                     }
                 }
-                Some("ROW") if f.len() >= 9 => lines.push(Line {
+                Some("ROW") if f.len() >= 17 => lines.push(Line {
                     case: f[1].into(),
                     op: f[2].into(),
                     mode: f[3].into(),
@@ -179,6 +230,7 @@ fn drive(args: &Args) -> Result<Vec<Line>> {
                     route: f[6].into(),
                     label: f[7].into(),
                     detail: f[8].into(),
+                    fields: f[9..17].iter().map(|x| x.to_string()).collect(),
                 }),
                 _ => {}
             }
@@ -186,6 +238,7 @@ fn drive(args: &Args) -> Result<Vec<Line>> {
         let status = child.wait()?;
         if let Some(i) = current {
             let case = &cases[i];
+            let detail = format!("the worker died ({status})");
             lines.push(Line {
                 case: case.id.clone(),
                 op: case.op.clone(),
@@ -194,7 +247,10 @@ fn drive(args: &Args) -> Result<Vec<Line>> {
                 k: 0,
                 route: "-".into(),
                 label: "crash".into(),
-                detail: format!("the worker died ({status})"),
+                fields: [&case.id, "-", "-", "-", "crash", "-", "-", &detail]
+                    .map(String::from)
+                    .to_vec(),
+                detail,
             });
             from = i + 1;
         } else if !status.success() {
@@ -290,14 +346,14 @@ fn report(args: &Args, lines: &[Line]) -> String {
     let modes: Vec<String> = args.modes.iter().map(|m| m.name().to_string()).collect();
     let mut table: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
     let mut route_order: Vec<String> = Vec::new();
-    for l in lines.iter().filter(|l| l.label != "crash") {
+    for l in lines.iter().filter(|l| l.bucket() != "crash") {
         if !route_order.contains(&l.route) {
             route_order.push(l.route.clone());
         }
         *table
             .entry((l.route.clone(), l.mode.clone()))
             .or_default()
-            .entry(l.label.clone())
+            .entry(l.bucket().to_string())
             .or_default() += 1;
     }
     for m in &modes {
@@ -336,12 +392,12 @@ fn report(args: &Args, lines: &[Line]) -> String {
         }
         s += "\n";
     }
-    let crashes = lines.iter().filter(|l| l.label == "crash").count();
+    let crashes = lines.iter().filter(|l| l.bucket() == "crash").count();
     s += &format!("\nCrashes (a worker process died): {crashes}.\n");
 
     // The crate wrong: (op, route) pairs, one line per op.
     let mut wrong: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
-    for l in lines.iter().filter(|l| l.label == "wrong") {
+    for l in lines.iter().filter(|l| l.bucket() == "wrong") {
         let e = wrong.entry(l.op.clone()).or_default();
         e.0.insert(l.route.clone());
         e.1.insert(format!("{} {}{}", l.mode, l.set, l.k));
@@ -363,7 +419,7 @@ fn report(args: &Args, lines: &[Line]) -> String {
     // Every bad line.
     let bad: Vec<&Line> = lines
         .iter()
-        .filter(|l| !matches!(l.label.as_str(), "ok" | "refused" | "n/a"))
+        .filter(|l| !matches!(l.bucket(), "ok" | "refused" | "n/a"))
         .collect();
     if !bad.is_empty() {
         s += "\n| op | case | mode | quantity | route | outcome | detail |\n|---|---|---|---|---|---|---|\n";
@@ -401,6 +457,38 @@ fn main() -> Result<()> {
     println!("{text}");
     if let Some(path) = &args.report {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.expect {
+        let mut table = third_sweep::table();
+        for l in &lines {
+            table.push(l.fields.clone());
+        }
+        let ids: std::collections::HashSet<String> =
+            cases(&args).into_iter().map(|c| c.id).collect();
+        let modes: Vec<&str> = args.modes.iter().map(|m| m.name()).collect();
+        let comment = "The full third-order sweep's expected outcomes (scripts/third-order-sweep with its default\n\
+generator options, on the CPU): every (case, mode, quantity, route)'s outcome (ok, or\n\
+err:<the Error variant>), the reroutes the crate recorded (from->to) and the ops that took\n\
+libtorch's vmap fallback. Written by scripts/third-order-sweep --bless; review the diff before\n\
+committing. detail (an error's first line) is not compared.";
+        if let Err(e) = expect::check_or_bless(
+            path,
+            comment,
+            &table,
+            |k| ids.contains(&k[0]) && (k[1] == "-" || modes.contains(&k[1].as_str())),
+            "third_order_sweep",
+            args.bless,
+        ) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        if !args.bless {
+            eprintln!(
+                "third_order_sweep: all {} rows as expected ({})",
+                table.rows.len(),
+                path.display()
+            );
+        }
     }
     Ok(())
 }

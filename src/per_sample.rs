@@ -1,5 +1,5 @@
-//! Per-sample Jacobians over a batch: [`batch_jacobian`], [`batch_jacobian_of`] and
-//! [`check_batch_independence`].
+//! Per-sample Jacobians over a batch: [`per_sample_jacobian`], [`per_sample_jacobian_of`] and
+//! [`check_sample_independence`].
 //!
 //! For `y` of shape `[B, *out]` computed from `x` of shape `[B, *in]` sample by sample,
 //!
@@ -13,15 +13,16 @@
 //!
 //! **Assumption: samples do not interact.** Batch norm in training mode, a softmax over the batch
 //! or any reduction across dimension 0 breaks it, and the result is then silently wrong (it
-//! sums cross-sample terms). [`check_batch_independence`] detects such models in one backward
+//! sums cross-sample terms). [`check_sample_independence`] detects such models in one backward
 //! pass.
 
 use tch::Tensor;
 
 use crate::autograd::{check_float, check_input, check_same_device, input_names, Names};
+use crate::closure::FnOutput;
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::jacobian::{closure_jacobian, with_aux, FnOutput, WithValue};
+use crate::jacobian::{closure_jacobian, with_aux, JacobianOutput};
 #[cfg(doc)]
 use crate::strategy::Strategy;
 use crate::strategy::{JacobianOptions, Work};
@@ -62,22 +63,23 @@ fn empty(y: &[i64], x: &Tensor) -> Result<Tensor> {
 /// of a sample without the engine) or [`Strategy::Auto`], which picks `Batched` when the engine
 /// is built (`Forward` for tall Jacobians on the CPU) and `RowLoop` or `Forward` without it — the
 /// rules are in [`Strategy::resolve`]. [`Strategy::Vectorized`] and
-/// [`Strategy::VectorizedForward`] need the function ([`batch_jacobian_of`]).
+/// [`Strategy::VectorizedForward`] need the function ([`per_sample_jacobian_of`]).
 /// See the module docs for the no-interaction assumption.
 ///
 /// ```
 /// use tch::{Kind, Tensor};
-/// use tch_jacobian::{batch_jacobian, JacobianOptions};
+/// use tch_jacobian::{per_sample_jacobian, JacobianOptions};
 ///
 /// let w = Tensor::randn([5, 3], (Kind::Double, tch::Device::Cpu));
 /// let x = Tensor::randn([8, 3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
 /// let y = x.matmul(&w.tr()).sigmoid(); // [8, 5]
-/// let j = batch_jacobian(&y, &x, &JacobianOptions::default())?; // [8, 5, 3]
+/// let j = per_sample_jacobian(&y, &x, &JacobianOptions::default())?; // [8, 5, 3]
 /// let expected = (&y * (1f64 - &y)).unsqueeze(2) * w.unsqueeze(0);
 /// assert!(j.allclose(&expected, 1e-12, 1e-12, false));
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+pub fn per_sample_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor> {
+    opts.refuse_randomness("per_sample_jacobian")?;
     crate::autograd::grad_mode_on(|| {
         check_float(y, "y")?;
         check_input(x, "x")?;
@@ -95,10 +97,10 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
         let y2 = engine::rows_view(y, Some(b))?;
         let work = Work::of(y, m, n, b as usize, false);
         let strategy = opts.strategy.validate()?.resolve_for(&work);
-        let instead = "batch_jacobian_of(f, x, opts)";
+        let instead = "per_sample_jacobian_of(f, x, opts)";
         let block = engine::run(strategy, &work, &y2, &[x], None, opts, names, instead)?.remove(0);
         if opts.check_independence {
-            crate::independence::check_jacobian("batch_jacobian", &y2, x, &block)?;
+            crate::independence::check_jacobian("per_sample_jacobian", &y2, x, &block)?;
         }
         unflatten(&block, &y.size(), &x.size())
     })
@@ -114,54 +116,56 @@ pub fn batch_jacobian(y: &Tensor, x: &Tensor, opts: &JacobianOptions) -> Result<
 ///
 /// ```
 /// use tch::{Kind, Tensor};
-/// use tch_jacobian::{batch_jacobian_of, JacobianOptions, Strategy};
+/// use tch_jacobian::{per_sample_jacobian_of, JacobianOptions, Strategy};
 ///
 /// let w = Tensor::randn([5, 3], (Kind::Double, tch::Device::Cpu));
 /// let f = |x: &Tensor| x.matmul(&w.tr()).tanh();
 /// let x = Tensor::randn([8, 3], (Kind::Double, tch::Device::Cpu));
 /// let opts = JacobianOptions::default().strategy(Strategy::Vectorized { chunk_size: None });
-/// let j = batch_jacobian_of(f, &x, &opts)?;
+/// let j = per_sample_jacobian_of(f, &x, &opts)?;
 /// let y = f(&x);
 /// let expected = (1f64 - y.square()).unsqueeze(2) * w.unsqueeze(0);
 /// assert!(j.allclose(&expected, 1e-12, 1e-12, false));
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn batch_jacobian_of<F, O>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
+pub fn per_sample_jacobian_of<F, O>(f: F, x: &Tensor, opts: &JacobianOptions) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> O,
     O: FnOutput,
 {
+    opts.refuse_randomness("per_sample_jacobian_of")?;
     crate::autograd::grad_mode_on(|| {
-        let call = |xr: &Tensor| crate::autograd::call_guarded(|| f(xr).into_output());
+        let call = |xr: &Tensor| crate::closure::call_guarded(|| f(xr).into_output());
         let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
         let (_, y, block) = closure_jacobian(&call, x, opts, samples)?;
         unflatten(&block, &y.size(), &x.size())
     })
 }
 
-/// Per-sample Jacobians of a closure with its value and auxiliary output — [`batch_jacobian_of`]
+/// Per-sample Jacobians of a closure with its value and auxiliary output — [`per_sample_jacobian_of`]
 /// as [`jacobian_of_aux`](crate::jacobian_of_aux) is to [`jacobian_of`](crate::jacobian_of):
 /// `vmap(jacrev(f, has_aux=True))(x)` plus the value.
 ///
 /// ```
 /// use tch::{Kind, Tensor};
-/// use tch_jacobian::{batch_jacobian_of_aux, JacobianOptions};
+/// use tch_jacobian::{per_sample_jacobian_of_aux, JacobianOptions};
 /// let x = Tensor::from_slice(&[1.0f64, 2.0, 3.0]).view([3, 1]);
-/// let out = batch_jacobian_of_aux(|x: &Tensor| (x.sin(), "aux"), &x, &JacobianOptions::default())?;
+/// let out = per_sample_jacobian_of_aux(|x: &Tensor| (x.sin(), "aux"), &x, &JacobianOptions::default())?;
 /// assert_eq!(out.jacobian.size(), [3, 1, 1]); // J[b] = cos(x_b)
 /// assert!((out.jacobian.double_value(&[1, 0, 0]) - 2f64.cos()).abs() < 1e-15);
 /// assert_eq!((out.value.size(), out.aux), (vec![3, 1], "aux"));
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn batch_jacobian_of_aux<F, O, A>(
+pub fn per_sample_jacobian_of_aux<F, O, A>(
     f: F,
     x: &Tensor,
     opts: &JacobianOptions,
-) -> Result<WithValue<A>>
+) -> Result<JacobianOutput<A>>
 where
     F: Fn(&Tensor) -> (O, A),
     O: FnOutput,
 {
+    opts.refuse_randomness("per_sample_jacobian_of_aux")?;
     crate::autograd::grad_mode_on(|| {
         with_aux(f, opts, |call| {
             let samples = |y: &Tensor| Ok(Some(check_batch(y, x, "f(x)")?));
@@ -172,7 +176,7 @@ where
     })
 }
 
-/// Checks the no-interaction assumption of [`batch_jacobian`] on a graph you built: returns
+/// Checks the no-interaction assumption of [`per_sample_jacobian`] on a graph you built: returns
 /// [`Error::Contract`] when any sample's outputs depend on another sample's inputs.
 ///
 /// Two backward passes, with cotangents `v` (random) and `c ⊙ v` (`c_b` a random scale per
@@ -183,23 +187,23 @@ where
 ///
 /// ```
 /// use tch::{Kind, Tensor};
-/// use tch_jacobian::check_batch_independence;
+/// use tch_jacobian::check_sample_independence;
 ///
 /// let x = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-/// assert!(check_batch_independence(&x.sin(), &x).is_ok());
+/// assert!(check_sample_independence(&x.sin(), &x).is_ok());
 /// let mixed = &x - x.mean_dim(0, true, Kind::Float); // centres over the batch
-/// assert!(check_batch_independence(&mixed, &x).is_err());
+/// assert!(check_sample_independence(&mixed, &x).is_err());
 /// // samples ≥ 1 mixed among themselves only: found too
 /// let tail = Tensor::cat(&[x.narrow(0, 0, 1), x.narrow(0, 1, 3).cumsum(0, Kind::Float)], 0);
-/// assert!(check_batch_independence(&tail, &x).is_err());
+/// assert!(check_sample_independence(&tail, &x).is_err());
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
-pub fn check_batch_independence(y: &Tensor, x: &Tensor) -> Result<()> {
+pub fn check_sample_independence(y: &Tensor, x: &Tensor) -> Result<()> {
     crate::autograd::grad_mode_on(|| {
         check_float(y, "y")?;
         check_input(x, "x")?;
         check_same_device(y, "y", x, "x")?;
         check_batch(y, x, "y")?;
-        crate::independence::check_scaled("check_batch_independence", y, x, None, None)
+        crate::independence::check_scaled("check_sample_independence", y, x, None, None)
     })
 }

@@ -8,6 +8,9 @@
 //! ```
 //!
 //! (asymmetric, like NumPy: `expected` scales the tolerance). NaNs pass only where both are NaN.
+//! Unlike NumPy, `actual` must have `expected`'s kind (dtype) and shape: a float32 result checked
+//! against a float64 reference fails with [`Error::Kind`] instead of passing
+//! at float32 precision.
 
 use tch::{Device, Kind, Tensor};
 
@@ -17,7 +20,7 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// use tch::Tensor;
-/// use tch_jacobian::Tolerance;
+/// use tch_jacobian::testing::Tolerance;
 /// let a = Tensor::from_slice(&[1.0f64, 2.0]);
 /// let b = Tensor::from_slice(&[1.0f64, 2.0 + 1e-9]);
 /// assert!(Tolerance::default().check(&a, &b).is_ok());
@@ -52,11 +55,36 @@ impl Tolerance {
         Tolerance { rtol, atol }
     }
 
-    /// `Ok(())` when every element passes; otherwise an error listing the count of mismatches
-    /// and the first ten with their index, values, absolute and relative difference.
+    /// `Ok(())` when `actual` has `expected`'s kind and shape and every element passes
+    /// `|actual − expected| ≤ atol + rtol·|expected|`; otherwise an error listing the count of
+    /// mismatches and the first ten with their index, values, absolute and relative difference.
     ///
-    /// Shapes must be equal; both are compared in f64 on the CPU.
+    /// The kinds must be equal ([`Error::Kind`] otherwise: a result computed in float32 where
+    /// float64 was expected is a failure, not a rounding; convert the expected value on purpose
+    /// to compare across kinds), and the shapes ([`Error::Shape`]). The values are then compared
+    /// in f64 on the CPU; a difference beyond the tolerance is [`Error::Mismatch`].
+    ///
+    /// ```
+    /// use tch::{Kind, Tensor};
+    /// use tch_jacobian::{testing::Tolerance, Error};
+    /// let a = Tensor::from_slice(&[1.0f32, 2.0]);
+    /// let e = Tensor::from_slice(&[1.0f64, 2.0]);
+    /// assert!(matches!(Tolerance::default().check(&a, &e), Err(Error::Kind(_))));
+    /// Tolerance::default().check(&a, &e.to_kind(Kind::Float))?;
+    /// let off = Tensor::from_slice(&[1.0f32, 2.1]);
+    /// assert!(matches!(Tolerance::default().check(&off, &a), Err(Error::Mismatch(_))));
+    /// # Ok::<(), tch_jacobian::Error>(())
+    /// ```
     pub fn check(&self, actual: &Tensor, expected: &Tensor) -> Result<()> {
+        if actual.kind() != expected.kind() {
+            return Err(Error::Kind(format!(
+                "actual is {:?} but expected is {:?} (shape {:?}); convert the expected value on \
+                 purpose to compare across kinds",
+                actual.kind(),
+                expected.kind(),
+                actual.size()
+            )));
+        }
         if actual.size() != expected.size() {
             return Err(Error::Shape(format!(
                 "actual has shape {:?} but expected has shape {:?}",
@@ -104,7 +132,7 @@ impl Tolerance {
                 abs / y.abs()
             ));
         }
-        Err(Error::InvalidArgument(msg))
+        Err(Error::Mismatch(msg))
     }
 }
 
@@ -124,14 +152,15 @@ fn unravel(mut i: usize, shape: &[i64]) -> Vec<usize> {
 ///
 /// ```
 /// use tch::Tensor;
-/// use tch_jacobian::{assert_allclose, Tolerance};
+/// use tch_jacobian::testing::{assert_allclose, Tolerance};
 /// let j = Tensor::from_slice(&[0.018736986f32]);
-/// assert_allclose(&j, &Tensor::from_slice(&[0.018736986f64]), Tolerance::new(1e-6, 0.0));
+/// assert_allclose(&j, &Tensor::from_slice(&[0.018736986f32]), Tolerance::new(1e-6, 0.0));
 /// # Ok::<(), tch_jacobian::Error>(())
 /// ```
 ///
 /// # Panics
-/// Panics if the shapes differ or any element is outside the tolerance.
+/// Panics if the kinds or the shapes differ or any element is outside the tolerance (see
+/// [`Tolerance::check`]).
 #[track_caller]
 pub fn assert_allclose(actual: &Tensor, expected: &Tensor, tol: Tolerance) {
     if let Err(e) = tol.check(actual, expected) {
