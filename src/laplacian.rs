@@ -169,7 +169,7 @@ impl<'a> LaplacianOptions<'a> {
     /// use tch_jacobian::{LaplacianEstimator, LaplacianOptions};
     /// let o = LaplacianOptions::default()
     ///     .estimator(LaplacianEstimator::Rademacher { directions: 8, seed: Some(0) });
-    /// # let _ = o;
+    /// assert!(matches!(o.estimator, LaplacianEstimator::Rademacher { directions: 8, .. }));
     /// ```
     pub fn estimator(mut self, estimator: LaplacianEstimator) -> Self {
         self.estimator = estimator;
