@@ -168,8 +168,13 @@ fn robust_losses_reach_scipys_minima() {
             for method in [Method::LevenbergMarquardt, Method::Dogleg] {
                 let opts = LeastSquaresOptions::default()
                     .method(method)
-                    .loss(loss_of(loss))
-                    .loss_scale(scale);
+                    .loss(loss_of(loss));
+                // (the linear loss has no scale: SciPy ignores f_scale there, the crate refuses it)
+                let opts = if loss_of(loss) == Loss::Linear {
+                    opts
+                } else {
+                    opts.loss_scale(scale)
+                };
                 let out = least_squares(residual, &row(&x0), &opts).unwrap();
                 let what = format!("{name} {loss} {method}");
                 assert!(out.status[0].is_success(), "{what}: {:?}", out.status);
@@ -242,9 +247,10 @@ fn loss_values() {
     for loss in Loss::NAMES {
         // a residual that does not depend on x: the cost is the loss of r, at once
         let x0 = Tensor::from_slice(&[0.0f64]);
+        let l: Loss = loss.parse().unwrap();
         let opts = LeastSquaresOptions::default()
-            .loss(loss.parse().unwrap())
-            .loss_scale(c)
+            .loss(l)
+            .loss_scale(if l == Loss::Linear { 1.0 } else { c })
             .max_iterations(1);
         let out = least_squares(|x: &Tensor| x * 0.0 + &target, &x0, &opts).unwrap();
         let expected: f64 = 0.5 * c * c * z.iter().map(|&z| rho(loss, z)).sum::<f64>();
@@ -626,6 +632,21 @@ fn bad_input_is_an_error_that_names_it() {
     assert!(least_squares(p.residual, &row(&p.x0), &d.ftol(-1.0)).is_err());
     assert!(least_squares(p.residual, &row(&p.x0), &d.loss_scale(0.0)).is_err());
     assert!(least_squares(p.residual, &row(&p.x0), &d.max_iterations(0)).is_err());
+    // options the solve would not read are refused, naming them
+    let jac = |x: &Tensor| -> tch_jacobian::Result<Tensor> {
+        Ok(Tensor::zeros([1, 2, 2], (Kind::Double, x.device())))
+    };
+    for (opts, needle) in [
+        (d.method(Method::Dogleg).geodesic(true), "geodesic"),
+        (d.loss_scale(0.5), "loss_scale"),
+        (d.jacobian(&jac).strategy(tch_jacobian::Strategy::RowLoop), "strategy"),
+    ] {
+        let e = least_squares(p.residual, &row(&p.x0), &opts).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument(_)) && e.to_string().contains(needle),
+            "{e}"
+        );
+    }
     // a panicking closure
     let e = least_squares(|_: &Tensor| -> Tensor { panic!("boom") }, &row(&p.x0), &d).unwrap_err();
     assert!(

@@ -409,7 +409,9 @@ impl<'a> LeastSquaresOptions<'a> {
     }
 
     /// Checks the numbers: tolerances `≥ 0` and finite, a finite `loss_scale > 0`, at least one
-    /// iteration.
+    /// iteration; and refuses options the solve would not read: `geodesic` with a method other
+    /// than Levenberg–Marquardt, `loss_scale` with the linear loss, `strategy` with a Jacobian
+    /// closure.
     pub(crate) fn validate(&self) -> Result<()> {
         for (name, v) in [
             ("ftol", self.ftol),
@@ -432,6 +434,25 @@ impl<'a> LeastSquaresOptions<'a> {
             return Err(Error::InvalidArgument(
                 "max_iterations must be at least 1, got 0".into(),
             ));
+        }
+        // Every option is read or refused, never silently ignored.
+        let method = self.method.resolve();
+        if self.geodesic && method != Method::LevenbergMarquardt {
+            return Err(Error::InvalidArgument(format!(
+                "geodesic(true) accelerates Levenberg–Marquardt steps; method is {method}: leave geodesic off or use Method::LevenbergMarquardt"
+            )));
+        }
+        if self.loss == Loss::Linear && self.loss_scale != 1.0 {
+            return Err(Error::InvalidArgument(format!(
+                "loss_scale ({}) scales a robust loss; loss is linear: leave loss_scale at 1 or choose a robust Loss",
+                self.loss_scale
+            )));
+        }
+        if self.jacobian.is_some() && self.strategy != Strategy::Auto {
+            return Err(Error::InvalidArgument(format!(
+                "strategy ({}) chooses how the crate computes J, but a Jacobian closure was given: leave strategy at Auto or drop the closure",
+                self.strategy
+            )));
         }
         Ok(())
     }
