@@ -92,6 +92,7 @@ mod bounds;
 mod covariance;
 mod dogleg;
 mod gauss_newton;
+mod implicit;
 mod linalg;
 mod lm;
 mod loss;
@@ -287,8 +288,13 @@ where
         }
     };
     let opt = |t: Option<Tensor>| -> Result<Option<Tensor>> { t.map(un).transpose() };
+    let x = if opts.create_graph {
+        implicit::attach(&call, &s.x, bounds.as_ref(), opts)?
+    } else {
+        s.x
+    };
     Ok(LeastSquaresOutput {
-        x: un(s.x)?,
+        x: un(x)?,
         cost: un(s.cost)?,
         residuals: un(s.r)?,
         jacobian: opt(jacobian)?,
