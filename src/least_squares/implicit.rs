@@ -85,16 +85,19 @@ fn attach_on(
     let eye = Tensor::f_eye(n, (x.kind(), x.device()))?
         .f_unsqueeze(0)?
         .f_mul(&col(&scale, 2)?)?;
-    let hf = hess.f_where_self(&both, &eye.f_zeros_like()?)?.f_add(
-        &eye.f_where_self(&free.f_logical_not()?.f_unsqueeze(2)?, &eye.f_zeros_like()?)?,
-    )?;
+    let hf = hess
+        .f_where_self(&both, &eye.f_zeros_like()?)?
+        .f_add(&eye.f_where_self(&free.f_logical_not()?.f_unsqueeze(2)?, &eye.f_zeros_like()?)?)?;
     let gf = g.f_where_self(&free, &g.f_zeros_like()?)?;
 
     // A singular or ill-conditioned H is an error, never NaN derivatives.
     let finite = hf.f_isfinite()?.f_all_dims([1i64, 2].as_slice(), false)?;
     let hf_safe = hf.f_where_self(&col(&finite, 2)?, &eye)?;
     let ev = hf_safe.f_linalg_eigvalsh("L")?.f_abs()?;
-    let (lmax, lmin) = (ev.f_amax([-1i64].as_slice(), false)?, ev.f_amin([-1i64].as_slice(), false)?);
+    let (lmax, lmin) = (
+        ev.f_amax([-1i64].as_slice(), false)?,
+        ev.f_amin([-1i64].as_slice(), false)?,
+    );
     let rcond = lmin.f_div(&lmax)?;
     let limit = eps(x.kind()) * n as f64;
     let bad = rcond
