@@ -196,7 +196,9 @@ fn unrolled_gauss_newton(y: &Tensor, t: &Tensor, k: usize) -> Tensor {
         let normal = jac.tr().matmul(&jac);
         let step =
             Tensor::linalg_solve(&normal, &jac.tr().matmul(&r.unsqueeze(1)), true).squeeze_dim(1);
-        x = x - step;
+        // Not `x -= step`: in place, it would overwrite what the backward needs.
+        let next = x - step;
+        x = next;
     }
     x
 }
