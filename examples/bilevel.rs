@@ -64,8 +64,8 @@ impl Problem {
     }
 
     /// `(V, dV/ds)` through `least_squares` with `create_graph`.
-    fn implicit(&self, s: &Tensor) -> (f64, f64) {
-        let s = s.detach().set_requires_grad(true);
+    fn implicit(&self, s: f64) -> (f64, f64) {
+        let s = Tensor::from(s).set_requires_grad(true);
         let opts = LeastSquaresOptions::default()
             .ftol(1e-15)
             .xtol(1e-15)
@@ -79,8 +79,8 @@ impl Problem {
     }
 
     /// `(V, dV/ds)` by autograd through `k` Gauss–Newton steps (closed-form Jacobian) from `x0`.
-    fn unrolled(&self, s: &Tensor, k: usize) -> (f64, f64) {
-        let s = s.detach().set_requires_grad(true);
+    fn unrolled(&self, s: f64, k: usize) -> (f64, f64) {
+        let s = Tensor::from(s).set_requires_grad(true);
         let lam = s.exp();
         let t = &self.t_train;
         let mut x = self.x0.shallow_clone();
@@ -115,7 +115,7 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (T, f64) {
 fn main() {
     let p = Problem::new();
     let (k_short, k_long) = (5, 40);
-    let mut s = Tensor::from_slice(&[0.0f64]).squeeze(); // λ = 1
+    let mut s = 0.0f64; // log λ: λ = 1
     let lr = 8.0;
     println!("the ridge weight λ of an exponential fit (6 points), by gradient descent on log λ of a validation loss V (30 points)");
     println!("dV/dlog λ by create_graph (implicit) and by unrolling K Gauss–Newton steps; ms per hypergradient (solve + backward)");
@@ -132,21 +132,21 @@ fn main() {
         format!("K={k_long}")
     );
     for step in 0..=8 {
-        let ((v, gi), ti) = time(5, || p.implicit(&s));
-        let ((_, gs), ts) = time(5, || p.unrolled(&s, k_short));
-        let ((vl, gl), tl) = time(5, || p.unrolled(&s, k_long));
+        let ((v, gi), ti) = time(5, || p.implicit(s));
+        let ((_, gs), ts) = time(5, || p.unrolled(s, k_short));
+        let ((vl, gl), tl) = time(5, || p.unrolled(s, k_long));
         assert!(
             (v - vl).abs() <= 1e-7 * v,
             "the unrolled fit converged elsewhere: {v} vs {vl}"
         );
         println!(
             "{step:>4} {:>8.5} {v:>11.8} | {gi:>17.10e} {gs:>17.10e} {gl:>17.10e} | {:>8.2} {:>6.2} {:>6.2}",
-            s.exp().double_value(&[]),
+            s.exp(),
             ti * 1e3,
             ts * 1e3,
             tl * 1e3
         );
-        s = s - lr * gi;
+        s -= lr * gi;
     }
     println!("the implicit hypergradient is that of the converged iteration (K = {k_long}) at the cost of one solve and one backward, not a short unrolling's (K = {k_short})");
 }
@@ -159,9 +159,8 @@ mod tests {
     fn implicit_equals_long_unrolling() {
         let p = Problem::new();
         for s0 in [-2.0f64, 0.0, 1.0] {
-            let s = Tensor::from_slice(&[s0]).squeeze();
-            let (v, gi) = p.implicit(&s);
-            let (vl, gl) = p.unrolled(&s, 60);
+            let (v, gi) = p.implicit(s0);
+            let (vl, gl) = p.unrolled(s0, 60);
             // The solver accepts steps by the cost, which resolves x* to about √(ε·cost): V and
             // the hypergradient to 1e-9 – 1e-7 (the unrolled 60 steps are exact here).
             println!("λ = e^{s0}: V {v} vs {vl}, dV/dlog λ {gi:e} vs {gl:e}");
