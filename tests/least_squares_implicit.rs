@@ -363,6 +363,23 @@ fn singular_hessian_is_an_error() {
         msg.contains("problem 1 of 2") && msg.contains("condition number"),
         "{msg}"
     );
+
+    // Nearly singular (the fourth parameter weighs 1e-9: condition ~1e18 > 1/(ε n)): an error
+    // too, not huge derivatives (linalg.solve alone would return them without complaint).
+    let r = |x: &Tensor| {
+        let fit = model(&x.narrow(0, 0, 3), &t) - &y;
+        Tensor::cat(&[fit, (x.narrow(0, 3, 1) - 1.0) * 1e-9], 0)
+    };
+    let x0 = Tensor::from_slice(&[1.0f64, 1.0, 0.0, 0.0]);
+    assert!(least_squares(r, &x0, &tight()).unwrap().success());
+    let err = least_squares(r, &x0, &tight().create_graph(true)).unwrap_err();
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(
+        msg.contains("problem 0 of 1") && msg.contains("condition number"),
+        "{msg}"
+    );
 }
 
 #[test]
