@@ -83,7 +83,50 @@
 //! [`LeastSquaresOutput`]: per problem the solution, cost, residuals, optimality, iterations,
 //! evaluations, status — and on request the Jacobian and the covariance `σ²(JᵀJ)⁻¹`,
 //! `σ² = 2·cost/(m − n)`, with the standard errors (statsmodels' and SciPy's `curve_fit`'s
-//! formula; a rank-deficient `J` is [`Status::RankDeficient`] with NaN rows, never silent).
+//! formula; a rank-deficient `J` is [`Status::RankDeficient`] with NaN rows, never silent). With
+//! [`create_graph`](LeastSquaresOptions::create_graph), a differentiable solution (below).
+//!
+//! # Differentiable solutions
+//!
+//! With [`LeastSquaresOptions::create_graph`] the solution `x*` is differentiable with respect
+//! to every tensor the residual closure captures that requires grad — the data, a weight, a
+//! hyperparameter, a network's parameters — by the implicit function theorem: `g(x*, φ) = 0`
+//! for the cost's gradient `g = ∂L/∂x` gives
+//!
+//! ```text
+//! dx*/dφ = −H⁻¹ ∂g/∂φ,      H = ∂g/∂x  (the exact Hessian of L = ½ C² Σ ρ(rᵢ²/C²), per problem)
+//! ```
+//!
+//! tch has no custom autograd function, so `x` is built as one Newton step at `x*` whose value
+//! is `x*` exactly and whose backward is that formula: `xs = x*.detach()` (requiring grad),
+//! `g = ∂ΣL/∂xs` with `create_graph`, `H` detached (the crate's per-sample Jacobian of `g`), `δ =
+//! H⁻¹g` (a solve per problem), `x = x* + (δ.detach() − δ)`. The second-order residual terms
+//! that Gauss–Newton drops are in `H`: the derivative is right for residuals that are not zero
+//! at the optimum. Parameters at an active bound (gradient pushing outward) keep a zero
+//! derivative, the others get the free block's. Cost: one more residual evaluation and
+//! gradient with `create_graph`, one `n × n` Hessian and one solve per problem; a backward is
+//! one vector–Jacobian product through `g`. `x` does not depend on `x0`; a singular Hessian (a
+//! parameter the residual ignores) is an [`Error::InvalidArgument`], never NaN.
+//!
+//! ```
+//! use tch::{Kind, Tensor};
+//! use tch_jacobian::{least_squares, LeastSquaresOptions};
+//!
+//! // y ≈ a e^(−k t) with noise: the fit's derivative with respect to the data y.
+//! let t = Tensor::linspace(0.0, 3.0, 10, (Kind::Double, tch::Device::Cpu));
+//! let y = ((-&t * 1.3).exp() * 2.0 + (&t * 7.0).sin() * 0.05).set_requires_grad(true);
+//! let r = |p: &Tensor| p.get(0) * (-p.get(1) * &t).exp() - &y;
+//! let opts = LeastSquaresOptions::default().create_graph(true);
+//! let out = least_squares(r, &Tensor::from_slice(&[1.0f64, 1.0]), &opts)?;
+//! let (a, k) = (out.x.get(0), out.x.get(1));
+//! let da = Tensor::run_backward(&[&a], &[&y], true, false).remove(0);
+//! let dk = Tensor::run_backward(&[&k], &[&y], false, false).remove(0);
+//! // Scaling y scales a* and leaves k* alone: Σ yᵢ ∂a*/∂yᵢ = a*, Σ yᵢ ∂k*/∂yᵢ = 0.
+//! let y = y.detach();
+//! assert!(((&da * &y).sum(Kind::Double) - a.detach()).abs().double_value(&[]) < 1e-10);
+//! assert!((&dk * &y).sum(Kind::Double).abs().double_value(&[]) < 1e-10);
+//! # Ok::<(), tch_jacobian::Error>(())
+//! ```
 //!
 //! `f32` and `f64`; CPU and CUDA (every step a tensor op on `x0`'s device; one small host read per
 //! iteration for the stop test); values inside `tch::no_grad` are the same.
@@ -92,6 +135,7 @@ mod bounds;
 mod covariance;
 mod dogleg;
 mod gauss_newton;
+mod implicit;
 mod linalg;
 mod lm;
 mod loss;
@@ -287,8 +331,13 @@ where
         }
     };
     let opt = |t: Option<Tensor>| -> Result<Option<Tensor>> { t.map(un).transpose() };
+    let x = if opts.create_graph {
+        implicit::attach(&call, &s.x, bounds.as_ref(), opts)?
+    } else {
+        s.x
+    };
     Ok(LeastSquaresOutput {
-        x: un(s.x)?,
+        x: un(x)?,
         cost: un(s.cost)?,
         residuals: un(s.r)?,
         jacobian: opt(jacobian)?,

@@ -227,6 +227,7 @@ pub type JacobianFn<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
 /// | `keep_jacobian` | `false` | return the Jacobian at the solution |
 /// | `progress` | none | called after every iteration with a [`Progress`] |
 /// | `check_independence` | `true` | check once, on the first Jacobian, that the B problems do not interact |
+/// | `create_graph` | `false` | return a solution `x` differentiable with respect to the tensors the residual captures (implicit function theorem) |
 ///
 /// A tolerance of `0` turns its test off; positive tolerances below the dtype's machine epsilon
 /// are raised to it.
@@ -282,6 +283,10 @@ pub struct LeastSquaresOptions<'a> {
     pub progress: Option<&'a dyn Fn(Progress)>,
     /// Check, once, that the problems of a batch do not interact.
     pub check_independence: bool,
+    /// Return a solution differentiable with respect to every tensor the residual closure
+    /// captures that requires grad (data, hyperparameters, network weights), by the implicit
+    /// function theorem; see [`LeastSquaresOptions::create_graph`].
+    pub create_graph: bool,
 }
 
 impl Default for LeastSquaresOptions<'_> {
@@ -302,6 +307,7 @@ impl Default for LeastSquaresOptions<'_> {
             keep_jacobian: false,
             progress: None,
             check_independence: true,
+            create_graph: false,
         }
     }
 }
@@ -327,6 +333,7 @@ impl std::fmt::Debug for LeastSquaresOptions<'_> {
             .field("keep_jacobian", &self.keep_jacobian)
             .field("progress", &self.progress.map(|_| "Fn(Progress)"))
             .field("check_independence", &self.check_independence)
+            .field("create_graph", &self.create_graph)
             .finish()
     }
 }
@@ -405,6 +412,42 @@ impl<'a> LeastSquaresOptions<'a> {
     /// Sets `check_independence`.
     pub fn check_independence(mut self, check: bool) -> Self {
         self.check_independence = check;
+        self
+    }
+    /// Makes the solution differentiable (the crate's `create_graph`): the returned
+    /// [`x`](super::LeastSquaresOutput::x) carries a graph to every tensor the residual closure
+    /// captures that requires grad, by the implicit function theorem; everything else in the
+    /// output stays detached, and `x` does not depend on `x0` (its gradient there is `None`).
+    ///
+    /// At the solution the cost's gradient vanishes, `g(x*, φ) = ∂L/∂x = 0` with
+    /// `L = ½ C² Σᵢ ρ(rᵢ²/C²)` (the solver's loss and scale; `½‖r‖²` for the linear loss), so
+    /// `dx*/dφ = −H⁻¹ ∂g/∂φ`, `H = ∂g/∂x` the **exact** Hessian of the cost (the second-order
+    /// residual terms `Σ ρ′ rᵢ ∇²rᵢ` that Gauss–Newton drops included, and the loss's curvature
+    /// unclamped). It is computed as one Newton step at `x*`:
+    ///
+    /// ```text
+    /// xs = x*.detach() (requires grad)     g = ∂ΣL/∂xs (create_graph)     H = ∂g/∂xs (detached)
+    /// δ = H⁻¹ g (a solve per problem)      x = x* + (δ.detach() − δ)
+    /// ```
+    ///
+    /// whose value is exactly `x*` and whose backward is `−H⁻¹ ∂g/∂φ`. Under bounds a parameter
+    /// at an active bound (within `max(xtol, 1e-10)·max(1, |bound|)` of it, as
+    /// [`active_mask`](super::LeastSquaresOutput::active_mask), with the gradient pushing outward)
+    /// is held fixed: zero derivative, its row and column dropped from `H`.
+    ///
+    /// Cost: one more residual evaluation and gradient with `create_graph`, one `n × n` Hessian
+    /// per problem (the crate's per-sample Jacobian of `g`: `n` backward passes through the
+    /// gradient's graph on the CPU, one batched pass with the engine on CUDA) and one `n × n`
+    /// solve per problem; a backward through `x` is one vector–Jacobian product through `g`.
+    /// The residual must be twice differentiable by autograd (a [`jacobian`](Self::jacobian)
+    /// closure is not used for it). A Hessian that is singular or ill-conditioned (reciprocal
+    /// condition below `ε·n`, or non-finite) — a parameter the residual does not depend on, a
+    /// flat direction — is an [`Error::InvalidArgument`] naming the problem and the condition
+    /// number. Grad mode is turned on inside, so the graph is built under `tch::no_grad` too.
+    /// The derivative is that of a stationary point: for a problem that did not converge
+    /// ([`Status`](super::Status)) it is the Newton step's, not meaningful.
+    pub fn create_graph(mut self, create_graph: bool) -> Self {
+        self.create_graph = create_graph;
         self
     }
 
