@@ -260,6 +260,36 @@ fn bad_inputs(device: Device) -> Result<()> {
         ),
         &["same batch size", "[2, 4]", "[5, 3]"],
     );
+    // h or x without a batch dimension
+    assert_err(
+        jacobian_penalty(
+            &h.sum_dim_intlist(1, false, Kind::Float),
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        ),
+        &["h: [B, *out]", "[5]"],
+    );
+    assert_err(
+        jacobian_penalty(
+            &h,
+            &x.select(0, 0),
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Exact),
+        ),
+        &["x: [B, *in]", "[3]"],
+    );
+    // … while outputs of any rank after the batch dimension are fine: [5, 2, 2] as [5, 4]
+    let exact = PenaltyOptions::default().estimator(&PenaltyEstimator::Exact);
+    let flat = jacobian_penalty(&h, &x, &exact)?;
+    let square = jacobian_penalty(&h.reshape([5, 2, 2]), &x, &exact)?;
+    assert!(
+        square.allclose(&flat, 1e-5, 1e-6, false),
+        "{square:?} {flat:?}"
+    );
+    // and inputs of any rank: x [5, 3, 1]
+    let x3 = x.detach().reshape([5, 3, 1]).set_requires_grad(true);
+    let h3 = x3.reshape([5, 3]).matmul(&w.tr()).sigmoid();
+    let deep = jacobian_penalty(&h3, &x3, &exact)?;
+    assert!(deep.allclose(&flat, 1e-5, 1e-6, false), "{deep:?} {flat:?}");
     let e = Tensor::zeros([0, 3], k).set_requires_grad(true);
     assert_err(
         jacobian_penalty(
