@@ -210,6 +210,15 @@ fn bad_inputs(device: Device) -> Result<()> {
         ),
         &["w [4]"],
     );
+    // The closed form is for a sigmoid layer [B, m] of x [B, n] only.
+    assert_err(
+        jacobian_penalty(
+            &h.reshape([5, 2, 2]),
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::sigmoid_closed_form(&w)),
+        ),
+        &["sigmoid closed form needs h: [B, m]", "[5, 2, 2]"],
+    );
     // k = 0.
     assert_err(
         jacobian_penalty(
