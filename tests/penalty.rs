@@ -447,7 +447,34 @@ fn hutch_plus_plus_through_layer_norm(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// Hutch++ with fewer than 3 directions has no sketch (`s = ⌊k/3⌋ = 0`): it is the plain
+/// projection estimator with the same directions, to the bit.
+fn hutch_plus_plus_without_a_sketch_is_projections(device: Device) -> Result<()> {
+    let (_, _, x, h) = encoder(device);
+    for k in [1, 2] {
+        let hpp = jacobian_penalty(
+            &h,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::HutchPlusPlus {
+                directions: k,
+                seed: Some(11),
+            }),
+        )?;
+        let proj = jacobian_penalty(
+            &h,
+            &x,
+            &PenaltyOptions::default().estimator(&PenaltyEstimator::Projections {
+                directions: k,
+                seed: Some(11),
+            }),
+        )?;
+        assert!(hpp.equal(&proj), "k = {k}: {hpp:?} vs {proj:?}");
+    }
+    Ok(())
+}
+
 device_tests!(
+    hutch_plus_plus_without_a_sketch_is_projections,
     matches_pytorch,
     closed_form_equals_exact,
     projections_unbiased,
