@@ -145,6 +145,15 @@ fn batch_jacobians_refuse_mixing_closures() {
                 "jacobian_penalty",
                 &format!("{name}, {est:?}"),
             );
+            // check_independence(false) turns the check off (for hot loops after a checked call)
+            jacobian_penalty(
+                &f(&xg),
+                &xg,
+                &PenaltyOptions::default()
+                    .estimator(&est)
+                    .check_independence(false),
+            )
+            .unwrap_or_else(|e| panic!("{name}, {est:?}, unchecked: {e}"));
         }
     }
 }

@@ -146,6 +146,14 @@ fn deprecated_names_still_work() -> Result<()> {
         &tch_jacobian::PenaltyOptions::default().estimator(&est),
     )?;
     assert!(old.equal(&new));
+    let old = tch_jacobian::contractive_penalty_per_sample(&h, &xg, &est)?;
+    let new = tch_jacobian::jacobian_penalty_per_sample(
+        &h,
+        &xg,
+        &tch_jacobian::PenaltyOptions::default().estimator(&est),
+    )?;
+    assert_eq!(old.size(), [x.size()[0]]);
+    assert!(old.equal(&new));
     tch_jacobian::assert_allclose(&old, &new, tch_jacobian::Tolerance::new(0.0, 0.0));
     assert_eq!(tch_jacobian::parse_device("cpu")?, Device::Cpu);
     Ok(())
