@@ -37,6 +37,15 @@ fn shapes_scalars_empty(device: Device) -> Result<()> {
         let ye = xe.sum(Kind::Double) + x.sum(Kind::Double);
         assert_eq!(jacobian_with(&ye, &[&xe], &opts(st))?[0].size(), [0]);
     }
+    // Per-sample Jacobians of built graphs: an empty batch or empty outputs give zeros of the
+    // right shape; a 0-d y or x has no batch dimension.
+    let xe = Tensor::zeros([0, 4], k).set_requires_grad(true);
+    let je = per_sample_jacobian(&xe.sin(), &xe, &JacobianOptions::default())?;
+    assert_eq!(je.size(), [0, 4, 4]);
+    let jz = per_sample_jacobian(&x.narrow(1, 0, 0).sin(), &x, &JacobianOptions::default())?;
+    assert_eq!((jz.size(), jz.kind()), (vec![2, 0, 3], Kind::Double));
+    let err = per_sample_jacobian(&x.sum(Kind::Double), &x, &JacobianOptions::default());
+    assert_err(err, &["leading batch dimension", "[]", "[2, 3]"]);
     let f = |x: &Tensor| x.sin();
     let mut with_closure = vec![Strategy::Vectorized { chunk_size: None }, Strategy::RowLoop];
     with_closure.extend(batched());
