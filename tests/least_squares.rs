@@ -639,7 +639,10 @@ fn bad_input_is_an_error_that_names_it() {
     for (opts, needle) in [
         (d.method(Method::Dogleg).geodesic(true), "geodesic"),
         (d.loss_scale(0.5), "loss_scale"),
-        (d.jacobian(&jac).strategy(tch_jacobian::Strategy::RowLoop), "strategy"),
+        (
+            d.jacobian(&jac).strategy(tch_jacobian::Strategy::RowLoop),
+            "strategy",
+        ),
     ] {
         let e = least_squares(p.residual, &row(&p.x0), &opts).unwrap_err();
         assert!(
