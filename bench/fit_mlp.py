@@ -78,7 +78,7 @@ def run_adam(data, x, y, lr, max_seconds, max_steps=10**7):
         loss.backward()
         opt.step()
         steps += 1
-        if float(loss) <= TARGET:
+        if float(loss.detach()) <= TARGET:
             break
     return steps, time.perf_counter() - t0, mse(net, x, y)
 
