@@ -49,7 +49,12 @@ fn mlp(vs: &nn::VarStore, widths: &[i64]) -> nn::Sequential {
 }
 
 fn mse(net: &nn::Sequential, x: &Tensor, y: &Tensor) -> f64 {
-    tch::no_grad(|| (net.forward(x).view([-1]) - y).square().mean(Kind::Double).double_value(&[]))
+    tch::no_grad(|| {
+        (net.forward(x).view([-1]) - y)
+            .square()
+            .mean(Kind::Double)
+            .double_value(&[])
+    })
 }
 
 /// The process's resident memory figures from /proc/self/status, in KiB.
@@ -146,7 +151,10 @@ fn run_adam(
     })
 }
 
-fn fresh_copy(init: &nn::VarStore, widths: &[i64]) -> Result<(nn::VarStore, nn::Sequential), tch::TchError> {
+fn fresh_copy(
+    init: &nn::VarStore,
+    widths: &[i64],
+) -> Result<(nn::VarStore, nn::Sequential), tch::TchError> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let net = mlp(&vs, widths);
     vs.copy(init)?;
@@ -161,7 +169,10 @@ fn target(r: &Run) -> String {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let threads: i32 = std::env::var("FIT_MLP_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let threads: i32 = std::env::var("FIT_MLP_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     tch::set_num_threads(threads);
     let wide_seconds: f64 = std::env::var("FIT_MLP_WIDE_SECONDS")
         .ok()
@@ -185,8 +196,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.write_npy(out.join(format!("{name}.npy")))?;
     }
     let (vs, net) = fresh_copy(&init, &small)?;
-    let n = tch_jacobian::least_squares::ModelFit::new(&vs, &FitOptions::default())?.parameter_count();
-    println!("\n1. MLP 1→32→32→1 (tanh), {n} parameters, initial MSE {:.3e}", mse(&net, &x, &y));
+    let n =
+        tch_jacobian::least_squares::ModelFit::new(&vs, &FitOptions::default())?.parameter_count();
+    println!(
+        "\n1. MLP 1→32→32→1 (tanh), {n} parameters, initial MSE {:.3e}",
+        mse(&net, &x, &y)
+    );
     println!("  Levenberg–Marquardt (ModelFit, LinearSolver::Auto):");
     let (lm, _, solver) = run_lm(&vs, &net, &x, &y, &FitOptions::default(), 1000, 300.0, true)?;
     println!(
@@ -228,7 +243,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(fit);
     let rss0 = status_kib("VmRSS:").unwrap_or(0);
     let reset = reset_peak();
-    let (lm, _, solver) = run_lm(&vs, &net, &x, &y, &FitOptions::default(), 100_000, wide_seconds, true)?;
+    let (lm, _, solver) = run_lm(
+        &vs,
+        &net,
+        &x,
+        &y,
+        &FitOptions::default(),
+        100_000,
+        wide_seconds,
+        true,
+    )?;
     let hwm = status_kib("VmHWM:").unwrap_or(0);
     println!(
         "  LM: {} steps, {:.2} s, final MSE {:.3e} ({}; solver {})",
@@ -280,7 +304,11 @@ mod tests {
             let opts = FitOptions::default().linear_solver(solver);
             let (run, _, used) = run_lm(&vs, &net, &x, &y, &opts, 15, 60.0, false).unwrap();
             assert_eq!(used, Some(solver));
-            assert!(run.mse < before / 10.0, "{solver}: {before:e} → {:e}", run.mse);
+            assert!(
+                run.mse < before / 10.0,
+                "{solver}: {before:e} → {:e}",
+                run.mse
+            );
         }
     }
 }
