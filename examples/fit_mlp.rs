@@ -77,6 +77,7 @@ struct Run {
 }
 
 /// LM until the target MSE, `max_steps` or `max_seconds`.
+#[allow(clippy::too_many_arguments)]
 fn run_lm(
     vs: &nn::VarStore,
     net: &nn::Sequential,

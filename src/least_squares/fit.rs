@@ -811,7 +811,7 @@ impl<'a> System<'a> {
             let ap = apply(&p)?;
             let pap = p.f_dot(&ap)?.f_double_value(&[])?;
             iters += 1;
-            if !(pap > 0.0) {
+            if pap.is_nan() || pap <= 0.0 {
                 break;
             }
             let alpha = rz / pap;
