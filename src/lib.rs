@@ -49,6 +49,7 @@
 //! | `vmap(hessian(u))(x)` and its trace, the Laplacian (PINNs) | [`per_sample_hessian_of(u, &x, &opts)`](per_sample_hessian_of), [`laplacian_of(u, &x, &opts)`](laplacian_of) (collapsed Taylor mode: one forward pass) |
 //! | jet-for-pytorch's `laplacian(f, x)`, folx's forward Laplacian (JAX); `u`, `∇u`, weighted `tr(σσᵀ∇²u)`, Hutchinson estimates | [`laplacian(u, &x, &LaplacianOptions::default())`](laplacian()) with [`LaplacianOptions`] |
 //! | `scipy.optimize.least_squares(fun, x0)` in a loop over problems, `curve_fit` | [`least_squares(r, &x0, &opts)`](least_squares()) — B problems at once, LM / dogleg / Gauss–Newton, robust losses, bounds, covariance ([`mod@least_squares`]) |
+//! | pypose's `pp.optim.LM(model)` / `optimizer.step(input)`, Ceres's `DENSE_NORMAL_CHOLESKY` or `CGNR` over a network's weights | [`ModelFit::new(&vs, &FitOptions::default())`](ModelFit), then [`lm.step(\|\| model.forward(&x) - &y)`](ModelFit::step) — Levenberg–Marquardt or Gauss–Newton, dense or matrix-free ([`least_squares::fit`]) |
 //! | `torch.autograd.functional.jvp` | [`jvp(&y, &x, &u, &opts)`](jvp) |
 //! | `torch.autograd.functional.hvp` | [`hvp(&y, &x, &v, &opts)`](hvp) |
 //! | `torch.autograd.functional.hessian` | [`hessian(&y, &x, &opts)`](fn@hessian) |
@@ -120,7 +121,9 @@ pub use jacobian::{
 pub use laplacian::{
     laplacian, laplacian_of, LaplacianEstimator, LaplacianOptions, LaplacianOutput,
 };
-pub use least_squares::{least_squares, LeastSquaresOptions, LeastSquaresOutput};
+pub use least_squares::{
+    least_squares, FitOptions, LeastSquaresOptions, LeastSquaresOutput, ModelFit,
+};
 pub use module::{load_module, module_jacobian, module_output, module_per_sample_jacobian};
 pub use params::{
     parameter_jacobian, per_sample_gradients, per_sample_gradients_of,

@@ -134,6 +134,7 @@
 mod bounds;
 mod covariance;
 mod dogleg;
+pub mod fit;
 mod gauss_newton;
 mod implicit;
 mod linalg;
@@ -145,6 +146,7 @@ mod output;
 mod residual;
 mod solver;
 
+pub use fit::{FitOptions, FitStepOutput, LinearSolver, ModelFit};
 pub use options::{JacobianFn, LeastSquaresOptions, Loss, Method, Progress};
 pub use output::{LeastSquaresOutput, Status};
 
