@@ -71,9 +71,11 @@
 //! # The Jacobian
 //!
 //! With [`Strategy::Auto`](crate::Strategy::Auto) and `m ≥ n`, collapsed Taylor mode
-//! ([`crate::laplacian`]'s engine) along the `n` identity directions: `r(x)` and every column of
-//! `J` in **one** forward pass of the residual. An op it has no rule for, an explicit strategy,
-//! or `m < n`: the crate's [`per_sample_jacobian_of`](crate::per_sample_jacobian_of). Or your own closure
+//! ([`laplacian`](crate::laplacian())'s engine) along the `n` identity directions: `r(x)` and every column of
+//! `J` in **one** forward pass of the residual. An op it has no rule for (or a closure it
+//! refuses), another explicit strategy, or `m < n` (found on the first pass): the crate's
+//! [`per_sample_jacobian_of`](crate::per_sample_jacobian_of); an explicit
+//! [`Strategy::Taylor`](crate::Strategy::Taylor) returns the mode's error instead. Or your own closure
 //! ([`LeastSquaresOptions::jacobian`]). Once per solve, on the first Jacobian, the B problems are
 //! checked not to interact ([`crate::independence`](mod@crate::independence)): a residual that
 //! mixes rows (a mean over the batch) is an [`Error::Contract`], not a wrong fit.
