@@ -132,6 +132,54 @@ fn deprecated_names_still_work() -> Result<()> {
         .method(tch_jacobian::LaplacianMethod::Nested)
         .compute(u, &x)?;
     assert_eq!(nested.strategy, Strategy::RowLoop);
+    let w = Tensor::ones([3], O).set_requires_grad(true);
+    let uw = |x: &Tensor| (x.sin() * &w).sum_dim_intlist(1, false, Kind::Double);
+    let cg = tch_jacobian::Laplacian::new()
+        .create_graph(true)
+        .compute(uw, &x)?;
+    assert!(cg.laplacian.requires_grad());
+    assert!(!tch_jacobian::Laplacian::new()
+        .compute(uw, &x)?
+        .laplacian
+        .requires_grad());
+    // every setter of the 0.1 builder reaches the computation
+    let rad = tch_jacobian::LaplacianEstimator::Rademacher {
+        directions: 2,
+        seed: Some(1),
+    };
+    // (a Hessian with off-diagonal terms: Rademacher's estimate of a diagonal one is exact)
+    let uc = |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Double).sin();
+    let est_old = tch_jacobian::Laplacian::new()
+        .estimator(rad)
+        .compute(uc, &x)?;
+    let est_new = laplacian(uc, &x, &LaplacianOptions::default().estimator(rad))?;
+    assert!(est_old.laplacian.equal(&est_new.laplacian));
+    let exact = laplacian(uc, &x, &LaplacianOptions::default())?.laplacian;
+    assert!(!est_old.laplacian.allclose(&exact, 1e-9, 1e-12, false));
+    let sigma = Tensor::from_slice(&[1.0f64, 0.0, 0.0]).view([3, 1]); // ∂²u/∂x₀² only
+    let w_old = tch_jacobian::Laplacian::new()
+        .weights(&sigma)
+        .compute(u, &x)?;
+    let w_new = laplacian(u, &x, &LaplacianOptions::default().weights(&sigma))?;
+    assert!(w_old.laplacian.equal(&w_new.laplacian));
+    assert!(w_old
+        .laplacian
+        .allclose(&(-x.select(1, 0).sin()), 1e-12, 1e-14, false));
+    let batched = Strategy::Batched { chunk_size: None };
+    let nb = tch_jacobian::Laplacian::new()
+        .method(tch_jacobian::LaplacianMethod::Nested)
+        .nested_strategy(batched)
+        .compute(u, &x)?;
+    assert_eq!(nb.strategy, batched);
+    let mixing = |x: &Tensor| {
+        (x - x.mean_dim(0, true, Kind::Double))
+            .sin()
+            .sum_dim_intlist(1, false, Kind::Double)
+    };
+    assert!(tch_jacobian::Laplacian::new().compute(mixing, &x).is_err());
+    tch_jacobian::Laplacian::new()
+        .check_independence(false)
+        .compute(mixing, &x)?;
     assert!(nested.laplacian.allclose(&lap_new, 1e-12, 1e-14, false));
     let xg = x.detach().set_requires_grad(true);
     let h = xg.sin();
