@@ -146,7 +146,7 @@ fn batch_jacobians_refuse_mixing_closures() {
                 &format!("{name}, {est:?}"),
             );
             // check_independence(false) turns the check off (for hot loops after a checked call)
-            jacobian_penalty(
+            let _ = jacobian_penalty(
                 &f(&xg),
                 &xg,
                 &PenaltyOptions::default()
