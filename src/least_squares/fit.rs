@@ -63,6 +63,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::options::Method;
+use crate::autograd::{vjp_into, Linearized, Names, Pass};
 use crate::closure::FnOutput;
 use crate::error::{Error, Result};
 use crate::strategy::{JacobianOptions, Strategy};
@@ -667,9 +668,9 @@ enum System<'a> {
     MatrixFree {
         r: Tensor,
         params: &'a [Tensor],
-        /// The dummy cotangent `w` and `Jᵀw` (built with create_graph): `J v = ∂(Jᵀw · v)/∂w`.
-        w: Tensor,
-        jtw: Vec<Tensor>,
+        /// `Jᵀw` built once with create_graph: `J v = ∂(Jᵀw · v)/∂w` (the crate's one
+        /// Jacobian-vector product).
+        lin: Linearized<'static>,
         g: Tensor,
         d: Tensor,
     },
@@ -702,10 +703,8 @@ impl<'a> System<'a> {
         probes: usize,
         previous: Option<&Tensor>,
     ) -> Result<System<'a>> {
-        let w = r.f_zeros_like()?.set_requires_grad(true);
-        let root = r.f_mul(&w)?.f_sum(None::<Kind>)?;
         let xs: Vec<&Tensor> = params.iter().collect();
-        let jtw = Tensor::f_run_backward(&[&root], &xs, true, true)?;
+        let lin = Linearized::new(r, &xs, pass())?;
         let g = jt_u(r, params, &r.f_detach()?)?;
         let mut d = g.f_zeros_like()?;
         for _ in 0..probes {
@@ -725,8 +724,7 @@ impl<'a> System<'a> {
         Ok(System::MatrixFree {
             r: r.shallow_clone(),
             params,
-            w,
-            jtw,
+            lin,
             g,
             d,
         })
@@ -785,8 +783,7 @@ impl<'a> System<'a> {
         let System::MatrixFree {
             r,
             params,
-            w,
-            jtw,
+            lin,
             g,
             d,
         } = self
@@ -794,7 +791,7 @@ impl<'a> System<'a> {
             unreachable!("cg on the dense system")
         };
         let apply = |v: &Tensor| -> Result<Tensor> {
-            let jv = jv(w, jtw, &split(v, params)?)?;
+            let jv = jv(lin, &split(v, params)?)?;
             let jtjv = jt_u(r, params, &jv)?;
             Ok(jtjv.f_add(&d.f_mul(v)?.f_mul_scalar(mu)?)?)
         };
@@ -828,7 +825,7 @@ impl<'a> System<'a> {
         // The predicted reduction of the model at the δ CG returned, from one more J v (CG's
         // recurred residual drifts from the true one on ill-conditioned systems):
         // pred = −gᵀδ − ½ ‖Jδ‖².
-        let jx = jv(w, jtw, &split(&x, params)?)?;
+        let jx = jv(lin, &split(&x, params)?)?;
         let gd = g.f_dot(&x)?.f_double_value(&[])?;
         let jx2 = jx.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
         let pred = -gd - 0.5 * jx2;
@@ -850,44 +847,31 @@ fn dense_strategy(strategy: Strategy, r: &Tensor, params: &[Tensor]) -> Strategy
 }
 
 /// `J v = ∂(Σ_k Jᵀw_k · v_k)/∂w`, `[m]` (one backward pass through `Jᵀw`'s graph).
-fn jv(w: &Tensor, jtw: &[Tensor], vs: &[Tensor]) -> Result<Tensor> {
-    let mut root: Option<Tensor> = None;
-    for (g, v) in jtw.iter().zip(vs) {
-        if !g.defined() || !g.requires_grad() {
-            continue; // a parameter r does not reach, or a J that does not depend on w
-        }
-        let term = g.f_mul(v)?.f_sum(None::<Kind>)?;
-        root = Some(match root {
-            None => term,
-            Some(r) => r.f_add(&term)?,
-        });
-    }
-    let Some(root) = root else {
-        return Ok(w.f_zeros_like()?.f_detach()?);
-    };
-    let out = Tensor::f_run_backward(&[&root], &[w], true, false)?.remove(0);
-    if !out.defined() {
-        return Ok(w.f_zeros_like()?.f_detach()?);
-    }
-    crate::autograd::materialize(out)
+fn jv(lin: &Linearized<'_>, vs: &[Tensor]) -> Result<Tensor> {
+    let vs: Vec<&Tensor> = vs.iter().collect();
+    crate::autograd::materialize(lin.jvp(&vs)?.f_detach()?)
+}
+
+/// The passes of the matrix-free products: graphs kept, no `create_graph` beyond `Jᵀw`'s, and
+/// parameters the residual does not reach contribute zeros.
+fn pass() -> Pass<'static> {
+    Pass::new(
+        false,
+        false,
+        Names {
+            output: "r",
+            inputs: &[],
+        },
+    )
 }
 
 /// `Jᵀu` as one flat vector `[n]` (one backward pass, graph kept).
 fn jt_u(r: &Tensor, params: &[Tensor], u: &Tensor) -> Result<Tensor> {
     let root = r.f_mul(u)?.f_sum(Kind::Double)?.f_to_kind(r.kind())?;
     let xs: Vec<&Tensor> = params.iter().collect();
-    let gs = Tensor::f_run_backward(&[&root], &xs, true, false)?;
-    let flat = gs
+    let flat = vjp_into(&root, &xs, pass())?
         .into_iter()
-        .zip(params)
-        .map(|(g, p)| {
-            let g = if g.defined() {
-                crate::autograd::materialize(g)?
-            } else {
-                p.f_zeros_like()?
-            };
-            Ok(g.f_reshape([-1])?)
-        })
+        .map(|g| Ok(crate::autograd::materialize(g)?.f_reshape([-1])?))
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::f_cat(&flat, 0)?)
 }

@@ -17,6 +17,7 @@ use super::bounds::Bounds;
 use super::linalg::{col, eps};
 use super::loss;
 use super::options::LeastSquaresOptions;
+use crate::autograd::{vjp_into, Names, Pass};
 use crate::error::{Error, Result};
 use crate::strategy::{JacobianOptions, Strategy};
 
@@ -47,7 +48,12 @@ fn attach_on(
             "create_graph: the cost at the solution does not depend on x through autograd (a residual built outside the graph, or from detached tensors); the solution has no derivative to give".into(),
         ));
     }
-    let g = Tensor::f_run_backward(&[cost.f_sum(None::<Kind>)?], &[&xs], true, true)?.remove(0);
+    let names = Names {
+        output: "the cost",
+        inputs: &[],
+    };
+    let pass = Pass::new(true, false, names);
+    let g = vjp_into(&cost.f_sum(None::<Kind>)?, &[&xs], pass)?.remove(0);
     // H = ∂g/∂x at x*, per problem, by the crate's per-sample Jacobian of the gradient's graph
     // (nested reverse mode: the exact Hessian, second-order residual terms included).
     let hess = if g.requires_grad() {
