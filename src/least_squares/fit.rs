@@ -37,8 +37,9 @@
 //!   ([`FitOptions::cg_tolerance`], fixed) or after [`FitOptions::cg_max_iterations`]; the
 //!   predicted reduction is computed at the `δ` CG returned (one more `J v`), so an inexact
 //!   solve is still judged honestly.
-//! * **Auto**: Dense when `m · n · dtype size ≤` [`FitOptions::memory_budget`] (256 MiB), else
-//!   MatrixFree. Each step reports the solver that ran ([`FitStepOutput::linear_solver`]).
+//! * **Auto**: Dense when `m · n · dtype size ≤ min(`[`FitOptions::memory_budget`]` (256 MiB),
+//!   free memory / 4)`, else MatrixFree ([`LinearSolver::resolve`]). Each step reports the
+//!   solver that ran ([`FitStepOutput::linear_solver`]).
 //!
 //! ```
 //! use tch::{nn, nn::Module, Device, Kind, Tensor};
@@ -62,41 +63,12 @@
 
 use tch::{nn, Kind, Tensor};
 
+pub use super::options::LinearSolver;
 use super::options::Method;
 use crate::autograd::{vjp_into, Linearized, Names, Pass};
 use crate::closure::FnOutput;
 use crate::error::{Error, Result};
 use crate::strategy::{JacobianOptions, Strategy};
-
-/// How [`ModelFit`] solves the damped normal equations (Ceres's `linear_solver_type`).
-///
-/// ```
-/// use tch_jacobian::least_squares::LinearSolver;
-/// assert_eq!(LinearSolver::MatrixFree.to_string(), "matrix-free");
-/// # Ok::<(), tch_jacobian::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum LinearSolver {
-    /// Dense when `m · n · dtype size ≤` [`FitOptions::memory_budget`], else matrix-free.
-    #[default]
-    Auto,
-    /// `J` formed (`[m, n]`), `JᵀJ + μD` factored by Cholesky.
-    Dense,
-    /// Preconditioned conjugate gradients with `J v` and `Jᵀu` only; `J` never formed.
-    MatrixFree,
-}
-
-impl std::fmt::Display for LinearSolver {
-    /// `auto`, `dense`, `matrix-free`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LinearSolver::Auto => "auto",
-            LinearSolver::Dense => "dense",
-            LinearSolver::MatrixFree => "matrix-free",
-        })
-    }
-}
 
 /// Options of [`ModelFit`]: `default()` and chainable setters. An option that the chosen method
 /// or linear solver would not read is refused by [`ModelFit::new`] (an
@@ -430,20 +402,12 @@ impl ModelFit {
         self.n
     }
 
-    /// The solver `linear_solver` stands for with `m` residuals.
+    /// The solver `linear_solver` stands for with `m` residuals ([`LinearSolver::resolve`]).
     pub fn resolve_linear_solver(&self, m: usize) -> LinearSolver {
-        match self.opts.linear_solver {
-            LinearSolver::Auto => {
-                let bytes =
-                    (m as u128) * (self.n as u128) * (self.kind.elt_size_in_bytes() as u128);
-                if bytes <= self.opts.memory_budget as u128 {
-                    LinearSolver::Dense
-                } else {
-                    LinearSolver::MatrixFree
-                }
-            }
-            s => s,
-        }
+        let bytes = (m as u128) * (self.n as u128) * (self.kind.elt_size_in_bytes() as u128);
+        self.opts
+            .linear_solver
+            .resolve(bytes, self.opts.memory_budget, self.params[0].device())
     }
 
     /// One step: `residual()` (run with grad on) gives `r = [m]` at the current parameters; the

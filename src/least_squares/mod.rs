@@ -59,6 +59,37 @@
 //!    Gauss–Newton) `≤ xtol (xtol + ‖D x‖)` ([`Status::StepConverged`]); the iteration cap
 //!    ([`Status::MaxIterations`]).
 //!
+//! # Matrix-free steps
+//!
+//! With [`LinearSolver::MatrixFree`] (or `Auto` when `J`, `B·m·n` numbers, would exceed
+//! [`memory_budget`](LeastSquaresOptions::memory_budget) or a quarter of the free memory) `J` is
+//! never formed: Levenberg–Marquardt with Nielsen's damping, each step `(J̃ᵀJ̃ + μD)δ = −J̃ᵀr̃`
+//! solved per problem by preconditioned conjugate gradients from `J v` (a backward pass through
+//! `Jᵀw`'s graph) and `Jᵀu` (one backward pass), `D` Hutchinson's estimate of `diag(J̃ᵀJ̃)` —
+//! `O(B(m + n))` memory beyond the residual's graph (formulas in `matrix_free.rs`). It reaches the
+//! dense solver's minima on the MGH problems (`tests/least_squares_matrix_free.rs`); it runs without
+//! bounds, covariance, a kept Jacobian, geodesic acceleration or a Jacobian closure (options that
+//! need `J`: `Auto` then stays dense, an explicit `MatrixFree` refuses them). The `optimality`
+//! it reports uses the estimated column norms `√D`. [`LeastSquaresOutput::linear_solver`] says
+//! which solver ran.
+//!
+//! ```
+//! use tch::{Kind, Tensor};
+//! use tch_jacobian::least_squares::LinearSolver;
+//! use tch_jacobian::{least_squares, LeastSquaresOptions};
+//!
+//! // r(x) = tanh(A x) − y with 50 parameters and 100 residuals, without forming J.
+//! tch::manual_seed(0);
+//! let a = Tensor::randn([100, 50], (Kind::Double, tch::Device::Cpu)) / 50f64.sqrt();
+//! let y = Tensor::randn([50], (Kind::Double, tch::Device::Cpu)).matmul(&a.tr()).tanh();
+//! let r = |x: &Tensor| x.matmul(&a.tr()).tanh() - &y;
+//! let opts = LeastSquaresOptions::default().linear_solver(LinearSolver::MatrixFree);
+//! let out = least_squares(r, &Tensor::zeros([50], (Kind::Double, tch::Device::Cpu)), &opts)?;
+//! assert!(out.success() && out.cost.double_value(&[]) < 1e-20);
+//! assert_eq!(out.linear_solver, LinearSolver::MatrixFree);
+//! # Ok::<(), tch_jacobian::Error>(())
+//! ```
+//!
 //! # Defaults
 //!
 //! `ftol = xtol = gtol = 1e-12` and 1000 iterations reach full precision in f64 on the
@@ -142,14 +173,15 @@ mod implicit;
 mod linalg;
 mod lm;
 mod loss;
+mod matrix_free;
 mod model;
 mod options;
 mod output;
 mod residual;
 mod solver;
 
-pub use fit::{FitOptions, FitStepOutput, LinearSolver, ModelFit};
-pub use options::{JacobianFn, LeastSquaresOptions, Loss, Method, Progress};
+pub use fit::{FitOptions, FitStepOutput, ModelFit};
+pub use options::{JacobianFn, LeastSquaresOptions, LinearSolver, Loss, Method, Progress};
 pub use output::{LeastSquaresOutput, Status};
 
 use tch::{Kind, Tensor};
@@ -290,12 +322,34 @@ where
         None => None,
     };
     let res = residual::Residual::new(&call, jac, &xb, opts.strategy, opts.check_independence)?;
-    let s = solver::run(&res, &xb, bounds.as_ref(), opts)?;
+    let linear_solver = match opts.linear_solver {
+        LinearSolver::Auto if opts.needs_dense().is_none() => {
+            // one evaluation at x0 gives m, and J's size
+            let m = res.value(&xb)?.size()[1];
+            let bytes =
+                (b as u128) * (m as u128) * (n as u128) * (kind.elt_size_in_bytes() as u128);
+            let chosen = LinearSolver::Auto.resolve(bytes, opts.memory_budget, xb.device());
+            if chosen == LinearSolver::MatrixFree {
+                log::info!(
+                    "least_squares: J would take {bytes} bytes (B = {b}, m = {m}, n = {n}), over min(memory_budget = {}, free memory / 4): the matrix-free solver runs",
+                    opts.memory_budget
+                );
+            }
+            chosen
+        }
+        LinearSolver::Auto => LinearSolver::Dense,
+        s => s,
+    };
+    let s = match linear_solver {
+        LinearSolver::MatrixFree => matrix_free::run(&res, &xb, opts)?,
+        _ => solver::run(&res, &xb, bounds.as_ref(), opts)?,
+    };
 
     let mut status: Vec<Status> = s.status.iter().map(|&c| Status::from_code(c)).collect();
     let (mut cov, mut se) = (None, None);
     if opts.covariance {
-        let (c, e, full) = covariance::covariance(&s.jms, &s.cost)?;
+        let jms = s.jms.as_ref().expect("covariance runs the dense solver");
+        let (c, e, full) = covariance::covariance(jms, &s.cost)?;
         for (st, ok) in status.iter_mut().zip(full) {
             if !ok && st.is_success() {
                 *st = Status::RankDeficient;
@@ -322,10 +376,9 @@ where
         Some(bd) => Some(bd.active(&s.x, opts.xtol.max(1e-10))?),
         None => None,
     };
-    let jacobian = if opts.keep_jacobian || opts.covariance {
-        Some(s.jm.f_contiguous()?)
-    } else {
-        None
+    let jacobian = match &s.jm {
+        Some(j) if opts.keep_jacobian || opts.covariance => Some(j.f_contiguous()?),
+        _ => None,
     };
     let un = |t: Tensor| -> Result<Tensor> {
         if single {
@@ -353,5 +406,6 @@ where
         covariance: opt(cov)?,
         standard_errors: opt(se)?,
         active_mask: opt(active_mask)?,
+        linear_solver,
     })
 }

@@ -1,4 +1,5 @@
-//! [`LeastSquaresOptions`] and the enums it holds: [`Method`], [`Loss`], [`Progress`].
+//! [`LeastSquaresOptions`] and the enums it holds: [`Method`], [`Loss`], [`LinearSolver`],
+//! [`Progress`].
 
 use tch::Tensor;
 
@@ -204,6 +205,84 @@ pub struct Progress {
     pub max_cost: f64,
 }
 
+/// How the damped normal equations of a step are solved (Ceres's `linear_solver_type`), by
+/// [`least_squares`](super::least_squares) and [`ModelFit`](super::ModelFit) alike.
+///
+/// `Auto` forms `J` when it fits: **Dense** when `J`'s bytes (`B · m · n ·` dtype size; `m · n`
+/// for a model fit) are at most `min(memory_budget, free / 4)`, `free` the device's free memory
+/// (`MemAvailable` of `/proc/meminfo` on the CPU, the CUDA allocator's free memory on a GPU;
+/// the budget alone where it cannot be read), else **MatrixFree**. Which one ran is in the
+/// output ([`LeastSquaresOutput::linear_solver`](super::LeastSquaresOutput::linear_solver),
+/// [`FitStepOutput::linear_solver`](super::FitStepOutput::linear_solver)) and in a `log::info!`
+/// line when `Auto` chose matrix-free.
+///
+/// ```
+/// use tch::Device;
+/// use tch_jacobian::least_squares::LinearSolver;
+/// assert_eq!(LinearSolver::MatrixFree.to_string(), "matrix-free");
+/// // 1 GiB of J against a 256 MiB budget: matrix-free; 1 MiB: dense.
+/// assert_eq!(LinearSolver::Auto.resolve(1 << 30, 256 << 20, Device::Cpu), LinearSolver::MatrixFree);
+/// assert_eq!(LinearSolver::Auto.resolve(1 << 20, 256 << 20, Device::Cpu), LinearSolver::Dense);
+/// assert_eq!(LinearSolver::Dense.resolve(1 << 40, 0, Device::Cpu), LinearSolver::Dense);
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LinearSolver {
+    /// Dense when `J` fits `min(memory_budget, free memory / 4)`, else matrix-free.
+    #[default]
+    Auto,
+    /// `J` formed and the damped system factored (Cholesky, or the eigen/QR model of
+    /// [`least_squares`](super::least_squares)).
+    Dense,
+    /// Preconditioned conjugate gradients with `J v` and `Jᵀu` only; `J` never formed.
+    MatrixFree,
+}
+
+impl LinearSolver {
+    /// The solver this choice stands for when `J` takes `j_bytes` on `device`: itself, or for
+    /// `Auto` Dense when `j_bytes ≤ min(budget, free / 4)` (see [`LinearSolver`]).
+    pub fn resolve(self, j_bytes: u128, budget: usize, device: tch::Device) -> LinearSolver {
+        match self {
+            LinearSolver::Auto => {
+                let limit = match free_memory(device) {
+                    Some(free) => (budget as u128).min(free as u128 / 4),
+                    None => budget as u128,
+                };
+                if j_bytes <= limit {
+                    LinearSolver::Dense
+                } else {
+                    LinearSolver::MatrixFree
+                }
+            }
+            s => s,
+        }
+    }
+}
+
+/// Free memory on `device` in bytes: `MemAvailable` on a Linux CPU, the CUDA allocator's view
+/// on a GPU; `None` where it cannot be read.
+fn free_memory(device: tch::Device) -> Option<u64> {
+    if device.is_cuda() {
+        return crate::native::cuda_free_memory(device);
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl std::fmt::Display for LinearSolver {
+    /// `auto`, `dense`, `matrix-free`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinearSolver::Auto => "auto",
+            LinearSolver::Dense => "dense",
+            LinearSolver::MatrixFree => "matrix-free",
+        })
+    }
+}
+
 /// A Jacobian supplied by the user: `x [B, n] → J [B, m, n]` (`J[b, i, j] = ∂r[b, i]/∂x[b, j]`),
 /// or `x [n] → J [m, n]` for a single problem.
 pub type JacobianFn<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
@@ -228,6 +307,18 @@ pub type JacobianFn<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
 /// | `progress` | none | called after every iteration with a [`Progress`] |
 /// | `check_independence` | `true` | check once, on the first Jacobian, that the B problems do not interact |
 /// | `create_graph` | `false` | return a solution `x` differentiable with respect to the tensors the residual captures (implicit function theorem) |
+/// | `linear_solver` | [`LinearSolver::Auto`] | dense `J`, or matrix-free conjugate gradients (`J` never formed; Levenberg–Marquardt with Nielsen's damping, see [`LinearSolver`]) |
+/// | `memory_budget` | 256 MiB | the most bytes of `J` (`B·m·n·` dtype size) for which `Auto` forms it (also capped at a quarter of the free memory) |
+/// | `damping` | `1e-3` | matrix-free: the initial `μ` of `(J̃ᵀJ̃ + μD)δ = −g` |
+/// | `cg_tolerance` | `1e-6` | matrix-free: CG stops at `‖res‖ ≤ cg_tolerance · ‖g‖` |
+/// | `cg_max_iterations` | `100` | matrix-free: CG iterations per step at most |
+/// | `probes` | `8` | matrix-free: Rademacher probes per linearization for Hutchinson's `D ≈ diag(J̃ᵀJ̃)` |
+///
+/// `Auto` can choose matrix-free only where nothing asks for `J` or for the dense methods:
+/// with bounds, a Jacobian closure, `covariance`, `keep_jacobian`, `geodesic`, Dogleg or
+/// Gauss–Newton it is Dense; an explicit [`LinearSolver::MatrixFree`] with one of them is an
+/// [`Error::InvalidArgument`] naming it. The matrix-free options are refused with
+/// [`LinearSolver::Dense`], `memory_budget` with an explicit solver.
 ///
 /// A tolerance of `0` turns its test off; positive tolerances below the dtype's machine epsilon
 /// are raised to it.
@@ -287,6 +378,18 @@ pub struct LeastSquaresOptions<'a> {
     /// captures that requires grad (data, hyperparameters, network weights), by the implicit
     /// function theorem; see [`LeastSquaresOptions::create_graph`].
     pub create_graph: bool,
+    /// Dense, matrix-free, or `Auto` by `J`'s size ([`LinearSolver`]).
+    pub linear_solver: LinearSolver,
+    /// Bytes `J` may take for `Auto` to form it.
+    pub memory_budget: usize,
+    /// Matrix-free: the initial damping `μ` (relative to `D`).
+    pub damping: f64,
+    /// Matrix-free: CG's relative tolerance.
+    pub cg_tolerance: f64,
+    /// Matrix-free: CG iterations per step at most.
+    pub cg_max_iterations: usize,
+    /// Matrix-free: Hutchinson probes per linearization.
+    pub probes: usize,
 }
 
 impl Default for LeastSquaresOptions<'_> {
@@ -308,6 +411,12 @@ impl Default for LeastSquaresOptions<'_> {
             progress: None,
             check_independence: true,
             create_graph: false,
+            linear_solver: LinearSolver::Auto,
+            memory_budget: 256 << 20,
+            damping: 1e-3,
+            cg_tolerance: 1e-6,
+            cg_max_iterations: 100,
+            probes: 8,
         }
     }
 }
@@ -334,6 +443,12 @@ impl std::fmt::Debug for LeastSquaresOptions<'_> {
             .field("progress", &self.progress.map(|_| "Fn(Progress)"))
             .field("check_independence", &self.check_independence)
             .field("create_graph", &self.create_graph)
+            .field("linear_solver", &self.linear_solver)
+            .field("memory_budget", &self.memory_budget)
+            .field("damping", &self.damping)
+            .field("cg_tolerance", &self.cg_tolerance)
+            .field("cg_max_iterations", &self.cg_max_iterations)
+            .field("probes", &self.probes)
             .finish()
     }
 }
@@ -451,6 +566,56 @@ impl<'a> LeastSquaresOptions<'a> {
         self
     }
 
+    /// Sets the linear solver ([`LinearSolver`]).
+    pub fn linear_solver(mut self, linear_solver: LinearSolver) -> Self {
+        self.linear_solver = linear_solver;
+        self
+    }
+    /// Sets the memory budget (bytes of `J`) under which `Auto` forms `J`.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+    /// Sets the matrix-free solver's initial damping `μ > 0`.
+    pub fn damping(mut self, damping: f64) -> Self {
+        self.damping = damping;
+        self
+    }
+    /// Sets CG's relative tolerance, in `(0, 1)`.
+    pub fn cg_tolerance(mut self, cg_tolerance: f64) -> Self {
+        self.cg_tolerance = cg_tolerance;
+        self
+    }
+    /// Sets CG's iteration cap, at least 1.
+    pub fn cg_max_iterations(mut self, cg_max_iterations: usize) -> Self {
+        self.cg_max_iterations = cg_max_iterations;
+        self
+    }
+    /// Sets the number of Hutchinson probes for `D`, at least 1.
+    pub fn probes(mut self, probes: usize) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    /// What keeps the matrix-free solver out (it never forms `J` and runs Levenberg–Marquardt
+    /// without bounds): the first such option's name, or `None`.
+    pub(crate) fn needs_dense(&self) -> Option<&'static str> {
+        let method = self.method.resolve();
+        [
+            (self.bounds.is_some(), "bounds"),
+            (self.jacobian.is_some(), "a Jacobian closure"),
+            (self.covariance, "covariance"),
+            (self.keep_jacobian, "keep_jacobian"),
+            (self.geodesic, "geodesic"),
+            (method == Method::Dogleg, "Method::Dogleg"),
+            (method == Method::GaussNewton, "Method::GaussNewton"),
+            (self.strategy != Strategy::Auto, "strategy"),
+        ]
+        .into_iter()
+        .find(|(set, _)| *set)
+        .map(|(_, name)| name)
+    }
+
     /// Checks the numbers: tolerances `≥ 0` and finite, a finite `loss_scale > 0`, at least one
     /// iteration; and refuses options the solve would not read: `geodesic` with a method other
     /// than Levenberg–Marquardt, `loss_scale` with the linear loss, `strategy` with a Jacobian
@@ -490,6 +655,59 @@ impl<'a> LeastSquaresOptions<'a> {
                 "loss_scale ({}) scales a robust loss; loss is linear: leave loss_scale at 1 or choose a robust Loss",
                 self.loss_scale
             )));
+        }
+        if !(self.damping > 0.0 && self.damping.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "damping must be finite and > 0, got {}",
+                self.damping
+            )));
+        }
+        if !(self.cg_tolerance > 0.0 && self.cg_tolerance < 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "cg_tolerance must be in (0, 1), got {}",
+                self.cg_tolerance
+            )));
+        }
+        for (name, v) in [
+            ("cg_max_iterations", self.cg_max_iterations),
+            ("probes", self.probes),
+        ] {
+            if v == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be at least 1, got 0"
+                )));
+            }
+        }
+        let d = LeastSquaresOptions::default();
+        if self.linear_solver != LinearSolver::Auto && self.memory_budget != d.memory_budget {
+            return Err(Error::InvalidArgument(format!(
+                "memory_budget ({} bytes) is read by linear_solver Auto only; linear_solver is {}",
+                self.memory_budget, self.linear_solver
+            )));
+        }
+        if self.linear_solver == LinearSolver::Dense {
+            for (name, changed) in [
+                ("damping", self.damping != d.damping),
+                ("cg_tolerance", self.cg_tolerance != d.cg_tolerance),
+                (
+                    "cg_max_iterations",
+                    self.cg_max_iterations != d.cg_max_iterations,
+                ),
+                ("probes", self.probes != d.probes),
+            ] {
+                if changed {
+                    return Err(Error::InvalidArgument(format!(
+                        "{name} is read by the matrix-free solver; linear_solver is dense: leave it at its default or use LinearSolver::MatrixFree or Auto"
+                    )));
+                }
+            }
+        }
+        if self.linear_solver == LinearSolver::MatrixFree {
+            if let Some(what) = self.needs_dense() {
+                return Err(Error::InvalidArgument(format!(
+                    "linear_solver is matrix-free (J is never formed; Levenberg–Marquardt without bounds), but {what} needs the dense solver: drop {what} or use LinearSolver::Dense or Auto"
+                )));
+            }
         }
         if self.jacobian.is_some() && self.strategy != Strategy::Auto {
             return Err(Error::InvalidArgument(format!(

@@ -2,6 +2,8 @@
 
 use tch::Tensor;
 
+use super::options::LinearSolver;
+
 /// Why one problem of a solve stopped (SciPy's `status`, MINPACK's `info`, Ceres's
 /// `TerminationType`).
 ///
@@ -115,6 +117,9 @@ pub struct LeastSquaresOutput {
     /// With bounds: per parameter `-1` (at its lower bound), `1` (at its upper bound) or `0`
     /// (SciPy's `active_mask`), `[B, n]` (or `[n]`), int64.
     pub active_mask: Option<Tensor>,
+    /// The linear solver that ran: [`LinearSolver::Dense`] or [`LinearSolver::MatrixFree`]
+    /// (what [`LinearSolver::Auto`] chose).
+    pub linear_solver: LinearSolver,
 }
 
 impl LeastSquaresOutput {

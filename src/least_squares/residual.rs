@@ -133,6 +133,13 @@ impl<'a> Residual<'a> {
         Ok(r.f_detach()?)
     }
 
+    /// `r(x)`, `[B, m]`, with its graph (grad mode on; for products through it).
+    pub(crate) fn with_graph(&self, x: &Tensor) -> Result<Tensor> {
+        let r = crate::autograd::grad_mode_on(|| (self.call)(x))?;
+        let _ = self.checked(r.shallow_clone(), "r(x)")?;
+        Ok(r)
+    }
+
     /// `r(x)`, `[B, m]`, without a graph.
     pub(crate) fn value(&self, x: &Tensor) -> Result<Tensor> {
         let r = tch::no_grad(|| (self.call)(x))?;

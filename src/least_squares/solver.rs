@@ -86,10 +86,10 @@ pub(crate) struct Trial {
 pub(crate) struct Solved {
     pub x: Tensor,
     pub r: Tensor,
-    /// `J` of the raw residuals, `[B, m, n]`.
-    pub jm: Tensor,
+    /// `J` of the raw residuals, `[B, m, n]` (`None`: matrix-free, never formed).
+    pub jm: Option<Tensor>,
     /// `J̃` after the loss's correction (`jm` for the linear loss).
-    pub jms: Tensor,
+    pub jms: Option<Tensor>,
     pub cost: Tensor,
     pub optimality: Tensor,
     pub iterations: Vec<usize>,
@@ -387,8 +387,8 @@ pub(crate) fn run(
     Ok(Solved {
         x,
         r,
-        jm,
-        jms: lin.jms,
+        jm: Some(jm),
+        jms: Some(lin.jms),
         cost: lin.cost,
         optimality,
         iterations: to_usize(&iters)?,
