@@ -8,7 +8,14 @@
 //! The hypergradient two ways: `LeastSquaresOptions::create_graph` (the implicit function
 //! theorem at the solution) and unrolled differentiation of `K` Gauss–Newton steps written with
 //! torch ops, for two `K`. `cargo run --release --example bilevel`.
+//!
+//! Last, one hypergradient at `λ = 1` per method: the median milliseconds (solve + backward)
+//! and, on Linux, its peak resident memory above the resident memory just before it (`VmHWM`
+//! reset by writing "5" to `/proc/self/clear_refs`, minus `VmRSS`; "n/a" elsewhere).
+//! `bench/theseus_backward.py` solves the same problem with Theseus's backward modes and with
+//! PyTorch (docs/benchmarks.md); libtorch's threads follow `OMP_NUM_THREADS`.
 
+use std::cell::Cell;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
@@ -28,6 +35,8 @@ struct Problem {
     y_val: Tensor,
     prior: Tensor,
     x0: Tensor,
+    /// The last implicit solve's (iterations, residual evaluations).
+    counts: Cell<(usize, usize)>,
 }
 
 impl Problem {
@@ -47,6 +56,7 @@ impl Problem {
             y_val,
             prior,
             x0,
+            counts: Cell::new((0, 0)),
         }
     }
 
@@ -73,6 +83,7 @@ impl Problem {
             .create_graph(true);
         let out = least_squares(|x: &Tensor| self.residual(x, &s), &self.x0, &opts)
             .expect("the inner fit");
+        self.counts.set((out.iterations[0], out.evaluations[0]));
         let v = self.validation(&out.x);
         let g = Tensor::run_backward(&[&v], &[&s], false, false).remove(0);
         (v.double_value(&[]), g.double_value(&[]))
@@ -100,6 +111,34 @@ impl Problem {
     }
 }
 
+/// `log λ ↦ (V, dV/dlog λ)` by one method.
+type Hypergradient<'a> = &'a dyn Fn(f64) -> (f64, f64);
+
+/// A `kB` field of `/proc/self/status` (Linux), such as `VmRSS:` or `VmHWM:`.
+fn status_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// KiB that `f` raised the resident memory above that just before it: "5" to
+/// `/proc/self/clear_refs` resets `VmHWM` to the current RSS (Linux ≥ 4.0); `None` elsewhere.
+fn peak_kib<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let before = status_kib("VmRSS:");
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let out = f();
+    let peak = match (reset, before, status_kib("VmHWM:")) {
+        (true, Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    (out, peak)
+}
+
 /// Seconds per call of `f`, best of `reps`.
 fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (T, f64) {
     let mut best = f64::INFINITY;
@@ -115,6 +154,20 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (T, f64) {
 fn main() {
     let p = Problem::new();
     let (k_short, k_long) = (5, 40);
+    let methods: [(String, Hypergradient); 3] = [
+        ("implicit".to_string(), &|s| p.implicit(s)),
+        (format!("unrolled K={k_short}"), &|s| p.unrolled(s, k_short)),
+        (format!("unrolled K={k_long}"), &|s| p.unrolled(s, k_long)),
+    ];
+    // Memory first, before the methods have run (libtorch's autograd engine warmed up by one
+    // unrelated backward): each method's first call, then the most of 5 later calls.
+    let w = Tensor::from(1.0f64).set_requires_grad(true);
+    let _ = Tensor::run_backward(&[&(&w * &w)], &[&w], false, false);
+    let first: Vec<Option<u64>> = methods.iter().map(|(_, f)| peak_kib(|| f(0.0)).1).collect();
+    let warm: Vec<Option<u64>> = methods
+        .iter()
+        .map(|(_, f)| (0..5).map(|_| peak_kib(|| f(0.0)).1).max().flatten())
+        .collect();
     let mut s = 0.0f64; // log λ: λ = 1
     let lr = 8.0;
     println!("the ridge weight λ of an exponential fit (6 points), by gradient descent on log λ of a validation loss V (30 points)");
@@ -149,6 +202,43 @@ fn main() {
         s -= lr * gi;
     }
     println!("the implicit hypergradient is that of the converged iteration (K = {k_long}) at the cost of one solve and one backward, not a short unrolling's (K = {k_short})");
+
+    // One hypergradient at λ = 1: the methods interleaved, 25 rounds after 3 of warm-up.
+    let reps = 25;
+    let mut ms = vec![Vec::with_capacity(reps); methods.len()];
+    for round in 0..reps + 3 {
+        for (i, (_, f)) in methods.iter().enumerate() {
+            let start = Instant::now();
+            let _ = f(0.0);
+            if round >= 3 {
+                ms[i].push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let kib = |k: Option<u64>| k.map_or("n/a".to_string(), |k| k.to_string());
+    println!(
+        "at λ = 1, one hypergradient, threads = {}: median ms of {reps}; peak KiB above the resident memory before it (VmHWM), first call / most of 5 later",
+        tch::get_num_threads()
+    );
+    for (i, (name, f)) in methods.iter().enumerate() {
+        let (_, g) = f(0.0);
+        ms[i].sort_by(f64::total_cmp);
+        let work = match i {
+            0 => format!(
+                "LM: {} iterations, {} evaluations",
+                p.counts.get().0,
+                p.counts.get().1
+            ),
+            _ => String::new(),
+        };
+        let line = format!(
+            "{name:>13} {g:>17.10e} {:>8.3} ms {:>7} / {} KiB  {work}",
+            ms[i][reps / 2],
+            kib(first[i]),
+            kib(warm[i])
+        );
+        println!("{}", line.trim_end());
+    }
 }
 
 #[cfg(test)]
