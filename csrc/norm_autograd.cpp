@@ -142,6 +142,90 @@ Grads composite(const Spec& s, const Tensor& go, const Tensor& x, const Tensor& 
   return {gi, gw, gb};
 }
 
+// The vector–Jacobian product of `composite` written out, for a backward that is not itself
+// recorded (a second-order pass): with cotangents A (of gI), Gw (of gW), Gb (of gB) and M the
+// mean over the statistics' dims (N elements), x̂ = (x − μ)·r, g = gO·w, ḡ = M(g), m = M(g·x̂):
+//   P   = r·(A − M(A) − x̂·M(A·x̂))                               (∂⟨A, gI⟩/∂g)
+//   dgO = P·w + Gw·x̂ + Gb,   dw = Σ_rest P·gO
+//   dx  = r²·(3·m·M(A·x̂)·x̂ − (M(A·g) − M(A)·ḡ)·x̂ − M(A·x̂)·(g − ḡ) − m·(A − M(A)))
+//       + r·(E − M(E) − x̂·M(E·x̂)),   E = Gw·gO                  (batch statistics)
+//   dx  = r·Gw·gO,  P = A·r                                        (running statistics)
+// derived from gI = r·(g − ḡ − x̂·m) with ∂x̂ⱼ/∂xᵢ = r(δᵢⱼ − 1/N − x̂ᵢx̂ⱼ/N), ∂r/∂xᵢ = −r²x̂ᵢ/N.
+// The same partial derivatives as a nested autograd::grad of `composite` (to rounding), without
+// building and running its graph: that costs ~40 small ops per call, which a row loop of
+// second-order passes pays once per row.
+std::array<Tensor, 3> composite_vjp(
+    const Spec& s,
+    const Tensor& go,
+    const Tensor& x,
+    const Tensor& w,
+    const Tensor& ga,
+    const Tensor& gw_in,
+    const Tensor& gb_in) {
+  at::NoGradGuard no_grad;
+  std::vector<int64_t> dims, rest;
+  std::vector<int64_t> bshape(x.dim(), 1);
+  Tensor mu, r, wb, gwb, gbb;
+  const auto kind = x.scalar_type();
+  if (s.layer) {
+    dims = s.norm_dims;
+    rest = complement(x.dim(), dims);
+    std::vector<int64_t> kshape = x.sizes().vec();
+    for (auto d : dims) kshape[d] = 1;
+    mu = s.mean.to(kind).reshape(kshape);
+    r = s.rstd.to(kind).reshape(kshape);
+    wb = w;
+    gwb = gw_in;
+    gbb = gb_in;
+  } else {
+    bshape[1] = x.size(1);
+    rest = complement(x.dim(), {1});
+    dims = rest;
+    if (s.train) {
+      mu = s.mean.to(kind).reshape(bshape);
+      r = s.rstd.to(kind).reshape(bshape);
+    } else {
+      mu = s.running_mean.to(kind).reshape(bshape);
+      r = (s.running_var.to(kind) + s.eps).rsqrt().reshape(bshape);
+    }
+    wb = w.defined() ? w.reshape(bshape) : w;
+    gwb = gw_in.defined() ? gw_in.reshape(bshape) : gw_in;
+    gbb = gb_in.defined() ? gb_in.reshape(bshape) : gb_in;
+  }
+  auto M = [&](const Tensor& t) { return t.mean(dims, /*keepdim=*/true); };
+  auto sum_rest = [&](const Tensor& t) { return rest.empty() ? t : t.sum(rest); };
+  const bool stats = s.layer || s.train;
+  Tensor xhat = (x - mu) * r;
+  Tensor g = s.has_weight ? go * wb : go;
+  Tensor dgo, dx, dw;
+  auto add = [](Tensor& acc, const Tensor& t) { acc = acc.defined() ? acc + t : t; };
+  if (ga.defined()) {
+    Tensor P;
+    if (stats) {
+      Tensor a_bar = M(ga);
+      Tensor m_ax = M(ga * xhat);
+      Tensor g_bar = M(g);
+      Tensor m = M(g * xhat);
+      P = r * (ga - a_bar - xhat * m_ax);
+      Tensor c = M(ga * g) - a_bar * g_bar;
+      add(dx, r.square() * (xhat * (m * m_ax * 3 - c) - m_ax * (g - g_bar) - m * (ga - a_bar)));
+    } else {
+      P = ga * r;
+    }
+    add(dgo, s.has_weight ? P * wb : P);
+    if (s.has_weight) dw = sum_rest(P * go);
+  }
+  if (gwb.defined() && s.has_weight) {
+    add(dgo, gwb * xhat);
+    Tensor e = gwb * go;
+    add(dx, stats ? r * (e - M(e) - xhat * M(e * xhat)) : r * e);
+  }
+  if (gbb.defined()) {
+    add(dgo, gbb.expand_as(go));
+  }
+  return {dgo, dx, dw};
+}
+
 // The node recorded for a create_graph pass: values from the fused op, derivatives from the
 // composite above.
 struct NormBackward : public torch::autograd::Function<NormBackward> {
@@ -193,6 +277,24 @@ struct NormBackward : public torch::autograd::Function<NormBackward> {
 
     // Recorded when this backward is itself recorded (a create_graph pass one order up).
     const bool create = at::GradMode::is_enabled();
+    auto present = ctx->saved_data["present"].toBoolList();
+    if (!create) {
+      // Not recorded: the composite's partial derivatives in closed form (composite_vjp).
+      std::array<Tensor, 3> cot;
+      size_t slot = 0;
+      for (size_t k = 0; k < 3; ++k) {
+        if (present[k]) cot[k] = grads[slot++];
+      }
+      if (!s.mask[0]) cot[0] = Tensor();
+      if (!s.mask[1] || !s.has_weight) cot[1] = Tensor();
+      if (!s.mask[2]) cot[2] = Tensor();
+      auto [dgo, dx, dw] = composite_vjp(s, saved[0], saved[1], saved[2], cot[0], cot[1], cot[2]);
+      variable_list result(5);
+      result[0] = dgo;
+      result[1] = dx;
+      if (saved[2].defined()) result[2] = dw;
+      return result;
+    }
     at::AutoGradMode enable(true);
     // Fresh differentiable stand-ins: views (connected to gO, input, weight) when recording,
     // detached leaves otherwise.
@@ -208,7 +310,6 @@ struct NormBackward : public torch::autograd::Function<NormBackward> {
 
     variable_list outs, gouts;
     std::array<Tensor, 3> computed{gi, gw, gb};
-    auto present = ctx->saved_data["present"].toBoolList();
     size_t slot = 0;  // index into `grads`, one per present output
     for (size_t k = 0; k < 3; ++k) {
       if (!present[k]) continue;
