@@ -467,16 +467,37 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
             // The Laplacian of a PINN MLP, u = … tanh(x W1ᵀ + b1) … W_Lᵀ + b_L (Linear layers with
             // bias, tanh between them), from the same .npy weights as PyTorch's: Δu alone (J_ref:
             // the float64 truth of Δu), or the loss mean(Δu²) + backward to all weights (J_ref:
-            // the truth of W1's gradient).
+            // the truth of W1's gradient). With `"net": "cnn"`, the CNN PINN of compare_pytorch.py's
+            // LAPCNN instead: x [B, 64] as a 1×8×8 field, conv2d(1 → 8, 3×3, padding 1) → tanh →
+            // conv2d(8 → 8, 3×3, stride 2, padding 1) → tanh → flatten → Linear(128 → 1), the
+            // params [conv1 W, b, conv2 W, b, linear W, b].
             let layers = case["layers"].as_u64().context("layers")? as usize;
             let loss = case["work"].as_str() == Some("loss");
+            let cnn = match case["net"].as_str().unwrap_or("mlp") {
+                "mlp" => false,
+                "cnn" => true,
+                other => bail!("{name}: unknown Laplacian net {other:?}"),
+            };
+            let field: Vec<i64> = if cnn {
+                case["field"]
+                    .as_array()
+                    .context("field")?
+                    .iter()
+                    .map(|v| v.as_i64().context("field"))
+                    .collect::<Result<_>>()?
+            } else {
+                Vec::new()
+            };
+            if cnn && (layers != 3 || field.iter().product::<i64>() as usize != n) {
+                bail!("{name}: the CNN row needs 3 layers and a field of n = {n} values");
+            }
             let mut params = Vec::with_capacity(2 * layers);
             for i in 1..=layers {
                 for k in ["w", "b"] {
                     params.push(extra(&format!("{k}{i}"))?.set_requires_grad(loss));
                 }
             }
-            let u = |v: &Tensor| {
+            let mlp = |v: &Tensor| {
                 let mut h = v.shallow_clone();
                 for i in 0..layers {
                     h = h.matmul(&params[2 * i].tr()) + &params[2 * i + 1];
@@ -486,6 +507,21 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
                 }
                 h.squeeze_dim(-1)
             };
+            // Row-wise as compare_pytorch.py's cnn_u: [..., 64] -> [...].
+            let conv = |v: &Tensor| {
+                let mut shape = v.size();
+                shape.pop();
+                shape.extend_from_slice(&field);
+                let h = v
+                    .reshape(shape.as_slice())
+                    .conv2d(&params[0], Some(&params[1]), [1, 1], [1, 1], [1, 1], 1)
+                    .tanh()
+                    .conv2d(&params[2], Some(&params[3]), [2, 2], [1, 1], [1, 1], 1)
+                    .tanh()
+                    .flatten(-3, -1);
+                (h.matmul(&params[4].tr()) + &params[5]).squeeze_dim(-1)
+            };
+            let u = |v: &Tensor| if cnn { conv(v) } else { mlp(v) };
             let variants = [
                 ("laplacian_of (Auto)", JacobianOptions::default()),
                 (
@@ -510,7 +546,13 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
                 let note = |p: Progress| {
                     seen.replace(Some(p.strategy));
                 };
+                drop(tch_jacobian::second_order::take_reroutes());
                 let lap = laplacian_of(u, &x, &o.create_graph(loss).progress(&note))?;
+                // Auto's fallback from collapsed Taylor mode to nested reverse mode (an op without
+                // a rule), on stderr; the strategy that ran goes to the JSON line either way.
+                for r in tch_jacobian::second_order::take_reroutes() {
+                    eprintln!("  rust {name:>8} {label}: rerouted: {r}");
+                }
                 let scale = tch::no_grad(|| lap_torch.abs().max().double_value(&[]));
                 let rel = max_abs_diff(&lap, &lap_torch)? / scale;
                 if rel.is_nan() || rel > 1e-4 {
