@@ -658,12 +658,20 @@ impl LaplacianOptions<'_> {
         crate::autograd::grad_mode_on(|| {
             let d = dirs.v.size()[0];
             let c = crate::independence::probe_like(first, 6)?; // [D, B]
-            let mut cshape = vec![d, b];
-            cshape.extend(std::iter::repeat_n(1, x.dim() - 1));
-            let r = dirs
-                .v
-                .f_mul(&c.f_reshape(cshape.as_slice())?)?
-                .f_sum_dim_intlist([0i64].as_slice(), true, None::<Kind>)?;
+            let r = if dirs.spans_gradient {
+                // v_d = e_d in every sample: r_b = c[:, b], without forming [D, B, *in]
+                let mut shape = vec![1, b];
+                shape.extend_from_slice(&x.size()[1..]);
+                c.f_transpose(0, 1)?
+                    .f_contiguous()?
+                    .f_reshape(shape.as_slice())?
+            } else {
+                let mut cshape = vec![d, b];
+                cshape.extend(std::iter::repeat_n(1, x.dim() - 1));
+                dirs.v
+                    .f_mul(&c.f_reshape(cshape.as_slice())?)?
+                    .f_sum_dim_intlist([0i64].as_slice(), true, None::<Kind>)?
+            };
             let call = |z: &Tensor| u(z).into_output();
             let probe = crate::native::taylor::collapsed(call, &x.f_detach()?, &r, false)?;
             let actual = probe.first.f_detach()?.f_reshape([b, 1])?;
