@@ -792,7 +792,10 @@ def lap_report(results, cases, peaks):
       "simplified with `jet.common_subexpression_elimination` and vmapped over the batch, as its paper's "
       "benchmark does (graph capture not timed). Ours: `laplacian_of(u, &x, &opts)` with "
       "`JacobianOptions::default()` (Auto) and `.strategy(Strategy::RowLoop)` (the nested row loop), "
-      "`.create_graph(true)` for the loss. \"best PyTorch\": the faster of the nested loop and vmap(hessian)."
+      "`.create_graph(true)` for the loss; the first call (which also checks Δu against PyTorch's) runs the "
+      "independence check, the default, and the timed calls `.check_independence(false)`, the setting its "
+      "docs give for hot loops after a first checked call (jet and PyTorch check nothing; the check is one "
+      "more collapsed pass). \"best PyTorch\": the faster of the nested loop and vmap(hessian)."
       + ("" if have_jet else " **jet was not installed: its columns are empty** (bench/install-jet).")
       + ("" if not cnn else " The CNN rows: u of a 1×8×8 field flattened to d = 64 inputs per sample, "
          "conv2d(1 → 8, 3×3, padding 1) → tanh → conv2d(8 → 8, 3×3, stride 2, padding 1) → tanh → flatten → "
