@@ -219,3 +219,25 @@ fn deterministic() {
     assert!(a.x.equal(&b.x));
     assert_eq!(a.iterations, b.iterations);
 }
+
+/// A problem takes the same path alone and in a batch, wherever it sits: its probes, damping and
+/// linearizations are its own (only the problems that moved are linearized again).
+#[test]
+fn a_problem_does_not_depend_on_its_batch() {
+    let (_, r) = decays();
+    // problem 0 from far away: some of its steps are rejected while problem 1's are accepted
+    // (22 iterations, 16 linearizations, against problem 1's 7)
+    let x0 = Tensor::from_slice(&[0.1, 10.0, 1.0, 1.0]).view([2, 2]);
+    let both = least_squares(&r, &x0, &mf()).unwrap();
+    assert!(both.success(), "{:?}", both.status);
+    // problem 0 alone: the residual of row 0 only
+    let t = Tensor::linspace(0.0, 4.0, 20, OPT);
+    let y0 = (Tensor::from_slice(&[2.0f64]) * (-&t * 0.7).exp()) + (&t * 5.0).sin() * 0.05;
+    let r0 = |p: &Tensor| p.narrow(1, 0, 1) * (-p.narrow(1, 1, 1) * &t).exp() - &y0;
+    let alone = least_squares(r0, &x0.narrow(0, 0, 1), &mf()).unwrap();
+    assert_eq!(alone.iterations[0], both.iterations[0]);
+    assert_eq!(alone.jacobian_evaluations[0], both.jacobian_evaluations[0]);
+    assert_eq!(alone.status[0], both.status[0]);
+    let dx = max_abs(&(alone.x.get(0) - both.x.get(0)));
+    assert!(dx <= 1e-14, "x differs by {dx:e}");
+}

@@ -21,8 +21,11 @@
 //! with the estimated column norms `√D` in place of `J`'s: `gtol` on `max_j |gⱼ|/(√Dⱼ ‖√ρ′ r‖)`,
 //! `ftol` on the relative reductions, `xtol` on `‖√D δ‖ ≤ xtol (xtol + ‖√D x‖)` for every trial
 //! (a step that vanished under growing damping stops its problem there, MINPACK's rule).
-//! The probes are a fixed hash of (iteration, probe, entry): the solve does not depend on torch's
-//! random state.
+//! The probes are a fixed hash of (the problem's probe count, entry): the solve does not depend
+//! on torch's random state, and a problem takes the same path alone or in a batch (only the
+//! problems that moved are linearized again: their `g`, `D` and tests). The running maximum
+//! biases `D` upward (a maximum of noisy estimates), which damps more and makes the `gtol`
+//! cosine smaller than with `J`'s exact column norms.
 
 use tch::{Kind, Tensor};
 
@@ -52,14 +55,20 @@ fn set(status: &Tensor, mask: &Tensor, code: i64) -> Result<Tensor> {
     Ok(status.f_where_self(&go.f_logical_not()?, &status.f_full_like(code)?)?)
 }
 
-/// Rademacher signs of `shape`, a fixed integer hash of `(salt, entry)` on the tensor's device
-/// (Wang's 32-bit mix): deterministic, independent of torch's generator.
-pub(crate) fn rademacher(shape: &[i64], salt: i64, like: &Tensor) -> Result<Tensor> {
-    let numel: i64 = shape.iter().product();
+/// Rademacher signs `[B, m]`: a fixed integer hash (Wang's 32-bit mix) of each entry's index
+/// within its problem and of `draw[b]` (that problem's own probe count), on the tensor's device —
+/// deterministic, independent of torch's generator and of the problem's place in the batch.
+pub(crate) fn rademacher(m: i64, draw: &Tensor, like: &Tensor) -> Result<Tensor> {
     let mask = 0xFFFF_FFFFi64;
-    let mut h = Tensor::f_arange(numel, (Kind::Int64, like.device()))?
+    let idx = Tensor::f_arange(m, (Kind::Int64, like.device()))?.f_unsqueeze(0)?;
+    let keys = draw
+        .f_unsqueeze(1)?
+        .f_mul_scalar(m)?
+        .f_add(&idx)?
+        .f_bitwise_and(mask)?;
+    let mut h = keys
         .f_mul_scalar(0x2545_F491i64)?
-        .f_add_scalar(salt.wrapping_mul(0x85EB_CA6B) & mask)?
+        .f_add_scalar(0x85EB_CA6Bi64)?
         .f_bitwise_and(mask)?;
     for mul in [0x045D_9F3Bi64, 0x045D_9F3B] {
         h = h.f_bitwise_xor_tensor(&h.f_bitwise_right_shift_tensor_scalar(16)?)?;
@@ -69,8 +78,7 @@ pub(crate) fn rademacher(shape: &[i64], salt: i64, like: &Tensor) -> Result<Tens
     Ok(h.f_bitwise_and(1)?
         .f_to_kind(like.kind())?
         .f_mul_scalar(2.0)?
-        .f_sub_scalar(1.0)?
-        .f_reshape(shape)?)
+        .f_sub_scalar(1.0)?)
 }
 
 /// The linearization at the current points: products with `J̃` through the residual's graph.
@@ -137,7 +145,11 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
     let mut linearize = true;
     let mut checked = !opts.check_independence || b < 2;
     let mut it = 0usize;
-    let mut sweep = 0i64;
+    // Linearizations per problem (the probes' draw counter), and which problems moved since
+    // the last one: only theirs are redone, so that a problem's path does not depend on the
+    // rest of the batch.
+    let mut lins = zeros_i.shallow_clone();
+    let mut moved = Tensor::f_ones([b], (Kind::Bool, dev))?;
     // Filled by the first linearization.
     let mut prod: Option<Products> = None;
     let (mut r, mut cost, mut g) = (x.shallow_clone(), x.shallow_clone(), x.shallow_clone());
@@ -170,17 +182,28 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
                 lin,
                 scale: c.scale,
             };
-            g = p.jtu(&c.r)?;
+            let keep = |new: Tensor, old: &Tensor| -> Result<Tensor> {
+                if prod.is_none() {
+                    return Ok(new);
+                }
+                let mv = col(&moved, new.dim() - 1)?;
+                Ok(new.f_where_self(&mv, old)?)
+            };
+            g = keep(p.jtu(&c.r)?, &g)?;
             // Hutchinson's diag(J̃ᵀJ̃), the running maximum per problem, floored
             let mut d = g.f_zeros_like()?;
+            let m = r.size()[1];
             for k in 0..opts.probes {
-                let z = rademacher(&r.size(), sweep * 1009 + k as i64, &r)?;
+                let draw = lins
+                    .f_mul_scalar(opts.probes as i64)?
+                    .f_add_scalar(k as i64)?;
+                let z = rademacher(m, &draw, &r)?;
                 d = d.f_add(&p.jtu(&z)?.f_square()?)?;
             }
-            sweep += 1;
+            lins = lins.f_add(&moved.f_to_kind(Kind::Int64)?)?;
             let mut d = d.f_div_scalar(opts.probes as f64)?;
             if let Some(prev) = &dmax {
-                d = d.f_maximum(prev)?;
+                d = d.f_maximum(prev)?.f_where_self(&col(&moved, 1)?, prev)?;
             }
             dmax = Some(d.shallow_clone());
             let tiny = if kind == Kind::Float {
@@ -193,8 +216,10 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
                 .f_mul_scalar(1e-10)?
                 .f_clamp_min(tiny)?;
             dsq = d.f_maximum(&floor)?;
+            let first = prod.is_none();
             prod = Some(p);
-            njev = njev.f_add(&active.f_to_kind(Kind::Int64)?)?;
+            let fresh = active.f_logical_and(&moved)?;
+            njev = njev.f_add(&fresh.f_to_kind(Kind::Int64)?)?;
             // gtol, at the new points of running problems
             let denom = dsq.f_sqrt()?.f_mul(&col(&rnorm, 1)?)?;
             let pos = denom.f_gt(0.0)?;
@@ -202,14 +227,19 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
                 .f_abs()?
                 .f_div(&denom.f_where_self(&pos, &denom.f_ones_like()?)?)?
                 .f_where_self(&pos, &denom.f_zeros_like()?)?;
-            optimality = cos.f_amax([-1i64].as_slice(), false)?;
+            let opt_new = cos.f_amax([-1i64].as_slice(), false)?;
+            optimality = if first {
+                opt_new
+            } else {
+                opt_new.f_where_self(&moved, &optimality)?
+            };
             let mut done = g.f_eq(0.0)?.f_all_dim(-1, false)?;
             if gtol > 0.0 {
                 done = done.f_logical_or(&optimality.f_le(gtol)?)?;
             }
             let bad = g.f_isfinite()?.f_all_dim(-1, false)?.f_logical_not()?;
-            status = set(&status, &active.f_logical_and(&bad)?, NONFINITE)?;
-            status = set(&status, &active.f_logical_and(&done)?, GTOL)?;
+            status = set(&status, &fresh.f_logical_and(&bad)?, NONFINITE)?;
+            status = set(&status, &fresh.f_logical_and(&done)?, GTOL)?;
         }
         let active = status.f_eq(RUNNING)?;
         if !bool::try_from(active.f_any()?)? {
@@ -288,6 +318,7 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
         }
         let n_acc = i64::try_from(accept.f_sum(Kind::Int64)?)?;
         linearize = n_acc > 0;
+        moved = accept.shallow_clone();
         if linearize {
             x = x_new.f_where_self(&col(&accept, 1)?, &x)?;
             r = r_new.f_where_self(&col(&accept, 1)?, &r)?;
@@ -352,7 +383,10 @@ fn pcg(
         Ok(jtjv.f_add(&d.f_mul(v)?.f_mul(&muc)?)?)
     };
     let precond = d.f_mul(&muc.f_add_scalar(1.0)?)?;
-    let rhs = g.f_neg()?;
+    // stopped problems solve nothing (a NaN gradient of theirs stays out of the products)
+    let rhs = g
+        .f_neg()?
+        .f_where_self(&col(active, 1)?, &g.f_zeros_like()?)?;
     let bnorm = norm(&rhs)?;
     let mut done = active.f_logical_not()?.f_logical_or(&bnorm.f_eq(0.0)?)?;
     let mut x = rhs.f_zeros_like()?;

@@ -215,6 +215,9 @@ pub struct Progress {
 /// output ([`LeastSquaresOutput::linear_solver`](super::LeastSquaresOutput::linear_solver),
 /// [`FitStepOutput::linear_solver`](super::FitStepOutput::linear_solver)) and in a `log::info!`
 /// line when `Auto` chose matrix-free.
+/// To learn `m`, [`least_squares`](super::least_squares)' `Auto` evaluates the residual once at
+/// `x0` before either solver starts (not counted in
+/// [`evaluations`](super::LeastSquaresOutput::evaluations)); an explicit solver does not.
 ///
 /// ```
 /// use tch::Device;

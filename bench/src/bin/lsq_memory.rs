@@ -73,7 +73,7 @@ fn main() -> Result<()> {
     println!(
         "{{\"asked\": \"{solver}\", \"ran\": \"{}\", \"n\": {n}, \"B\": {b}, \"j_bytes\": {}, \"seconds\": {secs:.3}, \"max_cost\": {:e}, \"iterations\": {}, \"status\": \"{:?}\", \"call_peak_kib\": {call_peak}}}",
         out.linear_solver,
-        b * n * n * 8,
+        b * if dense_a { 2 * n } else { n } * n * 8,
         out.cost.f_max()?.f_double_value(&[])?,
         out.iterations.iter().max().copied().unwrap_or(0),
         out.status[0],
