@@ -31,9 +31,9 @@ fn decays() -> (Tensor, impl Fn(&Tensor) -> Tensor) {
 }
 
 /// The MGH problems from the standard start: matrix-free Levenberg–Marquardt converges on every
-/// one, to the dense solver's cost (relative 1e-8, or both ≤ 1e-20 where the minimum is 0) or a
-/// lower one (Trigonometric, Chebyquad 10: other minima). The one exception is Biggs EXP6,
-/// where its path ends in the local minimum MGH (1981) list, F = 5.65565e-3, not at F = 0.
+/// one, to the dense solver's cost (relative 1e-8, or both ≤ 1e-20 where the minimum is 0; 40 of
+/// 41 today) or a lower one (another minimum). The one exception is Biggs EXP6, where its path
+/// ends in the local minimum MGH (1981) list, F = 5.65565e-3, not at F = 0.
 #[test]
 fn mgh_minima_match_the_dense_solver() {
     for p in mgh::problems() {
