@@ -30,7 +30,8 @@
 //!   `create_graph`, then one backward pass per product) and `Jᵀu` (one backward pass), never
 //!   forming `J`: `O(m + n)` memory beyond the model's graph. `D` is Hutchinson's estimate
 //!   `D ≈ (1/k) Σ_p (Jᵀz_p)²` with `k` = [`FitOptions::probes`] Rademacher vectors `z_p ∈ {±1}ᵐ`
-//!   (unbiased: `E[(Jᵀz)ⱼ²] = Σᵢ Jᵢⱼ²`; torch's global generator), kept as the running
+//!   (unbiased: `E[(Jᵀz)ⱼ²] = Σᵢ Jᵢⱼ²`; a fixed hash of the probe's count and the entry, not
+//!   torch's generator, so that a fit does not depend on its random state), kept as the running
 //!   maximum over the steps (MINPACK's rule for its scaling: the estimate's noise then only
 //!   damps more, and `μ` settles — with a fresh noisy `D` each step it does not), floored at
 //!   `10⁻¹⁰ max D`; the preconditioner is `(1 + μ) D` (Jacobi). CG stops when `‖res‖ ≤ tol ‖Jᵀr‖`
@@ -306,6 +307,8 @@ pub struct ModelFit {
     n: usize,
     /// The matrix-free `D`, a running maximum over the steps.
     diag: Option<Tensor>,
+    /// Hutchinson probes drawn so far (the matrix-free probes' hash counter).
+    draws: i64,
 }
 
 impl std::fmt::Debug for ModelFit {
@@ -389,6 +392,7 @@ impl ModelFit {
             kind,
             n,
             diag: None,
+            draws: 0,
         })
     }
 
@@ -483,7 +487,14 @@ impl ModelFit {
         let sys = match solver {
             LinearSolver::Dense => System::dense(&r, &params, &self.opts)?,
             _ => {
-                let sys = System::matrix_free(&r, &params, self.opts.probes, self.diag.as_ref())?;
+                let sys = System::matrix_free(
+                    &r,
+                    &params,
+                    self.opts.probes,
+                    self.draws,
+                    self.diag.as_ref(),
+                )?;
+                self.draws += self.opts.probes as i64;
                 if let System::MatrixFree { d, .. } = &sys {
                     self.diag = Some(d.shallow_clone());
                 }
@@ -665,19 +676,18 @@ impl<'a> System<'a> {
         r: &Tensor,
         params: &'a [Tensor],
         probes: usize,
+        draws: i64,
         previous: Option<&Tensor>,
     ) -> Result<System<'a>> {
         let xs: Vec<&Tensor> = params.iter().collect();
         let lin = Linearized::new(r, &xs, pass())?;
         let g = jt_u(r, params, &r.f_detach()?)?;
         let mut d = g.f_zeros_like()?;
-        for _ in 0..probes {
-            let z = r
-                .f_rand_like()?
-                .f_lt(0.5)?
-                .f_to_kind(r.kind())?
-                .f_mul_scalar(2.0)?
-                .f_sub_scalar(1.0)?;
+        let m = r.numel() as i64;
+        for k in 0..probes {
+            // a fixed hash of (draw, entry): the fit does not depend on torch's random state
+            let draw = Tensor::f_from_slice(&[draws + k as i64])?.f_to_device(r.device())?;
+            let z = super::matrix_free::rademacher(m, &draw, r)?.f_view_as(r)?;
             d = d.f_add(&jt_u(r, params, &z)?.f_square()?)?;
         }
         let mut d = d.f_div_scalar(probes as f64)?;
