@@ -65,7 +65,7 @@
 use tch::{nn, Kind, Tensor};
 
 pub use super::options::LinearSolver;
-use super::options::Method;
+use super::options::{Method, SolverSettings};
 use crate::autograd::{vjp_into, Linearized, Names, Pass};
 use crate::closure::FnOutput;
 use crate::error::{Error, Result};
@@ -188,57 +188,33 @@ impl FitOptions {
                 "method {method}: ModelFit runs Levenberg–Marquardt (Auto, lm) or Gauss–Newton"
             )));
         }
-        if !(self.damping > 0.0 && self.damping.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "damping must be finite and > 0, got {}",
-                self.damping
-            )));
-        }
-        if !(self.cg_tolerance > 0.0 && self.cg_tolerance < 1.0) {
-            return Err(Error::InvalidArgument(format!(
-                "cg_tolerance must be in (0, 1), got {}",
-                self.cg_tolerance
-            )));
-        }
-        for (name, v) in [
-            ("max_trials", self.max_trials),
-            ("cg_max_iterations", self.cg_max_iterations),
-            ("probes", self.probes),
-        ] {
-            if v == 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "{name} must be at least 1, got 0"
-                )));
-            }
-        }
-        // Every option is read or refused.
-        if method == Method::GaussNewton && self.damping != d.damping {
-            return Err(Error::InvalidArgument(format!(
-                "damping ({}) is Levenberg–Marquardt's; method is gauss-newton (μ = 0): leave damping at its default or use Method::LevenbergMarquardt",
-                self.damping
-            )));
-        }
-        if self.linear_solver != LinearSolver::Auto && self.memory_budget != d.memory_budget {
-            return Err(Error::InvalidArgument(format!(
-                "memory_budget ({} bytes) is read by linear_solver Auto only; linear_solver is {}",
-                self.memory_budget, self.linear_solver
-            )));
-        }
-        if self.linear_solver == LinearSolver::Dense {
-            for (name, changed) in [
+        SolverSettings {
+            linear_solver: self.linear_solver,
+            memory_budget: (self.memory_budget, d.memory_budget),
+            damping: self.damping,
+            cg_tolerance: self.cg_tolerance,
+            counts: &[
+                ("max_trials", self.max_trials),
+                ("cg_max_iterations", self.cg_max_iterations),
+                ("probes", self.probes),
+            ],
+            // damping is read by both solvers (Levenberg–Marquardt's μ)
+            matrix_free_only: &[
                 ("cg_tolerance", self.cg_tolerance != d.cg_tolerance),
                 (
                     "cg_max_iterations",
                     self.cg_max_iterations != d.cg_max_iterations,
                 ),
                 ("probes", self.probes != d.probes),
-            ] {
-                if changed {
-                    return Err(Error::InvalidArgument(format!(
-                        "{name} is read by the matrix-free solver; linear_solver is dense: leave it at its default or use LinearSolver::MatrixFree or Auto"
-                    )));
-                }
-            }
+            ],
+        }
+        .validate()?;
+        // Every option is read or refused.
+        if method == Method::GaussNewton && self.damping != d.damping {
+            return Err(Error::InvalidArgument(format!(
+                "damping ({}) is Levenberg–Marquardt's; method is gauss-newton (μ = 0): leave damping at its default or use Method::LevenbergMarquardt",
+                self.damping
+            )));
         }
         if self.linear_solver == LinearSolver::MatrixFree && self.strategy != d.strategy {
             return Err(Error::InvalidArgument(format!(

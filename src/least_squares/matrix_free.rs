@@ -31,29 +31,18 @@ use tch::{Kind, Tensor};
 
 use super::linalg::{col, dot, eps, norm, sq_norm};
 use super::loss;
-use super::options::{LeastSquaresOptions, Progress};
+use super::options::LeastSquaresOptions;
 use super::residual::{check_finite_start, Residual};
-use super::solver::Solved;
+use super::solver::{
+    cosine_test, ftol_test, reductions, report_progress, set, to_usize, tolerances, trial_cost,
+    Solved, ACCEPT, GTOL, MAXITER, NONFINITE, RUNNING, XTOL,
+};
 use crate::autograd::{vjp_into, Linearized, Names, Pass};
 use crate::error::Result;
 
-const RUNNING: i64 = 0;
-const GTOL: i64 = 1;
-const FTOL: i64 = 2;
-const XTOL: i64 = 3;
-const MAXITER: i64 = 4;
-const NONFINITE: i64 = 5;
-/// A trial is accepted when the actual reduction is at least this fraction of the predicted.
-const ACCEPT: f64 = 1e-4;
 /// The damping's cap: above it the step has vanished (its floor is `ε²`, below which it no
 /// longer changes a step: Gauss–Newton's, as far as the dtype resolves it).
 const MU_MAX: f64 = 1e16;
-
-/// `status` with `code` where `mask` and still running.
-fn set(status: &Tensor, mask: &Tensor, code: i64) -> Result<Tensor> {
-    let go = status.f_eq(RUNNING)?.f_logical_and(mask)?;
-    Ok(status.f_where_self(&go.f_logical_not()?, &status.f_full_like(code)?)?)
-}
 
 /// Rademacher signs `[B, m]`: a fixed integer hash (Wang's 32-bit mix) of each entry's index
 /// within its problem and of `draw[b]` (that problem's own probe count), on the tensor's device —
@@ -128,9 +117,7 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
     let b = res.b;
     let kind = x0.kind();
     let dev = x0.device();
-    let e = eps(kind);
-    let tol = |t: f64| if t == 0.0 { 0.0 } else { t.max(e) };
-    let (ftol, xtol, gtol) = (tol(opts.ftol), tol(opts.xtol), tol(opts.gtol));
+    let (ftol, xtol, gtol) = tolerances(opts, kind);
     let fopt = (kind, dev);
 
     let mut x = x0.f_detach()?;
@@ -221,22 +208,12 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
             let fresh = active.f_logical_and(&moved)?;
             njev = njev.f_add(&fresh.f_to_kind(Kind::Int64)?)?;
             // gtol, at the new points of running problems
-            let denom = dsq.f_sqrt()?.f_mul(&col(&rnorm, 1)?)?;
-            let pos = denom.f_gt(0.0)?;
-            let cos = g
-                .f_abs()?
-                .f_div(&denom.f_where_self(&pos, &denom.f_ones_like()?)?)?
-                .f_where_self(&pos, &denom.f_zeros_like()?)?;
-            let opt_new = cos.f_amax([-1i64].as_slice(), false)?;
+            let (opt_new, done) = cosine_test(&g, &dsq.f_sqrt()?, &rnorm, gtol)?;
             optimality = if first {
                 opt_new
             } else {
                 opt_new.f_where_self(&moved, &optimality)?
             };
-            let mut done = g.f_eq(0.0)?.f_all_dim(-1, false)?;
-            if gtol > 0.0 {
-                done = done.f_logical_or(&optimality.f_le(gtol)?)?;
-            }
             let bad = g.f_isfinite()?.f_all_dim(-1, false)?.f_logical_not()?;
             status = set(&status, &fresh.f_logical_and(&bad)?, NONFINITE)?;
             status = set(&status, &fresh.f_logical_and(&done)?, GTOL)?;
@@ -262,20 +239,9 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
         let active_i = active.f_to_kind(Kind::Int64)?;
         nfev = nfev.f_add(&active_i)?;
         iters = iters.f_add(&active_i)?;
-        let cost_new = loss::cost(opts.loss, opts.loss_scale, &r_new)?;
-        let finite_new = cost_new.f_isfinite()?;
-        let cost_new = cost_new.f_where_self(&finite_new, &cost_new.f_full_like(f64::INFINITY)?)?;
-        let cost_safe = cost.f_where_self(&cost.f_gt(0.0)?, &cost.f_ones_like()?)?;
-        let actred = cost_new
-            .f_div(&cost_safe)?
-            .f_neg()?
-            .f_add_scalar(1.0)?
-            .f_where_self(&finite_new, &cost_new.f_full_like(-1.0)?)?;
-        let prered = pred.f_div(&cost_safe)?;
-        let pos = prered.f_gt(0.0)?;
-        let ratio = actred
-            .f_div(&prered.f_where_self(&pos, &prered.f_ones_like()?)?)?
-            .f_where_self(&pos, &prered.f_zeros_like()?)?;
+        let (cost_new, finite_new) = trial_cost(opts, &r_new)?;
+        let (actred, prered, ratio) =
+            reductions(&cost, &cost_new, &pred, &finite_new.f_logical_not()?)?;
         let accept = ratio
             .f_ge(ACCEPT)?
             .f_logical_and(&active)?
@@ -287,7 +253,7 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
             .f_neg()?
             .f_add_scalar(1.0)?
             .f_clamp_min(1.0 / 3.0)?;
-        let mu_acc = mu.f_mul(&shrink)?.f_clamp_min(e * e)?;
+        let mu_acc = mu.f_mul(&shrink)?.f_clamp_min(eps(kind).powi(2))?;
         let mu_rej = mu.f_mul(&nu)?.f_clamp_max(MU_MAX)?;
         let rejected = active.f_logical_and(&accept.f_logical_not()?)?;
         mu = mu_acc
@@ -299,14 +265,7 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
             .f_where_self(&rejected.f_logical_not()?, &nu.f_mul_scalar(2.0)?)?;
 
         // ftol and xtol, as the dense path's (xtol on the step: the damping shrinks it)
-        if ftol > 0.0 {
-            let f_done = actred
-                .f_abs()?
-                .f_le(ftol)?
-                .f_logical_and(&prered.f_le(ftol)?)?
-                .f_logical_and(&ratio.f_le(2.0)?)?;
-            status = set(&status, &active.f_logical_and(&f_done)?, FTOL)?;
-        }
+        status = ftol_test(&status, &active, &actred, &prered, &ratio, ftol)?;
         if xtol > 0.0 {
             let dn = dsq.f_sqrt()?;
             let lim = norm(&x.f_mul(&dn)?)?
@@ -326,21 +285,7 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
         }
         status = set(&status, &iters.f_ge(opts.max_iterations as i64)?, MAXITER)?;
         it += 1;
-        if let Some(report) = opts.progress {
-            let still = status.f_eq(RUNNING)?;
-            let running = i64::try_from(still.f_sum(Kind::Int64)?)? as usize;
-            let costs = if running > 0 {
-                cost.f_where_self(&still, &cost.f_full_like(f64::NEG_INFINITY)?)?
-            } else {
-                cost.shallow_clone()
-            };
-            report(Progress {
-                iteration: it,
-                running,
-                problems: b as usize,
-                max_cost: costs.f_max()?.f_double_value(&[])?,
-            });
-        }
+        report_progress(opts, it, &status, &cost)?;
     }
     Ok(Solved {
         x,
@@ -354,15 +299,6 @@ pub(crate) fn run(res: &Residual, x0: &Tensor, opts: &LeastSquaresOptions) -> Re
         jacobian_evaluations: to_usize(&njev)?,
         status: Vec::<i64>::try_from(status.f_to_device(tch::Device::Cpu)?)?,
     })
-}
-
-fn to_usize(t: &Tensor) -> Result<Vec<usize>> {
-    Ok(
-        Vec::<i64>::try_from(t.f_to_kind(Kind::Int64)?.f_to_device(tch::Device::Cpu)?)?
-            .into_iter()
-            .map(|v| v.max(0) as usize)
-            .collect(),
-    )
 }
 
 /// Preconditioned CG on `(J̃ᵀJ̃ + μ D) δ = −g` per problem (`active` the running ones, the

@@ -263,6 +263,59 @@ impl LinearSolver {
     }
 }
 
+/// The linear-solver options [`LeastSquaresOptions`] and [`FitOptions`](super::FitOptions) share,
+/// checked one way for both: `damping` finite and `> 0`, `cg_tolerance` in `(0, 1)`, every count
+/// at least 1, `memory_budget` only with `LinearSolver::Auto`, and the options only the
+/// matrix-free solver reads refused with `LinearSolver::Dense`.
+pub(crate) struct SolverSettings<'a> {
+    pub linear_solver: LinearSolver,
+    /// `(memory_budget, its default)`.
+    pub memory_budget: (usize, usize),
+    pub damping: f64,
+    pub cg_tolerance: f64,
+    /// Counts that must be at least 1, by name.
+    pub counts: &'a [(&'a str, usize)],
+    /// The options only the matrix-free solver reads, and whether each differs from its default.
+    pub matrix_free_only: &'a [(&'a str, bool)],
+}
+
+impl SolverSettings<'_> {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(self.damping > 0.0 && self.damping.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "damping must be finite and > 0, got {}",
+                self.damping
+            )));
+        }
+        if !(self.cg_tolerance > 0.0 && self.cg_tolerance < 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "cg_tolerance must be in (0, 1), got {}",
+                self.cg_tolerance
+            )));
+        }
+        if let Some((name, _)) = self.counts.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::InvalidArgument(format!(
+                "{name} must be at least 1, got 0"
+            )));
+        }
+        let (budget, default_budget) = self.memory_budget;
+        if self.linear_solver != LinearSolver::Auto && budget != default_budget {
+            return Err(Error::InvalidArgument(format!(
+                "memory_budget ({budget} bytes) is read by linear_solver Auto only; linear_solver is {}",
+                self.linear_solver
+            )));
+        }
+        if self.linear_solver == LinearSolver::Dense {
+            if let Some((name, _)) = self.matrix_free_only.iter().find(|(_, changed)| *changed) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} is read by the matrix-free solver; linear_solver is dense: leave it at its default or use LinearSolver::MatrixFree or Auto"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Free memory on `device` in bytes: `MemAvailable` on a Linux CPU, the CUDA allocator's view
 /// on a GPU; `None` where it cannot be read.
 fn free_memory(device: tch::Device) -> Option<u64> {
@@ -659,37 +712,17 @@ impl<'a> LeastSquaresOptions<'a> {
                 self.loss_scale
             )));
         }
-        if !(self.damping > 0.0 && self.damping.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "damping must be finite and > 0, got {}",
-                self.damping
-            )));
-        }
-        if !(self.cg_tolerance > 0.0 && self.cg_tolerance < 1.0) {
-            return Err(Error::InvalidArgument(format!(
-                "cg_tolerance must be in (0, 1), got {}",
-                self.cg_tolerance
-            )));
-        }
-        for (name, v) in [
-            ("cg_max_iterations", self.cg_max_iterations),
-            ("probes", self.probes),
-        ] {
-            if v == 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "{name} must be at least 1, got 0"
-                )));
-            }
-        }
         let d = LeastSquaresOptions::default();
-        if self.linear_solver != LinearSolver::Auto && self.memory_budget != d.memory_budget {
-            return Err(Error::InvalidArgument(format!(
-                "memory_budget ({} bytes) is read by linear_solver Auto only; linear_solver is {}",
-                self.memory_budget, self.linear_solver
-            )));
-        }
-        if self.linear_solver == LinearSolver::Dense {
-            for (name, changed) in [
+        SolverSettings {
+            linear_solver: self.linear_solver,
+            memory_budget: (self.memory_budget, d.memory_budget),
+            damping: self.damping,
+            cg_tolerance: self.cg_tolerance,
+            counts: &[
+                ("cg_max_iterations", self.cg_max_iterations),
+                ("probes", self.probes),
+            ],
+            matrix_free_only: &[
                 ("damping", self.damping != d.damping),
                 ("cg_tolerance", self.cg_tolerance != d.cg_tolerance),
                 (
@@ -697,14 +730,9 @@ impl<'a> LeastSquaresOptions<'a> {
                     self.cg_max_iterations != d.cg_max_iterations,
                 ),
                 ("probes", self.probes != d.probes),
-            ] {
-                if changed {
-                    return Err(Error::InvalidArgument(format!(
-                        "{name} is read by the matrix-free solver; linear_solver is dense: leave it at its default or use LinearSolver::MatrixFree or Auto"
-                    )));
-                }
-            }
+            ],
         }
+        .validate()?;
         if self.linear_solver == LinearSolver::MatrixFree {
             if let Some(what) = self.needs_dense() {
                 return Err(Error::InvalidArgument(format!(

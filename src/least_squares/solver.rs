@@ -17,17 +17,17 @@ use crate::error::{Error, Result};
 
 /// Steps are accepted when the actual reduction is at least this fraction of the predicted one
 /// (MINPACK's 1e-4); for Gauss–Newton, of the first-order decrease (Armijo).
-const ACCEPT: f64 = 1e-4;
+pub(crate) const ACCEPT: f64 = 1e-4;
 /// MINPACK's `factor`: the first trust region is `factor · ‖D x0‖`.
 const FACTOR: f64 = 100.0;
 
 /// Status codes while running (see [`super::Status::from_code`]).
-const RUNNING: i64 = 0;
-const GTOL: i64 = 1;
-const FTOL: i64 = 2;
-const XTOL: i64 = 3;
-const MAXITER: i64 = 4;
-const NONFINITE: i64 = 5;
+pub(crate) const RUNNING: i64 = 0;
+pub(crate) const GTOL: i64 = 1;
+pub(crate) const FTOL: i64 = 2;
+pub(crate) const XTOL: i64 = 3;
+pub(crate) const MAXITER: i64 = 4;
+pub(crate) const NONFINITE: i64 = 5;
 
 /// What a method's step sees besides the model.
 pub(crate) struct Context<'a> {
@@ -105,12 +105,12 @@ fn pick(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `status` with `code` where `mask` and still running.
-fn set(status: &Tensor, mask: &Tensor, code: i64) -> Result<Tensor> {
+pub(crate) fn set(status: &Tensor, mask: &Tensor, code: i64) -> Result<Tensor> {
     let go = status.f_eq(RUNNING)?.f_logical_and(mask)?;
     Ok(status.f_where_self(&go.f_logical_not()?, &status.f_full_like(code)?)?)
 }
 
-fn to_usize(t: &Tensor) -> Result<Vec<usize>> {
+pub(crate) fn to_usize(t: &Tensor) -> Result<Vec<usize>> {
     Ok(
         Vec::<i64>::try_from(t.f_to_kind(Kind::Int64)?.f_to_device(tch::Device::Cpu)?)?
             .into_iter()
@@ -130,9 +130,7 @@ pub(crate) fn run(
     let (b, n) = (res.b, res.n);
     let kind = x0.kind();
     let dev = x0.device();
-    let e = eps(kind);
-    let tol = |t: f64| if t == 0.0 { 0.0 } else { t.max(e) };
-    let (ftol, xtol, gtol) = (tol(opts.ftol), tol(opts.xtol), tol(opts.gtol));
+    let (ftol, xtol, gtol) = tolerances(opts, kind);
     let fopt = (kind, dev);
 
     let mut x = match bounds {
@@ -232,29 +230,16 @@ pub(crate) fn run(
             njev = njev.f_add(&active_i)?;
         }
         iters = iters.f_add(&active_i)?;
-        let cost_new = loss::cost(opts.loss, opts.loss_scale, &r_new)?;
-        let finite_new = cost_new.f_isfinite()?;
-        let cost_new = cost_new.f_where_self(&finite_new, &cost_new.f_full_like(f64::INFINITY)?)?;
-        // MINPACK's ratio in relative terms: actred = 1 − cost_new/cost (−1 for a blowup,
-        // cost_new ≥ 100 cost), prered and dirder relative to the cost. (A non-finite cost is
-        // not a "blowup" for LM's update: MINPACK's enorm gives NaN there and its tests take
-        // the gentler branch — SciPy lm's path on overflow.)
+        let (cost_new, finite_new) = trial_cost(opts, &r_new)?;
+        // (A non-finite cost is not a "blowup" for LM's update: MINPACK's enorm gives NaN there
+        // and its tests take the gentler branch — SciPy lm's path on overflow.)
         let cost = &lin.cost;
-        let cost_safe = cost.f_where_self(&cost.f_gt(0.0)?, &cost.f_ones_like()?)?;
+        let cost_safe = safe_cost(cost)?;
         let blowup = cost_new
             .f_ge_tensor(&cost.f_mul_scalar(100.0)?)?
             .f_logical_and(&finite_new)?;
         let worse = blowup.f_logical_or(&finite_new.f_logical_not()?)?;
-        let actred = cost_new
-            .f_div(&cost_safe)?
-            .f_neg()?
-            .f_add_scalar(1.0)?
-            .f_where_self(&worse.f_logical_not()?, &cost_new.f_full_like(-1.0)?)?;
-        let prered = step.pred.f_div(&cost_safe)?;
-        let pos = prered.f_gt(0.0)?;
-        let mut ratio = actred
-            .f_div(&prered.f_where_self(&pos, &prered.f_ones_like()?)?)?
-            .f_where_self(&pos, &prered.f_zeros_like()?)?;
+        let (actred, prered, mut ratio) = reductions(cost, &cost_new, &step.pred, &worse)?;
         if let Some(ok) = &step.geodesic_ok {
             // An acceleration too large for its velocity is a failed step (Transtrum & Sethna).
             ratio = ratio.f_where_self(ok, &ratio.f_zeros_like()?)?;
@@ -294,14 +279,7 @@ pub(crate) fn run(
         // ftol (MINPACK: |actred| ≤ ftol, prered ≤ ftol, ratio ≤ 2, relative to the cost) and
         // xtol (the trust region — MINPACK's test, it follows the steps down — or, for
         // Gauss–Newton, the step: ≤ xtol (xtol + ‖D x‖)).
-        if ftol > 0.0 {
-            let f_done = actred
-                .f_abs()?
-                .f_le(ftol)?
-                .f_logical_and(&prered.f_le(ftol)?)?
-                .f_logical_and(&ratio.f_le(2.0)?)?;
-            status = set(&status, &active.f_logical_and(&f_done)?, FTOL)?;
-        }
+        status = ftol_test(&status, &active, &actred, &prered, &ratio, ftol)?;
         if xtol > 0.0 {
             let xn = norm(&x.f_mul(&dscale)?)?;
             let lim = xn.f_add_scalar(xtol)?.f_mul_scalar(xtol)?;
@@ -367,22 +345,7 @@ pub(crate) fn run(
         status = set(&status, &iters.f_ge(opts.max_iterations as i64)?, MAXITER)?;
         eager = n_act > 0 && 2 * n_acc >= n_act;
         it += 1;
-        if let Some(report) = opts.progress {
-            let still = status.f_eq(RUNNING)?;
-            let running = i64::try_from(still.f_sum(Kind::Int64)?)? as usize;
-            let costs = if running > 0 {
-                lin.cost
-                    .f_where_self(&still, &lin.cost.f_full_like(f64::NEG_INFINITY)?)?
-            } else {
-                lin.cost.shallow_clone()
-            };
-            report(Progress {
-                iteration: it,
-                running,
-                problems: b as usize,
-                max_cost: costs.f_max()?.f_double_value(&[])?,
-            });
-        }
+        report_progress(opts, it, &status, &lin.cost)?;
     }
     Ok(Solved {
         x,
@@ -418,17 +381,120 @@ fn gradient_test(
         }
         None => lin.g.shallow_clone(),
     };
-    let denom = lin.cn.f_mul(&col(&lin.grn, 1)?)?;
+    let (optimality, done) = cosine_test(&gw, &lin.cn, &lin.grn, gtol)?;
+    *status = set(status, &done, GTOL)?;
+    Ok(optimality)
+}
+
+/// `(ftol, xtol, gtol)`: 0 turns a test off, a positive tolerance below the dtype's machine
+/// epsilon is raised to it.
+pub(crate) fn tolerances(opts: &LeastSquaresOptions, kind: Kind) -> (f64, f64, f64) {
+    let e = eps(kind);
+    let tol = |t: f64| if t == 0.0 { 0.0 } else { t.max(e) };
+    (tol(opts.ftol), tol(opts.xtol), tol(opts.gtol))
+}
+
+/// MINPACK's `gtol` cosine `max_j |g_j| / (c_j ‖r‖)` per problem (`c` the column norms, `[B, n]`;
+/// `rnorm` `[B]`; 0 where a denominator is 0), and where it passes `gtol` or `g` is exactly 0.
+pub(crate) fn cosine_test(
+    g: &Tensor,
+    cn: &Tensor,
+    rnorm: &Tensor,
+    gtol: f64,
+) -> Result<(Tensor, Tensor)> {
+    let denom = cn.f_mul(&col(rnorm, 1)?)?;
     let pos = denom.f_gt(0.0)?;
-    let cos = gw
+    let cos = g
         .f_abs()?
         .f_div(&denom.f_where_self(&pos, &denom.f_ones_like()?)?)?
         .f_where_self(&pos, &denom.f_zeros_like()?)?;
     let optimality = cos.f_amax([-1i64].as_slice(), false)?;
-    let mut done = gw.f_eq(0.0)?.f_all_dim(-1, false)?;
+    let mut done = g.f_eq(0.0)?.f_all_dim(-1, false)?;
     if gtol > 0.0 {
         done = done.f_logical_or(&optimality.f_le(gtol)?)?;
     }
-    *status = set(status, &done, GTOL)?;
-    Ok(optimality)
+    Ok((optimality, done))
+}
+
+/// The cost of trial residuals (`[B]`, a non-finite one as `+∞`) and where it is finite.
+pub(crate) fn trial_cost(opts: &LeastSquaresOptions, r_new: &Tensor) -> Result<(Tensor, Tensor)> {
+    let cost_new = loss::cost(opts.loss, opts.loss_scale, r_new)?;
+    let finite = cost_new.f_isfinite()?;
+    let cost_new = cost_new.f_where_self(&finite, &cost_new.f_full_like(f64::INFINITY)?)?;
+    Ok((cost_new, finite))
+}
+
+/// The cost, with 1 where it is 0 (the denominator of the relative reductions).
+pub(crate) fn safe_cost(cost: &Tensor) -> Result<Tensor> {
+    Ok(cost.f_where_self(&cost.f_gt(0.0)?, &cost.f_ones_like()?)?)
+}
+
+/// MINPACK's reductions relative to the cost: `actred = 1 − cost_new/cost` (−1 where `worse`),
+/// `prered = pred/cost`, and their ratio (0 where the model predicted no reduction).
+pub(crate) fn reductions(
+    cost: &Tensor,
+    cost_new: &Tensor,
+    pred: &Tensor,
+    worse: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let cost_safe = safe_cost(cost)?;
+    let actred = cost_new
+        .f_div(&cost_safe)?
+        .f_neg()?
+        .f_add_scalar(1.0)?
+        .f_where_self(&worse.f_logical_not()?, &cost_new.f_full_like(-1.0)?)?;
+    let prered = pred.f_div(&cost_safe)?;
+    let pos = prered.f_gt(0.0)?;
+    let ratio = actred
+        .f_div(&prered.f_where_self(&pos, &prered.f_ones_like()?)?)?
+        .f_where_self(&pos, &prered.f_zeros_like()?)?;
+    Ok((actred, prered, ratio))
+}
+
+/// `ftol` (MINPACK: `|actred| ≤ ftol`, `prered ≤ ftol`, `ratio ≤ 2`, relative to the cost) for
+/// the running problems in `active`; `status` with `FTOL` where it passes.
+pub(crate) fn ftol_test(
+    status: &Tensor,
+    active: &Tensor,
+    actred: &Tensor,
+    prered: &Tensor,
+    ratio: &Tensor,
+    ftol: f64,
+) -> Result<Tensor> {
+    if ftol == 0.0 {
+        return Ok(status.shallow_clone());
+    }
+    let done = actred
+        .f_abs()?
+        .f_le(ftol)?
+        .f_logical_and(&prered.f_le(ftol)?)?
+        .f_logical_and(&ratio.f_le(2.0)?)?;
+    set(status, &active.f_logical_and(&done)?, FTOL)
+}
+
+/// Calls `opts.progress` (if any) after iteration `it`: the problems still running and the
+/// largest cost among them (the largest overall when none is).
+pub(crate) fn report_progress(
+    opts: &LeastSquaresOptions,
+    it: usize,
+    status: &Tensor,
+    cost: &Tensor,
+) -> Result<()> {
+    let Some(report) = opts.progress else {
+        return Ok(());
+    };
+    let still = status.f_eq(RUNNING)?;
+    let running = i64::try_from(still.f_sum(Kind::Int64)?)? as usize;
+    let costs = if running > 0 {
+        cost.f_where_self(&still, &cost.f_full_like(f64::NEG_INFINITY)?)?
+    } else {
+        cost.shallow_clone()
+    };
+    report(Progress {
+        iteration: it,
+        running,
+        problems: status.size()[0] as usize,
+        max_cost: costs.f_max()?.f_double_value(&[])?,
+    });
+    Ok(())
 }
