@@ -15,6 +15,9 @@
 //! `bench/theseus_backward.py` solves the same problem with Theseus's backward modes and with
 //! PyTorch (docs/benchmarks.md); libtorch's threads follow `OMP_NUM_THREADS`.
 
+#[path = "common/peak_memory.rs"]
+mod peak_memory;
+
 use std::cell::Cell;
 use std::time::Instant;
 
@@ -114,29 +117,10 @@ impl Problem {
 /// `log λ ↦ (V, dV/dlog λ)` by one method.
 type Hypergradient<'a> = &'a dyn Fn(f64) -> (f64, f64);
 
-/// A `kB` field of `/proc/self/status` (Linux), such as `VmRSS:` or `VmHWM:`.
-fn status_kib(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// KiB that `f` raised the resident memory above that just before it: "5" to
-/// `/proc/self/clear_refs` resets `VmHWM` to the current RSS (Linux ≥ 4.0); `None` elsewhere.
+/// KiB that `f` raised the resident memory above that just before it; `None` off Linux.
 fn peak_kib<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
-    let before = status_kib("VmRSS:");
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let out = f();
-    let peak = match (reset, before, status_kib("VmHWM:")) {
-        (true, Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    (out, peak)
+    let (out, peak) = peak_memory::measure(f);
+    (out, peak.map(|p| p.above()))
 }
 
 /// Seconds per call of `f`, best of `reps`.

@@ -15,6 +15,9 @@
 //! `cargo run --release --example fit_mlp` (`FIT_MLP_WIDE_SECONDS`, default 60, sets part 2's
 //! time; `FIT_MLP_THREADS`, default 2, torch's threads).
 
+#[path = "common/peak_memory.rs"]
+mod peak_memory;
+
 use std::time::Instant;
 
 use tch::nn::{self, Module, OptimizerConfig};
@@ -55,18 +58,6 @@ fn mse(net: &nn::Sequential, x: &Tensor, y: &Tensor) -> f64 {
             .mean(Kind::Double)
             .double_value(&[])
     })
-}
-
-/// The process's resident memory figures from /proc/self/status, in KiB.
-fn status_kib(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Resets VmHWM to the current RSS (Linux ≥ 4.0); false where it cannot.
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 struct Run {
@@ -242,19 +233,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fit.resolve_linear_solver(M as usize)
     );
     drop(fit);
-    let rss0 = status_kib("VmRSS:").unwrap_or(0);
-    let reset = reset_peak();
-    let (lm, _, solver) = run_lm(
-        &vs,
-        &net,
-        &x,
-        &y,
-        &FitOptions::default(),
-        100_000,
-        wide_seconds,
-        true,
-    )?;
-    let hwm = status_kib("VmHWM:").unwrap_or(0);
+    let (run, peak) = peak_memory::measure(|| {
+        run_lm(
+            &vs,
+            &net,
+            &x,
+            &y,
+            &FitOptions::default(),
+            100_000,
+            wide_seconds,
+            true,
+        )
+    });
+    let (lm, _, solver) = run?;
     println!(
         "  LM: {} steps, {:.2} s, final MSE {:.3e} ({}; solver {})",
         lm.steps,
@@ -263,13 +254,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         target(&lm),
         solver.map(|s| s.to_string()).unwrap_or_default()
     );
-    if reset {
-        let peak = hwm.saturating_sub(rss0) as f64 / 1024.0;
+    if let Some(p) = peak {
+        let above = p.above() as f64 / 1024.0;
         println!(
-            "  peak memory of the LM run above the resident memory before it: {peak:.1} MiB (VmHWM {:.1} MiB, VmRSS before {:.1} MiB) = {:.3} × the dense J",
-            hwm as f64 / 1024.0,
-            rss0 as f64 / 1024.0,
-            peak * (1 << 20) as f64 / dense_bytes
+            "  peak memory of the LM run above the resident memory before it: {above:.1} MiB (VmHWM {:.1} MiB, VmRSS before {:.1} MiB) = {:.3} × the dense J",
+            p.hwm as f64 / 1024.0,
+            p.rss_before as f64 / 1024.0,
+            above * (1 << 20) as f64 / dense_bytes
         );
     } else {
         println!("  (VmHWM could not be reset: peak memory not measured)");
