@@ -86,43 +86,55 @@ std::vector<int64_t> complement(int64_t dim, const std::vector<int64_t>& dims) {
   return out;
 }
 
+// Where a norm's statistics live: the dims they reduce over, the dims gW and gB sum over, and
+// the keepdim shape of a statistic — also the shape batch norm's per-channel w, gW and gB
+// broadcast to (layer norm's have the normalized shape and broadcast as they are).
+struct Layout {
+  std::vector<int64_t> dims, rest, stat_shape;
+};
+
+Layout layout(const Spec& s, const Tensor& x) {
+  Layout L;
+  if (s.layer) {
+    L.dims = s.norm_dims;
+    L.rest = complement(x.dim(), L.dims);
+  } else {
+    L.rest = complement(x.dim(), {1});
+    L.dims = L.rest;
+  }
+  L.stat_shape = x.sizes().vec();
+  for (auto d : L.dims) L.stat_shape[d] = 1;
+  return L;
+}
+
+// A per-channel tensor (w, gW, gB; undefined stays undefined) broadcastable against x.
+Tensor per_channel(const Spec& s, const Layout& L, const Tensor& t) {
+  return (s.layer || !t.defined()) ? t : t.reshape(L.stat_shape);
+}
+
 // The backward formula as ordinary ops of (gO, x, w), with the statistics recomputed from x:
 // x̂ = (x − μ)·r, gI = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = gO·w (batch statistics),
 // gI = ĝ·r (running statistics), gW = Σ gO·x̂, gB = Σ gO.
 Grads composite(const Spec& s, const Tensor& go, const Tensor& x, const Tensor& w) {
-  Tensor xhat, r, gx;
-  std::vector<int64_t> dims;  // the dims the statistics reduce over
-  std::vector<int64_t> rest;  // the dims gW and gB sum over
-  std::vector<int64_t> bshape(x.dim(), 1);
-  if (s.layer) {
-    dims = s.norm_dims;
-    rest = complement(x.dim(), dims);
+  const Layout L = layout(s, x);
+  const auto& dims = L.dims;
+  const auto& rest = L.rest;
+  const auto kind = x.scalar_type();
+  Tensor xhat, r;
+  if (s.layer || s.train) {
     auto mu = x.mean(dims, /*keepdim=*/true);
     auto var = (x - mu).square().mean(dims, /*keepdim=*/true);
-    auto mean = s.mean.to(x.scalar_type()).reshape(mu.sizes());
-    auto rstd = s.rstd.to(x.scalar_type()).reshape(mu.sizes());
-    // rstd = (var + eps)^(-1/2) exactly; eps recovered from the saved rstd.
-    auto eps = (rstd.pow(-2) - var).detach();
+    auto mean = s.mean.to(kind).reshape(L.stat_shape);
+    auto rstd = s.rstd.to(kind).reshape(L.stat_shape);
+    // layer norm: rstd = (var + eps)^(-1/2) exactly, eps recovered from the saved rstd
+    auto eps = s.layer ? (rstd.pow(-2) - var).detach() : at::scalar_tensor(s.eps, x.options());
     r = with_grad_of(rstd, (var + eps).rsqrt());
     xhat = (x - with_grad_of(mean, mu)) * r;
-    gx = s.has_weight ? go * w : go;
   } else {
-    bshape[1] = x.size(1);
-    rest = complement(x.dim(), {1});
-    dims = rest;
-    if (s.train) {
-      auto mu = x.mean(dims, /*keepdim=*/true);
-      auto var = (x - mu).square().mean(dims, /*keepdim=*/true);
-      auto mean = s.mean.to(x.scalar_type()).reshape(bshape);
-      auto rstd = s.rstd.to(x.scalar_type()).reshape(bshape);
-      r = with_grad_of(rstd, (var + s.eps).rsqrt());
-      xhat = (x - with_grad_of(mean, mu)) * r;
-    } else {
-      r = (s.running_var.to(x.scalar_type()) + s.eps).rsqrt().reshape(bshape);
-      xhat = (x - s.running_mean.to(x.scalar_type()).reshape(bshape)) * r;
-    }
-    gx = s.has_weight ? go * w.reshape(bshape) : go;
+    r = (s.running_var.to(kind) + s.eps).rsqrt().reshape(L.stat_shape);
+    xhat = (x - s.running_mean.to(kind).reshape(L.stat_shape)) * r;
   }
+  Tensor gx = s.has_weight ? go * per_channel(s, L, w) : go;
   Tensor gi, gw, gb;
   if (s.mask[0]) {
     if (s.layer || s.train) {
@@ -163,35 +175,19 @@ std::array<Tensor, 3> composite_vjp(
     const Tensor& gw_in,
     const Tensor& gb_in) {
   at::NoGradGuard no_grad;
-  std::vector<int64_t> dims, rest;
-  std::vector<int64_t> bshape(x.dim(), 1);
-  Tensor mu, r, wb, gwb, gbb;
+  const Layout L = layout(s, x);
+  const auto& dims = L.dims;
+  const auto& rest = L.rest;
   const auto kind = x.scalar_type();
-  if (s.layer) {
-    dims = s.norm_dims;
-    rest = complement(x.dim(), dims);
-    std::vector<int64_t> kshape = x.sizes().vec();
-    for (auto d : dims) kshape[d] = 1;
-    mu = s.mean.to(kind).reshape(kshape);
-    r = s.rstd.to(kind).reshape(kshape);
-    wb = w;
-    gwb = gw_in;
-    gbb = gb_in;
+  Tensor mu, r;
+  if (s.layer || s.train) {
+    mu = s.mean.to(kind).reshape(L.stat_shape);
+    r = s.rstd.to(kind).reshape(L.stat_shape);
   } else {
-    bshape[1] = x.size(1);
-    rest = complement(x.dim(), {1});
-    dims = rest;
-    if (s.train) {
-      mu = s.mean.to(kind).reshape(bshape);
-      r = s.rstd.to(kind).reshape(bshape);
-    } else {
-      mu = s.running_mean.to(kind).reshape(bshape);
-      r = (s.running_var.to(kind) + s.eps).rsqrt().reshape(bshape);
-    }
-    wb = w.defined() ? w.reshape(bshape) : w;
-    gwb = gw_in.defined() ? gw_in.reshape(bshape) : gw_in;
-    gbb = gb_in.defined() ? gb_in.reshape(bshape) : gb_in;
+    mu = s.running_mean.to(kind).reshape(L.stat_shape);
+    r = (s.running_var.to(kind) + s.eps).rsqrt().reshape(L.stat_shape);
   }
+  Tensor wb = per_channel(s, L, w), gwb = per_channel(s, L, gw_in), gbb = per_channel(s, L, gb_in);
   auto M = [&](const Tensor& t) { return t.mean(dims, /*keepdim=*/true); };
   auto sum_rest = [&](const Tensor& t) { return rest.empty() ? t : t.sum(rest); };
   const bool stats = s.layer || s.train;
