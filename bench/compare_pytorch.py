@@ -622,6 +622,20 @@ def python_methods(case, w, x):
     ]
 
 
+def resolve_vml_kernels():
+    """One call of each VML function ATen uses, on one element, float32 and float64: the first call
+    of one that runs on several threads at once can give a thread's chunk oneMKL's low-accuracy
+    kernel (pytorch#188792; ~1e-4 relative in float32), which would make PyTorch's side of a row
+    disagree with ours. The Rust side does the same (tch_jacobian::global::resolve_vml_kernels)."""
+    ops = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2",
+           "sin", "sqrt", "tan", "tanh", "trunc")
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            x = torch.full((1,), 0.5, dtype=dtype)
+            for op in ops:
+                getattr(torch, op)(x)
+
+
 def cpu_model():
     if DEVICE == "cuda":
         return torch.cuda.get_device_name()
@@ -941,6 +955,7 @@ def main():
     WORK = args.work
     t_start = time.time()
     torch.set_num_threads(args.threads)
+    resolve_vml_kernels()
     if args.peak_one:  # a child of lap_peak_memory: one cold call, its peak memory on stdout
         peak_one(*args.peak_one)
         return

@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 /// `tch::no_grad` equal those outside (as with `torch.autograd.functional`, which enables grad
 /// itself, and torch.func's transforms, which ignore an outer `no_grad`).
 pub(crate) fn grad_mode_on<T>(f: impl FnOnce() -> T) -> T {
+    // The one entry every such function passes: oneMKL's kernels are chosen here, once, before a
+    // closure's first tanh/exp/… runs on several threads (pytorch#188792).
+    crate::global::resolve_vml_kernels();
     with_grad_mode(true, f)
 }
 

@@ -2,7 +2,8 @@
 //! a backward pass gives inside `tch::no_grad` what it gives outside, for every strategy (the
 //! no-engine build runs the strategies it has), and `create_graph` keeps its meaning there.
 //! Also: the per-sample doors' randomness (`Randomness`), `Auto`'s one recovery rule, and a
-//! disabled vmap fallback reported as `Error::NoBatchingRule`.
+//! disabled vmap fallback reported as `Error::NoBatchingRule`; and the entry's process-wide
+//! preparation (oneMKL's kernels resolved before a closure runs).
 mod common;
 
 use common::{f64_tol, strategies};
@@ -279,5 +280,17 @@ fn no_batching_rule_in_the_loss() -> Result<()> {
         Err(Error::NoBatchingRule { op }) => assert_eq!(op, "aten::renorm"),
         other => panic!("expected NoBatchingRule, got {other:?}"),
     }
+    Ok(())
+}
+
+/// The crate's entry (the one that sets grad mode) also resolves oneMKL's vector-math kernels
+/// before a closure's first `tanh` runs on several threads (pytorch#188792; src/global.rs): no
+/// test here calls `resolve_vml_kernels` itself, so only that entry can have done it.
+#[test]
+fn first_call_resolves_vml_kernels() -> Result<()> {
+    let x = Tensor::from_slice(&[0.3f64, -0.2]);
+    let j = jacobian_of(|v: &Tensor| v.tanh(), &x, &JacobianOptions::default())?;
+    assert_eq!(j.size(), [2, 2]);
+    assert!(tch_jacobian::global::vml_kernels_resolved());
     Ok(())
 }
