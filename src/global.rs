@@ -1,6 +1,6 @@
 //! What the crate changes for the whole process, and how to control it.
 //!
-//! Most of the crate touches only its inputs and the current thread. Seven effects reach further;
+//! Most of the crate touches only its inputs and the current thread. Eight effects reach further;
 //! each is listed here with what triggers it and how to see or steer it.
 //!
 //! | effect | when | scope | control |
@@ -11,6 +11,7 @@
 //! | libtorch's vmap fallback switch | during a call with `JacobianOptions::vmap_fallback(false)`, restored after it, under a lock that other batched calls respect | the process, for the call's duration | `vmap_fallback` |
 //! | torch's default random generator | `Randomness::Same` in a per-sample loop draws one seed from it, reseeds it before every sample, and restores the state after the seed's draw when the loop ends; random Laplacian estimators and penalty projections with `seed: None` draw from it; the crate's own checks (independence probes) never touch it | the process | `seed: Some(s)` for the crate's own draws; `tch::manual_seed` |
 //! | oneMKL's vector math (VML) kernels resolved up front: one call of each VML function that ATen uses for `float` and `double` (`tanh`, `exp`, `log`, `sin`, `cos`, `erf`, `sqrt`, …) on one element, on the calling thread. Without it, the first such call of a process that runs on several intra-op threads at once can give one thread's chunk a low-accuracy kernel: errors up to ~1e-4 relative in `float` for that one call (oneMKL 2024.2, the version in libtorch 2.11's wheels; pytorch#188792) | automatically at the crate's first call that runs a closure or a backward pass, or when you call [`resolve_vml_kernels`] | the process: your own code's first `tanh`, `exp`, … after it are right too | [`resolve_vml_kernels`] at the start of `main`, before your own first forward pass; [`vml_kernels_resolved`] |
+//! | glibc's `malloc` keeps freed memory for reuse: `mallopt(M_MMAP_THRESHOLD, 128 MiB)` (32 MiB where glibc refuses more) and `mallopt(M_TRIM_THRESHOLD, 512 MiB)`, so that blocks up to 128 MiB come from the heap and up to 512 MiB of free heap top is kept rather than handed back to the OS at each `free` (glibc's own thresholds move between 128 KiB and 32 MiB / 64 MiB). Collapsed Taylor mode's coefficient buffers (8 MiB each for d = 32, B = 1024; 34 MiB for the CNN PINN's first convolution) otherwise come back as fresh pages on every call, and the page faults took about 40 % of a PINN Laplacian (5.4 → 3.1 ms, docs/benchmarks.md) | the first Laplacian by Taylor mode, or [`set_malloc_tuning`]`(true)`; never when `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` is set (your settings win); Linux with glibc only | the process: its resident memory stays nearer its peak (at most 512 MiB of free heap top kept) | [`set_malloc_tuning`]`(false)` before the first Laplacian leaves glibc's defaults alone (after it, restores glibc's initial thresholds, 128 KiB each); [`malloc_tuned`] |
 //! | log lines (the `log` facade, warn level): reroutes, vmap fallbacks, a missing engine, Taylor-mode fallbacks | the first time each distinct message occurs | the process; at most 256 distinct messages are remembered, then one last line says that further ones are not logged | install a logger to see them; `second_order::take_reroutes`, `native::take_vmap_fallbacks` (per thread) |
 //!
 //! The crate sets grad mode itself inside its calls (a closure always runs with grad on) and
@@ -126,4 +127,101 @@ pub fn resolve_vml_kernels() {
 /// ```
 pub fn vml_kernels_resolved() -> bool {
     VML_RESOLVED.load(Ordering::Acquire)
+}
+
+/// `set_malloc_tuning(false)` was called: the crate leaves glibc's malloc alone.
+static MALLOC_OFF: AtomicBool = AtomicBool::new(false);
+static MALLOC_TUNED: AtomicBool = AtomicBool::new(false);
+static MALLOC_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// glibc's `mallopt` parameters (`<malloc.h>`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc {
+    pub const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+    pub const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+    extern "C" {
+        pub fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    /// Sets both thresholds; whether glibc took them.
+    pub fn set(mmap: i32, trim: i32) -> bool {
+        // SAFETY: mallopt takes two ints and only changes malloc's parameters.
+        unsafe { mallopt(M_MMAP_THRESHOLD, mmap) == 1 && mallopt(M_TRIM_THRESHOLD, trim) == 1 }
+    }
+}
+
+/// Whether the user set malloc's thresholds through the environment (then the crate never
+/// changes them).
+fn malloc_env_set() -> bool {
+    [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "GLIBC_TUNABLES",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
+}
+
+/// Tunes glibc's `malloc` to keep freed memory for reuse (`on = true`), or leaves it alone
+/// (`false`): see the [module docs](self). The crate turns it on itself at the first Laplacian by
+/// collapsed Taylor mode, unless `set_malloc_tuning(false)` came first or the environment sets
+/// malloc's thresholds (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `GLIBC_TUNABLES`).
+/// On other platforms it does nothing. Values never depend on it; only time and resident memory
+/// do.
+///
+/// ```text
+/// M_MMAP_THRESHOLD = 128 MiB   blocks below it come from the heap, not from a fresh mmap
+///                              (32 MiB where glibc refuses more)
+/// M_TRIM_THRESHOLD = 512 MiB   free heap top kept, not handed back to the OS at each free
+/// ```
+///
+/// `false` after tuning restores glibc's initial thresholds (128 KiB each; glibc's dynamic
+/// adjustment of them stays off, as after any `mallopt`).
+///
+/// ```
+/// use tch_jacobian::global;
+/// global::set_malloc_tuning(false); // keep glibc's defaults, whatever the crate runs later
+/// assert!(!global::malloc_tuned());
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn set_malloc_tuning(on: bool) {
+    let _lock = MALLOC_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    MALLOC_OFF.store(!on, Ordering::Release);
+    if on {
+        tune_malloc_locked();
+    } else if MALLOC_TUNED.swap(false, Ordering::AcqRel) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        glibc::set(128 * 1024, 128 * 1024);
+    }
+}
+
+/// Whether glibc's malloc is tuned by the crate now (see [`set_malloc_tuning`]).
+///
+/// ```
+/// let _ = tch_jacobian::global::malloc_tuned();
+/// ```
+pub fn malloc_tuned() -> bool {
+    MALLOC_TUNED.load(Ordering::Acquire)
+}
+
+/// The crate's automatic tuning (the first Laplacian by Taylor mode): unless turned off or set
+/// by the environment.
+pub(crate) fn tune_malloc_once() {
+    if MALLOC_TUNED.load(Ordering::Acquire) || MALLOC_OFF.load(Ordering::Acquire) {
+        return;
+    }
+    let _lock = MALLOC_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !MALLOC_OFF.load(Ordering::Acquire) {
+        tune_malloc_locked();
+    }
+}
+
+fn tune_malloc_locked() {
+    if MALLOC_TUNED.load(Ordering::Acquire) || malloc_env_set() {
+        return;
+    }
+    // 128 MiB, or 32 MiB where glibc refuses more (older versions capped it there).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if glibc::set(128 << 20, 512 << 20) || glibc::set(32 << 20, 512 << 20) {
+        MALLOC_TUNED.store(true, Ordering::Release);
+    }
 }

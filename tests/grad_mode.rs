@@ -294,3 +294,35 @@ fn first_call_resolves_vml_kernels() -> Result<()> {
     assert!(tch_jacobian::global::vml_kernels_resolved());
     Ok(())
 }
+
+/// glibc's malloc tuning changes time and resident memory, never values: a Laplacian with the
+/// crate's tuning refused, then with it on, bit for bit; and a refusal holds through the crate's
+/// first Laplacian (which would otherwise tune it).
+#[test]
+fn malloc_tuning_changes_no_value() -> Result<()> {
+    let _serial = serial();
+    use tch_jacobian::global::{malloc_tuned, set_malloc_tuning};
+    let x = randn(&[8, 3]);
+    let u = |v: &Tensor| (v.tanh() * v.sin()).sum_dim_intlist(1, false, Kind::Double);
+    set_malloc_tuning(false);
+    let off = laplacian_of(u, &x, &JacobianOptions::default())?;
+    assert!(
+        !malloc_tuned(),
+        "the crate tuned malloc after set_malloc_tuning(false)"
+    );
+    set_malloc_tuning(true);
+    let env = [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "GLIBC_TUNABLES",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    assert_eq!(
+        malloc_tuned(),
+        cfg!(all(target_os = "linux", target_env = "gnu")) && !env
+    );
+    let on = laplacian_of(u, &x, &JacobianOptions::default())?;
+    assert!(off.equal(&on), "Δu changed with malloc's tuning");
+    Ok(())
+}

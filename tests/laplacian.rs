@@ -587,3 +587,28 @@ fn errors_name_shapes() {
         Strategy::Taylor
     );
 }
+
+/// The first Laplacian by Taylor mode tunes glibc's malloc to keep freed memory (src/global.rs:
+/// the coefficient buffers would come back as fresh pages on every call), unless the environment
+/// sets malloc's thresholds. No test of this file calls `set_malloc_tuning`.
+#[test]
+fn taylor_mode_tunes_malloc() {
+    let x = rand(&[4, 3], 7);
+    let u = closure(CLOSURES[0]);
+    let out = laplacian(
+        &u,
+        &x,
+        &LaplacianOptions::default().strategy(Strategy::Taylor),
+    )
+    .unwrap();
+    assert_eq!(out.strategy, Strategy::Taylor);
+    let env = [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "GLIBC_TUNABLES",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
+    assert_eq!(tch_jacobian::global::malloc_tuned(), glibc && !env);
+}

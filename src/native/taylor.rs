@@ -84,6 +84,9 @@ where
     use torch_sys::C_tensor;
 
     install_generic();
+    // The coefficient buffers are large and short-lived: reused heap memory instead of fresh
+    // pages on every call (src/global.rs).
+    crate::global::tune_malloc_once();
     // SAFETY: both pointers are live at::Tensors borrowed for the call; the C++ side catches
     // every exception and returns null or a malloc'd message.
     let err = unsafe { ffi::tchj_taylor_begin(x.as_ptr(), directions.as_ptr(), create_graph as _) };
