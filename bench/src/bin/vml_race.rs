@@ -4,11 +4,14 @@
 //! upgrade: once every row reads 0 without the warm-up, the crate's warm-up (src/global.rs) can go.
 //!
 //! Each trial is a fresh child process (this binary with `--child OP WARM`): it computes `op` of a
-//! `[1024, 64]` float tensor (a first layer's output, fixed, of spread about 2) twice, and prints both calls' largest
-//! relative errors against `op` in float64. A first call off by more than 1e-5 counts as bad (a
-//! right one is off by about 1e-7, as the second call is).
+//! `[1024, 64]` float tensor (a first layer's output, fixed, of spread about 2) twice, and prints
+//! both calls' largest relative errors against `op` in float64. A first call off by more than
+//! 1e-5 counts as bad (a right one is off by about 1e-7, as the second call is). docs/limitations.md
+//! quotes its output.
 //!
-//!     cargo run --release -p tch-jacobian-bench --bin vml_race [-- TRIALS]   (default 100; about 0.4 s per trial)
+//!     cargo run --release -p tch-jacobian-bench --bin vml_race [-- TRIALS]
+//!
+//! (default 100 trials per cell, about 0.4 s each: 5 minutes on 2 cores.)
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
