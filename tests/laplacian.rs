@@ -1,5 +1,7 @@
 //! Collapsed Taylor mode against nested reverse mode (f64), the estimators' unbiasedness, and
 //! the PINN loss's gradient against central differences.
+mod common;
+
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{
     laplacian, laplacian_of, Error, JacobianOptions, LaplacianEstimator, LaplacianOptions, Strategy,
@@ -602,13 +604,8 @@ fn taylor_mode_tunes_malloc() {
     )
     .unwrap();
     assert_eq!(out.strategy, Strategy::Taylor);
-    let env = [
-        "MALLOC_MMAP_THRESHOLD_",
-        "MALLOC_TRIM_THRESHOLD_",
-        "GLIBC_TUNABLES",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some());
-    let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
-    assert_eq!(tch_jacobian::global::malloc_tuned(), glibc && !env);
+    assert_eq!(
+        tch_jacobian::global::malloc_tuned(),
+        common::malloc_tuning_possible()
+    );
 }

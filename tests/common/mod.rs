@@ -203,3 +203,17 @@ pub fn needs_engine() {
         tch_jacobian::native::build_status()
     );
 }
+
+/// Whether the crate's malloc tuning (`tch_jacobian::global::set_malloc_tuning`) can take effect
+/// in this process: Linux with glibc, and none of malloc's thresholds set in the environment
+/// (which the crate never overrides).
+pub fn malloc_tuning_possible() -> bool {
+    let env = [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "GLIBC_TUNABLES",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    cfg!(all(target_os = "linux", target_env = "gnu")) && !env
+}
