@@ -53,6 +53,7 @@ fn main() {
     if doc_only {
         // docs.rs: no libtorch, so neither link lines nor the engine.
         println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS=not built: documentation build (feature doc-only)");
+        println!("cargo:rustc-env=TCH_JACOBIAN_OPENMP=off: documentation build (feature doc-only)");
         return;
     }
     let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -68,11 +69,22 @@ fn main() {
             );
         }
         println!("cargo:rustc-env=TCH_JACOBIAN_NATIVE_STATUS=not built: libtorch's folder unknown");
+        println!("cargo:rustc-env=TCH_JACOBIAN_OPENMP=off: libtorch's folder unknown");
         return;
     };
-    build_core(Path::new(&lib));
+    let openmp = openmp_runtime(Path::new(&lib));
+    match &openmp {
+        Ok(runtime) => {
+            // The very runtime libtorch_cpu uses (one thread pool, one `set_num_threads`); a
+            // `rustc-link-lib` line reaches dependents' links too.
+            println!("cargo:rustc-link-lib=dylib:+verbatim={runtime}");
+            println!("cargo:rustc-env=TCH_JACOBIAN_OPENMP=on: {runtime}");
+        }
+        Err(why) => println!("cargo:rustc-env=TCH_JACOBIAN_OPENMP=off: {why}"),
+    }
+    build_core(Path::new(&lib), openmp.is_ok());
     let status = if native {
-        build_native(Path::new(&lib))
+        build_native(Path::new(&lib), openmp.is_ok())
     } else {
         "not built: the `native` feature is off (default-features = false)".into()
     };
@@ -148,7 +160,13 @@ fn libtorch_root(lib: &Path) -> PathBuf {
 
 /// A `cc` build of `files` against libtorch's headers (and `extra` include folders), the way
 /// torch-sys compiles its own C++: `-std=c++17` and the cxx11 ABI flag.
-fn compile(root: &Path, files: &[&str], extra: &[&Path], name: &str) -> Result<(), String> {
+fn compile(
+    root: &Path,
+    files: &[&str],
+    extra: &[&Path],
+    name: &str,
+    openmp: bool,
+) -> Result<(), String> {
     let include = root.join("include");
     let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let mut build = cc::Build::new();
@@ -163,7 +181,13 @@ fn compile(root: &Path, files: &[&str], extra: &[&Path], name: &str) -> Result<(
     build
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-DGLOG_USE_GLOG_EXPORT");
+    if openmp {
+        // ATen's inline `at::parallel_for` splits work over the intra-op threads only when
+        // `_OPENMP` is defined; without it the crate's own kernels run on one thread.
+        build.flag("-fopenmp");
+    }
+    build
         // libtorch's headers are not warning-clean.
         .warnings(false)
         .flag_if_supported("-w")
@@ -171,11 +195,49 @@ fn compile(root: &Path, files: &[&str], extra: &[&Path], name: &str) -> Result<(
         .map_err(|e| e.to_string().replace('\n', " "))
 }
 
+/// The OpenMP runtime the crate's C++ is compiled against: libtorch's own GNU OpenMP library
+/// (`libgomp.so.1` in a pip wheel's `torch/lib`, `libgomp-<hash>.so.1` in the libtorch archive), by
+/// its file name in `lib`, when libtorch was built with OpenMP and the C++ compiler is GCC. Any
+/// other runtime would be a second thread pool; clang's `-fopenmp` targets LLVM's. `Err` says why
+/// the crate's kernels stay on one thread (the values are the same either way).
+fn openmp_runtime(lib: &Path) -> Result<String, String> {
+    println!("cargo:rerun-if-env-changed=TCH_JACOBIAN_NO_OPENMP");
+    if env::var_os("TCH_JACOBIAN_NO_OPENMP").is_some() {
+        return Err("TCH_JACOBIAN_NO_OPENMP is set".into());
+    }
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return Err("only Linux builds link libtorch's OpenMP runtime".into());
+    }
+    let config = libtorch_root(lib).join("include/ATen/Config.h");
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    if !text.contains("#define AT_PARALLEL_OPENMP 1") {
+        return Err("libtorch was not built with OpenMP".into());
+    }
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    if !compiler.is_like_gnu() {
+        return Err(format!(
+            "{} is not GCC (its -fopenmp would not use libtorch's libgomp)",
+            compiler.path().display()
+        ));
+    }
+    let mut found: Vec<String> = std::fs::read_dir(lib)
+        .map_err(|e| format!("cannot list {}: {e}", lib.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("libgomp") && n.ends_with(".so.1"))
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no libgomp*.so.1 in {}", lib.display()))
+}
+
 /// Compiles the core C++ files (always; the build fails without them) and sets
 /// `cfg(tch_jacobian_core)`.
-fn build_core(lib: &Path) {
+fn build_core(lib: &Path, openmp: bool) {
     let root = libtorch_root(lib);
-    if let Err(e) = compile(&root, &CORE, &[], "tch_jacobian_core") {
+    if let Err(e) = compile(&root, &CORE, &[], "tch_jacobian_core", openmp) {
         panic!(
             "tch-jacobian: compiling {CORE:?} against libtorch's headers in {} failed: {e}",
             root.join("include").display()
@@ -186,7 +248,7 @@ fn build_core(lib: &Path) {
 
 /// Compiles the engine's C++ files and sets `cfg(tch_jacobian_native)`; returns "built" or why
 /// not.
-fn build_native(lib: &Path) -> String {
+fn build_native(lib: &Path, openmp: bool) -> String {
     let root = libtorch_root(lib);
     let include = root.join("include");
     if !include.join("ATen/functorch/DynamicLayer.h").exists() {
@@ -213,7 +275,7 @@ fn build_native(lib: &Path) -> String {
                 `pip install nlohmann-json` beside torch, or set TCH_JACOBIAN_NLOHMANN_INCLUDE)"
             .into();
     };
-    match compile(&root, &CSRC, &[nlohmann], "tch_jacobian_native") {
+    match compile(&root, &CSRC, &[nlohmann], "tch_jacobian_native", openmp) {
         Ok(()) => {
             println!("cargo:rustc-cfg=tch_jacobian_native");
             "built".into()

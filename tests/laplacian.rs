@@ -609,3 +609,48 @@ fn taylor_mode_tunes_malloc() {
         common::malloc_tuning_possible()
     );
 }
+
+/// Δu and the PINN loss's gradient by Taylor mode are the same under 1 and 2 intra-op threads:
+/// the fused elementwise kernels (forward, and the backward of an unrecorded backward pass) split
+/// B·R = 8192 values over the threads when built with OpenMP (`native::openmp_status`), each value
+/// computed by one thread. In CI (`CI` set, Linux) the build must have them on.
+#[test]
+fn values_do_not_depend_on_threads() {
+    let status = tch_jacobian::native::openmp_status();
+    if cfg!(target_os = "linux") && std::env::var_os("CI").is_some() {
+        assert!(
+            status.starts_with("on: "),
+            "CI builds parallel kernels: {status}"
+        );
+    }
+    let x = rand(&[256, 8], 50);
+    let w1 = rand(&[32, 8], 51);
+    let w2 = rand(&[32, 32], 52);
+    let w3 = rand(&[1, 32], 53);
+    let run = |threads: i32| -> (Tensor, Tensor) {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(threads);
+        let w = w1.detach().set_requires_grad(true);
+        let u = |x: &Tensor| {
+            x.linear(&w, None::<&Tensor>)
+                .tanh()
+                .linear(&w2, None::<&Tensor>)
+                .sigmoid()
+                .linear(&w3, None::<&Tensor>)
+                .squeeze_dim(-1)
+        };
+        let opts = LaplacianOptions::default().strategy(Strategy::Taylor);
+        let lap = laplacian(u, &x, &opts).unwrap().laplacian;
+        let l = laplacian(u, &x, &opts.create_graph(true))
+            .unwrap()
+            .laplacian;
+        let loss = l.square().mean(Kind::Double);
+        let g = Tensor::run_backward(&[&loss], &[&w], false, false).remove(0);
+        tch::set_num_threads(before);
+        (lap, g)
+    };
+    let (lap1, g1) = run(1);
+    let (lap2, g2) = run(2);
+    assert_close(&lap2, &lap1, 1e-13, 0.0, "Δu, 2 threads vs 1");
+    assert_close(&g2, &g1, 1e-13, 0.0, "∂loss/∂W1, 2 threads vs 1");
+}

@@ -117,6 +117,22 @@ pub fn build_status() -> &'static str {
     env!("TCH_JACOBIAN_NATIVE_STATUS")
 }
 
+/// Whether the crate's own CPU kernels (collapsed Taylor mode's fused elementwise passes, forward
+/// and backward) split their work over libtorch's intra-op threads: `"on: <runtime>"` (the C++ was
+/// compiled with `-fopenmp` and linked to the OpenMP runtime libtorch uses, e.g. `libgomp.so.1`),
+/// or `"off: <why>"` (not Linux, a compiler other than GCC, a libtorch without OpenMP, or
+/// `TCH_JACOBIAN_NO_OPENMP` set at build time): those kernels then run on one thread. Each
+/// element is computed by one thread either way, so the values are the same bit for bit.
+///
+/// ```
+/// let status = tch_jacobian::native::openmp_status();
+/// assert!(status.starts_with("on: ") || status.starts_with("off: "));
+/// # Ok::<(), tch_jacobian::Error>(())
+/// ```
+pub fn openmp_status() -> &'static str {
+    env!("TCH_JACOBIAN_OPENMP")
+}
+
 /// The ops (e.g. `aten::_scaled_dot_product_flash_attention_for_cpu_backward`) that went
 /// through libtorch's per-op vmap fallback in batched passes on this thread since the last call,
 /// each once; clears the record.
