@@ -80,6 +80,26 @@ Tensor flat(const Tensor& t, const Tensor& T) {
 // tensors: used when nothing records).
 enum class Act { None, Tanh, Sigmoid };
 
+// The kernels walk each thread's range of the B·R values in blocks of kBlock: a block's
+// value-shaped factors and accumulators stay in L1 while the loop over the D directions streams
+// through T (each direction's part of the block is contiguous but for the batch stride of a
+// broadcast T). Each value is computed by one thread, in the same order whatever the threads.
+constexpr int64_t kBlock = 1024;
+
+// Calls f(t, k0, k1) for the runs [c + k0, c + k1) of the block [c, c + n) that share one batch
+// index; t[k] is T[d] at flat index c + k (the batch stride may be 0: a broadcast T).
+template <typename scalar_t, typename F>
+inline void runs(const scalar_t* T, const Layout& L, int64_t d, int64_t c, int64_t n, F&& f) {
+  int64_t i = c;
+  while (i < c + n) {
+    const int64_t b = i / L.R;
+    const int64_t stop = std::min(c + n, (b + 1) * L.R);
+    // T[d, b, r] for the flat index i = b·R + r, at block offset k = i − c
+    f(T + d * L.sd + b * L.sb + (c - b * L.R), i - c, stop - c);
+    i = stop;
+  }
+}
+
 template <typename scalar_t>
 void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1_in,
                           const scalar_t* d2_in, const scalar_t* S, scalar_t* To, scalar_t* So,
@@ -87,39 +107,39 @@ void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1_in,
                           scalar_t* fill1 = nullptr, scalar_t* fill2 = nullptr) {
   const int64_t B = L.B, R = L.R, D = L.D;
   at::parallel_for(0, B * R, 4096, [&](int64_t begin, int64_t end) {
-    const scalar_t* d1 = d1_in;
-    const scalar_t* d2 = d2_in;
-    if (act != Act::None) {
-      // f′ and f″ from y, into value-shaped buffers, in the same pass
-      for (int64_t i = begin; i < end; ++i) {
-        scalar_t v = y[i];
-        scalar_t a = act == Act::Tanh ? 1 - v * v : v * (1 - v);
-        fill1[i] = a;
-        fill2[i] = act == Act::Tanh ? -2 * v * a : a * (1 - 2 * v);
-      }
-      d1 = fill1;
-      d2 = fill2;
-    }
-    for (int64_t i = begin; i < end; ++i) q[i] = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      int64_t i = begin;
-      while (i < end) {
-        int64_t b = i / R;
-        int64_t stop = std::min(end, (b + 1) * R);
-        const scalar_t* __restrict__ t = T + d * L.sd + b * L.sb - b * R;
-        scalar_t* __restrict__ to = To + d * B * R;
-        scalar_t* __restrict__ qq = q;
-        const scalar_t* __restrict__ a = d1;
-        for (int64_t j = i; j < stop; ++j) {
-          scalar_t v = t[j];
-          to[j] = v * a[j];
-          qq[j] += v * v;
+    alignas(64) scalar_t a[kBlock], qq[kBlock];
+    for (int64_t c = begin; c < end; c += kBlock) {
+      const int64_t n = std::min(end - c, kBlock);
+      if (act != Act::None) {
+        // f′ and f″ from y, into value-shaped buffers, in the same pass
+        for (int64_t j = 0; j < n; ++j) {
+          scalar_t v = y[c + j];
+          scalar_t s = act == Act::Tanh ? 1 - v * v : v * (1 - v);
+          a[j] = s;
+          fill1[c + j] = s;
+          fill2[c + j] = act == Act::Tanh ? -2 * v * s : s * (1 - 2 * v);
         }
-        i = stop;
+      } else {
+        for (int64_t j = 0; j < n; ++j) a[j] = d1_in[c + j];
       }
-    }
-    for (int64_t i = begin; i < end; ++i) {
-      So[i] = d2[i] * q[i] + (S != nullptr ? d1[i] * S[i] : scalar_t(0));
+      for (int64_t j = 0; j < n; ++j) qq[j] = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        scalar_t* __restrict__ to = To + d * B * R + c;
+        runs(T, L, d, c, n, [&](const scalar_t* __restrict__ t, int64_t k0, int64_t k1) {
+          for (int64_t k = k0; k < k1; ++k) {
+            scalar_t v = t[k];
+            to[k] = v * a[k];
+            qq[k] += v * v;
+          }
+        });
+      }
+      const scalar_t* d1 = act != Act::None ? fill1 : d1_in;
+      const scalar_t* d2 = act != Act::None ? fill2 : d2_in;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = c + j;
+        q[i] = qq[j];
+        So[i] = d2[i] * qq[j] + (S != nullptr ? d1[i] * S[i] : scalar_t(0));
+      }
     }
   });
 }
@@ -130,25 +150,27 @@ void unary_backward_kernel(const scalar_t* T, Layout L, const scalar_t* gTo, con
                            scalar_t* gT, scalar_t* gd1) {
   const int64_t B = L.B, R = L.R, D = L.D;
   at::parallel_for(0, B * R, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      gd1[i] = S != nullptr ? S[i] * gSo[i] : scalar_t(0);
-    }
-    for (int64_t d = 0; d < D; ++d) {
-      int64_t i = begin;
-      while (i < end) {
-        int64_t b = i / R;
-        int64_t stop = std::min(end, (b + 1) * R);
-        const scalar_t* __restrict__ t = T + d * L.sd + b * L.sb - b * R;
-        const scalar_t* __restrict__ g = gTo + d * B * R;
-        scalar_t* __restrict__ out = gT + d * B * R;
-        scalar_t* __restrict__ acc = gd1;
-        for (int64_t j = i; j < stop; ++j) {
-          scalar_t v = t[j], gj = g[j];
-          out[j] = d1[j] * gj + 2 * d2[j] * gSo[j] * v;
-          acc[j] += gj * v;
-        }
-        i = stop;
+    alignas(64) scalar_t a[kBlock], c2[kBlock], acc[kBlock];
+    for (int64_t c = begin; c < end; c += kBlock) {
+      const int64_t n = std::min(end - c, kBlock);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = c + j;
+        a[j] = d1[i];
+        c2[j] = 2 * d2[i] * gSo[i];
+        acc[j] = S != nullptr ? S[i] * gSo[i] : scalar_t(0);
       }
+      for (int64_t d = 0; d < D; ++d) {
+        const scalar_t* __restrict__ g = gTo + d * B * R + c;
+        scalar_t* __restrict__ out = gT + d * B * R + c;
+        runs(T, L, d, c, n, [&](const scalar_t* __restrict__ t, int64_t k0, int64_t k1) {
+          for (int64_t k = k0; k < k1; ++k) {
+            scalar_t v = t[k], gk = g[k];
+            out[k] = a[k] * gk + c2[k] * v;
+            acc[k] += gk * v;
+          }
+        });
+      }
+      for (int64_t j = 0; j < n; ++j) gd1[c + j] = acc[j];
     }
   });
 }

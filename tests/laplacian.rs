@@ -654,3 +654,44 @@ fn values_do_not_depend_on_threads() {
     assert_close(&lap2, &lap1, 1e-13, 0.0, "Δu, 2 threads vs 1");
     assert_close(&g2, &g1, 1e-13, 0.0, "∂loss/∂W1, 2 threads vs 1");
 }
+
+/// The fused elementwise kernels walk B·R values in blocks of 1024 whose runs split at batch
+/// boundaries (R = 100 does not divide 1024; B·R = 3700 is not a multiple of it; the first layer's
+/// T is batch-broadcast): Δu against the nested row loop, and the PINN loss's gradient through the
+/// fused backward kernel (an unrecorded backward) against the composite backward (recorded).
+#[test]
+fn fused_kernels_match_across_blocks_and_batch_boundaries() {
+    let x = rand(&[37, 5], 60);
+    let w1 = rand(&[100, 5], 61);
+    let w2 = rand(&[100, 100], 62) / 10.0;
+    let w3 = rand(&[1, 100], 63);
+    let w = w1.set_requires_grad(true);
+    let u = |x: &Tensor| {
+        x.linear(&w, None::<&Tensor>)
+            .tanh()
+            .linear(&w2, None::<&Tensor>)
+            .sigmoid()
+            .linear(&w3, None::<&Tensor>)
+            .squeeze_dim(-1)
+    };
+    let taylor = LaplacianOptions::default().strategy(Strategy::Taylor);
+    let t = laplacian(u, &x, &taylor).unwrap().laplacian;
+    let n = laplacian(u, &x, &taylor.strategy(Strategy::RowLoop))
+        .unwrap()
+        .laplacian;
+    assert_close(&t, &n, 1e-10, 1e-12, "Δu, Taylor vs row loop");
+    let l = laplacian(u, &x, &taylor.create_graph(true))
+        .unwrap()
+        .laplacian
+        .square()
+        .mean(Kind::Double);
+    let fused = Tensor::run_backward(&[&l], &[&w], true, false).remove(0);
+    let recorded = Tensor::run_backward(&[&l], &[&w], false, true).remove(0);
+    assert_close(
+        &fused,
+        &recorded,
+        1e-12,
+        1e-14,
+        "∂loss/∂W1, fused vs composite backward",
+    );
+}
