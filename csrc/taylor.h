@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -61,6 +62,20 @@ struct Jet {
   Tensor S;  // v.shape, or undefined for zero
 };
 
+// The jet of tanh(x) or sigmoid(x) computed when it is first looked up rather than by the rule
+// (taylor_elementwise.cpp), when nothing records: by then the closure has usually dropped x, and
+// the kernel writes T_y over T_x instead of a fresh [D, …] buffer (one buffer less at the peak,
+// and no read-for-ownership of new memory); a y that is never looked up costs nothing more.
+struct Pending {
+  Tensor Tx;      // x's first-order coefficients (never written by a rule: see record())
+  Tensor Sx;      // x's second-order ones, contiguous, or undefined for zero
+  Tensor d1, d2;  // f′(x) and f″(x), value-shaped and contiguous
+};
+
+// (T, S) of a pending jet. `exclusive`: nothing else holds Tx or its storage, so the kernel may
+// write T over it. Runs with the key excluded and grad mode off.
+std::pair<Tensor, Tensor> materialize(const Pending& p, bool exclusive);
+
 // A tensor's coefficients. The table holds its tensor weakly, so that the coefficients of the
 // closure's dead intermediates are freed as it runs (as their values are): an entry whose
 // tensor died is stale, whatever tensor now has its address, and is dropped.
@@ -76,6 +91,8 @@ struct Entry {
   // The tensor itself, held when a backward pass may need its jet after the closure dropped it
   // (see record()); undefined otherwise.
   Tensor keep;
+  // Set while T and S are still to be computed (T is then undefined); lookup() computes them.
+  std::shared_ptr<Pending> pending;
 };
 
 struct Session {
@@ -113,6 +130,9 @@ bool tracked(const Tensor& t);
 bool inner(const Tensor& t);
 // Gives `v` the coefficients (T, S); `inner` as Entry::inner.
 void record(const Tensor& v, Tensor T, Tensor S, bool inner = false);
+// Gives `v` coefficients computed at its first lookup (see Pending), on the current call's inner
+// path as put().
+void record_pending(const Tensor& v, Pending p);
 // Drops `t`'s coefficients (it is now a constant).
 void forget(const Tensor& t);
 // Marks `t`'s current version as the one its coefficients describe.

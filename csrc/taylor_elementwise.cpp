@@ -6,7 +6,9 @@
 // S_out = d1·S + d2·Σ_d T², reading T once instead of three times. T is viewed as [D, B, R]
 // with R contiguous and B of stride R or 0 (the batch-broadcast directions of the seed and the
 // first linear layer, never materialized). Its backward is fused the same way when nothing
-// records it, and is the composite formula (right at every order) when it is recorded. Tensors
+// records it, and is the composite formula (right at every order) when it is recorded. With
+// nothing recording, tanh's and sigmoid's jets are computed at their first lookup, over the
+// input's coefficients when nothing else holds them (Pending in taylor.h). Tensors
 // without storage (functorch's batched tensors, when a batched backward pass or vmap runs over a
 // closure that computed a Laplacian) and CUDA tensors take the composite formula throughout.
 #include "taylor.h"
@@ -76,9 +78,8 @@ Tensor flat(const Tensor& t, const Tensor& T) {
   return t.expand(shape).contiguous();
 }
 
-// Activations whose f′ and f″ the forward kernel derives from the output y itself (no f′/f″
-// tensors: used when nothing records).
-enum class Act { None, Tanh, Sigmoid };
+// Activations whose f′ and f″ unary_inline derives from the output y itself.
+enum class Act { Tanh, Sigmoid };
 
 // The kernels walk each thread's range of the B·R values in blocks of kBlock: a block's
 // value-shaped factors and accumulators stay in L1 while the loop over the D directions streams
@@ -100,32 +101,23 @@ inline void runs(const scalar_t* T, const Layout& L, int64_t d, int64_t c, int64
   }
 }
 
+// T_out = d1·T and S_out = d1·S + d2·Σ_d T² (q = Σ_d T² too, unless null). `To` may be T itself
+// (materialize() in place): each value is read before it is written, by the same thread.
 template <typename scalar_t>
-void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1_in,
-                          const scalar_t* d2_in, const scalar_t* S, scalar_t* To, scalar_t* So,
-                          scalar_t* q, Act act = Act::None, const scalar_t* y = nullptr,
-                          scalar_t* fill1 = nullptr, scalar_t* fill2 = nullptr) {
+void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1, const scalar_t* d2,
+                          const scalar_t* S, scalar_t* To, scalar_t* So, scalar_t* q) {
   const int64_t B = L.B, R = L.R, D = L.D;
   at::parallel_for(0, B * R, 4096, [&](int64_t begin, int64_t end) {
     alignas(64) scalar_t a[kBlock], qq[kBlock];
     for (int64_t c = begin; c < end; c += kBlock) {
       const int64_t n = std::min(end - c, kBlock);
-      if (act != Act::None) {
-        // f′ and f″ from y, into value-shaped buffers, in the same pass
-        for (int64_t j = 0; j < n; ++j) {
-          scalar_t v = y[c + j];
-          scalar_t s = act == Act::Tanh ? 1 - v * v : v * (1 - v);
-          a[j] = s;
-          fill1[c + j] = s;
-          fill2[c + j] = act == Act::Tanh ? -2 * v * s : s * (1 - 2 * v);
-        }
-      } else {
-        for (int64_t j = 0; j < n; ++j) a[j] = d1_in[c + j];
+      for (int64_t j = 0; j < n; ++j) {
+        a[j] = d1[c + j];
+        qq[j] = 0;
       }
-      for (int64_t j = 0; j < n; ++j) qq[j] = 0;
       for (int64_t d = 0; d < D; ++d) {
-        scalar_t* __restrict__ to = To + d * B * R + c;
-        runs(T, L, d, c, n, [&](const scalar_t* __restrict__ t, int64_t k0, int64_t k1) {
+        scalar_t* to = To + d * B * R + c;
+        runs(T, L, d, c, n, [&](const scalar_t* t, int64_t k0, int64_t k1) {
           for (int64_t k = k0; k < k1; ++k) {
             scalar_t v = t[k];
             to[k] = v * a[k];
@@ -133,11 +125,9 @@ void unary_forward_kernel(const scalar_t* T, Layout L, const scalar_t* d1_in,
           }
         });
       }
-      const scalar_t* d1 = act != Act::None ? fill1 : d1_in;
-      const scalar_t* d2 = act != Act::None ? fill2 : d2_in;
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = c + j;
-        q[i] = qq[j];
+        if (q != nullptr) q[i] = qq[j];
         So[i] = d2[i] * qq[j] + (S != nullptr ? d1[i] * S[i] : scalar_t(0));
       }
     }
@@ -253,30 +243,58 @@ struct UnaryJet : public torch::autograd::Function<UnaryJet> {
   }
 };
 
-// tanh or sigmoid with nothing recording: one kernel, f′ and f″ from y inside it. False when
-// the layout does not allow it.
-bool unary_inline(const Jet& x, const Tensor& y, Act act, Jet* out) {
+// tanh or sigmoid with nothing recording: f′ and f″ from y now (value-shaped), the jet itself
+// at y's first lookup (Pending, materialize()). False when the layout does not allow it.
+bool unary_inline(const Jet& x, const Tensor& y, Act act) {
   if (at::GradMode::is_enabled() || !fusable(x.T, y) || !plain_cpu(x.S) || !layout_of(x.T) ||
       !y.sizes().equals(x.T.sizes().slice(1)) || !y.is_contiguous() ||
       (x.S.defined() && !x.S.sizes().equals(y.sizes()))) {
     return false;
   }
-  auto L = *layout_of(x.T);
-  Tensor fS = x.S.defined() ? x.S.contiguous() : Tensor();
-  Tensor To = at::empty(x.T.sizes(), x.T.options().memory_format(at::MemoryFormat::Contiguous));
-  Tensor So = at::empty(y.sizes(), y.options());
-  Tensor q = at::empty(y.sizes(), y.options());
   Tensor d1 = at::empty(y.sizes(), y.options()), d2 = at::empty(y.sizes(), y.options());
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "taylor_unary_inline", [&] {
-    unary_forward_kernel<scalar_t>(x.T.const_data_ptr<scalar_t>(), L, nullptr, nullptr,
-                                   fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr,
-                                   To.data_ptr<scalar_t>(), So.data_ptr<scalar_t>(),
-                                   q.data_ptr<scalar_t>(), act, y.const_data_ptr<scalar_t>(),
-                                   d1.data_ptr<scalar_t>(), d2.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "taylor_unary_derivatives", [&] {
+    const scalar_t* v = y.const_data_ptr<scalar_t>();
+    scalar_t* f1 = d1.data_ptr<scalar_t>();
+    scalar_t* f2 = d2.data_ptr<scalar_t>();
+    at::parallel_for(0, y.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t w = v[i];
+        scalar_t a = act == Act::Tanh ? 1 - w * w : w * (1 - w);
+        f1[i] = a;
+        f2[i] = act == Act::Tanh ? -2 * w * a : a * (1 - 2 * w);
+      }
+    });
   });
-  *out = Jet{y, To, So};
+  record_pending(y, Pending{x.T, x.S.defined() ? x.S.contiguous() : Tensor(), d1, d2});
   return true;
 }
+
+}  // namespace
+
+std::pair<Tensor, Tensor> materialize(const Pending& p, bool exclusive) {
+  c10::impl::ExcludeDispatchKeyGuard guard(kKey);
+  c10::AutoGradMode no_grad(false);
+  const Tensor& Tx = p.Tx;
+  auto L = *layout_of(Tx);
+  // In place only over a plain [D, B, R] buffer (not the batch-broadcast T of a first layer).
+  const bool in_place = exclusive && Tx.is_contiguous() && (L.B == 1 || L.sb == L.R) &&
+                        Tx.storage_offset() == 0 &&
+                        Tx.storage().nbytes() == static_cast<size_t>(Tx.nbytes());
+  Tensor To = in_place
+                  ? Tx
+                  : at::empty(Tx.sizes(), Tx.options().memory_format(at::MemoryFormat::Contiguous));
+  Tensor So = at::empty(p.d1.sizes(), p.d1.options());
+  AT_DISPATCH_FLOATING_TYPES(Tx.scalar_type(), "taylor_unary_pending", [&] {
+    unary_forward_kernel<scalar_t>(Tx.const_data_ptr<scalar_t>(), L,
+                                   p.d1.const_data_ptr<scalar_t>(),
+                                   p.d2.const_data_ptr<scalar_t>(),
+                                   p.Sx.defined() ? p.Sx.const_data_ptr<scalar_t>() : nullptr,
+                                   To.data_ptr<scalar_t>(), So.data_ptr<scalar_t>(), nullptr);
+  });
+  return {To, So};
+}
+
+namespace {
 
 using Derivs = std::function<std::pair<Tensor, Tensor>(const Tensor& x, const Tensor& y,
                                                        const Stack& args)>;
@@ -663,10 +681,8 @@ bool elementwise_rule(const Call& c) {
   if (is_const(x)) {
     return true;
   }
-  Jet fast;
   if ((c.name == "tanh" || c.name == "sigmoid") &&
-      unary_inline(x, c.out_ts[0], c.name == "tanh" ? Act::Tanh : Act::Sigmoid, &fast)) {
-    put(fast);
+      unary_inline(x, c.out_ts[0], c.name == "tanh" ? Act::Tanh : Act::Sigmoid)) {
     return true;
   }
   auto d = ur->second(x.v, c.out_ts[0], c.args);

@@ -156,6 +156,24 @@ std::optional<Jet> lookup(const Tensor& t) {
     fail("collapsed Taylor mode: a tensor that depends on the input was modified in place "
          "through an alias (shape " + c10::str(t.sizes()) + "); write out of place instead");
   }
+  if (it->second.pending) {
+    // Drop the dead tensors' coefficients first: they may be what else holds Tx.
+    for (auto e = s->table.begin(); e != s->table.end();) {
+      e = e != it && e->second.tensor.expired() ? s->table.erase(e) : std::next(e);
+    }
+    std::shared_ptr<Pending> p = std::move(it->second.pending);
+    const bool exclusive = p->Tx.use_count() == 1 && p->Tx.has_storage() &&
+                           p->Tx.storage().use_count() == 1;
+    std::pair<Tensor, Tensor> ts;
+    try {
+      ts = materialize(*p, exclusive);
+    } catch (...) {
+      it->second.pending = std::move(p);  // never an entry without coefficients
+      throw;
+    }
+    it->second.T = std::move(ts.first);
+    it->second.S = std::move(ts.second);
+  }
   return Jet{t, it->second.T, it->second.S};
 }
 
@@ -200,6 +218,18 @@ void record(const Tensor& v, Tensor T, Tensor S, bool is_inner) {
       Entry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
                 v.getIntrusivePtr()),
             std::move(T), std::move(S), version, is_inner, std::move(keep)});
+}
+
+void record_pending(const Tensor& v, Pending p) {
+  Session* s = current();
+  TORCH_INTERNAL_ASSERT(s != nullptr && p.Tx.defined());
+  // record() with a placeholder T (checked there), then the pending part in its place
+  record(v, p.Tx, Tensor(), call_inner);
+  std::lock_guard<std::mutex> lock(s->mu);
+  auto it = s->table.find(v.unsafeGetTensorImpl());
+  TORCH_INTERNAL_ASSERT(it != s->table.end());
+  it->second.T = Tensor();
+  it->second.pending = std::make_shared<Pending>(std::move(p));
 }
 
 void forget(const Tensor& t) {

@@ -695,3 +695,66 @@ fn fused_kernels_match_across_blocks_and_batch_boundaries() {
         "∂loss/∂W1, fused vs composite backward",
     );
 }
+
+/// tanh's and sigmoid's jets are computed at their first lookup, over the input's coefficients
+/// when nothing else holds them (csrc/taylor.h, `Pending`). Against the nested row loop (f64):
+/// a layer loop that drops each pre-activation (the in-place case), a pre-activation used again
+/// after its tanh was consumed (must not be overwritten), two activations of one pre-activation,
+/// and an activation never used.
+#[test]
+fn deferred_activation_jets_match_the_row_loop() {
+    let x = rand(&[6, 4], 70);
+    let w1 = rand(&[16, 4], 71);
+    let w2 = rand(&[16, 16], 72) / 4.0;
+    let w3 = rand(&[1, 16], 73);
+    let layers = |x: &Tensor| {
+        let mut h = x.linear(&w1, None::<&Tensor>);
+        h = h.tanh();
+        h = h.linear(&w2, None::<&Tensor>);
+        h = h.sigmoid();
+        h.linear(&w3, None::<&Tensor>).squeeze_dim(-1)
+    };
+    let reused = |x: &Tensor| {
+        let pre = x.linear(&w1, None::<&Tensor>);
+        let y = pre.tanh().linear(&w2, None::<&Tensor>);
+        let out = y.linear(&w3, None::<&Tensor>).squeeze_dim(-1);
+        out + pre.square().sum_dim_intlist(1, false, Kind::Double)
+    };
+    let two = |x: &Tensor| {
+        let pre = x.linear(&w1, None::<&Tensor>);
+        let (a, b) = (pre.tanh(), pre.sigmoid());
+        drop(pre);
+        (a * b).linear(&w3, None::<&Tensor>).squeeze_dim(-1)
+    };
+    let unused = |x: &Tensor| {
+        let pre = x.linear(&w1, None::<&Tensor>);
+        let _ = pre.tanh();
+        pre.sin().linear(&w3, None::<&Tensor>).squeeze_dim(-1)
+    };
+    let closures: [(&str, &dyn Fn(&Tensor) -> Tensor); 4] = [
+        ("layer loop", &layers),
+        ("pre-activation reused", &reused),
+        ("two activations", &two),
+        ("unused activation", &unused),
+    ];
+    for (name, u) in closures {
+        let taylor = LaplacianOptions::default().strategy(Strategy::Taylor);
+        let t = laplacian(u, &x, &taylor).unwrap();
+        let n = laplacian(u, &x, &taylor.strategy(Strategy::RowLoop)).unwrap();
+        assert_eq!(t.strategy, Strategy::Taylor, "{name}");
+        assert_close(
+            &t.laplacian,
+            &n.laplacian,
+            1e-10,
+            1e-12,
+            &format!("{name}: Δu"),
+        );
+        assert_close(
+            t.gradient.as_ref().unwrap(),
+            n.gradient.as_ref().unwrap(),
+            1e-10,
+            1e-12,
+            &format!("{name}: ∇u"),
+        );
+    }
+}
