@@ -731,7 +731,8 @@ fn deferred_activation_jets_match_the_row_loop() {
         let _ = pre.tanh();
         pre.sin().linear(&w3, None::<&Tensor>).squeeze_dim(-1)
     };
-    let closures: [(&str, &dyn Fn(&Tensor) -> Tensor); 4] = [
+    type Closure<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+    let closures: [(&str, Closure); 4] = [
         ("layer loop", &layers),
         ("pre-activation reused", &reused),
         ("two activations", &two),
