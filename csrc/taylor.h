@@ -76,6 +76,13 @@ struct Pending {
 // write T over it. Runs with the key excluded and grad mode off.
 std::pair<Tensor, Tensor> materialize(const Pending& p, bool exclusive);
 
+// (T, S) of y·w for a pending y = f(x) of shape [B, H] and a constant column w [H, 1], from x's
+// coefficients in one read, without forming T_y (a network's output layer):
+//   T[d, b] = Σ_h T_x[d, b, h]·f′[b, h]·w[h]     S[b] = Σ_h w[h]·(f′·S_x + f″·Σ_d T_x[d]²)[b, h]
+// nullopt when the shapes or the layout do not allow it.
+std::optional<std::pair<Tensor, Tensor>> pending_times_column(const Pending& p, const Tensor& y,
+                                                              const Tensor& w);
+
 // A tensor's coefficients. The table holds its tensor weakly, so that the coefficients of the
 // closure's dead intermediates are freed as it runs (as their values are): an entry whose
 // tensor died is stale, whatever tensor now has its address, and is dropped.
@@ -125,6 +132,10 @@ void set_error(Session* s, const std::string& msg);
 // The jet of `t` in this thread's session, or nullopt for a constant (no dependence on the
 // input). A tensor modified in place behind the session's back is an error.
 std::optional<Jet> lookup(const Tensor& t);
+// The checks of lookup() (a stale or aliased write fails) without computing a pending jet.
+void check_live(const Tensor& t);
+// `t`'s pending jet (see Pending), or nullptr when it has none (or computed coefficients).
+std::shared_ptr<Pending> pending_of(const Tensor& t);
 bool tracked(const Tensor& t);
 // Whether `t` is on an inner derivative's path (see Entry::inner).
 bool inner(const Tensor& t);

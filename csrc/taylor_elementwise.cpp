@@ -294,6 +294,73 @@ std::pair<Tensor, Tensor> materialize(const Pending& p, bool exclusive) {
   return {To, So};
 }
 
+std::optional<std::pair<Tensor, Tensor>> pending_times_column(const Pending& p, const Tensor& y,
+                                                              const Tensor& w) {
+  const Tensor& Tx = p.Tx;
+  if (y.dim() != 2 || w.dim() != 2 || w.size(1) != 1 || w.size(0) != y.size(1) ||
+      !plain_cpu(w) || w.scalar_type() != Tx.scalar_type() || Tx.dim() != 3) {
+    return std::nullopt;
+  }
+  auto lay = layout_of(Tx);
+  if (!lay || lay->R != y.size(1) || lay->B != y.size(0)) {
+    return std::nullopt;
+  }
+  c10::impl::ExcludeDispatchKeyGuard guard(kKey);
+  c10::AutoGradMode no_grad(false);
+  const auto L = *lay;
+  const int64_t D = L.D, B = L.B, H = L.R;
+  Tensor wc = w.reshape({H}).contiguous();
+  Tensor T = at::empty({D, B, 1}, Tx.options());
+  Tensor S = at::empty({B, 1}, Tx.options());
+  AT_DISPATCH_FLOATING_TYPES(Tx.scalar_type(), "taylor_pending_column", [&] {
+    const scalar_t* tx = Tx.const_data_ptr<scalar_t>();
+    const scalar_t* d1 = p.d1.const_data_ptr<scalar_t>();
+    const scalar_t* d2 = p.d2.const_data_ptr<scalar_t>();
+    const scalar_t* sx = p.Sx.defined() ? p.Sx.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* wv = wc.const_data_ptr<scalar_t>();
+    scalar_t* to = T.data_ptr<scalar_t>();
+    scalar_t* so = S.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, D * H));
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+      constexpr int64_t K = 16;  // partial sums: a fixed order whatever the threads
+      std::vector<scalar_t> g(H), q(H);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t h = 0; h < H; ++h) {
+          g[h] = d1[b * H + h] * wv[h];
+          q[h] = 0;
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          const scalar_t* t = tx + d * L.sd + b * L.sb;
+          scalar_t part[K] = {};
+          int64_t h = 0;
+          for (; h + K <= H; h += K) {
+            for (int64_t k = 0; k < K; ++k) {
+              scalar_t v = t[h + k];
+              part[k] += v * g[h + k];
+              q[h + k] += v * v;
+            }
+          }
+          for (; h < H; ++h) {
+            scalar_t v = t[h];
+            part[0] += v * g[h];
+            q[h] += v * v;
+          }
+          scalar_t acc = 0;
+          for (int64_t k = 0; k < K; ++k) acc += part[k];
+          to[d * B + b] = acc;
+        }
+        scalar_t acc = 0;
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t i = b * H + h;
+          acc += wv[h] * (d2[i] * q[h] + (sx != nullptr ? d1[i] * sx[i] : scalar_t(0)));
+        }
+        so[b] = acc;
+      }
+    });
+  });
+  return std::make_pair(T, S);
+}
+
 namespace {
 
 using Derivs = std::function<std::pair<Tensor, Tensor>(const Tensor& x, const Tensor& y,

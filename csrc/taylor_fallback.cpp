@@ -193,7 +193,7 @@ void fallback(const c10::OperatorHandle& op, c10::DispatchKeySet ks, Stack* stac
          "inside the closure)");
   }
   for (const auto& a : args) {  // stale jets fail here, before the op runs
-    if (a.isTensor()) lookup(a.toTensor());
+    if (a.isTensor()) check_live(a.toTensor());
   }
   std::string functional = inplace ? name.substr(0, name.size() - 1) : name;
   for (const auto& a : schema.arguments()) {

@@ -209,9 +209,34 @@ bool conv_rule(const Call& c) {
   return true;
 }
 
+// y·w for a pending activation y [B, H] and a constant column w [H, 1] (mm, matmul, or addmm /
+// linear, whose constant bias adds nothing to the coefficients): the jet from the activation's
+// input without forming its T (pending_times_column). False otherwise.
+bool pending_column_rule(const Call& c) {
+  const std::string& name = c.name;
+  const bool is_addmm = name == "addmm", is_linear = name == "linear";
+  if (name != "mm" && name != "matmul" && !is_addmm && !is_linear) return false;
+  const size_t ia = is_addmm ? 1 : 0, iw = is_addmm ? 2 : 1;
+  if (c.arg_tracked(iw) || !c.arg(iw).defined() || !c.arg(ia).defined()) return false;
+  if ((is_addmm || is_linear) && c.arg_tracked(is_addmm ? 0 : 2)) return false;
+  if (is_addmm && (!c.args[3].toScalar().equal(1) || !c.args[4].toScalar().equal(1))) return false;
+  Tensor y = c.arg(ia);
+  auto p = pending_of(y);
+  if (!p) return false;
+  Tensor w = is_linear ? (c.arg(iw).dim() == 2 ? c.arg(iw).t() : Tensor()) : c.arg(iw);
+  if (!w.defined()) return false;
+  auto ts = pending_times_column(*p, y, w);
+  if (!ts) return false;
+  const Tensor& out = c.out_ts[0];
+  if (!out.sizes().equals(ts->second.sizes())) return false;
+  put(Jet{out, ts->first, ts->second});
+  return true;
+}
+
 bool matmul_rule(const Call& c) {
   const std::string& name = c.name;
   const Tensor& out = c.out_ts[0];
+  if (pending_column_rule(c)) return true;
   Jet a, b, bias;
   c10::Scalar alpha(1), beta(1);
   if (name == "addmm") {

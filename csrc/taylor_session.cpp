@@ -136,12 +136,12 @@ void set_error(Session* s, const std::string& msg) {
   TORCH_CHECK(false, msg);
 }
 
-std::optional<Jet> lookup(const Tensor& t) {
-  Session* s = current();
-  if (s == nullptr || !t.defined()) {
-    return std::nullopt;
-  }
-  std::unique_lock<std::mutex> lock(s->mu);
+namespace {
+
+// The live entry of `t` after lookup()'s checks (which fail), or the table's end; `lock` holds
+// `s->mu`.
+std::unordered_map<c10::TensorImpl*, Entry>::iterator checked_entry(
+    Session* s, const Tensor& t, std::unique_lock<std::mutex>& lock) {
   auto it = find_live(s, t);
   if (it == s->table.end()) {
     if (!s->written.empty() && s->written.count(storage_of(t)) > 0) {
@@ -149,12 +149,46 @@ std::optional<Jet> lookup(const Tensor& t) {
       fail("collapsed Taylor mode: a tensor is read after a rule wrote into its storage through "
            "another alias (an in-place write into a view); write out of place instead");
     }
-    return std::nullopt;
+    return it;
   }
   if (t.unsafeGetTensorImpl()->version_counter().current_version() != it->second.version) {
     lock.unlock();
     fail("collapsed Taylor mode: a tensor that depends on the input was modified in place "
          "through an alias (shape " + c10::str(t.sizes()) + "); write out of place instead");
+  }
+  return it;
+}
+
+}  // namespace
+
+void check_live(const Tensor& t) {
+  Session* s = current();
+  if (s == nullptr || !t.defined()) {
+    return;
+  }
+  std::unique_lock<std::mutex> lock(s->mu);
+  checked_entry(s, t, lock);
+}
+
+std::shared_ptr<Pending> pending_of(const Tensor& t) {
+  Session* s = current();
+  if (s == nullptr || !t.defined()) {
+    return nullptr;
+  }
+  std::unique_lock<std::mutex> lock(s->mu);
+  auto it = checked_entry(s, t, lock);
+  return it == s->table.end() ? nullptr : it->second.pending;
+}
+
+std::optional<Jet> lookup(const Tensor& t) {
+  Session* s = current();
+  if (s == nullptr || !t.defined()) {
+    return std::nullopt;
+  }
+  std::unique_lock<std::mutex> lock(s->mu);
+  auto it = checked_entry(s, t, lock);
+  if (it == s->table.end()) {
+    return std::nullopt;
   }
   if (it->second.pending) {
     // Drop the dead tensors' coefficients first: they may be what else holds Tx.
