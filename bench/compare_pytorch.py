@@ -816,15 +816,31 @@ def lap_report(results, cases, peaks):
          "Linear(128 → 1) (PyTorch's `nn.Conv2d` / `nn.Linear` init), the same methods on both sides; "
          "ours goes through `conv2d` (aten `convolution`) in collapsed Taylor mode."))
     p("")
+    def per_round(c):
+        """Auto / jet collapsed round by round (each round's two medians were taken seconds apart,
+        so a load burst of minutes moves both), and their median; "–" without both."""
+        a = results[c["name"]].get(("rust", LAP_AUTO), {}).get("round_medians", [])
+        j = results[c["name"]].get(("torch", LAP_JET), {}).get("round_medians", [])
+        if not a or len(a) != len(j):
+            return "–"
+        rs = [x / y for x, y in zip(a, j)]
+        return f"{statistics.median(rs):.2f} ({', '.join(f'{r:.2f}' for r in rs)})"
+
     p(f"| PINN MLP (tanh), work | {LAP_NESTED} | {LAP_VMAP} | {LAP_JET} | {LAP_JET_STD} | ours: Auto | ours: RowLoop "
-      "| Auto / best PyTorch (target) | Auto / jet collapsed (≤ 0.8) | RowLoop / best PyTorch | RowLoop / jet collapsed |")
-    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| Auto / best PyTorch (target) | Auto / jet collapsed (≤ 0.8) | RowLoop / best PyTorch | RowLoop / jet collapsed "
+      "| Auto / jet collapsed per round: median (each round) |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in lap:
         res = results[c["name"]]
         cells = [torch_cell(c, k) for k in LAP_TORCH] + [fmt_ms(res.get(("rust", k))) for k in (LAP_AUTO, LAP_ROWS)]
         a, rl, tb, jc = med(c, "rust", LAP_AUTO), med(c, "rust", LAP_ROWS), best_torch(c), med(c, "torch", LAP_JET)
-        cells += [f"{ratio(a, tb)} (≤ {target(c):g})", ratio(a, jc), ratio(rl, tb), ratio(rl, jc)]
+        cells += [f"{ratio(a, tb)} (≤ {target(c):g})", ratio(a, jc), ratio(rl, tb), ratio(rl, jc), per_round(c)]
         p(f"| {row_label(c)} | " + " | ".join(cells) + " |")
+    p("")
+    p("The ratios are of each side's fastest round; the last column pairs the two sides round by round "
+      "(on a shared machine the load moves over minutes, and one side's fastest round may not be the "
+      "other's). bench/lap_gemm.py and bench/src/bin/lap_gemm.rs compare the paper's MLP through its "
+      "GEMMs, timed alternately in each process.")
     p("")
     if jet_na:
         p("† jet raised on this row (its cell is n/a, its ratios –): " + "; ".join(
