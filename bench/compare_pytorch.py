@@ -518,6 +518,17 @@ def jet_failed(case_name, label, e):
     JET_NA[(case_name, label)] = reason
 
 
+def with_backward(lap_fn, params):
+    """A loss call of a Laplacian method: zeroes the weights' .grad, computes mean(Δu²) from
+    lap_fn(), runs .backward() and returns the first weight's gradient."""
+    def call():
+        for p in params:
+            p.grad = None
+        lap_fn().pow(2).mean().backward()
+        return params[0].grad
+    return call
+
+
 def lap_methods(case, x, want=None):
     """(label, callable) for the PyTorch side of a Laplacian case; built once per process (jet's
     graph capture is not timed, as in the paper). A Δu call returns Δu [B]; a loss call zeroes the
@@ -542,15 +553,7 @@ def lap_methods(case, x, want=None):
         _LAP_METHODS[case["name"]] = fwd
         return fwd
 
-    def with_backward(lap_fn):
-        def call():
-            for p in params:
-                p.grad = None
-            lap_fn().pow(2).mean().backward()
-            return params[0].grad
-        return call
-
-    out = [(label, with_backward(fn)) for label, fn in fwd]
+    out = [(label, with_backward(fn, params)) for label, fn in fwd]
     _LAP_METHODS[case["name"]] = out
     return out
 

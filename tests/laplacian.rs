@@ -610,6 +610,23 @@ fn taylor_mode_tunes_malloc() {
     );
 }
 
+/// u(x) = sigmoid(tanh(x W1ᵀ) W2ᵀ) W3ᵀ, row-wise, in one chained expression: the fused kernels'
+/// tests below (W1 may require grad for the PINN loss's gradient).
+fn tanh_sigmoid_mlp<'a>(
+    w1: &'a Tensor,
+    w2: &'a Tensor,
+    w3: &'a Tensor,
+) -> impl Fn(&Tensor) -> Tensor + Copy + 'a {
+    move |x: &Tensor| {
+        x.linear(w1, None::<&Tensor>)
+            .tanh()
+            .linear(w2, None::<&Tensor>)
+            .sigmoid()
+            .linear(w3, None::<&Tensor>)
+            .squeeze_dim(-1)
+    }
+}
+
 /// Δu and the PINN loss's gradient by Taylor mode are the same under 1 and 2 intra-op threads:
 /// the fused elementwise kernels (forward, and the backward of an unrecorded backward pass) split
 /// B·R = 8192 values over the threads when built with OpenMP (`native::openmp_status`), each value
@@ -631,14 +648,7 @@ fn values_do_not_depend_on_threads() {
         let before = tch::get_num_threads();
         tch::set_num_threads(threads);
         let w = w1.detach().set_requires_grad(true);
-        let u = |x: &Tensor| {
-            x.linear(&w, None::<&Tensor>)
-                .tanh()
-                .linear(&w2, None::<&Tensor>)
-                .sigmoid()
-                .linear(&w3, None::<&Tensor>)
-                .squeeze_dim(-1)
-        };
+        let u = tanh_sigmoid_mlp(&w, &w2, &w3);
         let opts = LaplacianOptions::default().strategy(Strategy::Taylor);
         let lap = laplacian(u, &x, &opts).unwrap().laplacian;
         let l = laplacian(u, &x, &opts.create_graph(true))
@@ -666,14 +676,7 @@ fn fused_kernels_match_across_blocks_and_batch_boundaries() {
     let w2 = rand(&[100, 100], 62) / 10.0;
     let w3 = rand(&[1, 100], 63);
     let w = w1.set_requires_grad(true);
-    let u = |x: &Tensor| {
-        x.linear(&w, None::<&Tensor>)
-            .tanh()
-            .linear(&w2, None::<&Tensor>)
-            .sigmoid()
-            .linear(&w3, None::<&Tensor>)
-            .squeeze_dim(-1)
-    };
+    let u = tanh_sigmoid_mlp(&w, &w2, &w3);
     let taylor = LaplacianOptions::default().strategy(Strategy::Taylor);
     let t = laplacian(u, &x, &taylor).unwrap().laplacian;
     let n = laplacian(u, &x, &taylor.strategy(Strategy::RowLoop))

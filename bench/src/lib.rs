@@ -2,7 +2,25 @@
 //! timer, the device from the command line or the environment, and the clock-stopping sync.
 use std::time::Instant;
 
-use tch::Device;
+use tch::{Device, Tensor};
+
+/// u of the Laplacian benchmarks' MLPs, row-wise (`[..., d] -> [...]`), as compare_pytorch.py's
+/// `mlp_u`: `h = h·W_iᵀ + b_i` per layer, tanh between layers, a linear output; `params` is
+/// `[W1, b1, W2, b2, …]`. Each pre-activation is dropped as its tanh is taken (a layer loop), so
+/// collapsed Taylor mode may write the tanh's coefficients over it.
+pub fn tanh_mlp(params: &[Tensor]) -> impl Fn(&Tensor) -> Tensor + Copy + '_ {
+    let layers = params.len() / 2;
+    move |v: &Tensor| {
+        let mut h = v.shallow_clone();
+        for i in 0..layers {
+            h = h.matmul(&params[2 * i].tr()) + &params[2 * i + 1];
+            if i + 1 < layers {
+                h = h.tanh();
+            }
+        }
+        h.squeeze_dim(-1)
+    }
+}
 
 /// Waits for the device's queued work, so that a timer stopped afterwards measures it.
 pub fn sync(device: Device) {

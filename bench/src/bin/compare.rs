@@ -34,7 +34,7 @@ use tch_jacobian::{
     per_sample_hessian_of, per_sample_jacobian, per_sample_jacobian_of, sigmoid_linear_jacobian,
     vjp_batched, JacobianOptions, PenaltyEstimator, PenaltyOptions, Progress, Strategy,
 };
-use tch_jacobian_bench::{measure, reset_peak_rss, status_kib, Rule, Timing};
+use tch_jacobian_bench::{measure, reset_peak_rss, status_kib, tanh_mlp, Rule, Timing};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.size() != b.size() {
@@ -497,16 +497,7 @@ fn run_case(dir: &Path, case: &Value, rule: Rule, peak: Option<&str>) -> Result<
                     params.push(extra(&format!("{k}{i}"))?.set_requires_grad(loss));
                 }
             }
-            let mlp = |v: &Tensor| {
-                let mut h = v.shallow_clone();
-                for i in 0..layers {
-                    h = h.matmul(&params[2 * i].tr()) + &params[2 * i + 1];
-                    if i + 1 < layers {
-                        h = h.tanh();
-                    }
-                }
-                h.squeeze_dim(-1)
-            };
+            let mlp = tanh_mlp(&params);
             // Row-wise as compare_pytorch.py's cnn_u: [..., 64] -> [...].
             let conv = |v: &Tensor| {
                 let mut shape = v.size();

@@ -16,6 +16,7 @@
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{laplacian_of, JacobianOptions};
+use tch_jacobian_bench::tanh_mlp;
 
 /// Times `a` and `b` alternately, call by call, for `secs` seconds (at least 5 pairs) after one
 /// warm-up call each: their medians and minima in ms, and the median of the per-pair ratios a/b.
@@ -71,18 +72,8 @@ fn main() -> Result<()> {
     for p in params.iter_mut() {
         *p = p.set_requires_grad(loss);
     }
-    let layers = widths.len() - 1;
     let x = Tensor::f_randn([b, widths[0]], f32)?;
-    let u = |v: &Tensor| {
-        let mut h = v.shallow_clone();
-        for i in 0..layers {
-            h = h.matmul(&params[2 * i].tr()) + &params[2 * i + 1];
-            if i + 1 < layers {
-                h = h.tanh();
-            }
-        }
-        h.squeeze_dim(-1)
-    };
+    let u = tanh_mlp(&params);
     let opts = JacobianOptions::default().create_graph(loss);
     let _ = laplacian_of(u, &x, &opts)?; // the first call, checked
     let opts = opts.check_independence(false);
