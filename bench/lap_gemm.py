@@ -1,7 +1,8 @@
 """PyTorch's side of bench/src/bin/lap_gemm.rs: jet-for-pytorch's collapsed Taylor mode (and
 PyTorch's nested autograd loop) on the Laplacian of a tanh MLP, timed call by call alternating with
 the same GEMMs lap_gemm.rs times (per layer, ``matmul`` of the stacked ``(D + 2)·B`` rows, ``2·B``
-at the first layer, by that layer's weights), in one process.
+at the first layer, by that layer's weights; with ``loss`` also the backward's two per layer, the
+input's gradient ``G·W`` past the first layer and the weight's ``Gᵀ·A``), in one process.
 
 On a shared machine the GEMM rate drifts between runs (and between the two sides of
 ``scripts/compare-pytorch``, which time one after the other); a time divided by GEMMs timed
@@ -62,12 +63,19 @@ def main():
     x = torch.randn(b, widths[0], generator=gen)
     d = widths[0]
     u = cp.mlp_u(params)
-    products = [(torch.randn(2 * b if i == 0 else (d + 2) * b, w0, generator=gen), params[2 * i].detach())
-                for i, w0 in enumerate(widths[:-1])]
+    products = []
+    for i, (w0, w1) in enumerate(zip(widths[:-1], widths[1:])):
+        rows = 2 * b if i == 0 else (d + 2) * b
+        products.append((torch.randn(rows, w0, generator=gen), params[2 * i].detach(),
+                         torch.randn(rows, w1, generator=gen)))
 
     def gemms():
-        for a, w in products:
+        for i, (a, w, g) in enumerate(products):
             a.matmul(w.T)
+            if loss:
+                if i > 0:
+                    g.matmul(w)
+                g.T.matmul(a)
 
     methods = [(cp.LAP_NESTED, lambda: cp.lap_nested(u, x, loss))]
     if cp.jet_module() is not None:
@@ -79,7 +87,8 @@ def main():
         call = cp.with_backward(fn, params) if loss else fn
         (m, lo), (gm, glo), r = alternate(secs, call, gemms)
         print(f"{label} ({work}): median {m:.3f} ms, min {lo:.3f} ms")
-        print(f"GEMMs (the forward products only): median {gm:.3f} ms, min {glo:.3f} ms")
+        which = "the forward and backward products" if loss else "the forward products"
+        print(f"GEMMs ({which}): median {gm:.3f} ms, min {glo:.3f} ms")
         print(f"{label} / GEMMs: {r:.3f} (median of the per-pair ratios), {lo / glo:.3f} (minima)")
 
 

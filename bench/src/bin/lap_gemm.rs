@@ -11,8 +11,9 @@
 //! WIDTHS defaults to the collapsed-Taylor-mode paper's MLP 50,768,768,512,512,1 and B to 64;
 //! the two are timed call by call, alternating, for SECONDS (default 3). Threads:
 //! `TCH_JACOBIAN_THREADS` (default 2). Prints each one's median and minimum and the median of the
-//! per-pair ratios. With `loss` the GEMMs are still the forward products only (the backward
-//! multiplies each layer twice more).
+//! per-pair ratios. With `loss` the GEMMs are the forward products and the backward's two per
+//! layer, as autograd runs them: the input's gradient `G·W` (not at the first layer, whose input
+//! needs none) and the weight's `Gᵀ·A`, with G of the output's stacked shape.
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{laplacian_of, JacobianOptions};
@@ -78,10 +79,17 @@ fn main() -> Result<()> {
     let _ = laplacian_of(u, &x, &opts)?; // the first call, checked
     let opts = opts.check_independence(false);
     let d = widths[0];
+    // per layer: the stacked input A [rows, in], the weights W [out, in], and (loss) the output's
+    // gradient G [rows, out]
     let mut products = Vec::new();
     for (i, w) in widths.windows(2).enumerate() {
         let rows = if i == 0 { 2 * b } else { (d + 2) * b };
-        products.push((Tensor::f_randn([rows, w[0]], f32)?, params[2 * i].detach()));
+        let g = Tensor::f_randn([rows, w[1]], f32)?;
+        products.push((
+            Tensor::f_randn([rows, w[0]], f32)?,
+            params[2 * i].detach(),
+            g,
+        ));
     }
     let (ours, gemms, ratio) = alternate(
         secs,
@@ -99,8 +107,14 @@ fn main() -> Result<()> {
             Ok(())
         },
         || {
-            for (a, w) in &products {
+            for (i, (a, w, g)) in products.iter().enumerate() {
                 let _ = a.f_matmul(&w.tr())?;
+                if loss {
+                    if i > 0 {
+                        let _ = g.f_matmul(w)?;
+                    }
+                    let _ = g.tr().f_matmul(a)?;
+                }
             }
             Ok(())
         },
@@ -111,8 +125,13 @@ fn main() -> Result<()> {
         "ours ({work}): median {:.3} ms, min {:.3} ms",
         ours[0], ours[1]
     );
+    let which = if loss {
+        "the forward and backward products"
+    } else {
+        "the forward products"
+    };
     println!(
-        "GEMMs (the forward products only): median {:.3} ms, min {:.3} ms",
+        "GEMMs ({which}): median {:.3} ms, min {:.3} ms",
         gemms[0], gemms[1]
     );
     println!(
