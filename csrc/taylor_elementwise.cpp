@@ -72,10 +72,46 @@ bool fusable(const Tensor& T, const Tensor& d1) {
          d1.scalar_type() == st && T.dim() >= 1;
 }
 
-// Value-shaped operands as contiguous [B·R] of T's dtype.
-Tensor flat(const Tensor& t, const Tensor& T) {
-  std::vector<int64_t> shape(T.sizes().begin() + 1, T.sizes().end());
-  return t.expand(shape).contiguous();
+// Value-shaped operands as contiguous [B·R].
+Tensor flat(const Tensor& t, at::IntArrayRef vshape) {
+  return t.expand(vshape).contiguous();
+}
+
+// T as [D, B, R] for values of shape `vshape`: T itself ([D, *vshape]), or T holding one sample
+// ([D, 1, …], from unexpanded()) read alike for each of the vshape[0] samples (batch stride 0).
+std::optional<Layout> layout_for(const Tensor& T, at::IntArrayRef vshape) {
+  auto L = layout_of(T);
+  if (!L || T.dim() != static_cast<int64_t>(vshape.size()) + 1) return std::nullopt;
+  for (int64_t i = 2; i < T.dim(); ++i) {
+    if (T.size(i) != vshape[i - 1]) return std::nullopt;
+  }
+  if (T.dim() >= 2 && T.size(1) != vshape[0]) {
+    if (T.dim() < 3 || T.size(1) != 1) return std::nullopt;
+    L->B = vshape[0];
+    L->sb = 0;
+  }
+  return L;
+}
+
+// A batch-broadcast T ([D, B, …], B > 1 of stride 0: the first layer's coefficients of the
+// seed's directions, one sample expanded) as the view [D, 1, …] of the tensor it expands. The
+// kernels read it for every sample alike, and the fused backward then writes Σ_b ∂/∂T, [D, 1, …],
+// itself, instead of the [D, B, …] gradient that expand's backward reads again to sum. The
+// gradient reaching that tensor is the same sum either way. Undefined when T is not such a view.
+Tensor unexpanded(const Tensor& T) {
+  if (T.dim() < 3 || T.size(1) <= 1 || T.stride(1) != 0 || !T.is_view()) return Tensor();
+  const Tensor base(T._base());
+  if (!base.defined() || !base.is_contiguous() || base.storage_offset() != T.storage_offset() ||
+      base.numel() * T.size(1) != T.numel()) {
+    return Tensor();
+  }
+  std::vector<int64_t> shape(T.sizes().begin(), T.sizes().end());
+  shape[1] = 1;
+  Tensor one = base.view(shape);
+  for (int64_t i = 0; i < T.dim(); ++i) {
+    if (i != 1 && T.size(i) != 1 && T.stride(i) != one.stride(i)) return Tensor();
+  }
+  return one;
 }
 
 // Activations whose f′ and f″ unary_inline derives from the output y itself.
@@ -165,19 +201,80 @@ void unary_backward_kernel(const scalar_t* T, Layout L, const scalar_t* gTo, con
   });
 }
 
+// unary_backward_kernel for a batch-broadcast T (L.sb = 0, B > 1): T's gradient summed over the
+// batch, [D, R],
+//   gT[d, r] = Σ_b d1[b, r]·gTo[d, b, r] + T[d, r]·Σ_b 2·d2[b, r]·gSo[b, r]
+// and gd1[b, r] = Σ_d gTo[d, b, r]·T[d, r] (+ S·gSo), reading gTo once, as it lies. The batch is
+// cut into fixed groups of kGroup samples; each group's partial sums [D, R] are then added in
+// group order. Every value is summed by one thread in one order, whatever the threads.
+constexpr int64_t kGroup = 16;
+
+template <typename scalar_t>
+void unary_backward_broadcast_kernel(const scalar_t* T, Layout L, const scalar_t* gTo,
+                                     const scalar_t* d1, const scalar_t* d2, const scalar_t* gSo,
+                                     const scalar_t* S, scalar_t* part, scalar_t* gT,
+                                     scalar_t* gd1) {
+  const int64_t B = L.B, R = L.R, D = L.D;
+  const int64_t groups = (B + kGroup - 1) / kGroup;
+  // part[k, d, r] = Σ_{b in group k} d1[b, r]·gTo[d, b, r]; gd1 of the group's samples
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t b0 = k * kGroup, b1 = std::min(B, b0 + kGroup);
+      for (int64_t i = b0 * R; i < b1 * R; ++i) gd1[i] = S != nullptr ? S[i] * gSo[i] : scalar_t(0);
+      for (int64_t d = 0; d < D; ++d) {
+        const scalar_t* __restrict__ t = T + d * L.sd;
+        scalar_t* __restrict__ acc = part + (k * D + d) * R;
+        for (int64_t r = 0; r < R; ++r) acc[r] = 0;
+        for (int64_t b = b0; b < b1; ++b) {
+          const scalar_t* __restrict__ g = gTo + (d * B + b) * R;
+          const scalar_t* __restrict__ a = d1 + b * R;
+          scalar_t* __restrict__ o = gd1 + b * R;
+          for (int64_t r = 0; r < R; ++r) {
+            const scalar_t gv = g[r];
+            acc[r] += a[r] * gv;
+            o[r] += gv * t[r];
+          }
+        }
+      }
+    }
+  });
+  // gT[d, r] = Σ_k part[k, d, r] + T[d, r]·Σ_b 2·d2·gSo
+  constexpr int64_t kCols = 64;
+  at::parallel_for(0, R, kCols, [&](int64_t begin, int64_t end) {
+    alignas(64) scalar_t c2[kCols], sum[kCols];
+    for (int64_t r0 = begin; r0 < end; r0 += kCols) {
+      const int64_t n = std::min(end - r0, kCols);
+      for (int64_t j = 0; j < n; ++j) c2[j] = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < n; ++j) c2[j] += 2 * d2[b * R + r0 + j] * gSo[b * R + r0 + j];
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t j = 0; j < n; ++j) sum[j] = 0;
+        for (int64_t k = 0; k < groups; ++k) {
+          const scalar_t* p = part + (k * D + d) * R + r0;
+          for (int64_t j = 0; j < n; ++j) sum[j] += p[j];
+        }
+        for (int64_t j = 0; j < n; ++j) gT[d * R + r0 + j] = sum[j] + T[d * L.sd + r0 + j] * c2[j];
+      }
+    }
+  });
+}
+
 struct UnaryJet : public torch::autograd::Function<UnaryJet> {
   // (T, S, d1, d2) → (T_out, S_out); `has_S` false: S is zero (autograd's inputs must all be
   // defined tensors, so a placeholder stands in its place).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 const Tensor& T, const Tensor& S_or_placeholder,
                                                 const Tensor& d1, const Tensor& d2, bool has_S) {
+    // T is [D, *value shape] or, batch-broadcast, [D, 1, …] (unexpanded()); d1 is value-shaped.
     Tensor S = has_S ? S_or_placeholder : Tensor();
-    auto L = *layout_of(T);
-    Tensor f1 = flat(d1, T), f2 = flat(d2, T);
-    Tensor fS = S.defined() ? flat(S, T) : Tensor();
-    Tensor To = at::empty(T.sizes(), T.options().memory_format(at::MemoryFormat::Contiguous));
-    Tensor So = at::empty(T.sizes().slice(1), T.options());
-    Tensor q = at::empty(T.sizes().slice(1), T.options());
+    auto vshape = d1.sizes();
+    auto L = *layout_for(T, vshape);
+    Tensor f1 = flat(d1, vshape), f2 = flat(d2, vshape);
+    Tensor fS = S.defined() ? flat(S, vshape) : Tensor();
+    Tensor To = at::empty(with_directions(vshape), T.options());
+    Tensor So = at::empty(vshape, T.options());
+    Tensor q = at::empty(vshape, T.options());
     AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "taylor_unary", [&] {
       unary_forward_kernel<scalar_t>(T.const_data_ptr<scalar_t>(), L, f1.const_data_ptr<scalar_t>(),
                                      f2.const_data_ptr<scalar_t>(),
@@ -196,7 +293,7 @@ struct UnaryJet : public torch::autograd::Function<UnaryJet> {
     auto saved = ctx->get_saved_variables();
     Tensor T = saved[0], S = saved[1], d1 = saved[2], d2 = saved[3];
     Tensor gTo = grads[0], gSo = grads[1];
-    auto value_shape = T.sizes().slice(1);
+    auto value_shape = d1.sizes();
     auto reduce = [&](const Tensor& g, const Tensor& like) {
       // a value-shaped gradient summed to the shape of a broadcast operand
       return like.sizes().equals(g.sizes()) ? g : g.sum_to_size(like.sizes());
@@ -205,34 +302,47 @@ struct UnaryJet : public torch::autograd::Function<UnaryJet> {
       gSo = at::zeros(value_shape, T.options());
     }
     if (!gTo.defined()) {
-      gTo = at::zeros(T.sizes(), T.options());
+      gTo = at::zeros(with_directions(value_shape), T.options());
     }
     Tensor gT, gS, gd1, gd2;
+    const auto L = layout_for(T, value_shape);
     const bool fused = !at::GradMode::is_enabled() && fusable(T, d1) && plain_cpu(gTo) &&
-                       plain_cpu(gSo) && plain_cpu(d2) && plain_cpu(S) && layout_of(T);
+                       plain_cpu(gSo) && plain_cpu(d2) && plain_cpu(S) && L;
     if (!fused) {
       // Recorded (a create_graph backward), or tensors the kernel cannot read (a batched backward
       // pass over the closure): the composite formula, right at every order.
       Tensor g2 = d2 * gSo;
-      gT = gTo * d1 + 2 * T * g2;
+      gT = reduce(gTo * d1 + 2 * T * g2, T);
       gd1 = (gTo * T).sum(0);
       if (S.defined()) {
         gd1 = gd1 + S * gSo;
       }
       gd2 = gSo * T.mul(T).sum(0);
     } else {
-      auto L = *layout_of(T);
-      Tensor f1 = flat(d1, T), f2 = flat(d2, T), fg = gSo.expand(value_shape).contiguous();
-      Tensor fS = S.defined() ? flat(S, T) : Tensor();
+      Tensor f1 = flat(d1, value_shape), f2 = flat(d2, value_shape);
+      Tensor fg = flat(gSo, value_shape);
+      Tensor fS = S.defined() ? flat(S, value_shape) : Tensor();
       Tensor g = gTo.contiguous();
+      // batch-broadcast: T's gradient summed over the batch, in T's own shape [D, 1, …]
+      const bool summed = L->sb == 0 && L->B > 1;
       gT = at::empty(T.sizes(), T.options().memory_format(at::MemoryFormat::Contiguous));
       gd1 = at::empty(value_shape, T.options());
       AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "taylor_unary_backward", [&] {
-        unary_backward_kernel<scalar_t>(
-            T.const_data_ptr<scalar_t>(), L, g.const_data_ptr<scalar_t>(),
-            f1.const_data_ptr<scalar_t>(), f2.const_data_ptr<scalar_t>(),
-            fg.const_data_ptr<scalar_t>(), fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr,
-            gT.data_ptr<scalar_t>(), gd1.data_ptr<scalar_t>());
+        const scalar_t* fSp = fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr;
+        if (summed && T.size(1) == 1) {
+          Tensor part = at::empty({(L->B + kGroup - 1) / kGroup, L->D, L->R}, T.options());
+          unary_backward_broadcast_kernel<scalar_t>(
+              T.const_data_ptr<scalar_t>(), *L, g.const_data_ptr<scalar_t>(),
+              f1.const_data_ptr<scalar_t>(), f2.const_data_ptr<scalar_t>(),
+              fg.const_data_ptr<scalar_t>(), fSp, part.data_ptr<scalar_t>(),
+              gT.data_ptr<scalar_t>(), gd1.data_ptr<scalar_t>());
+        } else {
+          unary_backward_kernel<scalar_t>(
+              T.const_data_ptr<scalar_t>(), *L, g.const_data_ptr<scalar_t>(),
+              f1.const_data_ptr<scalar_t>(), f2.const_data_ptr<scalar_t>(),
+              fg.const_data_ptr<scalar_t>(), fSp, gT.data_ptr<scalar_t>(),
+              gd1.data_ptr<scalar_t>());
+        }
       });
       gd2 = gSo * ctx->saved_data["q"].toTensor();
     }
@@ -656,7 +766,10 @@ Jet unary(const Jet& x, const Tensor& y, const Tensor& d1, const Tensor& d2) {
       d2.scalar_type() == d1.scalar_type() && layout_of(x.T) &&
       d1.sizes().equals(x.T.sizes().slice(1)) && d2.sizes().equals(x.T.sizes().slice(1)) &&
       (!x.S.defined() || x.S.sizes().equals(x.T.sizes().slice(1)))) {
-    auto out = UnaryJet::apply(x.T, x.S.defined() ? x.S : d1, d1, d2, x.S.defined());
+    Tensor one = unexpanded(x.T);
+    if (one.defined() && !layout_for(one, d1.sizes())) one = Tensor();
+    auto out = UnaryJet::apply(one.defined() ? one : x.T, x.S.defined() ? x.S : d1, d1, d2,
+                               x.S.defined());
     return Jet{y, out[0], out[1]};
   }
   Tensor T = x.T * d1;

@@ -667,8 +667,9 @@ fn values_do_not_depend_on_threads() {
 
 /// The fused elementwise kernels walk B·R values in blocks of 1024 whose runs split at batch
 /// boundaries (R = 100 does not divide 1024; B·R = 3700 is not a multiple of it; the first layer's
-/// T is batch-broadcast): Δu against the nested row loop, and the PINN loss's gradient through the
-/// fused backward kernel (an unrecorded backward) against the composite backward (recorded).
+/// T is batch-broadcast, and its fused backward sums its gradient over the batch in threads' blocks
+/// of R): Δu against the nested row loop, and the PINN loss's gradient through the fused backward
+/// kernels (an unrecorded backward) against the composite backward (recorded) and the row loop.
 #[test]
 fn fused_kernels_match_across_blocks_and_batch_boundaries() {
     let x = rand(&[37, 5], 60);
@@ -696,6 +697,23 @@ fn fused_kernels_match_across_blocks_and_batch_boundaries() {
         1e-12,
         1e-14,
         "∂loss/∂W1, fused vs composite backward",
+    );
+    let l = laplacian(
+        u,
+        &x,
+        &taylor.strategy(Strategy::RowLoop).create_graph(true),
+    )
+    .unwrap()
+    .laplacian
+    .square()
+    .mean(Kind::Double);
+    let nested = Tensor::run_backward(&[&l], &[&w], false, false).remove(0);
+    assert_close(
+        &fused,
+        &nested,
+        1e-10,
+        1e-12,
+        "∂loss/∂W1, fused backward vs the row loop",
     );
 }
 
