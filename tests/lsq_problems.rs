@@ -123,10 +123,13 @@ fn table_matches_python() {
 }
 
 /// r(x) in batches of two different rows: (x0, x*) and (10·x0, 100·x0), against Python's r at
-/// rtol 1e-12 (the CPU gives the same bits: the ops are the same libtorch ops in the same order).
+/// rtol 1e-12, atol 1e-11. The ops are the same libtorch ops in the same order, but MKL's vector
+/// math (exp, log) picks its kernels per CPU, and the fixture was written on an Intel CPU: on an
+/// AMD EPYC, Meyer's r at x* (about 0.36, the difference of terms up to 3.5e4, where one ulp is
+/// 7e-12) came out 4.5e-13 away.
 fn residuals_match_python(device: Device) -> tch_jacobian::Result<()> {
     let pts = points();
-    let atol = if device.is_cuda() { 1e-12 } else { 1e-15 };
+    let atol = 1e-11;
     for p in mgh::problems() {
         let x = pts[&format!("{}_x", p.name)].to_device(device);
         let r = pts[&format!("{}_r", p.name)].to_device(device);
