@@ -201,8 +201,8 @@ void unary_backward_kernel(const scalar_t* T, Layout L, const scalar_t* gTo, con
   });
 }
 
-// unary_backward_kernel for a batch-broadcast T (L.sb = 0, B > 1): T's gradient summed over the
-// batch, [D, R],
+// unary_backward_kernel for T holding one sample for the batch (T [D, 1, …], L.sb = 0, B > 1):
+// T's gradient summed over the batch, [D, R],
 //   gT[d, r] = Σ_b d1[b, r]·gTo[d, b, r] + T[d, r]·Σ_b 2·d2[b, r]·gSo[b, r]
 // and gd1[b, r] = Σ_d gTo[d, b, r]·T[d, r] (+ S·gSo), reading gTo once, as it lies. The batch is
 // cut into fixed groups of kGroup samples; each group's partial sums [D, R] are then added in
@@ -323,13 +323,14 @@ struct UnaryJet : public torch::autograd::Function<UnaryJet> {
       Tensor fg = flat(gSo, value_shape);
       Tensor fS = S.defined() ? flat(S, value_shape) : Tensor();
       Tensor g = gTo.contiguous();
-      // batch-broadcast: T's gradient summed over the batch, in T's own shape [D, 1, …]
-      const bool summed = L->sb == 0 && L->B > 1;
+      // T holds one sample for the whole batch ([D, 1, …], unexpanded()): its gradient is the
+      // sum over the batch, in that shape
+      const bool one_sample = T.dim() >= 3 && T.size(1) == 1 && L->B > 1;
       gT = at::empty(T.sizes(), T.options().memory_format(at::MemoryFormat::Contiguous));
       gd1 = at::empty(value_shape, T.options());
       AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "taylor_unary_backward", [&] {
         const scalar_t* fSp = fS.defined() ? fS.const_data_ptr<scalar_t>() : nullptr;
-        if (summed && T.size(1) == 1) {
+        if (one_sample) {
           Tensor part = at::empty({(L->B + kGroup - 1) / kGroup, L->D, L->R}, T.options());
           unary_backward_broadcast_kernel<scalar_t>(
               T.const_data_ptr<scalar_t>(), *L, g.const_data_ptr<scalar_t>(),

@@ -667,9 +667,10 @@ fn values_do_not_depend_on_threads() {
 
 /// The fused elementwise kernels walk B·R values in blocks of 1024 whose runs split at batch
 /// boundaries (R = 100 does not divide 1024; B·R = 3700 is not a multiple of it; the first layer's
-/// T is batch-broadcast, and its fused backward sums its gradient over the batch in threads' blocks
-/// of R): Δu against the nested row loop, and the PINN loss's gradient through the fused backward
-/// kernels (an unrecorded backward) against the composite backward (recorded) and the row loop.
+/// T is batch-broadcast, and its fused backward sums its gradient over the batch in groups of 16
+/// samples, 37 = 2·16 + 5): Δu against the nested row loop, and the PINN loss's gradient through
+/// the fused backward kernels (an unrecorded backward) against the composite backward (recorded)
+/// and the row loop.
 #[test]
 fn fused_kernels_match_across_blocks_and_batch_boundaries() {
     let x = rand(&[37, 5], 60);
