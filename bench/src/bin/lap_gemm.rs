@@ -14,6 +14,8 @@
 //! per-pair ratios. With `loss` the GEMMs are the forward products and the backward's two per
 //! layer, as autograd runs them: the input's gradient `G·W` (not at the first layer, whose input
 //! needs none) and the weight's `Gᵀ·A`, with G of the output's stacked shape.
+//! `LAP_GEMM_ONLY=ours` (or `gemms`) runs one side alone, for a `perf record` of it; only that
+//! side's times are printed.
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 use tch_jacobian::{laplacian_of, JacobianOptions};
@@ -61,6 +63,11 @@ fn main() -> Result<()> {
     let secs: f64 = args.get(2).map_or(Ok(3.0), |s| s.parse())?;
     let loss = args.get(3).is_some_and(|s| s == "loss");
     let threads = std::env::var("TCH_JACOBIAN_THREADS").map_or(Ok(2), |s| s.parse())?;
+    let only = std::env::var("LAP_GEMM_ONLY").unwrap_or_default();
+    anyhow::ensure!(
+        ["", "ours", "gemms"].contains(&only.as_str()),
+        "LAP_GEMM_ONLY: ours or gemms, not {only:?}"
+    );
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let f32 = (Kind::Float, Device::Cpu);
@@ -94,6 +101,9 @@ fn main() -> Result<()> {
     let (ours, gemms, ratio) = alternate(
         secs,
         || {
+            if only == "gemms" {
+                return Ok(());
+            }
             let lap = laplacian_of(u, &x, &opts)?;
             if loss {
                 lap.f_square()?.f_mean(Kind::Float)?.f_backward()?;
@@ -107,6 +117,9 @@ fn main() -> Result<()> {
             Ok(())
         },
         || {
+            if only == "ours" {
+                return Ok(());
+            }
             for (i, (a, w, g)) in products.iter().enumerate() {
                 let _ = a.f_matmul(&w.tr())?;
                 if loss {
@@ -120,20 +133,32 @@ fn main() -> Result<()> {
         },
     )?;
     let work = if loss { "loss + backward" } else { "Δu" };
-    println!("widths {widths:?}, B = {b}, {threads} threads, f32, calls alternating");
-    println!(
-        "ours ({work}): median {:.3} ms, min {:.3} ms",
-        ours[0], ours[1]
-    );
+    let how = if only.is_empty() {
+        "calls alternating"
+    } else {
+        "one side alone"
+    };
+    println!("widths {widths:?}, B = {b}, {threads} threads, f32, {how}");
+    if only != "gemms" {
+        println!(
+            "ours ({work}): median {:.3} ms, min {:.3} ms",
+            ours[0], ours[1]
+        );
+    }
     let which = if loss {
         "the forward and backward products"
     } else {
         "the forward products"
     };
-    println!(
-        "GEMMs ({which}): median {:.3} ms, min {:.3} ms",
-        gemms[0], gemms[1]
-    );
+    if only != "ours" {
+        println!(
+            "GEMMs ({which}): median {:.3} ms, min {:.3} ms",
+            gemms[0], gemms[1]
+        );
+    }
+    if !only.is_empty() {
+        return Ok(());
+    }
     println!(
         "ours / GEMMs: {ratio:.3} (median of the per-pair ratios), {:.3} (minima)",
         ours[1] / gemms[1]
