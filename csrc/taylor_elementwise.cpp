@@ -178,7 +178,6 @@ void unary_backward_kernel(const scalar_t* T, Layout L, const scalar_t* gTo, con
                            const scalar_t* d2, const scalar_t* gSo, const scalar_t* S,
                            scalar_t* gT, scalar_t* gd1) {
   const int64_t B = L.B, R = L.R, D = L.D;
-  const bool in_place = gT == gTo;
   at::parallel_for(0, B * R, 4096, [&](int64_t begin, int64_t end) {
     alignas(64) scalar_t a[kBlock], c2[kBlock], acc[kBlock];
     for (int64_t c = begin; c < end; c += kBlock) {
@@ -190,19 +189,11 @@ void unary_backward_kernel(const scalar_t* T, Layout L, const scalar_t* gTo, con
         acc[j] = S != nullptr ? S[i] * gSo[i] : scalar_t(0);
       }
       for (int64_t d = 0; d < D; ++d) {
-        if (in_place) {
-          scalar_t* __restrict__ io = gT + d * B * R + c;
-          runs(T, L, d, c, n, [&](const scalar_t* __restrict__ t, int64_t k0, int64_t k1) {
-            for (int64_t k = k0; k < k1; ++k) {
-              scalar_t v = t[k], gk = io[k];
-              io[k] = a[k] * gk + c2[k] * v;
-              acc[k] += gk * v;
-            }
-          });
-          continue;
-        }
-        const scalar_t* __restrict__ g = gTo + d * B * R + c;
-        scalar_t* __restrict__ out = gT + d * B * R + c;
+        // g and out may be one buffer (not __restrict__): GCC vectorizes the loop behind a
+        // run-time overlap check either way (a standalone copy: 0.41 ms in place, 0.60 ms not,
+        // the same as with separate __restrict__ loops)
+        const scalar_t* g = gTo + d * B * R + c;
+        scalar_t* out = gT + d * B * R + c;
         runs(T, L, d, c, n, [&](const scalar_t* __restrict__ t, int64_t k0, int64_t k1) {
           for (int64_t k = k0; k < k1; ++k) {
             scalar_t v = t[k], gk = g[k];
